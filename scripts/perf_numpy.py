@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""NumPy baseline for slimnn's performance contract (shared PERF.md).
+
+Prints one JSON object per line, in the same form as the Rust runner
+(`cargo run --release --example perf -- --json`):
+
+    {"op": "prune_global", "impl": "numpy", "size": "...", "median_s": 0.0123,
+     "min_s": 0.0119, "repeats": 5, "quality": 0.9, "quality_metric": "sparsity"}
+
+Inputs are generated in-process with a fixed seed (numpy's default_rng). For every op
+the inputs and preallocated outputs are built untimed, the work runs once untimed as a
+warm-up, then `--repeats` timed runs (time.perf_counter around the named work only);
+`quality` is computed afterwards, untimed, from the last run's outputs. NumPy uses its
+BLAS's threads for matmul (OpenBLAS: both cores here); element-wise work is
+single-threaded, as NumPy is.
+
+Ops (add more by writing a function and registering it in OPS):
+  memcpy                 np.copyto of 4096x4096 f32 into a preallocated buffer;
+                         quality = GB/s (bytes of src / median, 1 GB = 1e9 bytes)
+  prune_global           global L1 magnitude pruning to 90% over 3 f32 tensors;
+                         threshold t = k-th smallest |w| (k = round(0.9 n)) via
+                         np.partition; mask = |w| > t, then ties at t are un-pruned in
+                         tensor/row-major order so exactly k weights are pruned
+                         (count-exact); pruned = w * mask; quality = sparsity
+  prune_structured       keep the 256 of 512 conv filters with the largest L2 norm;
+                         quality = fraction of filters zeroed
+  quant_int8_perchannel  symmetric int8, scale per output row = max|row| / 127,
+                         codes = clip(rint(w / scale), -127, 127); dequantize;
+                         quality = ||w - w_hat||_F / ||w||_F
+  quant_int4_group       asymmetric int4, groups of 128 along rows, scale = (max-min)/15,
+                         zp = clip(round(-min/scale), 0, 15),
+                         codes = clip(rint(w/scale) + zp, 0, 15), packed two per byte
+                         (low nibble = even element); unpack and dequantize;
+                         quality = relative Frobenius error
+  dense_gemm             f32 W @ X, W 4096x4096, X 4096x1 and 4096x64 (two lines);
+                         quality = max |f32 result - f64 product|
+
+Requirements: pip install numpy
+Usage: python3 scripts/perf_numpy.py [--ops memcpy,dense_gemm] [--repeats 5] [--seed 0]
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+SEED = 0
+
+
+def rng_for(op_name, seed):
+    """One generator per op so running a subset of ops gives the same inputs."""
+    return np.random.default_rng([seed, sum(op_name.encode())])
+
+
+def normal_f32(rng, shape, std):
+    a = rng.standard_normal(shape, dtype=np.float32)
+    a *= np.float32(std)
+    return a
+
+
+def bench(work, repeats):
+    """One untimed warm-up, then `repeats` timed runs. Returns (median_s, min_s)."""
+    work()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def record(op, size, median_s, min_s, repeats, quality, metric):
+    return {"op": op, "impl": "numpy", "size": size, "median_s": median_s,
+            "min_s": min_s, "repeats": repeats, "quality": float(quality),
+            "quality_metric": metric}
+
+
+def rel_frobenius(w, w_hat):
+    w64 = w.astype(np.float64)
+    return float(np.linalg.norm(w64 - w_hat.astype(np.float64)) / np.linalg.norm(w64))
+
+
+# ---------------------------------------------------------------------------- ops
+
+def op_memcpy(repeats, seed):
+    rng = rng_for("memcpy", seed)
+    src = normal_f32(rng, (4096, 4096), 1.0)
+    dst = np.empty_like(src)
+    dst.fill(0.0)  # fault the pages in, untimed
+
+    def work():
+        np.copyto(dst, src)
+
+    med, mn = bench(work, repeats)
+    assert np.array_equal(dst, src)
+    return [record("memcpy", "4096x4096 f32", med, mn, repeats,
+                   src.nbytes / med / 1e9, "GB/s")]
+
+
+def op_prune_global(repeats, seed):
+    rng = rng_for("prune_global", seed)
+    shapes = [(4096, 4096), (4096, 1024), (1024, 4096)]
+    ws = [normal_f32(rng, s, 0.02) for s in shapes]
+    n = sum(w.size for w in ws)
+    k = int(round(0.9 * n))  # number of weights to prune
+    masks = [np.ones(s, dtype=bool) for s in shapes]
+    outs = [np.zeros(s, dtype=np.float32) for s in shapes]
+
+    def work():
+        # |w| of all tensors, concatenated (flat, tensor order).
+        all_abs = np.empty(n, dtype=np.float32)
+        views, off = [], 0
+        for w in ws:
+            v = all_abs[off:off + w.size].reshape(w.shape)
+            np.abs(w, out=v)
+            views.append(v)
+            off += w.size
+        t = np.partition(all_abs, k - 1)[k - 1]  # k-th smallest |w|
+        kept = 0
+        for w, v, m, o in zip(ws, views, masks, outs):
+            np.greater(v, t, out=m)
+            np.multiply(w, m, out=o)
+            kept += np.count_nonzero(m)
+        # |w| > t prunes every tie at t; give back the surplus so exactly k are pruned.
+        excess = (n - kept) - k
+        for w, v, m, o in zip(ws, views, masks, outs):
+            if excess <= 0:
+                break
+            idx = np.flatnonzero(v == t)[:excess]
+            m.flat[idx] = True
+            o.flat[idx] = w.flat[idx]
+            excess -= idx.size
+
+    med, mn = bench(work, repeats)
+    pruned = sum(m.size - np.count_nonzero(m) for m in masks)
+    assert pruned == k, (pruned, k)
+    return [record("prune_global", "3 tensors 4096x4096+4096x1024+1024x4096",
+                   med, mn, repeats, pruned / n, "sparsity")]
+
+
+def op_prune_structured(repeats, seed):
+    rng = rng_for("prune_structured", seed)
+    shape = (512, 256, 3, 3)
+    w = normal_f32(rng, shape, 0.05)
+    w *= rng.uniform(0.2, 2.0, size=(512, 1, 1, 1)).astype(np.float32)
+    keep_n = 256
+    out = np.empty_like(w)
+    filt_mask = np.zeros(512, dtype=bool)
+
+    def work():
+        flat = w.reshape(512, -1)
+        sq = np.einsum("ij,ij->i", flat, flat)  # squared L2 norm per filter
+        top = np.argpartition(sq, 512 - keep_n)[512 - keep_n:]
+        filt_mask[:] = False
+        filt_mask[top] = True
+        np.multiply(w, filt_mask[:, None, None, None], out=out)
+
+    med, mn = bench(work, repeats)
+    zeroed = np.count_nonzero(~out.reshape(512, -1).any(axis=1))
+    norms = np.linalg.norm(w.reshape(512, -1).astype(np.float64), axis=1)
+    assert set(np.flatnonzero(filt_mask)) == set(np.argsort(norms)[-keep_n:])
+    return [record("prune_structured", "512x256x3x3 keep 256 filters", med, mn, repeats,
+                   zeroed / 512, "fraction of filters zeroed")]
+
+
+def op_quant_int8_perchannel(repeats, seed):
+    rng = rng_for("quant_int8_perchannel", seed)
+    w = normal_f32(rng, (4096, 4096), 0.02)
+    codes = np.empty(w.shape, dtype=np.int8)
+    deq = np.empty_like(w)
+    tmp = np.empty_like(w)
+    scales = np.empty(4096, dtype=np.float32)
+
+    def work():
+        np.abs(w, out=tmp)
+        np.max(tmp, axis=1, out=scales)
+        np.divide(scales, np.float32(127.0), out=scales)
+        scales[scales == 0] = 1.0  # all-zero row: any scale gives code 0
+        np.divide(w, scales[:, None], out=tmp)
+        np.rint(tmp, out=tmp)
+        np.clip(tmp, -127, 127, out=tmp)
+        codes[...] = tmp  # f32 -> int8 (values already integral and in range)
+        np.multiply(codes, scales[:, None], out=deq)  # dequantize
+
+    med, mn = bench(work, repeats)
+    ref_scale = np.abs(w).max(axis=1, keepdims=True) / np.float32(127.0)
+    ref_codes = np.clip(np.rint(w / ref_scale), -127, 127)
+    assert np.array_equal(codes, ref_codes) and np.array_equal(deq, ref_codes * ref_scale)
+    return [record("quant_int8_perchannel", "4096x4096", med, mn, repeats,
+                   rel_frobenius(w, deq), "relative Frobenius error")]
+
+
+def op_quant_int4_group(repeats, seed):
+    rng = rng_for("quant_int4_group", seed)
+    rows, cols, g = 4096, 4096, 128
+    w = normal_f32(rng, (rows, cols), 0.02)
+    packed = np.empty((rows, cols // 2), dtype=np.uint8)
+    deq = np.empty_like(w)
+
+    def work():
+        wg = w.reshape(rows, cols // g, g)
+        lo = wg.min(axis=2, keepdims=True)
+        hi = wg.max(axis=2, keepdims=True)
+        scale = (hi - lo) / np.float32(15.0)
+        scale[scale == 0] = 1.0  # constant group: every code equals zp
+        zp = np.clip(np.rint(-lo / scale), 0, 15)
+        q = wg / scale
+        np.rint(q, out=q)
+        q += zp
+        np.clip(q, 0, 15, out=q)
+        c = q.astype(np.uint8).reshape(rows, cols // 2, 2)
+        # Pack: element 2j in the low nibble, element 2j+1 in the high nibble.
+        np.left_shift(c[:, :, 1], 4, out=packed)
+        np.bitwise_or(packed, c[:, :, 0], out=packed)
+        # Unpack and dequantize.
+        u = np.empty((rows, cols // 2, 2), dtype=np.uint8)
+        np.bitwise_and(packed, 0x0F, out=u[:, :, 0])
+        np.right_shift(packed, 4, out=u[:, :, 1])
+        d = deq.reshape(rows, cols // g, g)
+        np.subtract(u.reshape(rows, cols // g, g), zp, out=d, dtype=np.float32,
+                    casting="unsafe")
+        d *= scale
+
+    med, mn = bench(work, repeats)
+    # Untimed check against a plain, unpacked restatement of the scheme.
+    wg = w.reshape(rows, cols // g, g)
+    lo, hi = wg.min(axis=2, keepdims=True), wg.max(axis=2, keepdims=True)
+    scale = (hi - lo) / np.float32(15.0)
+    zp = np.clip(np.rint(-lo / scale), 0, 15)
+    ref_codes = np.clip(np.rint(wg / scale) + zp, 0, 15)
+    assert np.array_equal(packed & 0x0F, ref_codes.reshape(rows, -1)[:, 0::2])
+    assert np.array_equal(packed >> 4, ref_codes.reshape(rows, -1)[:, 1::2])
+    assert np.array_equal(deq, ((ref_codes - zp) * scale).reshape(rows, cols))
+    return [record("quant_int4_group", "4096x4096 group 128", med, mn, repeats,
+                   rel_frobenius(w, deq), "relative Frobenius error")]
+
+
+def op_dense_gemm(repeats, seed):
+    rng = rng_for("dense_gemm", seed)
+    W = normal_f32(rng, (4096, 4096), 0.02)
+    W64 = W.astype(np.float64)
+    results = []
+    for batch in (1, 64):
+        X = rng.standard_normal((4096, batch), dtype=np.float32)
+        Y = np.empty((4096, batch), dtype=np.float32)
+
+        def work():
+            np.matmul(W, X, out=Y)
+
+        med, mn = bench(work, repeats)
+        ref = W64 @ X.astype(np.float64)
+        err = float(np.max(np.abs(Y.astype(np.float64) - ref)))
+        results.append(record("dense_gemm", f"4096x4096 @ batch {batch}", med, mn,
+                              repeats, err, "max abs difference to f64"))
+    return results
+
+
+def blas_info():
+    """One line about NumPy's BLAS (name, version, threads where it can be asked)."""
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        desc = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # older NumPy
+        desc = "unknown BLAS"
+    try:
+        import ctypes
+        import glob
+        import os
+        libdir = os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs")
+        for path in glob.glob(os.path.join(libdir, "*openblas*")):
+            lib = ctypes.CDLL(path)
+            for sym in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                        "openblas_get_num_threads"):
+                if hasattr(lib, sym):
+                    return f"{desc}, {getattr(lib, sym)()} threads"
+    except Exception:
+        pass
+    return desc
+
+
+OPS = {
+    "memcpy": op_memcpy,
+    "prune_global": op_prune_global,
+    "prune_structured": op_prune_structured,
+    "quant_int8_perchannel": op_quant_int8_perchannel,
+    "quant_int4_group": op_quant_int4_group,
+    "dense_gemm": op_dense_gemm,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description="NumPy baseline for slimnn's PERF.md ops")
+    ap.add_argument("--ops", default=",".join(OPS),
+                    help="comma-separated op names (default: all): " + ",".join(OPS))
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per op (default 5)")
+    ap.add_argument("--seed", type=int, default=SEED)
+    args = ap.parse_args()
+
+    names = [s.strip() for s in args.ops.split(",") if s.strip()]
+    unknown = [s for s in names if s not in OPS]
+    if unknown:
+        ap.error(f"unknown op(s) {', '.join(unknown)}; known: {', '.join(OPS)}")
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+
+    print(f"# numpy {np.__version__}, {blas_info()}", file=sys.stderr)
+    for name in names:
+        for rec in OPS[name](args.repeats, args.seed):
+            print(json.dumps(rec), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
