@@ -1,0 +1,145 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in slimnn. Each variant says what was wrong and where:
+/// the parameter or argument name, the shape, the offending value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value (sparsity, N:M, rank, bits, ...) outside its valid range.
+    #[error("invalid `{name}` = {value}: {expected}")]
+    InvalidParameter {
+        /// The configuration field or argument name.
+        name: &'static str,
+        /// The value given, formatted.
+        value: String,
+        /// What a valid value looks like.
+        expected: String,
+    },
+    /// Two things that must have the same shape do not.
+    #[error("shape mismatch for {what}: expected {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        /// What was being compared (e.g. "gradient of `fc1.weight`").
+        what: String,
+        /// The shape that was required.
+        expected: Vec<usize>,
+        /// The shape that was given.
+        got: Vec<usize>,
+    },
+    /// A tensor whose shape does not fit the operation (wrong rank, indivisible size, ...).
+    #[error("unsupported shape {shape:?} for {what}: {reason}")]
+    BadShape {
+        /// The tensor concerned.
+        what: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Why the shape does not fit.
+        reason: String,
+    },
+    /// A tensor (or a list of tensors) with no elements where some are needed.
+    #[error("{what} is empty")]
+    Empty {
+        /// The tensor or list concerned.
+        what: String,
+    },
+    /// A NaN or infinity where only finite numbers make sense.
+    #[error("{what} holds a non-finite value ({value}) at flat index {index}")]
+    NonFinite {
+        /// The tensor concerned.
+        what: String,
+        /// Row-major flat index of the first non-finite element.
+        index: usize,
+        /// The value found.
+        value: f64,
+    },
+    /// A method needs a statistic (gradient, Hessian diagonal, ...) that was not supplied.
+    #[error("{method} needs the statistic `{statistic}` for {what}, but none was supplied")]
+    MissingStatistic {
+        /// The method that needs it.
+        method: &'static str,
+        /// The statistic's name.
+        statistic: &'static str,
+        /// The tensor concerned.
+        what: String,
+    },
+    /// A parameter name that the model does not hold.
+    #[error("model has no parameter named `{0}`")]
+    UnknownParameter(String),
+    /// A parameter whose layer kind does not fit the operation.
+    #[error("parameter `{name}` is {kind}, but {operation} needs {expected}")]
+    WrongKind {
+        /// The parameter name.
+        name: String,
+        /// Its layer kind, formatted.
+        kind: String,
+        /// The operation attempted.
+        operation: &'static str,
+        /// The kinds that would fit.
+        expected: &'static str,
+    },
+    /// A file or byte buffer that is not valid in its format (corrupt, truncated, hostile).
+    #[error("invalid {format} data in {source_name}: {reason}")]
+    InvalidFormat {
+        /// The format expected ("safetensors", "IDX", ...).
+        format: &'static str,
+        /// The file path, or "<bytes>" for an in-memory buffer.
+        source_name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tensor element type slimnn cannot compute with.
+    #[error("tensor `{name}` has dtype {dtype}, which {operation} does not support")]
+    UnsupportedDtype {
+        /// The tensor name.
+        name: String,
+        /// Its dtype, formatted.
+        dtype: String,
+        /// The operation attempted.
+        operation: &'static str,
+    },
+    /// An operating-system I/O error, with the path it concerned.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `Result` with slimnn's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An [`Error::InvalidParameter`] for `name` = `value`.
+    pub(crate) fn invalid(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::InvalidParameter {
+            name,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    /// An [`Error::BadShape`].
+    pub(crate) fn bad_shape(what: impl Into<String>, shape: &[usize], reason: impl Into<String>) -> Self {
+        Error::BadShape {
+            what: what.into(),
+            shape: shape.to_vec(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`Error::Io`] for `path`.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Loading and saving a [`Model`] in the safetensors format.
+//!
+//! Floating-point tensors (F32, F64, F16, BF16) become parameters computed in `f32` and
+//! are written back in their original dtype unless [`SaveOptions::dtype`] says otherwise.
+//! Other tensors (integer buffers, booleans) are kept verbatim as [`RawTensor`]s.
+//! Metadata (`__metadata__`) is kept.
+//!
+//! Pruning masks follow PyTorch's `torch.nn.utils.prune` convention on request: a pruned
+//! `x.weight` is written as `x.weight_orig` plus a 0/1 `x.weight_mask`, and such a pair
+//! is read back as one masked parameter.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::path::Path;
+
+use half::{bf16, f16};
+use ndarray::{ArrayD, IxDyn};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
+
+use crate::error::{Error, Result};
+use crate::mask::Mask;
+use crate::model::{DType, LayerKind, Model, RawTensor};
+
+/// How masks are written when a model is saved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MaskExport {
+    /// Write the masked values under the parameter's own name (what an inference engine
+    /// loads). The default.
+    #[default]
+    Apply,
+    /// Write PyTorch's pair `<name>_orig` (unmasked values) and `<name>_mask` (0/1 in the
+    /// parameter's dtype), so pruning can be resumed.
+    PyTorch,
+}
+
+/// Options for [`Model::save`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaveOptions {
+    /// Write every floating-point parameter in this dtype (`None`: each in its own).
+    pub dtype: Option<DType>,
+    /// How masks are written.
+    pub masks: MaskExport,
+}
+
+impl Model {
+    /// Loads a safetensors file.
+    ///
+    /// Corrupt, truncated or hostile files (headers claiming more data than the file
+    /// holds, overlapping offsets, overflowing shapes) are an [`Error::InvalidFormat`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Model::from_safetensors(&bytes, &path.display().to_string())
+    }
+
+    /// Parses safetensors bytes; `source_name` names them in errors.
+    pub fn from_safetensors(bytes: &[u8], source_name: &str) -> Result<Model> {
+        let bad = |reason: String| Error::InvalidFormat {
+            format: "safetensors",
+            source_name: source_name.to_string(),
+            reason,
+        };
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+
+        let mut views: Vec<(String, TensorView<'_>)> =
+            st.iter().map(|(n, v)| (n.to_string(), v)).collect();
+        views.sort_by(|a, b| natural_cmp(&a.0, &b.0));
+        let names: HashMap<&str, usize> =
+            views.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
+
+        let mut model = Model::new();
+        if let Some(meta) = header.metadata() {
+            model.metadata_mut().extend(meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        for (name, view) in &views {
+            // `x_mask` is consumed by its `x_orig`; `x_orig` becomes `x` with a mask.
+            if let Some(base) = name.strip_suffix("_mask")
+                && let Some(&orig) = names.get(format!("{base}_orig").as_str())
+                && views[orig].1.shape() == view.shape()
+                && !names.contains_key(base)
+            {
+                continue;
+            }
+            let paired_mask = name
+                .strip_suffix("_orig")
+                .filter(|base| !names.contains_key(base))
+                .and_then(|base| {
+                    let mask = names.get(format!("{base}_mask").as_str())?;
+                    Some((base, &views[*mask].1))
+                })
+                .filter(|(_, m)| m.shape() == view.shape());
+            let (param_name, mask_view) = match paired_mask {
+                Some((base, m)) => (base.to_string(), Some(m)),
+                None => (name.clone(), None),
+            };
+            match float_dtype(view.dtype()) {
+                Some(dtype) => {
+                    let value = decode(view, dtype);
+                    let kind = LayerKind::infer(&param_name, view.shape());
+                    let p = model.add_param(param_name, kind, dtype, value)?;
+                    if let Some(m) = mask_view {
+                        p.set_mask(decode_mask(m))?;
+                    }
+                }
+                None => model.add_raw(RawTensor {
+                    name: name.clone(),
+                    dtype: dtype_name(view.dtype()),
+                    shape: view.shape().to_vec(),
+                    bytes: view.data().to_vec(),
+                })?,
+            }
+        }
+        Ok(model)
+    }
+
+    /// Saves the model as a safetensors file, atomically: written to a temporary file
+    /// beside `path` and renamed over it only when complete.
+    pub fn save(&self, path: impl AsRef<Path>, options: &SaveOptions) -> Result<()> {
+        let path = path.as_ref();
+        let tensors = self.tensors_for_saving(options)?;
+        let metadata = self.metadata_for_saving();
+        crate::io::write_atomically(path, |tmp| {
+            safetensors::serialize_to_file(tensors, metadata, tmp).map_err(|e| match e {
+                safetensors::SafeTensorError::IoError(io) => Error::io(tmp, io),
+                other => Error::InvalidFormat {
+                    format: "safetensors",
+                    source_name: path.display().to_string(),
+                    reason: other.to_string(),
+                },
+            })
+        })
+    }
+
+    /// The model as safetensors bytes.
+    pub fn to_safetensors(&self, options: &SaveOptions) -> Result<Vec<u8>> {
+        let tensors = self.tensors_for_saving(options)?;
+        safetensors::serialize(tensors, self.metadata_for_saving()).map_err(|e| {
+            Error::InvalidFormat {
+                format: "safetensors",
+                source_name: "<bytes>".into(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    fn metadata_for_saving(&self) -> Option<HashMap<String, String>> {
+        (!self.metadata().is_empty())
+            .then(|| self.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn tensors_for_saving(&self, options: &SaveOptions) -> Result<Vec<(String, Buffer)>> {
+        let mut out = Vec::with_capacity(self.len() + self.raw_tensors().len());
+        for p in self.params() {
+            let dtype = options.dtype.unwrap_or(p.dtype());
+            match (p.mask(), options.masks) {
+                (Some(mask), MaskExport::PyTorch) => {
+                    out.push((format!("{}_orig", p.name()), Buffer::encode(p.value(), dtype)));
+                    out.push((
+                        format!("{}_mask", p.name()),
+                        Buffer::encode(&mask.to_array::<f32>(), dtype),
+                    ));
+                }
+                (Some(_), MaskExport::Apply) => {
+                    out.push((p.name().to_string(), Buffer::encode(&p.effective(), dtype)));
+                }
+                (None, _) => out.push((p.name().to_string(), Buffer::encode(p.value(), dtype))),
+            }
+        }
+        for r in self.raw_tensors() {
+            let dtype = parse_dtype(&r.dtype).ok_or_else(|| Error::UnsupportedDtype {
+                name: r.name.clone(),
+                dtype: r.dtype.clone(),
+                operation: "safetensors saving",
+            })?;
+            out.push((
+                r.name.clone(),
+                Buffer {
+                    dtype,
+                    shape: r.shape.clone(),
+                    bytes: r.bytes.clone(),
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// An owned tensor ready for serialization.
+struct Buffer {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl Buffer {
+    fn encode(values: &ArrayD<f32>, dtype: DType) -> Buffer {
+        let mut bytes = Vec::with_capacity(values.len() * dtype.size());
+        let it = values.iter().copied();
+        match dtype {
+            DType::F32 => it.for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+            DType::F64 => it.for_each(|v| bytes.extend_from_slice(&(v as f64).to_le_bytes())),
+            DType::F16 => it.for_each(|v| bytes.extend_from_slice(&f16::from_f32(v).to_le_bytes())),
+            DType::BF16 => {
+                it.for_each(|v| bytes.extend_from_slice(&bf16::from_f32(v).to_le_bytes()))
+            }
+        }
+        Buffer {
+            dtype: match dtype {
+                DType::F32 => Dtype::F32,
+                DType::F64 => Dtype::F64,
+                DType::F16 => Dtype::F16,
+                DType::BF16 => Dtype::BF16,
+            },
+            shape: values.shape().to_vec(),
+            bytes,
+        }
+    }
+}
+
+impl View for Buffer {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn float_dtype(d: Dtype) -> Option<DType> {
+    match d {
+        Dtype::F32 => Some(DType::F32),
+        Dtype::F64 => Some(DType::F64),
+        Dtype::F16 => Some(DType::F16),
+        Dtype::BF16 => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+/// The tensor's values in f32 (the crate validated its byte length against its shape).
+fn decode(view: &TensorView<'_>, dtype: DType) -> ArrayD<f32> {
+    let b = view.data();
+    let values: Vec<f32> = match dtype {
+        DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F64 => b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32)
+            .collect(),
+        DType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+    };
+    ArrayD::from_shape_vec(IxDyn(view.shape()), values).expect("safetensors checked the size")
+}
+
+/// A mask tensor of any dtype: non-zero bytes (bool/int) or non-zero values (float) keep.
+fn decode_mask(view: &TensorView<'_>) -> Mask {
+    match float_dtype(view.dtype()) {
+        Some(d) => Mask::from_nonzero(&decode(view, d)),
+        None => {
+            let width = view.data().len() / view.shape().iter().product::<usize>().max(1);
+            let chunks: Vec<bool> = view
+                .data()
+                .chunks(width.max(1))
+                .map(|c| c.iter().any(|&b| b != 0))
+                .collect();
+            Mask::from_fn(view.shape(), |i| chunks.get(i).copied().unwrap_or(false))
+        }
+    }
+}
+
+fn dtype_name(d: Dtype) -> String {
+    format!("{d:?}")
+}
+
+fn parse_dtype(name: &str) -> Option<Dtype> {
+    [
+        Dtype::BOOL,
+        Dtype::U8,
+        Dtype::I8,
+        Dtype::I16,
+        Dtype::U16,
+        Dtype::I32,
+        Dtype::U32,
+        Dtype::I64,
+        Dtype::U64,
+        Dtype::F8_E5M2,
+        Dtype::F8_E4M3,
+        Dtype::F8_E8M0,
+        Dtype::C64,
+    ]
+    .into_iter()
+    .find(|d| dtype_name(*d) == name)
+}
+
+/// Orders names so that numbered parts sort by value: `layers.2` before `layers.10`.
+fn natural_cmp(a: &str, b: &str) -> Ordering {
+    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (a.first(), b.first()) {
+            (None, None) => return Ordering::Equal,
+            (None, _) => return Ordering::Less,
+            (_, None) => return Ordering::Greater,
+            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
+                let da = a.iter().take_while(|c| c.is_ascii_digit()).count();
+                let db = b.iter().take_while(|c| c.is_ascii_digit()).count();
+                let (na, nb) = (trim_zeros(&a[..da]), trim_zeros(&b[..db]));
+                let ord = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb)).then(da.cmp(&db));
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+                a = &a[da..];
+                b = &b[db..];
+            }
+            (Some(x), Some(y)) => {
+                if x != y {
+                    return x.cmp(y);
+                }
+                a = &a[1..];
+                b = &b[1..];
+            }
+        }
+    }
+}
+
+fn trim_zeros(digits: &[u8]) -> &[u8] {
+    let z = digits.iter().take_while(|&&c| c == b'0').count();
+    &digits[z..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_cmp;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn natural_order() {
+        assert_eq!(natural_cmp("layers.2.w", "layers.10.w"), Ordering::Less);
+        assert_eq!(natural_cmp("fc1.bias", "fc1.weight"), Ordering::Less);
+        assert_eq!(natural_cmp("a", "a.b"), Ordering::Less);
+        assert_eq!(natural_cmp("x10", "x9"), Ordering::Greater);
+    }
+}

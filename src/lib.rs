@@ -1,0 +1,39 @@
+//! # slimnn
+//!
+//! Make trained neural networks smaller and faster while keeping their accuracy: the
+//! methods of Cheng et al.'s survey "A Survey of Model Compression and Acceleration for
+//! Deep Neural Networks" on your own buffers or on a safetensors model.
+//!
+//! - [`prune`]: magnitude (per layer and global), random, structured (L1/L2/geometric
+//!   median) with physical removal, N:M, saliency (Taylor, OBD, SNIP, movement, Wanda),
+//!   neuron merging, AGP schedules.
+//! - [`Model`]: named parameters with their [`LayerKind`], loaded from and saved to
+//!   safetensors ([`io`]), selected by name glob and kind ([`Selector`]).
+//! - [`Mask`]: bit-packed pruning masks.
+//!
+//! ```
+//! use ndarray::{ArrayD, IxDyn};
+//! use slimnn::prune::{GlobalPruner, Statistics};
+//! use slimnn::{Model, Selector};
+//!
+//! let mut model = Model::new();
+//! model.add("fc1.weight", ArrayD::from_shape_fn(IxDyn(&[8, 16]), |i| (i[0] as f32 - 3.5) * (i[1] as f32 + 1.0)))?;
+//! model.add("fc2.weight", ArrayD::from_shape_fn(IxDyn(&[4, 8]), |i| i[0] as f32 - i[1] as f32))?;
+//! let report = model.prune_global(&Selector::prunable(), &GlobalPruner::magnitude(0.9)?, &Statistics::new())?;
+//! assert_eq!(report.total_zeros(), 144); // round(0.9 · 160)
+//! println!("{report}");
+//! # Ok::<(), slimnn::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod io;
+pub mod mask;
+pub mod model;
+pub mod prune;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use mask::Mask;
+pub use model::{DType, LayerKind, Model, Param, RawTensor, Selector};
+pub use tensor::Scalar;

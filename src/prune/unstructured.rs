@@ -1,0 +1,246 @@
+//! [`UnstructuredPruner`]: remove single weights by a [`Saliency`], per tensor or per row.
+
+use std::borrow::Cow;
+
+use ndarray::{ArrayRef, IxDyn};
+use rayon::prelude::*;
+
+use super::threshold::{self, NonFiniteAt};
+use super::{Amount, Magnitude, PruneContext, Pruner, Random, Saliency, Wanda};
+use crate::error::{Error, Result};
+use crate::mask::Mask;
+use crate::tensor::{Scalar, check_finite, check_nonempty, check_same_shape, row_major};
+
+/// Where the pruned fraction is counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Over the whole tensor (the default).
+    #[default]
+    Tensor,
+    /// Within each output row (axis 0; a Conv2d filter is one row): every row loses the
+    /// same number of weights, as Wanda prescribes.
+    PerOutput,
+}
+
+/// Removes single weights with the lowest [`Saliency`], exactly `round(s·n)` of them
+/// (PyTorch's `l1_unstructured` / `random_unstructured`, generalised to any criterion).
+///
+/// ```
+/// use ndarray::array;
+/// use slimnn::prune::{MagnitudePruner, PruneContext, Pruner};
+///
+/// let mut w = array![[0.1f32, -0.9, 0.3], [0.8, -0.05, 0.5]].into_dyn();
+/// let pruner = MagnitudePruner::magnitude(0.5)?;
+/// let mask = pruner.prune(&mut w, &PruneContext::new())?;
+/// assert_eq!(mask.count_pruned(), 3);
+/// assert_eq!(w, array![[0.0f32, -0.9, 0.0], [0.8, 0.0, 0.5]].into_dyn());
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UnstructuredPruner<S = Magnitude> {
+    saliency: S,
+    amount: Amount,
+    scope: Scope,
+}
+
+/// Magnitude pruning (Han et al. 2015): the lowest `|w|` go.
+pub type MagnitudePruner = UnstructuredPruner<Magnitude>;
+
+impl<S> UnstructuredPruner<S> {
+    /// Prunes `amount` of each tensor by `saliency`. Fails for a fraction outside `[0, 1]`.
+    pub fn new(saliency: S, amount: impl Into<Amount>) -> Result<Self> {
+        Ok(UnstructuredPruner {
+            saliency,
+            amount: amount.into().check()?,
+            scope: Scope::Tensor,
+        })
+    }
+
+    /// Sets where the amount is counted.
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// The criterion.
+    pub fn saliency(&self) -> &S {
+        &self.saliency
+    }
+
+    /// How much each tensor (or row) loses.
+    pub fn amount(&self) -> Amount {
+        self.amount
+    }
+
+    /// Where the amount is counted.
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+}
+
+impl UnstructuredPruner<Magnitude> {
+    /// Magnitude pruning of `amount` per tensor.
+    pub fn magnitude(amount: impl Into<Amount>) -> Result<Self> {
+        Self::new(Magnitude, amount)
+    }
+}
+
+impl UnstructuredPruner<Random> {
+    /// Random pruning of `amount` per tensor, reproducible from `seed`.
+    pub fn random(seed: u64, amount: impl Into<Amount>) -> Result<Self> {
+        Self::new(Random::new(seed), amount)
+    }
+}
+
+impl UnstructuredPruner<Wanda> {
+    /// Wanda pruning of `amount` of every output row (needs activation norms).
+    pub fn wanda(amount: impl Into<Amount>) -> Result<Self> {
+        Ok(Self::new(Wanda, amount)?.with_scope(Scope::PerOutput))
+    }
+}
+
+/// Scores ready for selection, with the key that ranks them: `|x|` when read straight
+/// from the weights, the identity when materialised.
+pub(crate) enum Keys<'a, T: Clone> {
+    /// The weights themselves; rank by magnitude.
+    Abs(Cow<'a, [T]>),
+    /// Materialised scores; rank as they are.
+    Scores(Vec<T>),
+}
+
+impl<'a, T: Scalar> Keys<'a, T> {
+    /// Scores `weights` by `saliency`. Weights already pruned by `ctx.mask` score lowest
+    /// (the most negative finite value), so pruning them again counts them first.
+    pub(crate) fn compute<S: Saliency<T> + ?Sized>(
+        saliency: &S,
+        weights: &'a ArrayRef<T, IxDyn>,
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<Self> {
+        check_nonempty(weights.shape(), || ctx.what())?;
+        if let Some(m) = ctx.mask {
+            check_same_shape(weights.shape(), m.shape(), || format!("mask of {}", ctx.what()))?;
+        }
+        if saliency.is_magnitude() && ctx.mask.is_none() {
+            // Finiteness is checked during selection, without an extra pass.
+            return Ok(Keys::Abs(row_major(weights)));
+        }
+        check_finite(&row_major(weights), || ctx.what())?;
+        let scores = saliency.scores(weights, ctx)?;
+        check_same_shape(weights.shape(), scores.shape(), || {
+            format!("saliency scores of {}", ctx.what())
+        })?;
+        let mut scores = scores.into_iter().collect::<Vec<_>>();
+        if let Some(m) = ctx.mask {
+            for i in m.iter_pruned() {
+                scores[i] = T::min_value();
+            }
+        }
+        Ok(Keys::Scores(scores))
+    }
+
+    pub(crate) fn values(&self) -> &[T] {
+        match self {
+            Keys::Abs(v) => v,
+            Keys::Scores(v) => v,
+        }
+    }
+
+    pub(crate) fn is_abs(&self) -> bool {
+        matches!(self, Keys::Abs(_))
+    }
+}
+
+/// Turns a selection failure into an error naming the tensor.
+pub(crate) fn non_finite<T: Scalar>(
+    at: NonFiniteAt,
+    keys: &[T],
+    abs: bool,
+    what: impl FnOnce() -> String,
+) -> Error {
+    Error::NonFinite {
+        what: if abs { what() } else { format!("saliency scores of {}", what()) },
+        index: at.1,
+        value: keys[at.1].as_f64(),
+    }
+}
+
+/// Runs `f` with the key function that ranks `keys`.
+macro_rules! with_key {
+    ($keys:expr, |$k:ident| $body:expr) => {
+        if $keys.is_abs() {
+            let $k = |x: T| x.abs();
+            $body
+        } else {
+            let $k = |x: T| x;
+            $body
+        }
+    };
+}
+pub(crate) use with_key;
+
+impl<T: Scalar, S: Saliency<T>> Pruner<T> for UnstructuredPruner<S> {
+    fn mask(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
+        let keys = Keys::compute(&self.saliency, weights, ctx)?;
+        let shape = weights.shape();
+        let mask = match self.scope {
+            Scope::Tensor => {
+                let already = ctx.mask.map_or(0, Mask::count_pruned);
+                let k = self.amount.count_of(keys.values().len())?.max(already);
+                let v = keys.values();
+                with_key!(keys, |key| {
+                    let cut = threshold::select(&[v], k, key)
+                        .map_err(|at| non_finite(at, v, keys.is_abs(), || ctx.what()))?;
+                    threshold::mask_of(v, shape, 0, &cut, key)
+                })
+            }
+            Scope::PerOutput => self.per_row(&keys, shape, ctx)?,
+        };
+        Ok(mask)
+    }
+
+    fn prune(&self, weights: &mut ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
+        let fused = self.saliency.is_magnitude() && ctx.mask.is_none() && self.scope == Scope::Tensor;
+        let shape = weights.shape().to_vec();
+        match weights.as_slice_mut() {
+            Some(w) if fused => {
+                check_nonempty(&shape, || ctx.what())?;
+                let k = self.amount.count_of(w.len())?;
+                let key = |x: T| x.abs();
+                let cut = threshold::select(&[&*w], k, key)
+                    .map_err(|at| non_finite(at, w, true, || ctx.what()))?;
+                Ok(threshold::prune_in_place(w, &shape, 0, &cut, key))
+            }
+            _ => {
+                let mask = self.mask(weights, ctx)?;
+                mask.apply(weights)?;
+                Ok(mask)
+            }
+        }
+    }
+}
+
+impl<S> UnstructuredPruner<S> {
+    fn per_row<T: Scalar>(&self, keys: &Keys<'_, T>, shape: &[usize], ctx: &PruneContext<'_, T>) -> Result<Mask> {
+        let v = keys.values();
+        let row_len = v.len() / shape[0];
+        let k_row = self.amount.count_of(row_len)?;
+        let mut keep = vec![false; v.len()];
+        let result: std::result::Result<(), NonFiniteAt> = with_key!(keys, |key| {
+            keep.par_chunks_mut(row_len)
+                .zip(v.par_chunks(row_len))
+                .enumerate()
+                .try_for_each(|(r, (keep, row))| {
+                    let already = ctx.mask.map_or(0, |m| {
+                        (r * row_len..(r + 1) * row_len).filter(|&i| !m.get(i)).count()
+                    });
+                    let cut = threshold::select(&[row], k_row.max(already), key)
+                        .map_err(|at| NonFiniteAt(0, r * row_len + at.1))?;
+                    let row_mask = threshold::mask_of(row, &[row_len], 0, &cut, key);
+                    keep.iter_mut().enumerate().for_each(|(i, k)| *k = row_mask.get(i));
+                    Ok(())
+                })
+        });
+        result.map_err(|at| non_finite(at, v, keys.is_abs(), || ctx.what()))?;
+        Ok(Mask::from_fn(shape, |i| keep[i]))
+    }
+}
