@@ -28,6 +28,7 @@
 
 pub mod error;
 pub mod io;
+pub mod kernels;
 pub mod mask;
 pub mod model;
 pub mod prune;

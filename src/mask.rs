@@ -279,6 +279,26 @@ impl Mask {
         }
     }
 
+    /// Sets elements `start..end` (row-major flat) to `keep`, a word at a time.
+    ///
+    /// # Panics
+    /// If `start > end` or `end > self.len()`.
+    pub fn set_range(&mut self, start: usize, end: usize, keep: bool) {
+        assert!(start <= end && end <= self.len, "mask range {start}..{end} out of bounds for length {}", self.len);
+        let mut i = start;
+        while i < end {
+            let (w, b) = (i / WORD, i % WORD);
+            let n = (WORD - b).min(end - i);
+            let bits = if n == WORD { !0 } else { ((1u64 << n) - 1) << b };
+            if keep {
+                self.words[w] |= bits;
+            } else {
+                self.words[w] &= !bits;
+            }
+            i += n;
+        }
+    }
+
     /// Mutable packed words for crate-internal builders; callers keep the tail clear.
     pub(crate) fn words_mut(&mut self) -> &mut [u64] {
         &mut self.words

@@ -3,7 +3,8 @@
 use ndarray::{ArrayViewD, ArrayViewMutD};
 
 use super::threshold;
-use super::unstructured::{Keys, non_finite, with_key};
+use super::unstructured::{Keys, non_finite};
+use crate::kernels::Abs;
 use super::{Amount, Magnitude, PruneContext, Saliency};
 use crate::error::{Error, Result};
 use crate::mask::Mask;
@@ -114,18 +115,15 @@ impl<S> GlobalPruner<S> {
         let n: usize = slices.iter().map(|s| s.len()).sum();
         let already: usize = ctxs.iter().map(|c| c.mask.map_or(0, Mask::count_pruned)).sum();
         let k = self.amount.count_of(n)?.max(already);
-        let first = &keys[0];
-        with_key!(first, |key| {
-            let cut = threshold::select(&slices, k, key).map_err(|at| {
-                non_finite(at, slices[at.0], first.is_abs(), || ctxs[at.0].what())
-            })?;
-            Ok(slices
-                .iter()
-                .zip(weights)
-                .enumerate()
-                .map(|(s, (v, w))| threshold::mask_of(v, w.shape(), s, &cut, key))
-                .collect())
-        })
+        let abs = keys[0].is_abs();
+        let cut = threshold::select_by(&slices, k, abs)
+            .map_err(|at| non_finite(at, slices[at.0], abs, || ctxs[at.0].what()))?;
+        Ok(slices
+            .iter()
+            .zip(weights)
+            .enumerate()
+            .map(|(s, (v, w))| threshold::mask_by(v, w.shape(), s, &cut, abs))
+            .collect())
     }
 
     /// Computes the masks and zeroes the pruned weights in place. For magnitude pruning
@@ -160,17 +158,16 @@ impl<S> GlobalPruner<S> {
             .collect();
         let n: usize = slices.iter().map(|s| s.len()).sum();
         let k = self.amount.count_of(n)?;
-        let key = |x: T| x.abs();
         let cut = {
             let shared: Vec<&[T]> = slices.iter().map(|s| &**s).collect();
-            threshold::select(&shared, k, key)
+            threshold::select::<T, Abs>(&shared, k)
                 .map_err(|at| non_finite(at, shared[at.0], true, || ctxs[at.0].what()))?
         };
         Ok(slices
             .iter_mut()
             .zip(&shapes)
             .enumerate()
-            .map(|(s, (v, shape))| threshold::prune_in_place(v, shape, s, &cut, key))
+            .map(|(s, (v, shape))| threshold::prune_in_place::<T, Abs>(v, shape, s, &cut))
             .collect())
     }
 }

@@ -1,6 +1,6 @@
 //! [`StructuredPruner`]: remove whole filters, channels or neurons.
 
-use ndarray::{Array2, ArrayRef, Axis, IxDyn};
+use ndarray::{Array2, ArrayRef, ArrayView2, Axis, CowArray, Ix2, IxDyn};
 
 use super::threshold;
 use super::{Amount, PruneContext, Pruner};
@@ -66,8 +66,13 @@ pub fn channel_scores<T: Scalar>(
     }
     check_nonempty(shape, || "weights".into())?;
     check_finite(&row_major(weights), || "weights".into())?;
+    Ok(scores_of_checked(weights, axis, criterion))
+}
+
+/// [`channel_scores`] of weights already checked to be non-empty and finite.
+fn scores_of_checked<T: Scalar>(weights: &ArrayRef<T, IxDyn>, axis: usize, criterion: ChannelCriterion) -> Vec<T> {
     let rows = channel_rows(weights, axis);
-    Ok(match criterion {
+    match criterion {
         ChannelCriterion::L1 => rows.rows().into_iter().map(|r| r.iter().fold(T::zero(), |a, &x| a + x.abs())).collect(),
         ChannelCriterion::L2 => rows
             .rows()
@@ -93,19 +98,25 @@ pub fn channel_scores<T: Scalar>(
                 })
                 .collect()
         }
-    })
+    }
 }
 
-/// The weights as a matrix with one row per channel along `axis`.
-fn channel_rows<T: Scalar>(weights: &ArrayRef<T, IxDyn>, axis: usize) -> Array2<T> {
+/// The weights as a matrix with one row per channel along `axis` (borrowed when the
+/// channels are the outermost axis of a contiguous tensor).
+fn channel_rows<T: Scalar>(weights: &ArrayRef<T, IxDyn>, axis: usize) -> CowArray<'_, T, Ix2> {
     let c = weights.shape()[axis];
     let rest = weights.len() / c;
+    if axis == 0
+        && let Some(flat) = weights.as_slice()
+    {
+        return ArrayView2::from_shape((c, rest), flat).expect("element count is unchanged").into();
+    }
     let mut order: Vec<usize> = (0..weights.ndim()).collect();
     order.remove(axis);
     order.insert(0, axis);
     let moved = weights.view().permuted_axes(order);
     let flat: Vec<T> = moved.iter().copied().collect();
-    Array2::from_shape_vec((c, rest), flat).expect("element count is unchanged")
+    Array2::from_shape_vec((c, rest), flat).expect("element count is unchanged").into()
 }
 
 /// Removes whole channels (filters, neurons, input channels) with the lowest importance
@@ -185,13 +196,14 @@ impl<T: Scalar> Pruner<T> for StructuredPruner {
         let axis = self.tensor_axis(shape, ctx)?;
         check_nonempty(shape, || ctx.what())?;
         check_finite(&row_major(weights), || ctx.what())?;
-        let mut scores = channel_scores(weights, axis, self.criterion)?;
+        let mut scores = scores_of_checked(weights, axis, self.criterion);
         let c = shape[axis];
         // Channels the existing mask already removed go first and count toward the target.
         let dead = match ctx.mask {
             Some(m) => {
                 check_same_shape(shape, m.shape(), || format!("mask of {}", ctx.what()))?;
-                let pruned = channel_rows(&m.to_array::<T>(), axis);
+                let as_values = m.to_array::<T>();
+                let pruned = channel_rows(&as_values, axis);
                 let dead: Vec<bool> =
                     pruned.rows().into_iter().map(|r| r.iter().all(|x| x.is_zero())).collect();
                 for (s, _) in scores.iter_mut().zip(&dead).filter(|(_, d)| **d) {
@@ -202,15 +214,21 @@ impl<T: Scalar> Pruner<T> for StructuredPruner {
             None => 0,
         };
         let k = self.amount.count_of(c)?.max(dead);
-        let cut = threshold::select(&[&scores], k, |x: T| x)
+        let cut = threshold::select_by(&[&scores], k, false)
             .map_err(|at| Error::NonFinite {
                 what: format!("channel scores of {}", ctx.what()),
                 index: at.1,
                 value: scores[at.1].as_f64(),
             })?;
-        let keep = threshold::mask_of(&scores, &[c], 0, &cut, |x: T| x);
+        let keep = threshold::mask_by(&scores, &[c], 0, &cut, false);
+        // Each channel owns runs of `stride` consecutive elements, one per outer index.
         let stride: usize = shape[axis + 1..].iter().product();
-        let mask = Mask::from_fn(shape, |i| keep.get(i / stride % c));
+        let mut mask = Mask::ones(shape);
+        for run in 0..weights.len() / stride {
+            if !keep.get(run % c) {
+                mask.set_range(run * stride, (run + 1) * stride, false);
+            }
+        }
         match ctx.mask {
             Some(m) => mask.and(m),
             None => Ok(mask),

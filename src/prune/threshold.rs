@@ -14,6 +14,8 @@ use std::cmp::Ordering;
 
 use rayon::prelude::*;
 
+use crate::kernels::{Abs, Identity, Key};
+use crate::kernels::select::{Window, keep_words, prune_words, window};
 use crate::mask::Mask;
 use crate::tensor::Scalar;
 
@@ -49,16 +51,12 @@ impl<T: Scalar> Cut<T> {
 pub(crate) struct NonFiniteAt(pub usize, pub usize);
 
 /// Finds the cut that prunes exactly `k` elements: the `k` smallest by
-/// (`key(x)`, slice, index). Every key must be finite.
-pub(crate) fn select<T, K>(slices: &[&[T]], k: usize, key: K) -> Result<Cut<T>, NonFiniteAt>
-where
-    T: Scalar,
-    K: Fn(T) -> T + Sync + Copy,
-{
+/// (`K::key(x)`, slice, index). Every key must be finite.
+pub(crate) fn select<T: Scalar, K: Key>(slices: &[&[T]], k: usize) -> Result<Cut<T>, NonFiniteAt> {
     let n: usize = slices.iter().map(|s| s.len()).sum();
     assert!(k <= n, "select: k = {k} exceeds n = {n}");
     if k == 0 || k == n {
-        first_non_finite(slices, key).map_or(Ok(()), Err)?;
+        first_non_finite::<T, K>(slices).map_or(Ok(()), Err)?;
         let threshold = if k == 0 { T::neg_infinity() } else { T::infinity() };
         return Ok(Cut {
             threshold,
@@ -68,10 +66,10 @@ where
     let (mut lo, mut hi) = if n <= SMALL {
         (T::neg_infinity(), T::infinity())
     } else {
-        bracket(slices, k, n, key)
+        bracket::<T, K>(slices, k, n)
     };
     loop {
-        let p = pass(slices, lo, hi, key);
+        let p = pass::<T, K>(slices, lo, hi);
         if let Some(bad) = p.first_bad {
             return Err(bad);
         }
@@ -101,7 +99,7 @@ where
         let tie_end = if need == equal {
             (slices.len(), 0)
         } else {
-            nth_tie(slices, threshold, need, key)
+            nth_tie::<T, K>(slices, threshold, need)
         };
         return Ok(Cut { threshold, tie_end });
     }
@@ -114,7 +112,7 @@ fn cmp<T: Scalar>(a: &T, b: &T) -> Ordering {
 
 /// A window `[lo, hi]` that holds the k-th smallest key with high probability, from a
 /// fixed-seed random sample (reproducible: the same input gives the same window).
-fn bracket<T: Scalar, K: Fn(T) -> T + Copy>(slices: &[&[T]], k: usize, n: usize, key: K) -> (T, T) {
+fn bracket<T: Scalar, K: Key>(slices: &[&[T]], k: usize, n: usize) -> (T, T) {
     let starts: Vec<usize> = slices
         .iter()
         .scan(0, |acc, s| {
@@ -128,7 +126,7 @@ fn bracket<T: Scalar, K: Fn(T) -> T + Copy>(slices: &[&[T]], k: usize, n: usize,
         .filter_map(|_| {
             let pos = ((splitmix64(&mut state) as u128 * n as u128) >> 64) as usize;
             let s = starts.partition_point(|&st| st <= pos) - 1;
-            let x = key(slices[s][pos - starts[s]]);
+            let x = K::key(slices[s][pos - starts[s]]);
             x.is_finite().then_some(x)
         })
         .collect();
@@ -163,8 +161,8 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One streaming pass's counts: below `lo`, equal to `lo`, strictly inside (collected),
-/// equal to `hi` (when `hi != lo`).
+/// One streaming pass's result over all slices (see [`Window`]),
+/// with the first non-finite key located by (slice, index).
 #[derive(Default)]
 struct Pass<T> {
     below: usize,
@@ -174,197 +172,95 @@ struct Pass<T> {
     first_bad: Option<NonFiniteAt>,
 }
 
-impl<T> Pass<T> {
-    fn merge(mut self, mut other: Pass<T>) -> Pass<T> {
-        self.below += other.below;
-        self.eq_lo += other.eq_lo;
-        self.eq_hi += other.eq_hi;
-        if self.mid.len() < other.mid.len() {
-            std::mem::swap(&mut self.mid, &mut other.mid);
-        }
-        self.mid.extend(other.mid);
-        self.first_bad = match (self.first_bad, other.first_bad) {
-            (Some(a), Some(b)) => Some(if (a.0, a.1) <= (b.0, b.1) { a } else { b }),
-            (a, b) => a.or(b),
-        };
-        self
-    }
-}
-
-/// (slice, start) of every task of a pass, in global order.
-fn tasks<T>(slices: &[&[T]]) -> Vec<(usize, usize)> {
+/// The chunks of a pass, (slice, range), in global order.
+fn tasks<'s, T>(slices: &[&'s [T]]) -> Vec<(usize, usize, &'s [T])> {
     slices
         .iter()
         .enumerate()
-        .flat_map(|(s, sl)| (0..sl.len()).step_by(TASK).map(move |st| (s, st)))
+        .flat_map(|(s, sl)| sl.chunks(TASK).enumerate().map(move |(c, ch)| (s, c * TASK, ch)))
         .collect()
 }
 
-fn pass<T, K>(slices: &[&[T]], lo: T, hi: T, key: K) -> Pass<T>
-where
-    T: Scalar,
-    K: Fn(T) -> T + Sync + Copy,
-{
-    tasks(slices)
+fn pass<T: Scalar, K: Key>(slices: &[&[T]], lo: T, hi: T) -> Pass<T> {
+    let parts: Vec<(usize, usize, Window<T>)> = tasks(slices)
         .into_par_iter()
-        .map(|(s, st)| {
-            let chunk = &slices[s][st..(st + TASK).min(slices[s].len())];
-            let mut out = pass_chunk(chunk, lo, hi, key);
-            if let Some(NonFiniteAt(_, i)) = out.first_bad {
-                out.first_bad = Some(NonFiniteAt(s, st + i));
-            }
-            out
-        })
-        .reduce(Pass::default, Pass::merge)
-}
-
-fn pass_chunk<T: Scalar, K: Fn(T) -> T + Copy>(chunk: &[T], lo: T, hi: T, key: K) -> Pass<T> {
-    const LANES: usize = 16;
-    let mut out = Pass::default();
-    let count_hi = hi != lo;
-    let blocks = chunk.chunks_exact(LANES);
-    let tail = blocks.remainder();
-    let mut visit = |block: &[T]| {
-        // Branch-free counting vectorizes; the rare in-window keys are collected after.
-        let (mut below, mut eq_lo, mut eq_hi, mut inside, mut bad) = (0, 0, 0, 0, false);
-        for &x in block {
-            let v = key(x);
-            below += (v < lo) as usize;
-            eq_lo += (v == lo) as usize;
-            eq_hi += (count_hi && v == hi) as usize;
-            inside += (v > lo && v < hi) as usize;
-            bad |= !v.is_finite();
-        }
-        out.below += below;
-        out.eq_lo += eq_lo;
-        out.eq_hi += eq_hi;
-        if inside > 0 {
-            out.mid.extend(block.iter().map(|&x| key(x)).filter(|&v| v > lo && v < hi));
-        }
-        bad
+        .map(|(s, start, chunk)| (s, start, window::<T, K>(chunk, lo, hi)))
+        .collect();
+    let mut out = Pass {
+        mid: Vec::with_capacity(parts.iter().map(|p| p.2.mid.len()).sum()),
+        ..Pass::default()
     };
-    let mut first_bad_block = None;
-    for (b, block) in blocks.enumerate() {
-        if visit(block) && first_bad_block.is_none() {
-            first_bad_block = Some(b * LANES);
-        }
+    for (s, start, w) in parts {
+        out.below += w.below;
+        out.eq_lo += w.eq_lo;
+        out.eq_hi += w.eq_hi;
+        out.mid.extend_from_slice(&w.mid);
+        // Tasks are in global order, so the first one reported is the first overall.
+        out.first_bad = out.first_bad.or(w.first_bad.map(|i| NonFiniteAt(s, start + i)));
     }
-    if visit(tail) && first_bad_block.is_none() {
-        first_bad_block = Some(chunk.len() - tail.len());
-    }
-    out.first_bad = first_bad_block.map(|start| {
-        let off = chunk[start..].iter().position(|&x| !key(x).is_finite()).unwrap_or(0);
-        NonFiniteAt(0, start + off)
-    });
     out
 }
 
-fn first_non_finite<T, K>(slices: &[&[T]], key: K) -> Option<NonFiniteAt>
-where
-    T: Scalar,
-    K: Fn(T) -> T + Sync + Copy,
-{
-    pass(slices, T::neg_infinity(), T::neg_infinity(), key).first_bad
+fn first_non_finite<T: Scalar, K: Key>(slices: &[&[T]]) -> Option<NonFiniteAt> {
+    pass::<T, K>(slices, T::neg_infinity(), T::neg_infinity()).first_bad
 }
 
 /// The position just after the `need`-th (1-based) element whose key equals `t`.
-fn nth_tie<T, K>(slices: &[&[T]], t: T, need: usize, key: K) -> (usize, usize)
-where
-    T: Scalar,
-    K: Fn(T) -> T + Sync + Copy,
-{
+fn nth_tie<T: Scalar, K: Key>(slices: &[&[T]], t: T, need: usize) -> (usize, usize) {
     let tasks = tasks(slices);
     let counts: Vec<usize> = tasks
         .par_iter()
-        .map(|&(s, st)| {
-            let chunk = &slices[s][st..(st + TASK).min(slices[s].len())];
-            chunk.iter().map(|&x| (key(x) == t) as usize).sum()
-        })
+        .map(|(_, _, chunk)| chunk.iter().filter(|&&x| K::key(x) == t).count())
         .collect();
     let mut remaining = need;
-    for (&(s, st), &c) in tasks.iter().zip(&counts) {
+    for (&(s, start, chunk), &c) in tasks.iter().zip(&counts) {
         if remaining > c {
             remaining -= c;
             continue;
         }
-        let chunk = &slices[s][st..(st + TASK).min(slices[s].len())];
         let i = chunk
             .iter()
             .enumerate()
-            .filter(|&(_, &x)| key(x) == t)
+            .filter(|&(_, &x)| K::key(x) == t)
             .nth(remaining - 1)
             .map(|(i, _)| i)
             .expect("the chunk holds `remaining` ties");
-        return (s, st + i + 1);
+        return (s, start + i + 1);
     }
     unreachable!("fewer than `need` ties at the threshold")
 }
 
-/// Whether an element with this key at index `i` of a slice is kept under `cut`.
-#[inline(always)]
-fn keep<T: Scalar>(v: T, t: T, i: usize, tie_cut: usize) -> bool {
-    v > t || (v == t && i >= tie_cut)
+/// [`select`] ranking by magnitude (`abs`) or by value.
+pub(crate) fn select_by<T: Scalar>(slices: &[&[T]], k: usize, abs: bool) -> Result<Cut<T>, NonFiniteAt> {
+    if abs { select::<T, Abs>(slices, k) } else { select::<T, Identity>(slices, k) }
+}
+
+/// [`mask_of`] ranking by magnitude (`abs`) or by value.
+pub(crate) fn mask_by<T: Scalar>(values: &[T], shape: &[usize], s: usize, cut: &Cut<T>, abs: bool) -> Mask {
+    if abs { mask_of::<T, Abs>(values, shape, s, cut) } else { mask_of::<T, Identity>(values, shape, s, cut) }
 }
 
 /// The mask that `cut` gives slice number `s` (of shape `shape`).
-pub(crate) fn mask_of<T, K>(values: &[T], shape: &[usize], s: usize, cut: &Cut<T>, key: K) -> Mask
-where
-    T: Scalar,
-    K: Fn(T) -> T + Sync + Copy,
-{
+pub(crate) fn mask_of<T: Scalar, K: Key>(values: &[T], shape: &[usize], s: usize, cut: &Cut<T>) -> Mask {
     let mut mask = Mask::zeros(shape);
     let (t, tc) = (cut.threshold, cut.tie_cut(s));
-    let words = mask.words_mut();
-    let per_task = TASK / 64;
-    words
-        .par_chunks_mut(per_task)
+    mask.words_mut()
+        .par_chunks_mut(TASK / 64)
         .zip(values.par_chunks(TASK))
         .enumerate()
-        .for_each(|(task, (words, chunk))| {
-            for (w, (word, block)) in words.iter_mut().zip(chunk.chunks(64)).enumerate() {
-                let base = task * TASK + w * 64;
-                let mut bits = 0u64;
-                for (j, &x) in block.iter().enumerate() {
-                    bits |= (keep(key(x), t, base + j, tc) as u64) << j;
-                }
-                *word = bits;
-            }
-        });
+        .for_each(|(task, (words, chunk))| keep_words::<T, K>(chunk, words, task * TASK, t, tc));
     mask
 }
 
 /// Like [`mask_of`], and zeroes the pruned elements of `values` in the same pass.
-pub(crate) fn prune_in_place<T, K>(
-    values: &mut [T],
-    shape: &[usize],
-    s: usize,
-    cut: &Cut<T>,
-    key: K,
-) -> Mask
-where
-    T: Scalar,
-    K: Fn(T) -> T + Sync + Copy,
-{
+pub(crate) fn prune_in_place<T: Scalar, K: Key>(values: &mut [T], shape: &[usize], s: usize, cut: &Cut<T>) -> Mask {
     let mut mask = Mask::zeros(shape);
     let (t, tc) = (cut.threshold, cut.tie_cut(s));
-    let words = mask.words_mut();
-    let per_task = TASK / 64;
-    words
-        .par_chunks_mut(per_task)
+    mask.words_mut()
+        .par_chunks_mut(TASK / 64)
         .zip(values.par_chunks_mut(TASK))
         .enumerate()
-        .for_each(|(task, (words, chunk))| {
-            for (w, (word, block)) in words.iter_mut().zip(chunk.chunks_mut(64)).enumerate() {
-                let base = task * TASK + w * 64;
-                let mut bits = 0u64;
-                for (j, x) in block.iter_mut().enumerate() {
-                    let k = keep(key(*x), t, base + j, tc);
-                    bits |= (k as u64) << j;
-                    *x = if k { *x } else { T::zero() };
-                }
-                *word = bits;
-            }
-        });
+        .for_each(|(task, (words, chunk))| prune_words::<T, K>(chunk, words, task * TASK, t, tc));
     mask
 }
 
@@ -392,10 +288,16 @@ mod tests {
         let n: usize = slices.iter().map(Vec::len).sum();
         let k = ((n as f64) * frac).round() as usize;
         let refs: Vec<&[f32]> = slices.iter().map(|v| v.as_slice()).collect();
-        let cut = select(&refs, k, |x: f32| x.abs()).unwrap();
+        let cut = select::<f32, Abs>(&refs, k).unwrap();
         let want = reference(&slices, k);
         for (s, v) in slices.iter().enumerate() {
-            let m = mask_of(v, &[v.len()], s, &cut, |x: f32| x.abs());
+            let m = mask_of::<f32, Abs>(v, &[v.len()], s, &cut);
+            let mut pruned = v.clone();
+            let m2 = prune_in_place::<f32, Abs>(&mut pruned, &[v.len()], s, &cut);
+            assert_eq!(m, m2);
+            for (i, (&a, &b)) in v.iter().zip(&pruned).enumerate() {
+                assert_eq!(if m.get(i) { a } else { 0.0 }, b);
+            }
             let got: Vec<bool> = (0..v.len()).map(|i| m.get(i)).collect();
             assert_eq!(got, want[s], "slice {s}");
         }
@@ -438,9 +340,9 @@ mod tests {
         let mut b = vec![1.0f32; 100_000];
         b[77_777] = f32::NAN;
         b[90_000] = f32::INFINITY;
-        let err = select(&[&a, &b], 50, |x: f32| x.abs()).unwrap_err();
+        let err = select::<f32, Abs>(&[&a, &b], 50).unwrap_err();
         assert_eq!(err, NonFiniteAt(1, 77_777));
-        let err = select(&[&a, &b], 0, |x: f32| x.abs()).unwrap_err();
+        let err = select::<f32, Abs>(&[&a, &b], 0).unwrap_err();
         assert_eq!(err, NonFiniteAt(1, 77_777));
     }
 }

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use super::threshold::{self, NonFiniteAt};
 use super::{Amount, Magnitude, PruneContext, Pruner, Random, Saliency, Wanda};
 use crate::error::{Error, Result};
+use crate::kernels::Abs;
 use crate::mask::Mask;
 use crate::tensor::{Scalar, check_finite, check_nonempty, check_same_shape, row_major};
 
@@ -164,20 +165,6 @@ pub(crate) fn non_finite<T: Scalar>(
     }
 }
 
-/// Runs `f` with the key function that ranks `keys`.
-macro_rules! with_key {
-    ($keys:expr, |$k:ident| $body:expr) => {
-        if $keys.is_abs() {
-            let $k = |x: T| x.abs();
-            $body
-        } else {
-            let $k = |x: T| x;
-            $body
-        }
-    };
-}
-pub(crate) use with_key;
-
 impl<T: Scalar, S: Saliency<T>> Pruner<T> for UnstructuredPruner<S> {
     fn mask(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         let keys = Keys::compute(&self.saliency, weights, ctx)?;
@@ -186,12 +173,10 @@ impl<T: Scalar, S: Saliency<T>> Pruner<T> for UnstructuredPruner<S> {
             Scope::Tensor => {
                 let already = ctx.mask.map_or(0, Mask::count_pruned);
                 let k = self.amount.count_of(keys.values().len())?.max(already);
-                let v = keys.values();
-                with_key!(keys, |key| {
-                    let cut = threshold::select(&[v], k, key)
-                        .map_err(|at| non_finite(at, v, keys.is_abs(), || ctx.what()))?;
-                    threshold::mask_of(v, shape, 0, &cut, key)
-                })
+                let (v, abs) = (keys.values(), keys.is_abs());
+                let cut = threshold::select_by(&[v], k, abs)
+                    .map_err(|at| non_finite(at, v, abs, || ctx.what()))?;
+                threshold::mask_by(v, shape, 0, &cut, abs)
             }
             Scope::PerOutput => self.per_row(&keys, shape, ctx)?,
         };
@@ -205,10 +190,9 @@ impl<T: Scalar, S: Saliency<T>> Pruner<T> for UnstructuredPruner<S> {
             Some(w) if fused => {
                 check_nonempty(&shape, || ctx.what())?;
                 let k = self.amount.count_of(w.len())?;
-                let key = |x: T| x.abs();
-                let cut = threshold::select(&[&*w], k, key)
+                let cut = threshold::select::<T, Abs>(&[&*w], k)
                     .map_err(|at| non_finite(at, w, true, || ctx.what()))?;
-                Ok(threshold::prune_in_place(w, &shape, 0, &cut, key))
+                Ok(threshold::prune_in_place::<T, Abs>(w, &shape, 0, &cut))
             }
             _ => {
                 let mask = self.mask(weights, ctx)?;
@@ -221,26 +205,24 @@ impl<T: Scalar, S: Saliency<T>> Pruner<T> for UnstructuredPruner<S> {
 
 impl<S> UnstructuredPruner<S> {
     fn per_row<T: Scalar>(&self, keys: &Keys<'_, T>, shape: &[usize], ctx: &PruneContext<'_, T>) -> Result<Mask> {
-        let v = keys.values();
+        let (v, abs) = (keys.values(), keys.is_abs());
         let row_len = v.len() / shape[0];
         let k_row = self.amount.count_of(row_len)?;
         let mut keep = vec![false; v.len()];
-        let result: std::result::Result<(), NonFiniteAt> = with_key!(keys, |key| {
-            keep.par_chunks_mut(row_len)
-                .zip(v.par_chunks(row_len))
-                .enumerate()
-                .try_for_each(|(r, (keep, row))| {
-                    let already = ctx.mask.map_or(0, |m| {
-                        (r * row_len..(r + 1) * row_len).filter(|&i| !m.get(i)).count()
-                    });
-                    let cut = threshold::select(&[row], k_row.max(already), key)
-                        .map_err(|at| NonFiniteAt(0, r * row_len + at.1))?;
-                    let row_mask = threshold::mask_of(row, &[row_len], 0, &cut, key);
-                    keep.iter_mut().enumerate().for_each(|(i, k)| *k = row_mask.get(i));
-                    Ok(())
-                })
-        });
-        result.map_err(|at| non_finite(at, v, keys.is_abs(), || ctx.what()))?;
+        keep.par_chunks_mut(row_len)
+            .zip(v.par_chunks(row_len))
+            .enumerate()
+            .try_for_each(|(r, (keep, row))| {
+                let already = ctx.mask.map_or(0, |m| {
+                    (r * row_len..(r + 1) * row_len).filter(|&i| !m.get(i)).count()
+                });
+                let cut = threshold::select_by(&[row], k_row.max(already), abs)
+                    .map_err(|at| NonFiniteAt(0, r * row_len + at.1))?;
+                let row_mask = threshold::mask_by(row, &[row_len], 0, &cut, abs);
+                keep.iter_mut().enumerate().for_each(|(i, k)| *k = row_mask.get(i));
+                Ok(())
+            })
+            .map_err(|at| non_finite(at, v, abs, || ctx.what()))?;
         Ok(Mask::from_fn(shape, |i| keep[i]))
     }
 }

@@ -1,0 +1,180 @@
+//! The benchmark contract of `../shared/PERF.md`: one JSON object per line per op.
+//!
+//! ```text
+//! cargo run --release --example perf -- --json [--ops memcpy,prune_global] [--repeats 5]
+//! ```
+//!
+//! Inputs are generated in-process with a fixed seed; only the named work is timed,
+//! after one untimed warm-up.
+
+use std::time::Instant;
+
+use ndarray::{Array, ArrayD, IxDyn};
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand_distr::{Distribution, Normal, Uniform};
+use slimnn::prune::{ChannelCriterion, GlobalPruner, PruneContext, Pruner, StructuredPruner};
+
+struct Opts {
+    json: bool,
+    repeats: usize,
+}
+
+struct Line {
+    op: &'static str,
+    size: String,
+    times: Vec<f64>,
+    quality: f64,
+    metric: &'static str,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut opts = Opts { json: false, repeats: 5 };
+    let mut only: Option<Vec<String>> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => opts.json = true,
+            "--ops" => only = it.next().map(|s| s.split(',').map(String::from).collect()),
+            "--repeats" => {
+                opts.repeats = it.next().and_then(|s| s.parse().ok()).filter(|&r| r >= 3).unwrap_or_else(|| {
+                    eprintln!("--repeats needs a number ≥ 3");
+                    std::process::exit(2)
+                })
+            }
+            "-h" | "--help" => {
+                println!("usage: perf [--json] [--ops a,b,c] [--repeats N≥3]\nops: {}", OPS.iter().map(|o| o.0).collect::<Vec<_>>().join(", "));
+                return;
+            }
+            other => {
+                eprintln!("unknown argument `{other}` (try --help)");
+                std::process::exit(2)
+            }
+        }
+    }
+    if let Some(names) = &only {
+        for n in names {
+            if !OPS.iter().any(|o| o.0 == n) {
+                eprintln!("unknown op `{n}`; known: {}", OPS.iter().map(|o| o.0).collect::<Vec<_>>().join(", "));
+                std::process::exit(2)
+            }
+        }
+    }
+    for (name, run) in OPS {
+        if only.as_ref().is_none_or(|o| o.iter().any(|n| n == name)) {
+            for line in run(&opts) {
+                print(&opts, &line);
+            }
+        }
+    }
+}
+
+type Op = fn(&Opts) -> Vec<Line>;
+const OPS: &[(&str, Op)] = &[
+    ("memcpy", memcpy),
+    ("prune_global", prune_global),
+    ("prune_structured", prune_structured),
+];
+
+fn print(opts: &Opts, l: &Line) {
+    let mut t = l.times.clone();
+    t.sort_by(f64::total_cmp);
+    let median = t[t.len() / 2];
+    if opts.json {
+        println!(
+            "{{\"op\": \"{}\", \"impl\": \"slimnn\", \"size\": \"{}\", \"median_s\": {:.6e}, \"min_s\": {:.6e}, \"repeats\": {}, \"quality\": {}, \"quality_metric\": \"{}\"}}",
+            l.op, l.size, median, t[0], t.len(), l.quality, l.metric
+        );
+    } else {
+        println!(
+            "{:<18} {:<44} median {:>9.3} ms  min {:>9.3} ms  {} = {:.6}",
+            l.op, l.size, median * 1e3, t[0] * 1e3, l.metric, l.quality
+        );
+    }
+}
+
+/// Runs `once` (which times its own work and returns seconds) after one warm-up.
+fn repeat(repeats: usize, mut once: impl FnMut() -> f64) -> Vec<f64> {
+    once();
+    (0..repeats).map(|_| once()).collect()
+}
+
+/// Seconds taken by `work`.
+fn timed(work: impl FnOnce()) -> f64 {
+    let t0 = Instant::now();
+    work();
+    t0.elapsed().as_secs_f64()
+}
+
+fn normal(shape: &[usize], std: f32, seed: u64) -> ArrayD<f32> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let d = Normal::new(0.0f32, std).expect("valid normal");
+    Array::from_shape_simple_fn(IxDyn(shape), || d.sample(&mut rng))
+}
+
+fn memcpy(opts: &Opts) -> Vec<Line> {
+    [(vec![4096usize, 4096], "4096x4096 f32".to_string()), (vec![25_165_824], "25165824 f32 (prune_global's bytes)".into())]
+        .into_iter()
+        .map(|(shape, size)| {
+            let src = normal(&shape, 1.0, 1);
+            let src = src.as_slice().unwrap();
+            let mut dst = vec![0.0f32; src.len()];
+            let times = repeat(opts.repeats, || timed(|| dst.copy_from_slice(src)));
+            std::hint::black_box(&dst);
+            let mut t = times.clone();
+            t.sort_by(f64::total_cmp);
+            Line { op: "memcpy", size, quality: (src.len() * 4) as f64 / t[t.len() / 2] / 1e9, times, metric: "GB/s copied" }
+        })
+        .collect()
+}
+
+fn prune_global(opts: &Opts) -> Vec<Line> {
+    let shapes = [[4096usize, 4096], [4096, 1024], [1024, 4096]];
+    let originals: Vec<ArrayD<f32>> = shapes.iter().enumerate().map(|(i, s)| normal(s, 0.02, 10 + i as u64)).collect();
+    let mut work: Vec<ArrayD<f32>> = originals.clone();
+    let pruner = GlobalPruner::magnitude(0.9).unwrap();
+    let mut sparsity = 0.0;
+    let times = repeat(opts.repeats, || {
+        for (w, o) in work.iter_mut().zip(&originals) {
+            w.assign(o);
+        }
+        let mut views: Vec<_> = work.iter_mut().map(|w| w.view_mut()).collect();
+        let mut masks = Vec::new();
+        let t = timed(|| masks = pruner.prune(&mut views, &[]).unwrap());
+        let kept: usize = masks.iter().map(|m| m.count_kept()).sum();
+        let n: usize = masks.iter().map(|m| m.len()).sum();
+        sparsity = 1.0 - kept as f64 / n as f64;
+        t
+    });
+    vec![Line {
+        op: "prune_global",
+        size: "3 tensors 4096x4096+4096x1024+1024x4096".into(),
+        times,
+        quality: sparsity,
+        metric: "sparsity",
+    }]
+}
+
+fn prune_structured(opts: &Opts) -> Vec<Line> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(20);
+    let scale = Uniform::new(0.2f32, 2.0).unwrap();
+    let scales: Vec<f32> = (0..512).map(|_| scale.sample(&mut rng)).collect();
+    let mut original = normal(&[512, 256, 3, 3], 0.05, 21);
+    for (mut f, s) in original.outer_iter_mut().zip(&scales) {
+        f *= *s;
+    }
+    let pruner = StructuredPruner::new(ChannelCriterion::L2, 256usize).unwrap();
+    let ctx = PruneContext::new();
+    let mut zeroed = 0.0;
+    let times = repeat(opts.repeats, || {
+        let mut w = original.clone();
+        let t = timed(|| {
+            pruner.prune(&mut w, &ctx).unwrap();
+        });
+        let dead = w.outer_iter().filter(|f| f.iter().all(|&x| x == 0.0)).count();
+        zeroed = dead as f64 / 512.0;
+        t
+    });
+    vec![Line { op: "prune_structured", size: "512x256x3x3 keep 256 filters".into(), times, quality: zeroed, metric: "fraction of filters zeroed" }]
+}

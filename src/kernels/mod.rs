@@ -1,0 +1,107 @@
+//! Hot loops, compiled twice: once for the baseline target (the scalar twin, always
+//! there) and once with AVX2 + FMA enabled, chosen at run time.
+//!
+//! The bodies are written once as `#[inline(always)]` generic functions over contiguous
+//! slices; each kernel has a scalar entry and an AVX2 entry that inline the same body,
+//! so the compiler vectorizes the AVX2 copy with 256-bit registers. [`level`] picks the
+//! AVX2 copy when the CPU has AVX2 and FMA, unless the environment variable
+//! `SLIMNN_FORCE_SCALAR` is set (CI runs the scalar twins that way too). This module is
+//! the only place for `unsafe` and `std::arch`.
+
+pub(crate) mod select;
+
+use std::sync::OnceLock;
+
+/// The instruction-set tier the dispatched kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Baseline code (SSE2 on x86-64), the reference twin of every kernel.
+    Scalar,
+    /// AVX2 + FMA.
+    Avx2,
+}
+
+/// The tier in use: detected once, overridable with `SLIMNN_FORCE_SCALAR=1`.
+pub fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if std::env::var_os("SLIMNN_FORCE_SCALAR").is_some_and(|v| !v.is_empty() && v != "0") {
+            return Level::Scalar;
+        }
+        detected()
+    })
+}
+
+/// What the CPU supports, ignoring the environment.
+pub(crate) fn detected() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        return Level::Avx2;
+    }
+    Level::Scalar
+}
+
+/// How a kernel ranks values: by magnitude or as they are.
+pub(crate) trait Key: Copy + Send + Sync + 'static {
+    fn key<T: crate::Scalar>(x: T) -> T;
+}
+
+/// Rank by `|x|`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Abs;
+
+/// Rank by `x`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Identity;
+
+impl Key for Abs {
+    #[inline(always)]
+    fn key<T: crate::Scalar>(x: T) -> T {
+        x.abs()
+    }
+}
+
+impl Key for Identity {
+    #[inline(always)]
+    fn key<T: crate::Scalar>(x: T) -> T {
+        x
+    }
+}
+
+/// Defines a dispatched kernel `$name` with its scalar twin `$name::scalar` and AVX2
+/// copy, all running the `#[inline(always)]` body `$body`.
+macro_rules! kernel {
+    (
+        $(#[$doc:meta])*
+        fn $name:ident<$($g:ident : $b:path),*>($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident
+    ) => {
+        $(#[$doc])*
+        pub(crate) fn $name<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::kernels::level() == $crate::kernels::Level::Avx2 {
+                // SAFETY: `level()` returns Avx2 only if the CPU reports AVX2 and FMA.
+                return unsafe { $name::avx2::<$($g),*>($($arg),*) };
+            }
+            $name::scalar::<$($g),*>($($arg),*)
+        }
+
+        pub(crate) mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The scalar twin (baseline target features).
+            #[allow(dead_code)]
+            pub(crate) fn scalar<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
+                $body::<$($g),*>($($arg),*)
+            }
+
+            /// The same body compiled with AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            pub(crate) fn avx2<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
+                $body::<$($g),*>($($arg),*)
+            }
+        }
+    };
+}
+pub(crate) use kernel;
