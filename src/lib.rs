@@ -31,6 +31,7 @@ pub mod io;
 pub mod kernels;
 pub mod mask;
 pub mod model;
+pub mod nn;
 pub mod prune;
 pub mod tensor;
 

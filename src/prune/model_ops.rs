@@ -174,6 +174,35 @@ impl Model {
         })
     }
 
+    /// For each selected weight with a mask, masks the bias entries of the output channels
+    /// whose weights are all pruned: a removed neuron or filter then contributes nothing,
+    /// and [`Model::remove_pruned_channels`] can drop it. Biases are found by name
+    /// (`x.weight` → `x.bias`). Returns the number of bias entries masked.
+    pub fn mask_biases_of_pruned_channels(&mut self, selector: &Selector) -> Result<usize> {
+        let mut masked = 0;
+        for name in self.select(selector)?.into_iter().map(String::from).collect::<Vec<_>>() {
+            let p = self.get(&name)?;
+            let (Some(mask), Some(axis), Some(bias)) = (p.mask(), p.kind().output_axis(), self.bias_of(&name)) else {
+                continue;
+            };
+            let dead = super::structured::zero_channels(&mask.to_array::<f32>(), axis);
+            let bias = bias.to_string();
+            let b = self.get_mut(&bias)?;
+            if b.shape() != [dead.len()] {
+                return Err(Error::ShapeMismatch {
+                    what: format!("bias `{bias}` of `{name}`"),
+                    expected: vec![dead.len()],
+                    got: b.shape().to_vec(),
+                });
+            }
+            let old = b.mask().cloned().unwrap_or_else(|| crate::Mask::ones(&[dead.len()]));
+            let new = old.and(&crate::Mask::from_fn(&[dead.len()], |c| !dead[c]))?;
+            masked += old.count_kept() - new.count_kept();
+            b.set_mask(new)?;
+        }
+        Ok(masked)
+    }
+
     /// Applies the masks of the selected parameters to their values and drops the masks
     /// (PyTorch's `prune.remove`). Returns the sparsity of what was selected.
     pub fn make_permanent(&mut self, selector: &Selector) -> Result<PruneReport> {

@@ -33,6 +33,15 @@ impl<T: Scalar, S: Saliency<T> + ?Sized> Saliency<T> for &S {
     }
 }
 
+impl<T: Scalar, S: Saliency<T> + ?Sized> Saliency<T> for Box<S> {
+    fn scores(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<ArrayD<T>> {
+        (**self).scores(weights, ctx)
+    }
+    fn is_magnitude(&self) -> bool {
+        (**self).is_magnitude()
+    }
+}
+
 /// A statistic the method needs, checked for presence, shape and finiteness.
 fn needed<'v, 'a, T: Scalar>(
     stat: &'v Option<ArrayViewD<'a, T>>,
