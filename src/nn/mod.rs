@@ -339,3 +339,39 @@ pub fn softmax_cross_entropy(logits: ArrayView2<'_, f32>, labels: ArrayView1<'_,
     }
     Ok(((loss / n.max(1) as f64) as f32, grad))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array1;
+
+    /// Backpropagation against central finite differences, in a masked network.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let mut model = Model::new();
+        let net = Network::mlp(&mut model, &[5, 4, 3], 11).unwrap();
+        let mask = crate::Mask::from_fn(&[4, 5], |i| i % 3 != 0);
+        model.get_mut("fc1.weight").unwrap().set_mask(mask.clone()).unwrap();
+        let x = Array2::from_shape_fn((6, 5), |(i, j)| ((i * 5 + j) as f32 * 0.37).sin());
+        let y = Array1::from_iter((0..6).map(|i| (i % 3) as u8));
+        let (_, grads) = net.loss_and_gradients(&model, x.view(), y.view()).unwrap();
+        let eps = 1e-2f32;
+        for (name, g) in &grads {
+            for i in 0..g.len() {
+                let loss_at = |delta: f32| {
+                    let mut m = model.clone();
+                    m.get_mut(name).unwrap().value_mut().as_slice_mut().unwrap()[i] += delta;
+                    let (l, _) = net.loss_and_gradients(&m, x.view(), y.view()).unwrap();
+                    l
+                };
+                let numeric = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps);
+                let analytic = g.as_slice().unwrap()[i];
+                if name == "fc1.weight" && !mask.get(i) {
+                    assert_eq!(analytic, 0.0, "masked weights get no gradient");
+                    continue;
+                }
+                assert!((numeric - analytic).abs() < 2e-3, "{name}[{i}]: numeric {numeric} vs analytic {analytic}");
+            }
+        }
+    }
+}

@@ -121,6 +121,9 @@ impl Schedule {
                 if done == steps {
                     return target;
                 }
+                if done == 0 {
+                    return initial;
+                }
                 let progress = done as f64 / steps as f64;
                 target + (initial - target) * (1.0 - progress).powi(3)
             }
