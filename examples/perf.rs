@@ -30,7 +30,10 @@ struct Line {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut opts = Opts { json: false, repeats: 5 };
+    let mut opts = Opts {
+        json: false,
+        repeats: 5,
+    };
     let mut only: Option<Vec<String>> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -38,13 +41,20 @@ fn main() {
             "--json" => opts.json = true,
             "--ops" => only = it.next().map(|s| s.split(',').map(String::from).collect()),
             "--repeats" => {
-                opts.repeats = it.next().and_then(|s| s.parse().ok()).filter(|&r| r >= 3).unwrap_or_else(|| {
-                    eprintln!("--repeats needs a number ≥ 3");
-                    std::process::exit(2)
-                })
+                opts.repeats = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|&r| r >= 3)
+                    .unwrap_or_else(|| {
+                        eprintln!("--repeats needs a number ≥ 3");
+                        std::process::exit(2)
+                    })
             }
             "-h" | "--help" => {
-                println!("usage: perf [--json] [--ops a,b,c] [--repeats N≥3]\nops: {}", OPS.iter().map(|o| o.0).collect::<Vec<_>>().join(", "));
+                println!(
+                    "usage: perf [--json] [--ops a,b,c] [--repeats N≥3]\nops: {}",
+                    OPS.iter().map(|o| o.0).collect::<Vec<_>>().join(", ")
+                );
                 return;
             }
             other => {
@@ -56,7 +66,10 @@ fn main() {
     if let Some(names) = &only {
         for n in names {
             if !OPS.iter().any(|o| o.0 == n) {
-                eprintln!("unknown op `{n}`; known: {}", OPS.iter().map(|o| o.0).collect::<Vec<_>>().join(", "));
+                eprintln!(
+                    "unknown op `{n}`; known: {}",
+                    OPS.iter().map(|o| o.0).collect::<Vec<_>>().join(", ")
+                );
                 std::process::exit(2)
             }
         }
@@ -84,12 +97,23 @@ fn print(opts: &Opts, l: &Line) {
     if opts.json {
         println!(
             "{{\"op\": \"{}\", \"impl\": \"slimnn\", \"size\": \"{}\", \"median_s\": {:.6e}, \"min_s\": {:.6e}, \"repeats\": {}, \"quality\": {}, \"quality_metric\": \"{}\"}}",
-            l.op, l.size, median, t[0], t.len(), l.quality, l.metric
+            l.op,
+            l.size,
+            median,
+            t[0],
+            t.len(),
+            l.quality,
+            l.metric
         );
     } else {
         println!(
             "{:<18} {:<44} median {:>9.3} ms  min {:>9.3} ms  {} = {:.6}",
-            l.op, l.size, median * 1e3, t[0] * 1e3, l.metric, l.quality
+            l.op,
+            l.size,
+            median * 1e3,
+            t[0] * 1e3,
+            l.metric,
+            l.quality
         );
     }
 }
@@ -114,24 +138,40 @@ fn normal(shape: &[usize], std: f32, seed: u64) -> ArrayD<f32> {
 }
 
 fn memcpy(opts: &Opts) -> Vec<Line> {
-    [(vec![4096usize, 4096], "4096x4096 f32".to_string()), (vec![25_165_824], "25165824 f32 (prune_global's bytes)".into())]
-        .into_iter()
-        .map(|(shape, size)| {
-            let src = normal(&shape, 1.0, 1);
-            let src = src.as_slice().unwrap();
-            let mut dst = vec![0.0f32; src.len()];
-            let times = repeat(opts.repeats, || timed(|| dst.copy_from_slice(src)));
-            std::hint::black_box(&dst);
-            let mut t = times.clone();
-            t.sort_by(f64::total_cmp);
-            Line { op: "memcpy", size, quality: (src.len() * 4) as f64 / t[t.len() / 2] / 1e9, times, metric: "GB/s copied" }
-        })
-        .collect()
+    [
+        (vec![4096usize, 4096], "4096x4096 f32".to_string()),
+        (
+            vec![25_165_824],
+            "25165824 f32 (prune_global's bytes)".into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(shape, size)| {
+        let src = normal(&shape, 1.0, 1);
+        let src = src.as_slice().unwrap();
+        let mut dst = vec![0.0f32; src.len()];
+        let times = repeat(opts.repeats, || timed(|| dst.copy_from_slice(src)));
+        std::hint::black_box(&dst);
+        let mut t = times.clone();
+        t.sort_by(f64::total_cmp);
+        Line {
+            op: "memcpy",
+            size,
+            quality: (src.len() * 4) as f64 / t[t.len() / 2] / 1e9,
+            times,
+            metric: "GB/s copied",
+        }
+    })
+    .collect()
 }
 
 fn prune_global(opts: &Opts) -> Vec<Line> {
     let shapes = [[4096usize, 4096], [4096, 1024], [1024, 4096]];
-    let originals: Vec<ArrayD<f32>> = shapes.iter().enumerate().map(|(i, s)| normal(s, 0.02, 10 + i as u64)).collect();
+    let originals: Vec<ArrayD<f32>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| normal(s, 0.02, 10 + i as u64))
+        .collect();
     let mut work: Vec<ArrayD<f32>> = originals.clone();
     let pruner = GlobalPruner::magnitude(0.9).unwrap();
     let mut sparsity = 0.0;
@@ -172,9 +212,18 @@ fn prune_structured(opts: &Opts) -> Vec<Line> {
         let t = timed(|| {
             pruner.prune(&mut w, &ctx).unwrap();
         });
-        let dead = w.outer_iter().filter(|f| f.iter().all(|&x| x == 0.0)).count();
+        let dead = w
+            .outer_iter()
+            .filter(|f| f.iter().all(|&x| x == 0.0))
+            .count();
         zeroed = dead as f64 / 512.0;
         t
     });
-    vec![Line { op: "prune_structured", size: "512x256x3x3 keep 256 filters".into(), times, quality: zeroed, metric: "fraction of filters zeroed" }]
+    vec![Line {
+        op: "prune_structured",
+        size: "512x256x3x3 keep 256 filters".into(),
+        times,
+        quality: zeroed,
+        metric: "fraction of filters zeroed",
+    }]
 }

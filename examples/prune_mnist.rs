@@ -17,8 +17,8 @@ use slimnn::io::idx::Dataset;
 use slimnn::io::safetensors::SaveOptions;
 use slimnn::nn::{Network, Sgd, train_epoch};
 use slimnn::prune::{
-    ChannelCriterion, GlobalPruner, Magnitude, NmPruner, Obd, Pruner, Schedule, StructuredPruner, Statistics, Taylor,
-    UnstructuredPruner, Wanda,
+    ChannelCriterion, GlobalPruner, Magnitude, NmPruner, Obd, Pruner, Schedule, Statistics,
+    StructuredPruner, Taylor, UnstructuredPruner, Wanda,
 };
 use slimnn::{LayerKind, Model, Result, Selector};
 
@@ -31,7 +31,13 @@ struct Args {
 }
 
 fn parse() -> Args {
-    let mut a = Args { epochs: 10, retrain_epochs: 4, seed: 1, target: 0.95, fresh: false };
+    let mut a = Args {
+        epochs: 10,
+        retrain_epochs: 4,
+        seed: 1,
+        target: 0.95,
+        fresh: false,
+    };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
     while let Some(k) = it.next() {
@@ -52,7 +58,9 @@ fn parse() -> Args {
             "--target" => a.target = val(k).parse().unwrap_or_else(|_| bad(k)),
             "--retrain-from-scratch" => a.fresh = true,
             "-h" | "--help" => {
-                println!("usage: prune_mnist [--epochs N] [--retrain-epochs N] [--seed S] [--target SPARSITY] [--retrain-from-scratch]");
+                println!(
+                    "usage: prune_mnist [--epochs N] [--retrain-epochs N] [--seed S] [--target SPARSITY] [--retrain-from-scratch]"
+                );
                 std::process::exit(0)
             }
             other => {
@@ -67,13 +75,29 @@ fn parse() -> Args {
 fn main() -> Result<()> {
     let args = parse();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
-    let train = Dataset::from_idx(data.join("train-images-idx3-ubyte.gz"), data.join("train-labels-idx1-ubyte.gz"), 255.0)?;
-    let test = Dataset::from_idx(data.join("t10k-images-idx3-ubyte.gz"), data.join("t10k-labels-idx1-ubyte.gz"), 255.0)?;
-    println!("MNIST: {} training and {} test images", train.len(), test.len());
+    let train = Dataset::from_idx(
+        data.join("train-images-idx3-ubyte.gz"),
+        data.join("train-labels-idx1-ubyte.gz"),
+        255.0,
+    )?;
+    let test = Dataset::from_idx(
+        data.join("t10k-images-idx3-ubyte.gz"),
+        data.join("t10k-labels-idx1-ubyte.gz"),
+        255.0,
+    )?;
+    println!(
+        "MNIST: {} training and {} test images",
+        train.len(),
+        test.len()
+    );
 
     let (model, net) = trained(&args, &train, &test)?;
     let dense = net.evaluate(&model, &test, 1000)?.accuracy;
-    println!("dense LeNet-300-100: {} parameters, test accuracy {:.2}%\n", model.numel(), 100.0 * dense);
+    println!(
+        "dense LeNet-300-100: {} parameters, test accuracy {:.2}%\n",
+        model.numel(),
+        100.0 * dense
+    );
 
     // Statistics from 2,048 training images for the data-aware criteria.
     let calib = train.slice(0..2048);
@@ -81,11 +105,19 @@ fn main() -> Result<()> {
     let weights = Selector::prunable();
     let eval = |m: &Model| -> Result<f64> { Ok(net.evaluate(m, &test, 1000)?.accuracy) };
 
-    println!("One-shot pruning, no retraining (test accuracy; dense {:.2}%):", 100.0 * dense);
+    println!(
+        "One-shot pruning, no retraining (test accuracy; dense {:.2}%):",
+        100.0 * dense
+    );
     println!("{:<44} {:>9} {:>9}", "method", "sparsity", "accuracy");
     let row = |name: &str, m: &Model| -> Result<()> {
         let sp = m.sparsity(&weights)?.sparsity();
-        println!("{:<44} {:>8.1}% {:>8.2}%", name, 100.0 * sp, 100.0 * eval(m)?);
+        println!(
+            "{:<44} {:>8.1}% {:>8.2}%",
+            name,
+            100.0 * sp,
+            100.0 * eval(m)?
+        );
         Ok(())
     };
     for s in [0.5, 0.8, 0.9, 0.95, 0.98] {
@@ -95,49 +127,99 @@ fn main() -> Result<()> {
     }
     let at = 0.9;
     let per_layer: Vec<(&str, Box<dyn Pruner>)> = vec![
-        ("random, per layer", Box::new(UnstructuredPruner::random(args.seed, at)?)),
-        ("magnitude, per layer (Han 2015)", Box::new(UnstructuredPruner::magnitude(at)?)),
-        ("Taylor |w·g|, g = mean |batch gradient|", Box::new(UnstructuredPruner::new(Taylor, at)?)),
-        ("OBD ½hw², h = Fisher diagonal", Box::new(UnstructuredPruner::new(Obd, at)?)),
-        ("Wanda |w|·‖x‖, per output row", Box::new(UnstructuredPruner::wanda(at)?)),
+        (
+            "random, per layer",
+            Box::new(UnstructuredPruner::random(args.seed, at)?),
+        ),
+        (
+            "magnitude, per layer (Han 2015)",
+            Box::new(UnstructuredPruner::magnitude(at)?),
+        ),
+        (
+            "Taylor |w·g|, g = mean |batch gradient|",
+            Box::new(UnstructuredPruner::new(Taylor, at)?),
+        ),
+        (
+            "OBD ½hw², h = Fisher diagonal",
+            Box::new(UnstructuredPruner::new(Obd, at)?),
+        ),
+        (
+            "Wanda |w|·‖x‖, per output row",
+            Box::new(UnstructuredPruner::wanda(at)?),
+        ),
     ];
     for (name, pruner) in &per_layer {
         let mut m = model.clone();
         m.prune(&weights, pruner.as_ref(), &stats)?;
         row(name, &m)?;
     }
-    for (name, saliency) in [("global Taylor", Box::new(Taylor) as Box<dyn slimnn::prune::Saliency>), ("global OBD", Box::new(Obd))] {
+    for (name, saliency) in [
+        (
+            "global Taylor",
+            Box::new(Taylor) as Box<dyn slimnn::prune::Saliency>,
+        ),
+        ("global OBD", Box::new(Obd)),
+    ] {
         let mut m = model.clone();
         m.prune_global(&weights, &GlobalPruner::new(saliency, at)?, &stats)?;
         row(&format!("{name} {:.0}%", 100.0 * at), &m)?;
     }
-    for (name, nm) in [("2:4 magnitude", NmPruner::new(2, 4)?), ("1:4 magnitude", NmPruner::new(1, 4)?)] {
+    for (name, nm) in [
+        ("2:4 magnitude", NmPruner::new(2, 4)?),
+        ("1:4 magnitude", NmPruner::new(1, 4)?),
+    ] {
         let mut m = model.clone();
-        m.prune(&Selector::glob("fc1.weight").include("fc2.weight"), &nm, &stats)?;
+        m.prune(
+            &Selector::glob("fc1.weight").include("fc2.weight"),
+            &nm,
+            &stats,
+        )?;
         row(&format!("{name} (fc1, fc2)"), &m)?;
     }
     let mut m = model.clone();
-    m.prune(&Selector::glob("fc1.weight").include("fc2.weight"), &NmPruner::with_saliency(Wanda, 2, 4)?, &stats)?;
+    m.prune(
+        &Selector::glob("fc1.weight").include("fc2.weight"),
+        &NmPruner::with_saliency(Wanda, 2, 4)?,
+        &stats,
+    )?;
     row("2:4 Wanda (fc1, fc2)", &m)?;
 
     println!("\nStructured: remove half the hidden neurons, then shrink the layers:");
     println!("{:<44} {:>10} {:>9}", "method", "params", "accuracy");
     let hidden = Selector::glob("fc1.weight").include("fc2.weight");
-    for (name, crit) in [("L1 norm (Li 2017)", ChannelCriterion::L1), ("L2 norm", ChannelCriterion::L2), ("geometric median (FPGM)", ChannelCriterion::GeometricMedian)] {
+    for (name, crit) in [
+        ("L1 norm (Li 2017)", ChannelCriterion::L1),
+        ("L2 norm", ChannelCriterion::L2),
+        ("geometric median (FPGM)", ChannelCriterion::GeometricMedian),
+    ] {
         let mut m = model.clone();
-        m.prune(&hidden, &StructuredPruner::new(crit, 0.5)?, &Statistics::new())?;
+        m.prune(
+            &hidden,
+            &StructuredPruner::new(crit, 0.5)?,
+            &Statistics::new(),
+        )?;
         m.mask_biases_of_pruned_channels(&hidden)?;
         let masked = eval(&m)?;
         m.remove_pruned_channels(&["fc1.weight", "fc2.weight", "fc3.weight"])?;
         let shrunk = eval(&m)?;
-        assert!((masked - shrunk).abs() < 1e-9, "removal must not change the function");
+        assert!(
+            (masked - shrunk).abs() < 1e-9,
+            "removal must not change the function"
+        );
         println!("{:<44} {:>10} {:>8.2}%", name, m.numel(), 100.0 * shrunk);
     }
     let mut m = model.clone();
     let merges = m.merge_neurons("fc1.weight", "fc2.weight", 0.5)?;
-    println!("{:<44} {:>10} {:>8.2}%", format!("neuron merging fc1, data-free ({} merged)", merges.len()), m.numel(), 100.0 * eval(&m)?);
+    println!(
+        "{:<44} {:>10} {:>8.2}%",
+        format!("neuron merging fc1, data-free ({} merged)", merges.len()),
+        m.numel(),
+        100.0 * eval(&m)?
+    );
 
-    println!("\nPrune and retrain (Han et al. 2015) with AGP (Zhu & Gupta 2017), global magnitude:");
+    println!(
+        "\nPrune and retrain (Han et al. 2015) with AGP (Zhu & Gupta 2017), global magnitude:"
+    );
     let retrained = prune_and_retrain(&args, &net, &model, &train, &test)?;
     let final_acc = eval(&retrained)?;
     let report = retrained.sparsity(&weights)?;
@@ -158,25 +240,52 @@ fn trained(args: &Args, train: &Dataset, test: &Dataset) -> Result<(Model, Netwo
     if path.exists() && !args.fresh {
         let model = Model::load(&path)?;
         let net = Network::mlp_from(&model, &["fc1", "fc2", "fc3"])?;
-        println!("loaded the trained network from {} (pass --retrain-from-scratch to train anew)", path.display());
+        println!(
+            "loaded the trained network from {} (pass --retrain-from-scratch to train anew)",
+            path.display()
+        );
         return Ok((model, net));
     }
     let mut model = Model::new();
     let net = Network::lenet_300_100(&mut model, args.seed)?;
     let mut sgd = Sgd::new(0.05, 0.9, 1e-4)?;
-    println!("training LeNet-300-100 for {} epochs (SGD, momentum 0.9, batch 128)", args.epochs);
+    println!(
+        "training LeNet-300-100 for {} epochs (SGD, momentum 0.9, batch 128)",
+        args.epochs
+    );
     for epoch in 0..args.epochs {
         let t0 = Instant::now();
         // Step decay: the last third of training at a tenth of the rate.
-        sgd.lr = if epoch >= args.epochs * 2 / 3 { 0.005 } else { 0.05 };
-        let loss = train_epoch(&net, &mut model, &mut sgd, train, 128, args.seed + epoch as u64)?;
+        sgd.lr = if epoch >= args.epochs * 2 / 3 {
+            0.005
+        } else {
+            0.05
+        };
+        let loss = train_epoch(
+            &net,
+            &mut model,
+            &mut sgd,
+            train,
+            128,
+            args.seed + epoch as u64,
+        )?;
         let acc = net.evaluate(&model, test, 1000)?.accuracy;
-        println!("  epoch {:>2}: loss {loss:.4}, test accuracy {:.2}% ({:.1} s)", epoch + 1, 100.0 * acc, t0.elapsed().as_secs_f64());
+        println!(
+            "  epoch {:>2}: loss {loss:.4}, test accuracy {:.2}% ({:.1} s)",
+            epoch + 1,
+            100.0 * acc,
+            t0.elapsed().as_secs_f64()
+        );
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| slimnn::Error::Io { path: dir.into(), source: e })?;
+        std::fs::create_dir_all(dir).map_err(|e| slimnn::Error::Io {
+            path: dir.into(),
+            source: e,
+        })?;
     }
-    model.metadata_mut().insert("network".into(), "LeNet-300-100".into());
+    model
+        .metadata_mut()
+        .insert("network".into(), "LeNet-300-100".into());
     model.save(&path, &SaveOptions::default())?;
     println!("saved the trained network to {}", path.display());
     Ok((model, net))
@@ -199,10 +308,18 @@ fn statistics(net: &Network, model: &Model, calib: &Dataset) -> Result<Statistic
         let y = calib.labels.slice(s![b * 32..(b + 1) * 32]);
         let (_, grads) = net.loss_and_gradients(model, x, y)?;
         for (name, g) in grads {
-            let e = sq.entry(name.clone()).or_insert_with(|| ArrayD::zeros(g.raw_dim()));
-            ndarray::Zip::from(e).and(&g).for_each(|e, &g| *e += g * g / batches as f32);
-            let e = abs.entry(name).or_insert_with(|| ArrayD::zeros(g.raw_dim()));
-            ndarray::Zip::from(e).and(&g).for_each(|e, &g| *e += g.abs() / batches as f32);
+            let e = sq
+                .entry(name.clone())
+                .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
+            ndarray::Zip::from(e)
+                .and(&g)
+                .for_each(|e, &g| *e += g * g / batches as f32);
+            let e = abs
+                .entry(name)
+                .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
+            ndarray::Zip::from(e)
+                .and(&g)
+                .for_each(|e, &g| *e += g.abs() / batches as f32);
         }
     }
     let mut stats = Statistics::new();
@@ -211,7 +328,9 @@ fn statistics(net: &Network, model: &Model, calib: &Dataset) -> Result<Statistic
             continue;
         }
         let mean_abs = abs.remove(&name).expect("same names as `sq`");
-        stats = stats.with_gradient(name.clone(), mean_abs).with_hessian_diag(name, ms);
+        stats = stats
+            .with_gradient(name.clone(), mean_abs)
+            .with_hessian_diag(name, ms);
     }
     for (name, norms) in net.activation_norms(model, calib.images.view())? {
         stats = stats.with_activation_norms(name, norms);
@@ -221,20 +340,34 @@ fn statistics(net: &Network, model: &Model, calib: &Dataset) -> Result<Statistic
 
 /// Iterative pruning to `args.target` over the first half of retraining, then
 /// fine-tuning with the masks fixed.
-fn prune_and_retrain(args: &Args, net: &Network, dense: &Model, train: &Dataset, test: &Dataset) -> Result<Model> {
+fn prune_and_retrain(
+    args: &Args,
+    net: &Network,
+    dense: &Model,
+    train: &Dataset,
+    test: &Dataset,
+) -> Result<Model> {
     let mut model = dense.clone();
     let batch = 128;
     let steps_per_epoch = train.len().div_ceil(batch);
     let total = steps_per_epoch * args.retrain_epochs.max(1);
     let prune_steps = 20;
-    let schedule = Schedule::agp(0.5, args.target, 0, prune_steps, (total / 2 / prune_steps).max(1))?;
+    let schedule = Schedule::agp(
+        0.5,
+        args.target,
+        0,
+        prune_steps,
+        (total / 2 / prune_steps).max(1),
+    )?;
     let mut sgd = Sgd::new(0.01, 0.9, 1e-4)?;
     let mut step = 0;
     for epoch in 0..args.retrain_epochs.max(1) {
         let mut order: Vec<usize> = (0..train.len()).collect();
         use rand::SeedableRng;
         use rand::seq::SliceRandom;
-        order.shuffle(&mut rand::rngs::Xoshiro256PlusPlus::seed_from_u64(args.seed + 100 + epoch as u64));
+        order.shuffle(&mut rand::rngs::Xoshiro256PlusPlus::seed_from_u64(
+            args.seed + 100 + epoch as u64,
+        ));
         for idx in order.chunks(batch) {
             if schedule.is_pruning_step(step) {
                 let pruner = GlobalPruner::new(Magnitude, schedule.sparsity_at(step))?;
@@ -248,7 +381,12 @@ fn prune_and_retrain(args: &Args, net: &Network, dense: &Model, train: &Dataset,
         }
         let acc = net.evaluate(&model, test, 1000)?.accuracy;
         let sp = model.sparsity(&Selector::prunable())?.sparsity();
-        println!("  retrain epoch {}: sparsity {:.1}%, test accuracy {:.2}%", epoch + 1, 100.0 * sp, 100.0 * acc);
+        println!(
+            "  retrain epoch {}: sparsity {:.1}%, test accuracy {:.2}%",
+            epoch + 1,
+            100.0 * sp,
+            100.0 * acc
+        );
     }
     Ok(model)
 }

@@ -83,7 +83,7 @@ pub enum Error {
     InvalidFormat {
         /// The format expected ("safetensors", "IDX", ...).
         format: &'static str,
-        /// The file path, or "<bytes>" for an in-memory buffer.
+        /// The file path, or `<bytes>` for an in-memory buffer.
         source_name: String,
         /// What is wrong with it.
         reason: String,
@@ -127,7 +127,11 @@ impl Error {
     }
 
     /// An [`Error::BadShape`].
-    pub(crate) fn bad_shape(what: impl Into<String>, shape: &[usize], reason: impl Into<String>) -> Self {
+    pub(crate) fn bad_shape(
+        what: impl Into<String>,
+        shape: &[usize],
+        reason: impl Into<String>,
+    ) -> Self {
         Error::BadShape {
             what: what.into(),
             shape: shape.to_vec(),

@@ -140,7 +140,11 @@ impl Mask {
     /// If `index >= self.len()`, as slice indexing does.
     #[inline]
     pub fn get(&self, index: usize) -> bool {
-        assert!(index < self.len, "mask index {index} out of range for length {}", self.len);
+        assert!(
+            index < self.len,
+            "mask index {index} out of range for length {}",
+            self.len
+        );
         self.words[index / WORD] >> (index % WORD) & 1 == 1
     }
 
@@ -150,7 +154,11 @@ impl Mask {
     /// If `index >= self.len()`, as slice indexing does.
     #[inline]
     pub fn set(&mut self, index: usize, keep: bool) {
-        assert!(index < self.len, "mask index {index} out of range for length {}", self.len);
+        assert!(
+            index < self.len,
+            "mask index {index} out of range for length {}",
+            self.len
+        );
         let bit = 1u64 << (index % WORD);
         let w = &mut self.words[index / WORD];
         *w = if keep { *w | bit } else { *w & !bit };
@@ -200,7 +208,12 @@ impl Mask {
 
     fn zip_words(&self, other: &Mask, f: impl Fn(u64, u64) -> u64) -> Result<Mask> {
         check_same_shape(&self.shape, &other.shape, || "mask operand".into())?;
-        let words = self.words.iter().zip(&other.words).map(|(&a, &b)| f(a, b)).collect();
+        let words = self
+            .words
+            .iter()
+            .zip(&other.words)
+            .map(|(&a, &b)| f(a, b))
+            .collect();
         Ok(Mask {
             shape: self.shape.clone(),
             len: self.len,
@@ -228,14 +241,17 @@ impl Mask {
 
     /// The mask as a 0/1 array of `T` (the form PyTorch stores as `weight_mask`).
     pub fn to_array<T: Scalar>(&self) -> ArrayD<T> {
-        self.to_bools().mapv(|b| if b { T::one() } else { T::zero() })
+        self.to_bools()
+            .mapv(|b| if b { T::one() } else { T::zero() })
     }
 
     /// Sets the pruned elements of `weights` to zero.
     ///
     /// Fails with [`Error::ShapeMismatch`] unless `weights` has the mask's shape.
     pub fn apply<T: Scalar, D: Dimension>(&self, weights: &mut ArrayRef<T, D>) -> Result<()> {
-        check_same_shape(&self.shape, weights.shape(), || "weights the mask is applied to".into())?;
+        check_same_shape(&self.shape, weights.shape(), || {
+            "weights the mask is applied to".into()
+        })?;
         match weights.as_slice_mut() {
             Some(s) => self.apply_unchecked(s),
             None => {
@@ -253,7 +269,9 @@ impl Mask {
     ///
     /// Fails with [`Error::ShapeMismatch`] unless the buffer has [`Mask::len`] elements.
     pub fn apply_slice<T: Scalar>(&self, weights: &mut [T]) -> Result<()> {
-        check_same_shape(&[self.len], &[weights.len()], || "buffer the mask is applied to".into())?;
+        check_same_shape(&[self.len], &[weights.len()], || {
+            "buffer the mask is applied to".into()
+        })?;
         self.apply_unchecked(weights);
         Ok(())
     }
@@ -284,12 +302,20 @@ impl Mask {
     /// # Panics
     /// If `start > end` or `end > self.len()`.
     pub fn set_range(&mut self, start: usize, end: usize, keep: bool) {
-        assert!(start <= end && end <= self.len, "mask range {start}..{end} out of bounds for length {}", self.len);
+        assert!(
+            start <= end && end <= self.len,
+            "mask range {start}..{end} out of bounds for length {}",
+            self.len
+        );
         let mut i = start;
         while i < end {
             let (w, b) = (i / WORD, i % WORD);
             let n = (WORD - b).min(end - i);
-            let bits = if n == WORD { !0 } else { ((1u64 << n) - 1) << b };
+            let bits = if n == WORD {
+                !0
+            } else {
+                ((1u64 << n) - 1) << b
+            };
             if keep {
                 self.words[w] |= bits;
             } else {

@@ -6,12 +6,19 @@ use std::path::Path;
 
 use slimnn::io::idx::Dataset;
 use slimnn::nn::{Network, Sgd, train_epoch};
-use slimnn::prune::{ChannelCriterion, GlobalPruner, Schedule, Statistics, StructuredPruner, UnstructuredPruner};
+use slimnn::prune::{
+    ChannelCriterion, GlobalPruner, Schedule, Statistics, StructuredPruner, UnstructuredPruner,
+};
 use slimnn::{Model, Selector};
 
 fn digits() -> (Dataset, Dataset) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits");
-    let all = Dataset::from_idx(dir.join("digits-images-idx3-ubyte.gz"), dir.join("digits-labels-idx1-ubyte.gz"), 16.0).unwrap();
+    let all = Dataset::from_idx(
+        dir.join("digits-images-idx3-ubyte.gz"),
+        dir.join("digits-labels-idx1-ubyte.gz"),
+        16.0,
+    )
+    .unwrap();
     assert_eq!(all.len(), 1797);
     (all.slice(0..1437), all.slice(1437..1797))
 }
@@ -36,9 +43,21 @@ fn pruning_a_trained_network_on_real_data() {
 
     // Magnitude keeps what matters; random pruning of as many weights does not.
     let mut magnitude = model.clone();
-    magnitude.prune_global(&Selector::prunable(), &GlobalPruner::magnitude(0.7).unwrap(), &Statistics::new()).unwrap();
+    magnitude
+        .prune_global(
+            &Selector::prunable(),
+            &GlobalPruner::magnitude(0.7).unwrap(),
+            &Statistics::new(),
+        )
+        .unwrap();
     let mut random = model.clone();
-    random.prune(&Selector::prunable(), &UnstructuredPruner::random(3, 0.7).unwrap(), &Statistics::new()).unwrap();
+    random
+        .prune(
+            &Selector::prunable(),
+            &UnstructuredPruner::random(3, 0.7).unwrap(),
+            &Statistics::new(),
+        )
+        .unwrap();
     let (m, r) = (acc(&magnitude), acc(&random));
     assert!(m > dense - 0.05, "magnitude 70%: {m} vs dense {dense}");
     assert!(m > r + 0.05, "magnitude {m} should beat random {r}");
@@ -49,29 +68,48 @@ fn pruning_a_trained_network_on_real_data() {
     let schedule = Schedule::agp(0.3, 0.9, 0, 5, 1).unwrap();
     let one_shot = {
         let mut m = model.clone();
-        m.prune_global(&Selector::prunable(), &GlobalPruner::magnitude(0.9).unwrap(), &Statistics::new()).unwrap();
+        m.prune_global(
+            &Selector::prunable(),
+            &GlobalPruner::magnitude(0.9).unwrap(),
+            &Statistics::new(),
+        )
+        .unwrap();
         acc(&m)
     };
     for epoch in 0..15 {
         if schedule.is_pruning_step(epoch) {
             let pruner = GlobalPruner::magnitude(schedule.sparsity_at(epoch)).unwrap();
-            model90.prune_global(&Selector::prunable(), &pruner, &Statistics::new()).unwrap();
+            model90
+                .prune_global(&Selector::prunable(), &pruner, &Statistics::new())
+                .unwrap();
         }
         train_epoch(&net, &mut model90, &mut sgd, &train, 32, 100 + epoch as u64).unwrap();
     }
     let report = model90.sparsity(&Selector::prunable()).unwrap();
     assert!((report.sparsity() - 0.9).abs() < 1e-3, "{report}");
     let retrained = acc(&model90);
-    assert!(retrained > dense - 0.03, "retrained 90%: {retrained} vs dense {dense}");
-    assert!(retrained > one_shot, "retraining {retrained} should beat one-shot {one_shot}");
+    assert!(
+        retrained > dense - 0.03,
+        "retrained 90%: {retrained} vs dense {dense}"
+    );
+    assert!(
+        retrained > one_shot,
+        "retraining {retrained} should beat one-shot {one_shot}"
+    );
     // Training does not touch pruned weights: another epoch leaves them as they were.
     let before = model90.clone();
     train_epoch(&net, &mut model90, &mut sgd, &train, 32, 999).unwrap();
     for (p, q) in before.params().iter().zip(model90.params()) {
         if let Some(mask) = p.mask() {
             assert_eq!(q.mask(), Some(mask));
-            assert!(mask.iter_pruned().all(|i| p.value().as_slice().unwrap()[i] == q.value().as_slice().unwrap()[i]));
-            assert!(mask.iter_pruned().all(|i| q.effective().as_slice().unwrap()[i] == 0.0));
+            assert!(
+                mask.iter_pruned()
+                    .all(|i| p.value().as_slice().unwrap()[i] == q.value().as_slice().unwrap()[i])
+            );
+            assert!(
+                mask.iter_pruned()
+                    .all(|i| q.effective().as_slice().unwrap()[i] == 0.0)
+            );
         }
     }
     let retrained = acc(&model90);
@@ -81,11 +119,18 @@ fn pruning_a_trained_network_on_real_data() {
 
     // Structured pruning + physical removal: fewer parameters, the same function.
     let mut slim = model.clone();
-    slim.prune(&Selector::glob("fc1.weight"), &StructuredPruner::new(ChannelCriterion::L2, 0.25).unwrap(), &Statistics::new()).unwrap();
-    slim.mask_biases_of_pruned_channels(&Selector::all()).unwrap();
+    slim.prune(
+        &Selector::glob("fc1.weight"),
+        &StructuredPruner::new(ChannelCriterion::L2, 0.25).unwrap(),
+        &Statistics::new(),
+    )
+    .unwrap();
+    slim.mask_biases_of_pruned_channels(&Selector::all())
+        .unwrap();
     let masked = acc(&slim);
     let before = slim.numel();
-    slim.remove_pruned_channels(&["fc1.weight", "fc2.weight"]).unwrap();
+    slim.remove_pruned_channels(&["fc1.weight", "fc2.weight"])
+        .unwrap();
     assert_eq!(slim.get("fc1.weight").unwrap().shape(), &[48, 64]);
     assert_eq!(slim.numel(), before - 16 * (64 + 1 + 10));
     assert_eq!(acc(&slim), masked);

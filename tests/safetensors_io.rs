@@ -11,7 +11,8 @@ use slimnn::prune::{MagnitudePruner, Statistics};
 use slimnn::{DType, Error, LayerKind, Model, Selector};
 
 fn fixture() -> Model {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python_safetensors.safetensors");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python_safetensors.safetensors");
     Model::load(path).unwrap()
 }
 
@@ -28,14 +29,56 @@ fn formula(n: usize, f: impl Fn(f64) -> f64) -> Vec<f32> {
 fn reads_the_python_fixture() {
     let m = fixture();
     let expect = [
-        ("fc1.weight", DType::F32, LayerKind::Linear, vec![4, 6], formula(24, |i| i * 0.25 - 1.0)),
-        ("fc1.bias", DType::F32, LayerKind::Bias, vec![4], formula(4, |i| i * 0.5 - 1.0)),
-        ("fc2.weight", DType::F16, LayerKind::Linear, vec![3, 4], formula(12, |i| i * 0.125 - 0.75)),
-        ("fc2.bias", DType::F16, LayerKind::Bias, vec![3], formula(3, |i| 0.25 - i * 0.5)),
+        (
+            "fc1.weight",
+            DType::F32,
+            LayerKind::Linear,
+            vec![4, 6],
+            formula(24, |i| i * 0.25 - 1.0),
+        ),
+        (
+            "fc1.bias",
+            DType::F32,
+            LayerKind::Bias,
+            vec![4],
+            formula(4, |i| i * 0.5 - 1.0),
+        ),
+        (
+            "fc2.weight",
+            DType::F16,
+            LayerKind::Linear,
+            vec![3, 4],
+            formula(12, |i| i * 0.125 - 0.75),
+        ),
+        (
+            "fc2.bias",
+            DType::F16,
+            LayerKind::Bias,
+            vec![3],
+            formula(3, |i| 0.25 - i * 0.5),
+        ),
         // (i − 27)·0.125 + 2⁻⁴⁰: the 2⁻⁴⁰ is below f32 precision at these magnitudes.
-        ("conv.weight", DType::F64, LayerKind::Conv2d, vec![2, 3, 3, 3], formula(54, |i| (i - 27.0) * 0.125 + 2f64.powi(-40))),
-        ("emb.weight", DType::BF16, LayerKind::Embedding, vec![5, 4], formula(20, |i| i * 0.5 - 4.0)),
-        ("bn.running_mean", DType::F32, LayerKind::Other, vec![3], formula(3, |i| i * 0.75 - 0.5)),
+        (
+            "conv.weight",
+            DType::F64,
+            LayerKind::Conv2d,
+            vec![2, 3, 3, 3],
+            formula(54, |i| (i - 27.0) * 0.125 + 2f64.powi(-40)),
+        ),
+        (
+            "emb.weight",
+            DType::BF16,
+            LayerKind::Embedding,
+            vec![5, 4],
+            formula(20, |i| i * 0.5 - 4.0),
+        ),
+        (
+            "bn.running_mean",
+            DType::F32,
+            LayerKind::Other,
+            vec![3],
+            formula(3, |i| i * 0.75 - 0.5),
+        ),
     ];
     for (name, dtype, kind, shape, vals) in expect {
         let p = m.get(name).unwrap();
@@ -51,8 +94,14 @@ fn reads_the_python_fixture() {
     assert_eq!(kept, [1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1].map(|b| b == 1));
     // The int64 buffer is kept verbatim.
     let raw = &m.raw_tensors()[0];
-    assert_eq!((raw.name.as_str(), raw.dtype.as_str(), raw.shape.len()), ("bn.num_batches_tracked", "I64", 0));
-    assert_eq!(i64::from_le_bytes(raw.bytes[..8].try_into().unwrap()), (1i64 << 33) + 7);
+    assert_eq!(
+        (raw.name.as_str(), raw.dtype.as_str(), raw.shape.len()),
+        ("bn.num_batches_tracked", "I64", 0)
+    );
+    assert_eq!(
+        i64::from_le_bytes(raw.bytes[..8].try_into().unwrap()),
+        (1i64 << 33) + 7
+    );
     assert_eq!(m.metadata()["framework"], "pytorch-like");
     assert_eq!(m.metadata()["producer"], "python safetensors 0.8.0");
 }
@@ -60,24 +109,40 @@ fn reads_the_python_fixture() {
 #[test]
 fn round_trips_every_dtype_and_the_metadata() {
     let m = fixture();
-    let bytes = m.to_safetensors(&SaveOptions { masks: MaskExport::PyTorch, ..SaveOptions::default() }).unwrap();
+    let bytes = m
+        .to_safetensors(&SaveOptions {
+            masks: MaskExport::PyTorch,
+            ..SaveOptions::default()
+        })
+        .unwrap();
     let back = Model::from_safetensors(&bytes, "<round trip>").unwrap();
     for p in m.params() {
         let q = back.get(p.name()).unwrap();
-        assert_eq!((q.dtype(), q.kind(), q.shape()), (p.dtype(), p.kind(), p.shape()));
+        assert_eq!(
+            (q.dtype(), q.kind(), q.shape()),
+            (p.dtype(), p.kind(), p.shape())
+        );
         assert_eq!(q.value(), p.value());
         assert_eq!(q.mask(), p.mask());
     }
     assert_eq!(back.raw_tensors(), m.raw_tensors());
     assert_eq!(back.metadata(), m.metadata());
     let names: Vec<&str> = back.params().iter().map(|p| p.name()).collect();
-    assert_eq!(names, m.params().iter().map(|p| p.name()).collect::<Vec<_>>());
+    assert_eq!(
+        names,
+        m.params().iter().map(|p| p.name()).collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn saving_applies_masks_by_default_and_can_convert_dtypes() {
     let m = fixture();
-    let bytes = m.to_safetensors(&SaveOptions { dtype: Some(DType::F16), ..SaveOptions::default() }).unwrap();
+    let bytes = m
+        .to_safetensors(&SaveOptions {
+            dtype: Some(DType::F16),
+            ..SaveOptions::default()
+        })
+        .unwrap();
     let back = Model::from_safetensors(&bytes, "<f16>").unwrap();
     let p = back.get("pruned.weight").unwrap();
     assert!(p.mask().is_none());
@@ -92,15 +157,31 @@ fn saves_atomically() {
     let path = dir.path().join("model.safetensors");
     let mut m = Model::new();
     m.add("fc.weight", common::normal(&[30, 20], 1)).unwrap();
-    m.prune(&Selector::all(), &MagnitudePruner::magnitude(0.5).unwrap(), &Statistics::new()).unwrap();
+    m.prune(
+        &Selector::all(),
+        &MagnitudePruner::magnitude(0.5).unwrap(),
+        &Statistics::new(),
+    )
+    .unwrap();
     m.save(&path, &SaveOptions::default()).unwrap();
     let back = Model::load(&path).unwrap();
-    assert_eq!(back.get("fc.weight").unwrap().value(), &m.get("fc.weight").unwrap().effective());
+    assert_eq!(
+        back.get("fc.weight").unwrap().value(),
+        &m.get("fc.weight").unwrap().effective()
+    );
     // Only the result is left in the directory.
-    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(entries, vec![std::ffi::OsString::from("model.safetensors")]);
     // Saving into a missing directory fails cleanly and writes nothing.
-    let err = m.save(dir.path().join("missing/m.safetensors"), &SaveOptions::default()).unwrap_err();
+    let err = m
+        .save(
+            dir.path().join("missing/m.safetensors"),
+            &SaveOptions::default(),
+        )
+        .unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
     assert!(!dir.path().join("missing").exists());
 }
@@ -122,18 +203,31 @@ fn hostile_and_corrupt_files_are_typed_errors() {
     cases.push(("header length past the end", huge));
     // A header that claims more data than the file holds.
     let claim = |shape: &str| {
-        let header = format!("{{\"w\":{{\"dtype\":\"F32\",\"shape\":{shape},\"data_offsets\":[0,16]}}}}");
+        let header =
+            format!("{{\"w\":{{\"dtype\":\"F32\",\"shape\":{shape},\"data_offsets\":[0,16]}}}}");
         let mut b = (header.len() as u64).to_le_bytes().to_vec();
         b.extend_from_slice(header.as_bytes());
         b.extend_from_slice(&[0; 16]);
         b
     };
-    cases.push(("shape claiming more data than the offsets", claim("[1000000,1000000]")));
-    cases.push(("shape overflowing usize", claim("[4294967296,4294967296,4294967296]")));
-    cases.push(("not JSON", [8u64.to_le_bytes().to_vec(), b"not json".to_vec()].concat()));
+    cases.push((
+        "shape claiming more data than the offsets",
+        claim("[1000000,1000000]"),
+    ));
+    cases.push((
+        "shape overflowing usize",
+        claim("[4294967296,4294967296,4294967296]"),
+    ));
+    cases.push((
+        "not JSON",
+        [8u64.to_le_bytes().to_vec(), b"not json".to_vec()].concat(),
+    ));
     for (what, bytes) in cases {
         match Model::from_safetensors(&bytes, what) {
-            Err(Error::InvalidFormat { format: "safetensors", .. }) => {}
+            Err(Error::InvalidFormat {
+                format: "safetensors",
+                ..
+            }) => {}
             other => panic!("{what}: expected InvalidFormat, got {other:?}"),
         }
     }
@@ -145,9 +239,17 @@ fn hostile_and_corrupt_files_are_typed_errors() {
 fn names_sort_naturally() {
     let mut m = Model::new();
     for i in [10, 2, 1] {
-        m.add(format!("layers.{i}.weight"), ArrayD::zeros(IxDyn(&[2, 2]))).unwrap();
+        m.add(format!("layers.{i}.weight"), ArrayD::zeros(IxDyn(&[2, 2])))
+            .unwrap();
     }
-    let back = Model::from_safetensors(&m.to_safetensors(&SaveOptions::default()).unwrap(), "<order>").unwrap();
+    let back = Model::from_safetensors(
+        &m.to_safetensors(&SaveOptions::default()).unwrap(),
+        "<order>",
+    )
+    .unwrap();
     let names: Vec<&str> = back.params().iter().map(|p| p.name()).collect();
-    assert_eq!(names, ["layers.1.weight", "layers.2.weight", "layers.10.weight"]);
+    assert_eq!(
+        names,
+        ["layers.1.weight", "layers.2.weight", "layers.10.weight"]
+    );
 }

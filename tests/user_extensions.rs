@@ -4,7 +4,9 @@
 mod common;
 
 use ndarray::{ArrayD, ArrayRef, IxDyn};
-use slimnn::prune::{GlobalPruner, NmPruner, PruneContext, Pruner, Saliency, Statistics, UnstructuredPruner};
+use slimnn::prune::{
+    GlobalPruner, NmPruner, PruneContext, Pruner, Saliency, Statistics, UnstructuredPruner,
+};
 use slimnn::{Mask, Model, Result, Selector};
 
 /// Prunes every weight in an odd column (a toy structured pattern).
@@ -21,7 +23,11 @@ impl Pruner for OddColumns {
 struct NearOne;
 
 impl Saliency for NearOne {
-    fn scores(&self, w: &ArrayRef<f32, IxDyn>, _ctx: &PruneContext<'_, f32>) -> Result<ArrayD<f32>> {
+    fn scores(
+        &self,
+        w: &ArrayRef<f32, IxDyn>,
+        _ctx: &PruneContext<'_, f32>,
+    ) -> Result<ArrayD<f32>> {
         Ok(w.mapv(|x| -(x - 1.0).abs()))
     }
 }
@@ -37,16 +43,25 @@ fn model() -> Model {
 #[test]
 fn a_user_pruner_works_everywhere() {
     let mut m = model();
-    let report = m.prune(&Selector::prunable(), &OddColumns, &Statistics::new()).unwrap();
+    let report = m
+        .prune(&Selector::prunable(), &OddColumns, &Statistics::new())
+        .unwrap();
     assert_eq!(report.total_zeros(), 24 + 12);
     // As a trait object, and on an engine's raw buffer.
     let boxed: Box<dyn Pruner> = Box::new(OddColumns);
     let mut buf = vec![1.0f32; 12];
-    let mask = boxed.prune_slice(&mut buf, &[3, 4], &PruneContext::new()).unwrap();
+    let mask = boxed
+        .prune_slice(&mut buf, &[3, 4], &PruneContext::new())
+        .unwrap();
     assert_eq!(buf, [1.0, 0.0, 1.0, 0.0].repeat(3));
     assert_eq!(mask.count_kept(), 6);
     // Monotone with a later built-in pruner.
-    m.prune(&Selector::prunable(), &UnstructuredPruner::magnitude(0.75).unwrap(), &Statistics::new()).unwrap();
+    m.prune(
+        &Selector::prunable(),
+        &UnstructuredPruner::magnitude(0.75).unwrap(),
+        &Statistics::new(),
+    )
+    .unwrap();
     let a = m.get("a.weight").unwrap().mask().unwrap();
     assert_eq!(a.count_pruned(), 36);
     assert!((0..48).filter(|i| i % 2 == 1).all(|i| !a.get(i)));
@@ -56,20 +71,37 @@ fn a_user_pruner_works_everywhere() {
 fn a_user_saliency_works_with_every_saliency_pruner() {
     let w = ArrayD::from_shape_vec(IxDyn(&[1, 4]), vec![1.1f32, -3.0, 0.9, 5.0]).unwrap();
     let ctx = PruneContext::new();
-    let m = UnstructuredPruner::new(NearOne, 0.5).unwrap().mask(&w, &ctx).unwrap();
+    let m = UnstructuredPruner::new(NearOne, 0.5)
+        .unwrap()
+        .mask(&w, &ctx)
+        .unwrap();
     assert_eq!(m.iter_kept().collect::<Vec<_>>(), vec![0, 2]);
-    let m = NmPruner::with_saliency(NearOne, 1, 2).unwrap().mask(&w, &ctx).unwrap();
+    let m = NmPruner::with_saliency(NearOne, 1, 2)
+        .unwrap()
+        .mask(&w, &ctx)
+        .unwrap();
     assert_eq!(m.iter_kept().collect::<Vec<_>>(), vec![0, 2]);
 
     let mut model = model();
-    let report = model.prune_global(&Selector::prunable(), &GlobalPruner::new(NearOne, 0.5).unwrap(), &Statistics::new()).unwrap();
+    let report = model
+        .prune_global(
+            &Selector::prunable(),
+            &GlobalPruner::new(NearOne, 0.5).unwrap(),
+            &Statistics::new(),
+        )
+        .unwrap();
     assert_eq!(report.total_zeros(), 36);
     let kept_scores: Vec<f32> = ["a.weight", "b.weight"]
         .iter()
         .flat_map(|n| {
             let p = model.get(n).unwrap();
             let mask = p.mask().unwrap().clone();
-            p.value().iter().enumerate().filter(move |(i, _)| mask.get(*i)).map(|(_, &x)| -(x - 1.0).abs()).collect::<Vec<_>>()
+            p.value()
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| mask.get(*i))
+                .map(|(_, &x)| -(x - 1.0).abs())
+                .collect::<Vec<_>>()
         })
         .collect();
     let pruned_scores: Vec<f32> = ["a.weight", "b.weight"]
@@ -77,7 +109,12 @@ fn a_user_saliency_works_with_every_saliency_pruner() {
         .flat_map(|n| {
             let p = model.get(n).unwrap();
             let mask = p.mask().unwrap().clone();
-            p.value().iter().enumerate().filter(move |(i, _)| !mask.get(*i)).map(|(_, &x)| -(x - 1.0).abs()).collect::<Vec<_>>()
+            p.value()
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| !mask.get(*i))
+                .map(|(_, &x)| -(x - 1.0).abs())
+                .collect::<Vec<_>>()
         })
         .collect();
     let min_kept = kept_scores.iter().copied().fold(f32::INFINITY, f32::min);

@@ -37,7 +37,9 @@ pub fn parse_idx(mut reader: impl Read, source_name: &str) -> Result<ArrayD<u8>>
     let mut magic = [0u8; 4];
     reader.read_exact(&mut magic).map_err(io)?;
     if magic[..3] != [0, 0, 0x08] {
-        return Err(bad(format!("magic {magic:02x?} is not an unsigned-byte IDX header")));
+        return Err(bad(format!(
+            "magic {magic:02x?} is not an unsigned-byte IDX header"
+        )));
     }
     let ndim = magic[3] as usize;
     if ndim == 0 {
@@ -63,7 +65,11 @@ pub fn parse_idx(mut reader: impl Read, source_name: &str) -> Result<ArrayD<u8>>
         return Err(bad(format!(
             "dimensions {shape:?} need {expected} bytes of data, the file holds {}{}",
             data.len().min(expected),
-            if data.len() > expected { " or more" } else { "" }
+            if data.len() > expected {
+                " or more"
+            } else {
+                ""
+            }
         )));
     }
     ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| bad(e.to_string()))

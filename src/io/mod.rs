@@ -1,6 +1,6 @@
 //! Reading and writing models and data sets.
 //!
-//! - [`safetensors`](self::safetensors): load and save a [`Model`](crate::Model).
+//! - [`safetensors`]: load and save a [`Model`](crate::Model).
 //! - [`idx`]: the gzip-compressed IDX files that MNIST and the digits set come in.
 
 pub mod idx;
@@ -13,10 +13,7 @@ use crate::error::{Error, Result};
 /// Writes `write`'s output to `path` atomically: into a temporary file in the same
 /// directory, renamed over `path` only once `write` has succeeded. Nothing is left
 /// behind on failure.
-pub(crate) fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -29,9 +26,7 @@ pub(crate) fn write_atomically(
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(std::fs::Permissions::from_mode(0o644));
     }
-    let tmp = builder
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
     write(tmp.path())?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())

@@ -67,12 +67,17 @@ impl Model {
         let mut views: Vec<(String, TensorView<'_>)> =
             st.iter().map(|(n, v)| (n.to_string(), v)).collect();
         views.sort_by(|a, b| natural_cmp(&a.0, &b.0));
-        let names: HashMap<&str, usize> =
-            views.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
+        let names: HashMap<&str, usize> = views
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.as_str(), i))
+            .collect();
 
         let mut model = Model::new();
         if let Some(meta) = header.metadata() {
-            model.metadata_mut().extend(meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+            model
+                .metadata_mut()
+                .extend(meta.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         for (name, view) in &views {
             // `x_mask` is consumed by its `x_orig`; `x_orig` becomes `x` with a mask.
@@ -146,8 +151,12 @@ impl Model {
     }
 
     fn metadata_for_saving(&self) -> Option<HashMap<String, String>> {
-        (!self.metadata().is_empty())
-            .then(|| self.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        (!self.metadata().is_empty()).then(|| {
+            self.metadata()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
     }
 
     fn tensors_for_saving(&self, options: &SaveOptions) -> Result<Vec<(String, Buffer)>> {
@@ -156,7 +165,10 @@ impl Model {
             let dtype = options.dtype.unwrap_or(p.dtype());
             match (p.mask(), options.masks) {
                 (Some(mask), MaskExport::PyTorch) => {
-                    out.push((format!("{}_orig", p.name()), Buffer::encode(p.value(), dtype)));
+                    out.push((
+                        format!("{}_orig", p.name()),
+                        Buffer::encode(p.value(), dtype),
+                    ));
                     out.push((
                         format!("{}_mask", p.name()),
                         Buffer::encode(&mask.to_array::<f32>(), dtype),
@@ -248,13 +260,22 @@ fn float_dtype(d: Dtype) -> Option<DType> {
 fn decode(view: &TensorView<'_>, dtype: DType) -> ArrayD<f32> {
     let b = view.data();
     let values: Vec<f32> = match dtype {
-        DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         DType::F64 => b
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32)
             .collect(),
-        DType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        DType::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::F16 => b
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => b
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
     };
     ArrayD::from_shape_vec(IxDyn(view.shape()), values).expect("safetensors checked the size")
 }
@@ -311,7 +332,11 @@ fn natural_cmp(a: &str, b: &str) -> Ordering {
                 let da = a.iter().take_while(|c| c.is_ascii_digit()).count();
                 let db = b.iter().take_while(|c| c.is_ascii_digit()).count();
                 let (na, nb) = (trim_zeros(&a[..da]), trim_zeros(&b[..db]));
-                let ord = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb)).then(da.cmp(&db));
+                let ord = na
+                    .len()
+                    .cmp(&nb.len())
+                    .then_with(|| na.cmp(nb))
+                    .then(da.cmp(&db));
                 if ord != Ordering::Equal {
                     return ord;
                 }

@@ -30,7 +30,8 @@ fn window_body<T: Scalar, K: Key>(chunk: &[T], lo: T, hi: T) -> Window<T> {
     // Per-lane u32 counters vectorize (a chunk never exceeds 2^32 blocks). In-window keys
     // are gathered branch-free: every key is written, the cursor only advances past the
     // ones inside. A branch or a `Vec::push` per block costs several times more.
-    let (mut below, mut eq_lo, mut eq_hi, mut bad) = ([0u32; LANES], [0u32; LANES], [0u32; LANES], [0u32; LANES]);
+    let (mut below, mut eq_lo, mut eq_hi, mut bad) =
+        ([0u32; LANES], [0u32; LANES], [0u32; LANES], [0u32; LANES]);
     let count_hi = (hi != lo) as u32;
     let mut mid = Vec::new();
     let mut buf = [T::zero(); SUB];
@@ -107,7 +108,13 @@ fn block_bits<T: Scalar, K: Key>(block: &[T], base: usize, t: T, tie_cut: usize)
 }
 
 #[inline(always)]
-fn keep_words_body<T: Scalar, K: Key>(chunk: &[T], words: &mut [u64], base: usize, t: T, tie_cut: usize) {
+fn keep_words_body<T: Scalar, K: Key>(
+    chunk: &[T],
+    words: &mut [u64],
+    base: usize,
+    t: T,
+    tie_cut: usize,
+) {
     for (w, (word, block)) in words.iter_mut().zip(chunk.chunks(64)).enumerate() {
         *word = block_bits::<T, K>(block, base + w * 64, t, tie_cut);
     }
@@ -120,7 +127,13 @@ kernel! {
 }
 
 #[inline(always)]
-fn prune_words_body<T: Scalar, K: Key>(chunk: &mut [T], words: &mut [u64], base: usize, t: T, tie_cut: usize) {
+fn prune_words_body<T: Scalar, K: Key>(
+    chunk: &mut [T],
+    words: &mut [u64],
+    base: usize,
+    t: T,
+    tie_cut: usize,
+) {
     for (w, (word, block)) in words.iter_mut().zip(chunk.chunks_mut(64)).enumerate() {
         let bits = block_bits::<T, K>(block, base + w * 64, t, tie_cut);
         *word = bits;
@@ -144,7 +157,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn values() -> impl Strategy<Value = Vec<f32>> {
-        prop::collection::vec(prop_oneof![(-8i8..8).prop_map(|x| x as f32 * 0.25), -2.0f32..2.0], 0..700)
+        prop::collection::vec(
+            prop_oneof![(-8i8..8).prop_map(|x| x as f32 * 0.25), -2.0f32..2.0],
+            0..700,
+        )
     }
 
     proptest! {

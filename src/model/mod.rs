@@ -151,7 +151,8 @@ impl Param {
     /// Applies the mask to the values and drops it, making pruning permanent.
     pub fn make_permanent(&mut self) {
         if let Some(m) = self.mask.take() {
-            m.apply(&mut self.value).expect("mask shape is checked when set");
+            m.apply(&mut self.value)
+                .expect("mask shape is checked when set");
         }
     }
 
@@ -230,7 +231,11 @@ impl Model {
     ) -> Result<&mut Param> {
         let name = name.into();
         if self.index.contains_key(&name) || self.raw.iter().any(|r| r.name == name) {
-            return Err(Error::invalid("name", &name, "a name not already in the model"));
+            return Err(Error::invalid(
+                "name",
+                &name,
+                "a name not already in the model",
+            ));
         }
         if let Some(n) = kind.ndim()
             && n != value.ndim()
@@ -255,7 +260,11 @@ impl Model {
     /// Keeps a tensor slimnn does not compute with, to be written back unchanged.
     pub fn add_raw(&mut self, raw: RawTensor) -> Result<()> {
         if self.index.contains_key(&raw.name) || self.raw.iter().any(|r| r.name == raw.name) {
-            return Err(Error::invalid("name", &raw.name, "a name not already in the model"));
+            return Err(Error::invalid(
+                "name",
+                &raw.name,
+                "a name not already in the model",
+            ));
         }
         self.raw.push(raw);
         Ok(())
@@ -281,14 +290,20 @@ impl Model {
     pub fn get_many_mut(&mut self, names: &[&str]) -> Result<Vec<&mut Param>> {
         let mut idx = Vec::with_capacity(names.len());
         for n in names {
-            let i = *self.index.get(*n).ok_or_else(|| Error::UnknownParameter((*n).into()))?;
+            let i = *self
+                .index
+                .get(*n)
+                .ok_or_else(|| Error::UnknownParameter((*n).into()))?;
             if idx.contains(&i) {
                 return Err(Error::invalid("names", n, "each parameter named once"));
             }
             idx.push(i);
         }
         let mut slots: Vec<Option<&mut Param>> = self.params.iter_mut().map(Some).collect();
-        Ok(idx.iter().map(|&i| slots[i].take().expect("indices are distinct")).collect())
+        Ok(idx
+            .iter()
+            .map(|&i| slots[i].take().expect("indices are distinct"))
+            .collect())
     }
 
     /// Overrides the inferred kind of a parameter.
@@ -365,7 +380,9 @@ impl Model {
     pub fn bias_of(&self, name: &str) -> Option<&str> {
         let base = name.strip_suffix("weight")?;
         let bias = format!("{base}bias");
-        self.index.get_key_value(bias.as_str()).map(|(k, _)| k.as_str())
+        self.index
+            .get_key_value(bias.as_str())
+            .map(|(k, _)| k.as_str())
     }
 
     /// Metadata carried with the model file (safetensors `__metadata__`).
@@ -380,7 +397,10 @@ impl Model {
 
     /// Removes a parameter, returning it.
     pub fn remove(&mut self, name: &str) -> Result<Param> {
-        let i = self.index.remove(name).ok_or_else(|| Error::UnknownParameter(name.into()))?;
+        let i = self
+            .index
+            .remove(name)
+            .ok_or_else(|| Error::UnknownParameter(name.into()))?;
         let p = self.params.remove(i);
         for v in self.index.values_mut() {
             if *v > i {

@@ -72,10 +72,15 @@ impl Network {
     /// does (uniform in `±1/√in`), reproducibly from `seed`.
     pub fn mlp(model: &mut Model, sizes: &[usize], seed: u64) -> Result<Network> {
         if sizes.len() < 2 || sizes.contains(&0) {
-            return Err(Error::invalid("sizes", format!("{sizes:?}"), "at least two non-zero layer widths"));
+            return Err(Error::invalid(
+                "sizes",
+                format!("{sizes:?}"),
+                "at least two non-zero layer widths",
+            ));
         }
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-        let mut uniform = |bound: f32| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound;
+        let mut uniform =
+            |bound: f32| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound;
         let mut layers = Vec::new();
         for (i, w) in sizes.windows(2).enumerate() {
             let (fan_in, out) = (w[0], w[1]);
@@ -88,7 +93,10 @@ impl Network {
             if i > 0 {
                 layers.push(Layer::Relu);
             }
-            layers.push(Layer::Linear { weight: wn, bias: Some(bn) });
+            layers.push(Layer::Linear {
+                weight: wn,
+                bias: Some(bn),
+            });
         }
         Ok(Network { layers })
     }
@@ -126,7 +134,11 @@ impl Network {
             if let Layer::Linear { weight, bias } = layer {
                 let w = model.get(weight)?;
                 if w.shape().len() != 2 {
-                    return Err(Error::bad_shape(format!("`{weight}`"), w.shape(), "a Linear weight is [out, in]"));
+                    return Err(Error::bad_shape(
+                        format!("`{weight}`"),
+                        w.shape(),
+                        "a Linear weight is [out, in]",
+                    ));
                 }
                 if let Some(prev) = width
                     && prev != w.shape()[1]
@@ -139,7 +151,9 @@ impl Network {
                 }
                 if let Some(b) = bias {
                     let bp = model.get(b)?;
-                    crate::tensor::check_same_shape(&[w.shape()[0]], bp.shape(), || format!("`{b}`"))?;
+                    crate::tensor::check_same_shape(&[w.shape()[0]], bp.shape(), || {
+                        format!("`{b}`")
+                    })?;
                 }
                 width = Some(w.shape()[0]);
             }
@@ -151,7 +165,11 @@ impl Network {
     pub fn inputs(&self, model: &Model) -> Result<usize> {
         self.first_linear()
             .map(|w| Ok(model.get(w)?.shape()[1]))
-            .unwrap_or_else(|| Err(Error::Empty { what: "network (no Linear layer)".into() }))
+            .unwrap_or_else(|| {
+                Err(Error::Empty {
+                    what: "network (no Linear layer)".into(),
+                })
+            })
     }
 
     fn first_linear(&self) -> Option<&str> {
@@ -168,7 +186,12 @@ impl Network {
     }
 
     /// Runs the layers; with `keep`, also returns every layer's input for backpropagation.
-    fn run(&self, model: &Model, x: ArrayView2<'_, f32>, keep: bool) -> Result<(Array2<f32>, Vec<Array2<f32>>)> {
+    fn run(
+        &self,
+        model: &Model,
+        x: ArrayView2<'_, f32>,
+        keep: bool,
+    ) -> Result<(Array2<f32>, Vec<Array2<f32>>)> {
         self.check_input(model, x)?;
         let mut inputs = Vec::new();
         let mut h = x.to_owned();
@@ -202,7 +225,9 @@ impl Network {
                 got: x.shape().to_vec(),
             });
         }
-        crate::tensor::check_finite(&x.iter().copied().collect::<Vec<_>>(), || "input batch".into())
+        crate::tensor::check_finite(&x.iter().copied().collect::<Vec<_>>(), || {
+            "input batch".into()
+        })
     }
 
     /// Mean softmax cross-entropy of a batch and its gradient with respect to every
@@ -248,7 +273,11 @@ impl Network {
 
     /// `‖X_j‖₂` over the batch for every input feature of every Linear layer: the
     /// statistic Wanda weighs magnitudes with, keyed by weight name.
-    pub fn activation_norms(&self, model: &Model, x: ArrayView2<'_, f32>) -> Result<HashMap<String, Array1<f32>>> {
+    pub fn activation_norms(
+        &self,
+        model: &Model,
+        x: ArrayView2<'_, f32>,
+    ) -> Result<HashMap<String, Array1<f32>>> {
         let (_, inputs) = self.run(model, x, true)?;
         Ok(self
             .layers
@@ -267,7 +296,9 @@ impl Network {
     /// Accuracy and loss over a data set, in batches of `batch` examples.
     pub fn evaluate(&self, model: &Model, data: &Dataset, batch: usize) -> Result<Evaluation> {
         if data.is_empty() {
-            return Err(Error::Empty { what: "evaluation data set".into() });
+            return Err(Error::Empty {
+                what: "evaluation data set".into(),
+            });
         }
         let batch = batch.max(1);
         let (mut correct, mut loss) = (0usize, 0.0f64);
@@ -296,7 +327,9 @@ impl Network {
 fn argmax(row: &ndarray::ArrayView1<'_, f32>) -> usize {
     row.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
         .0
 }
 
@@ -317,13 +350,24 @@ fn vector(model: &Model, name: &str) -> Result<Array1<f32>> {
 }
 
 /// Mean softmax cross-entropy over the rows of `logits`, and its gradient.
-pub fn softmax_cross_entropy(logits: ArrayView2<'_, f32>, labels: ArrayView1<'_, u8>) -> Result<(f32, Array2<f32>)> {
+pub fn softmax_cross_entropy(
+    logits: ArrayView2<'_, f32>,
+    labels: ArrayView1<'_, u8>,
+) -> Result<(f32, Array2<f32>)> {
     let (n, classes) = logits.dim();
     if labels.len() != n {
-        return Err(Error::ShapeMismatch { what: "labels".into(), expected: vec![n], got: vec![labels.len()] });
+        return Err(Error::ShapeMismatch {
+            what: "labels".into(),
+            expected: vec![n],
+            got: vec![labels.len()],
+        });
     }
     if let Some(&bad) = labels.iter().find(|&&y| y as usize >= classes) {
-        return Err(Error::invalid("label", bad, format!("a class below {classes}")));
+        return Err(Error::invalid(
+            "label",
+            bad,
+            format!("a class below {classes}"),
+        ));
     }
     let mut grad = Array2::zeros((n, classes));
     let mut loss = 0.0f64;
@@ -351,7 +395,11 @@ mod tests {
         let mut model = Model::new();
         let net = Network::mlp(&mut model, &[5, 4, 3], 11).unwrap();
         let mask = crate::Mask::from_fn(&[4, 5], |i| i % 3 != 0);
-        model.get_mut("fc1.weight").unwrap().set_mask(mask.clone()).unwrap();
+        model
+            .get_mut("fc1.weight")
+            .unwrap()
+            .set_mask(mask.clone())
+            .unwrap();
         let x = Array2::from_shape_fn((6, 5), |(i, j)| ((i * 5 + j) as f32 * 0.37).sin());
         let y = Array1::from_iter((0..6).map(|i| (i % 3) as u8));
         let (_, grads) = net.loss_and_gradients(&model, x.view(), y.view()).unwrap();
@@ -370,7 +418,10 @@ mod tests {
                     assert_eq!(analytic, 0.0, "masked weights get no gradient");
                     continue;
                 }
-                assert!((numeric - analytic).abs() < 2e-3, "{name}[{i}]: numeric {numeric} vs analytic {analytic}");
+                assert!(
+                    (numeric - analytic).abs() < 2e-3,
+                    "{name}[{i}]: numeric {numeric} vs analytic {analytic}"
+                );
             }
         }
     }

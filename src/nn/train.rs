@@ -39,9 +39,18 @@ impl Sgd {
             return Err(Error::invalid("momentum", momentum, "a value in [0, 1)"));
         }
         if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
-            return Err(Error::invalid("weight_decay", weight_decay, "a finite value ≥ 0"));
+            return Err(Error::invalid(
+                "weight_decay",
+                weight_decay,
+                "a finite value ≥ 0",
+            ));
         }
-        Ok(Sgd { lr, momentum, weight_decay, velocity: HashMap::new() })
+        Ok(Sgd {
+            lr,
+            momentum,
+            weight_decay,
+            velocity: HashMap::new(),
+        })
     }
 
     /// Applies one update from `grads`.
@@ -54,7 +63,10 @@ impl Sgd {
                 .entry(name.clone())
                 .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
             let (mu, wd) = (self.momentum, self.weight_decay);
-            ndarray::Zip::from(&mut *v).and(g).and(p.value()).for_each(|v, &g, &w| *v = mu * *v + g + wd * w);
+            ndarray::Zip::from(&mut *v)
+                .and(g)
+                .and(p.value())
+                .for_each(|v, &g, &w| *v = mu * *v + g + wd * w);
             if let Some(m) = p.mask() {
                 m.apply(v)?;
             }
@@ -76,7 +88,9 @@ pub fn train_epoch(
     seed: u64,
 ) -> Result<f64> {
     if data.is_empty() {
-        return Err(Error::Empty { what: "training data set".into() });
+        return Err(Error::Empty {
+            what: "training data set".into(),
+        });
     }
     if batch == 0 {
         return Err(Error::invalid("batch", batch, "at least 1"));

@@ -4,9 +4,9 @@ use ndarray::{ArrayViewD, ArrayViewMutD};
 
 use super::threshold;
 use super::unstructured::{Keys, non_finite};
-use crate::kernels::Abs;
 use super::{Amount, Magnitude, PruneContext, Saliency};
 use crate::error::{Error, Result};
+use crate::kernels::Abs;
 use crate::mask::Mask;
 use crate::tensor::{Scalar, check_nonempty};
 
@@ -73,7 +73,9 @@ where
     PruneContext<'a, T>: Clone,
 {
     match given.len() {
-        0 => Ok((0..n).map(|_| std::borrow::Cow::Owned(PruneContext::default())).collect()),
+        0 => Ok((0..n)
+            .map(|_| std::borrow::Cow::Owned(PruneContext::default()))
+            .collect()),
         m if m == n => Ok(given.iter().map(std::borrow::Cow::Borrowed).collect()),
         m => Err(Error::invalid(
             "contexts",
@@ -113,7 +115,10 @@ impl<S> GlobalPruner<S> {
         }
         let slices: Vec<&[T]> = keys.iter().map(Keys::values).collect();
         let n: usize = slices.iter().map(|s| s.len()).sum();
-        let already: usize = ctxs.iter().map(|c| c.mask.map_or(0, Mask::count_pruned)).sum();
+        let already: usize = ctxs
+            .iter()
+            .map(|c| c.mask.map_or(0, Mask::count_pruned))
+            .sum();
         let k = self.amount.count_of(n)?.max(already);
         let abs = keys[0].is_abs();
         let cut = threshold::select_by(&slices, k, abs)

@@ -39,8 +39,8 @@ pub struct MergedLayers<T = f32> {
 /// let w1 = array![[1.0f32, 2.0], [0.5, -1.0], [1.0, 2.0]];
 /// let w2 = array![[1.0f32, 1.0, 3.0]];
 /// let merged = merge_neurons(&w1, None, &w2, 1usize)?;
-/// assert_eq!(merged.merges, vec![(2, 0)]);
-/// assert_eq!(merged.w2, array![[4.0f32, 1.0]]);
+/// assert_eq!(merged.merges, vec![(0, 2)]); // equal saliency 0: the lower index goes
+/// assert_eq!(merged.w2, array![[1.0f32, 4.0]]);
 /// # Ok::<(), slimnn::Error>(())
 /// ```
 pub fn merge_neurons<T: Scalar>(
@@ -57,14 +57,26 @@ pub fn merge_neurons<T: Scalar>(
         check_same_shape(&[hidden], b.shape(), || "first layer bias".into())?;
         check_finite(&b.to_vec(), || "first layer bias".into())?;
     }
-    check_finite(&w1.iter().copied().collect::<Vec<_>>(), || "first layer weight".into())?;
-    check_finite(&w2.iter().copied().collect::<Vec<_>>(), || "second layer weight".into())?;
+    check_finite(&w1.iter().copied().collect::<Vec<_>>(), || {
+        "first layer weight".into()
+    })?;
+    check_finite(&w2.iter().copied().collect::<Vec<_>>(), || {
+        "second layer weight".into()
+    })?;
     if hidden < 2 {
-        return Err(Error::bad_shape("first layer weight", w1.shape(), "needs at least 2 neurons to merge"));
+        return Err(Error::bad_shape(
+            "first layer weight",
+            w1.shape(),
+            "needs at least 2 neurons to merge",
+        ));
     }
     let remove = amount.into().count_of(hidden)?;
     if remove >= hidden {
-        return Err(Error::invalid("amount", remove, format!("fewer than the {hidden} neurons")));
+        return Err(Error::invalid(
+            "amount",
+            remove,
+            format!("fewer than the {hidden} neurons"),
+        ));
     }
 
     // Incoming vectors [W1 | b1] in f64, their pairwise squared distances via the Gram matrix.
@@ -77,7 +89,9 @@ pub fn merge_neurons<T: Scalar>(
     let gram = v.dot(&v.t());
     let dist = |i: usize, j: usize| (gram[[i, i]] + gram[[j, j]] - 2.0 * gram[[i, j]]).max(0.0);
     let mut out = w2.mapv(|x| x.as_f64());
-    let outgoing = |out: &Array2<f64>, j: usize| out.column(j).iter().map(|x| x * x).sum::<f64>() / out.nrows().max(1) as f64;
+    let outgoing = |out: &Array2<f64>, j: usize| {
+        out.column(j).iter().map(|x| x * x).sum::<f64>() / out.nrows().max(1) as f64
+    };
     let mut a2: Vec<f64> = (0..hidden).map(|j| outgoing(&out, j)).collect();
     let mut alive = vec![true; hidden];
     let nearest = |alive: &[bool], j: usize| -> usize {
@@ -93,7 +107,9 @@ pub fn merge_neurons<T: Scalar>(
         let j = (0..hidden)
             .filter(|&j| alive[j])
             .min_by(|&a, &b| {
-                (a2[a] * dist(best[a], a)).total_cmp(&(a2[b] * dist(best[b], b))).then(a.cmp(&b))
+                (a2[a] * dist(best[a], a))
+                    .total_cmp(&(a2[b] * dist(best[b], b)))
+                    .then(a.cmp(&b))
             })
             .expect("neurons remain");
         let i = best[j];
@@ -122,7 +138,12 @@ impl Model {
     /// [`merge_neurons`] on two Linear weights of the model (`first` feeds `second`),
     /// replacing them, and `first`'s bias, by the merged layers. Existing masks are applied
     /// first and dropped. Returns the merges (removed neuron, kept neuron).
-    pub fn merge_neurons(&mut self, first: &str, second: &str, amount: impl Into<Amount>) -> Result<Vec<(usize, usize)>> {
+    pub fn merge_neurons(
+        &mut self,
+        first: &str,
+        second: &str,
+        amount: impl Into<Amount>,
+    ) -> Result<Vec<(usize, usize)>> {
         for name in [first, second] {
             let p = self.get(name)?;
             if p.kind() != LayerKind::Linear {
@@ -134,14 +155,24 @@ impl Model {
                 });
             }
         }
-        let two_d = |a: ndarray::ArrayD<f32>| a.into_dimensionality::<Ix2>().expect("Linear is 2-D");
+        let two_d =
+            |a: ndarray::ArrayD<f32>| a.into_dimensionality::<Ix2>().expect("Linear is 2-D");
         let w1 = two_d(self.get(first)?.effective());
         let w2 = two_d(self.get(second)?.effective());
         let bias_name = self.bias_of(first).map(str::to_string);
         let b1 = match &bias_name {
-            Some(b) => Some(self.get(b)?.effective().into_dimensionality::<Ix1>().map_err(|_| {
-                Error::bad_shape(format!("`{b}`"), self.get(b).map(|p| p.shape()).unwrap_or(&[]), "a bias is 1-D")
-            })?),
+            Some(b) => Some(
+                self.get(b)?
+                    .effective()
+                    .into_dimensionality::<Ix1>()
+                    .map_err(|_| {
+                        Error::bad_shape(
+                            format!("`{b}`"),
+                            self.get(b).map(|p| p.shape()).unwrap_or(&[]),
+                            "a bias is 1-D",
+                        )
+                    })?,
+            ),
             None => None,
         };
         let merged = merge_neurons(&w1, b1.as_deref(), &w2, amount)?;

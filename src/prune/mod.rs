@@ -45,7 +45,9 @@ pub use merge::{MergedLayers, merge_neurons};
 pub use model_ops::{PruneReport, SparsityRow, Statistics};
 pub use nm::NmPruner;
 pub use removal::{RemovalReport, RemovedChannels};
-pub use saliency::{Magnitude, Movement, MovementScores, Obd, Random, Saliency, Snip, Taylor, Wanda};
+pub use saliency::{
+    Magnitude, Movement, MovementScores, Obd, Random, Saliency, Snip, Taylor, Wanda,
+};
 pub use schedule::Schedule;
 pub use structured::{ChannelAxis, ChannelCriterion, StructuredPruner, channel_scores};
 pub use unstructured::{MagnitudePruner, Scope, UnstructuredPruner};
@@ -206,7 +208,12 @@ pub trait Pruner<T: Scalar = f32>: Send + Sync {
     }
 
     /// [`Pruner::prune`] on an engine's row-major buffer of the given shape.
-    fn prune_slice(&self, weights: &mut [T], shape: &[usize], ctx: &PruneContext<'_, T>) -> Result<Mask> {
+    fn prune_slice(
+        &self,
+        weights: &mut [T],
+        shape: &[usize],
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<Mask> {
         let mut view = view_mut(weights, shape)?;
         self.prune(&mut view, ctx)
     }

@@ -121,7 +121,11 @@ impl Model {
         stats: &Statistics,
     ) -> Result<PruneReport> {
         stats.check_names(self)?;
-        let names: Vec<String> = self.select(selector)?.into_iter().map(String::from).collect();
+        let names: Vec<String> = self
+            .select(selector)?
+            .into_iter()
+            .map(String::from)
+            .collect();
         let mut masks = Vec::with_capacity(names.len());
         for name in &names {
             let p = self.get(name)?;
@@ -147,7 +151,11 @@ impl Model {
         stats: &Statistics,
     ) -> Result<PruneReport> {
         stats.check_names(self)?;
-        let names: Vec<String> = self.select(selector)?.into_iter().map(String::from).collect();
+        let names: Vec<String> = self
+            .select(selector)?
+            .into_iter()
+            .map(String::from)
+            .collect();
         let params: Vec<&Param> = names.iter().map(|n| self.get(n)).collect::<Result<_>>()?;
         let values: Vec<Cow<'_, ArrayD<f32>>> = params.iter().map(|p| effective(p)).collect();
         let views: Vec<ArrayViewD<'_, f32>> = values.iter().map(|v| v.view()).collect();
@@ -180,9 +188,16 @@ impl Model {
     /// (`x.weight` → `x.bias`). Returns the number of bias entries masked.
     pub fn mask_biases_of_pruned_channels(&mut self, selector: &Selector) -> Result<usize> {
         let mut masked = 0;
-        for name in self.select(selector)?.into_iter().map(String::from).collect::<Vec<_>>() {
+        for name in self
+            .select(selector)?
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+        {
             let p = self.get(&name)?;
-            let (Some(mask), Some(axis), Some(bias)) = (p.mask(), p.kind().output_axis(), self.bias_of(&name)) else {
+            let (Some(mask), Some(axis), Some(bias)) =
+                (p.mask(), p.kind().output_axis(), self.bias_of(&name))
+            else {
                 continue;
             };
             let dead = super::structured::zero_channels(&mask.to_array::<f32>(), axis);
@@ -195,7 +210,10 @@ impl Model {
                     got: b.shape().to_vec(),
                 });
             }
-            let old = b.mask().cloned().unwrap_or_else(|| crate::Mask::ones(&[dead.len()]));
+            let old = b
+                .mask()
+                .cloned()
+                .unwrap_or_else(|| crate::Mask::ones(&[dead.len()]));
             let new = old.and(&crate::Mask::from_fn(&[dead.len()], |c| !dead[c]))?;
             masked += old.count_kept() - new.count_kept();
             b.set_mask(new)?;
@@ -206,7 +224,11 @@ impl Model {
     /// Applies the masks of the selected parameters to their values and drops the masks
     /// (PyTorch's `prune.remove`). Returns the sparsity of what was selected.
     pub fn make_permanent(&mut self, selector: &Selector) -> Result<PruneReport> {
-        let names: Vec<String> = self.select(selector)?.into_iter().map(String::from).collect();
+        let names: Vec<String> = self
+            .select(selector)?
+            .into_iter()
+            .map(String::from)
+            .collect();
         for n in &names {
             self.get_mut(n)?.make_permanent();
         }
@@ -277,11 +299,21 @@ impl PruneReport {
 
 impl fmt::Display for PruneReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shape = |s: &[usize]| {
-            s.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
-        };
-        let name_w = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(9);
-        let shape_w = self.rows.iter().map(|r| shape(&r.shape).len()).max().unwrap_or(0).max(5);
+        let shape = |s: &[usize]| s.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
+        let name_w = self
+            .rows
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(9);
+        let shape_w = self
+            .rows
+            .iter()
+            .map(|r| shape(&r.shape).len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         writeln!(
             f,
             "{:<name_w$}  {:<9}  {:<shape_w$}  {:>12}  {:>12}  {:>8}",

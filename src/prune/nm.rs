@@ -81,14 +81,22 @@ impl<T: Scalar, S: Saliency<T>> Pruner<T> for NmPruner<S> {
             return Err(Error::bad_shape(
                 ctx.what(),
                 shape,
-                format!("M = {} does not divide the input dimension {inputs}", self.m),
+                format!(
+                    "M = {} does not divide the input dimension {inputs}",
+                    self.m
+                ),
             ));
         }
         let keys = Keys::compute(&self.saliency, weights, ctx)?;
         let v = keys.values();
         let abs = keys.is_abs();
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(non_finite(super::threshold::NonFiniteAt(0, i), v, abs, || ctx.what()));
+            return Err(non_finite(
+                super::threshold::NonFiniteAt(0, i),
+                v,
+                abs,
+                || ctx.what(),
+            ));
         }
         let row_len = inputs * stride;
         let (n, m) = (self.n, self.m);
@@ -107,7 +115,9 @@ impl<T: Scalar, S: Saliency<T>> Pruner<T> for NmPruner<S> {
                         }));
                         // The m − n lowest by (score, position) go.
                         group.select_nth_unstable_by(m - n - 1, |a, b| {
-                            a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1))
+                            a.0.partial_cmp(&b.0)
+                                .unwrap_or(Ordering::Equal)
+                                .then(a.1.cmp(&b.1))
                         });
                         for &(_, i) in &group[..m - n] {
                             keep[i] = false;

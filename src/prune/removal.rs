@@ -126,7 +126,10 @@ impl Model {
             })
             .collect();
         let kept: Vec<usize> = (0..channels).filter(|c| !removed.contains(c)).collect();
-        let kept_inputs: Vec<usize> = kept.iter().flat_map(|&c| c * block..(c + 1) * block).collect();
+        let kept_inputs: Vec<usize> = kept
+            .iter()
+            .flat_map(|&c| c * block..(c + 1) * block)
+            .collect();
         if !removed.is_empty() {
             shrink(self.get_mut(layer)?, 0, &kept);
             if let Some(b) = &bias_name {

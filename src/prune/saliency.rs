@@ -1,8 +1,8 @@
 //! [`Saliency`]: how important each weight is. Higher scores are kept.
 
 use ndarray::{ArrayD, ArrayRef, ArrayViewD, IxDyn, Zip};
-use rand::{Rng, SeedableRng};
 use rand::rngs::Xoshiro256PlusPlus;
+use rand::{Rng, SeedableRng};
 
 use super::PruneContext;
 use crate::error::{Error, Result};
@@ -67,7 +67,9 @@ fn combine<T: Scalar>(
     stat: &ArrayViewD<'_, T>,
     f: impl Fn(T, T) -> T + Sync + Send,
 ) -> ArrayD<T> {
-    Zip::from(weights).and(stat).par_map_collect(|&w, &s| f(w, s))
+    Zip::from(weights)
+        .and(stat)
+        .par_map_collect(|&w, &s| f(w, s))
 }
 
 /// `|w|`: the weight's magnitude (Han et al., "Learning both Weights and Connections for
@@ -76,7 +78,11 @@ fn combine<T: Scalar>(
 pub struct Magnitude;
 
 impl<T: Scalar> Saliency<T> for Magnitude {
-    fn scores(&self, weights: &ArrayRef<T, IxDyn>, _ctx: &PruneContext<'_, T>) -> Result<ArrayD<T>> {
+    fn scores(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        _ctx: &PruneContext<'_, T>,
+    ) -> Result<ArrayD<T>> {
         Ok(weights.mapv(|w| w.abs()))
     }
     fn is_magnitude(&self) -> bool {
@@ -107,8 +113,11 @@ impl<T: Scalar> Saliency<T> for Random {
             .name
             .unwrap_or("")
             .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(self.seed ^ ctx.seed.rotate_left(17) ^ name_hash);
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+        let mut rng =
+            Xoshiro256PlusPlus::seed_from_u64(self.seed ^ ctx.seed.rotate_left(17) ^ name_hash);
         Ok(weights.mapv(|_| T::of((rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64))))
     }
 }
@@ -207,7 +216,11 @@ impl<T: Scalar> MovementScores<T> {
     }
 
     /// Adds one step's `−g · w`.
-    pub fn update(&mut self, weights: &ArrayRef<T, IxDyn>, gradient: &ArrayRef<T, IxDyn>) -> Result<()> {
+    pub fn update(
+        &mut self,
+        weights: &ArrayRef<T, IxDyn>,
+        gradient: &ArrayRef<T, IxDyn>,
+    ) -> Result<()> {
         check_same_shape(self.scores.shape(), weights.shape(), || "weights".into())?;
         check_same_shape(self.scores.shape(), gradient.shape(), || "gradient".into())?;
         Zip::from(&mut self.scores)
@@ -236,11 +249,14 @@ pub struct Wanda;
 
 impl<T: Scalar> Saliency<T> for Wanda {
     fn scores(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<ArrayD<T>> {
-        let norms = ctx.activation_norms.as_ref().ok_or_else(|| Error::MissingStatistic {
-            method: "Wanda",
-            statistic: "activation_norms",
-            what: ctx.what(),
-        })?;
+        let norms = ctx
+            .activation_norms
+            .as_ref()
+            .ok_or_else(|| Error::MissingStatistic {
+                method: "Wanda",
+                statistic: "activation_norms",
+                what: ctx.what(),
+            })?;
         let shape = weights.shape();
         if shape.len() != 2 && shape.len() != 4 {
             return Err(Error::bad_shape(

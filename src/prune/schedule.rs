@@ -27,9 +27,20 @@ pub struct Schedule {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
-    OneShot { target: f64, at: usize },
-    Constant { sparsity: f64 },
-    Agp { initial: f64, target: f64, start: usize, steps: usize, frequency: usize },
+    OneShot {
+        target: f64,
+        at: usize,
+    },
+    Constant {
+        sparsity: f64,
+    },
+    Agp {
+        initial: f64,
+        target: f64,
+        start: usize,
+        steps: usize,
+        frequency: usize,
+    },
 }
 
 fn fraction(name: &'static str, x: f64) -> Result<f64> {
@@ -66,7 +77,13 @@ impl Schedule {
     ///
     /// `initial` = s_i ≤ `target` = s_f, `start` = t₀, `steps` = n ≥ 1 pruning steps,
     /// `frequency` = Δt ≥ 1 training steps between them.
-    pub fn agp(initial: f64, target: f64, start: usize, steps: usize, frequency: usize) -> Result<Schedule> {
+    pub fn agp(
+        initial: f64,
+        target: f64,
+        start: usize,
+        steps: usize,
+        frequency: usize,
+    ) -> Result<Schedule> {
         let initial = fraction("initial", initial)?;
         let target = fraction("target", target)?;
         if initial > target {
@@ -80,10 +97,22 @@ impl Schedule {
             return Err(Error::invalid("steps", steps, "at least one pruning step"));
         }
         if frequency == 0 {
-            return Err(Error::invalid("frequency", frequency, "at least 1 step between pruning steps"));
+            return Err(Error::invalid(
+                "frequency",
+                frequency,
+                "at least 1 step between pruning steps",
+            ));
         }
-        if steps.checked_mul(frequency).and_then(|s| s.checked_add(start)).is_none() {
-            return Err(Error::invalid("steps", steps, "start + steps·frequency within usize"));
+        if steps
+            .checked_mul(frequency)
+            .and_then(|s| s.checked_add(start))
+            .is_none()
+        {
+            return Err(Error::invalid(
+                "steps",
+                steps,
+                "start + steps·frequency within usize",
+            ));
         }
         Ok(Schedule {
             kind: Kind::Agp {
@@ -140,7 +169,11 @@ impl Schedule {
                 steps,
                 frequency,
                 ..
-            } => step >= start && (step - start) % frequency == 0 && (step - start) / frequency <= steps,
+            } => {
+                step >= start
+                    && (step - start) % frequency == 0
+                    && (step - start) / frequency <= steps
+            }
         }
     }
 

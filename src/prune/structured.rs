@@ -62,7 +62,11 @@ pub fn channel_scores<T: Scalar>(
 ) -> Result<Vec<T>> {
     let shape = weights.shape();
     if axis >= shape.len() {
-        return Err(Error::bad_shape("weights", shape, format!("no axis {axis}")));
+        return Err(Error::bad_shape(
+            "weights",
+            shape,
+            format!("no axis {axis}"),
+        ));
     }
     check_nonempty(shape, || "weights".into())?;
     check_finite(&row_major(weights), || "weights".into())?;
@@ -70,10 +74,18 @@ pub fn channel_scores<T: Scalar>(
 }
 
 /// [`channel_scores`] of weights already checked to be non-empty and finite.
-fn scores_of_checked<T: Scalar>(weights: &ArrayRef<T, IxDyn>, axis: usize, criterion: ChannelCriterion) -> Vec<T> {
+fn scores_of_checked<T: Scalar>(
+    weights: &ArrayRef<T, IxDyn>,
+    axis: usize,
+    criterion: ChannelCriterion,
+) -> Vec<T> {
     let rows = channel_rows(weights, axis);
     match criterion {
-        ChannelCriterion::L1 => rows.rows().into_iter().map(|r| r.iter().fold(T::zero(), |a, &x| a + x.abs())).collect(),
+        ChannelCriterion::L1 => rows
+            .rows()
+            .into_iter()
+            .map(|r| r.iter().fold(T::zero(), |a, &x| a + x.abs()))
+            .collect(),
         ChannelCriterion::L2 => rows
             .rows()
             .into_iter()
@@ -109,14 +121,18 @@ fn channel_rows<T: Scalar>(weights: &ArrayRef<T, IxDyn>, axis: usize) -> CowArra
     if axis == 0
         && let Some(flat) = weights.as_slice()
     {
-        return ArrayView2::from_shape((c, rest), flat).expect("element count is unchanged").into();
+        return ArrayView2::from_shape((c, rest), flat)
+            .expect("element count is unchanged")
+            .into();
     }
     let mut order: Vec<usize> = (0..weights.ndim()).collect();
     order.remove(axis);
     order.insert(0, axis);
     let moved = weights.view().permuted_axes(order);
     let flat: Vec<T> = moved.iter().copied().collect();
-    Array2::from_shape_vec((c, rest), flat).expect("element count is unchanged").into()
+    Array2::from_shape_vec((c, rest), flat)
+        .expect("element count is unchanged")
+        .into()
 }
 
 /// Removes whole channels (filters, neurons, input channels) with the lowest importance
@@ -204,8 +220,11 @@ impl<T: Scalar> Pruner<T> for StructuredPruner {
                 check_same_shape(shape, m.shape(), || format!("mask of {}", ctx.what()))?;
                 let as_values = m.to_array::<T>();
                 let pruned = channel_rows(&as_values, axis);
-                let dead: Vec<bool> =
-                    pruned.rows().into_iter().map(|r| r.iter().all(|x| x.is_zero())).collect();
+                let dead: Vec<bool> = pruned
+                    .rows()
+                    .into_iter()
+                    .map(|r| r.iter().all(|x| x.is_zero()))
+                    .collect();
                 for (s, _) in scores.iter_mut().zip(&dead).filter(|(_, d)| **d) {
                     *s = T::min_value();
                 }
@@ -214,12 +233,11 @@ impl<T: Scalar> Pruner<T> for StructuredPruner {
             None => 0,
         };
         let k = self.amount.count_of(c)?.max(dead);
-        let cut = threshold::select_by(&[&scores], k, false)
-            .map_err(|at| Error::NonFinite {
-                what: format!("channel scores of {}", ctx.what()),
-                index: at.1,
-                value: scores[at.1].as_f64(),
-            })?;
+        let cut = threshold::select_by(&[&scores], k, false).map_err(|at| Error::NonFinite {
+            what: format!("channel scores of {}", ctx.what()),
+            index: at.1,
+            value: scores[at.1].as_f64(),
+        })?;
         let keep = threshold::mask_by(&scores, &[c], 0, &cut, false);
         // Each channel owns runs of `stride` consecutive elements, one per outer index.
         let stride: usize = shape[axis + 1..].iter().product();

@@ -14,8 +14,8 @@ use std::cmp::Ordering;
 
 use rayon::prelude::*;
 
-use crate::kernels::{Abs, Identity, Key};
 use crate::kernels::select::{Window, keep_words, prune_words, window};
+use crate::kernels::{Abs, Identity, Key};
 use crate::mask::Mask;
 use crate::tensor::Scalar;
 
@@ -57,7 +57,11 @@ pub(crate) fn select<T: Scalar, K: Key>(slices: &[&[T]], k: usize) -> Result<Cut
     assert!(k <= n, "select: k = {k} exceeds n = {n}");
     if k == 0 || k == n {
         first_non_finite::<T, K>(slices).map_or(Ok(()), Err)?;
-        let threshold = if k == 0 { T::neg_infinity() } else { T::infinity() };
+        let threshold = if k == 0 {
+            T::neg_infinity()
+        } else {
+            T::infinity()
+        };
         return Ok(Cut {
             threshold,
             tie_end: (0, 0),
@@ -177,7 +181,11 @@ fn tasks<'s, T>(slices: &[&'s [T]]) -> Vec<(usize, usize, &'s [T])> {
     slices
         .iter()
         .enumerate()
-        .flat_map(|(s, sl)| sl.chunks(TASK).enumerate().map(move |(c, ch)| (s, c * TASK, ch)))
+        .flat_map(|(s, sl)| {
+            sl.chunks(TASK)
+                .enumerate()
+                .map(move |(c, ch)| (s, c * TASK, ch))
+        })
         .collect()
 }
 
@@ -196,7 +204,9 @@ fn pass<T: Scalar, K: Key>(slices: &[&[T]], lo: T, hi: T) -> Pass<T> {
         out.eq_hi += w.eq_hi;
         out.mid.extend_from_slice(&w.mid);
         // Tasks are in global order, so the first one reported is the first overall.
-        out.first_bad = out.first_bad.or(w.first_bad.map(|i| NonFiniteAt(s, start + i)));
+        out.first_bad = out
+            .first_bad
+            .or(w.first_bad.map(|i| NonFiniteAt(s, start + i)));
     }
     out
 }
@@ -231,17 +241,40 @@ fn nth_tie<T: Scalar, K: Key>(slices: &[&[T]], t: T, need: usize) -> (usize, usi
 }
 
 /// [`select`] ranking by magnitude (`abs`) or by value.
-pub(crate) fn select_by<T: Scalar>(slices: &[&[T]], k: usize, abs: bool) -> Result<Cut<T>, NonFiniteAt> {
-    if abs { select::<T, Abs>(slices, k) } else { select::<T, Identity>(slices, k) }
+pub(crate) fn select_by<T: Scalar>(
+    slices: &[&[T]],
+    k: usize,
+    abs: bool,
+) -> Result<Cut<T>, NonFiniteAt> {
+    if abs {
+        select::<T, Abs>(slices, k)
+    } else {
+        select::<T, Identity>(slices, k)
+    }
 }
 
 /// [`mask_of`] ranking by magnitude (`abs`) or by value.
-pub(crate) fn mask_by<T: Scalar>(values: &[T], shape: &[usize], s: usize, cut: &Cut<T>, abs: bool) -> Mask {
-    if abs { mask_of::<T, Abs>(values, shape, s, cut) } else { mask_of::<T, Identity>(values, shape, s, cut) }
+pub(crate) fn mask_by<T: Scalar>(
+    values: &[T],
+    shape: &[usize],
+    s: usize,
+    cut: &Cut<T>,
+    abs: bool,
+) -> Mask {
+    if abs {
+        mask_of::<T, Abs>(values, shape, s, cut)
+    } else {
+        mask_of::<T, Identity>(values, shape, s, cut)
+    }
 }
 
 /// The mask that `cut` gives slice number `s` (of shape `shape`).
-pub(crate) fn mask_of<T: Scalar, K: Key>(values: &[T], shape: &[usize], s: usize, cut: &Cut<T>) -> Mask {
+pub(crate) fn mask_of<T: Scalar, K: Key>(
+    values: &[T],
+    shape: &[usize],
+    s: usize,
+    cut: &Cut<T>,
+) -> Mask {
     let mut mask = Mask::zeros(shape);
     let (t, tc) = (cut.threshold, cut.tie_cut(s));
     mask.words_mut()
@@ -253,7 +286,12 @@ pub(crate) fn mask_of<T: Scalar, K: Key>(values: &[T], shape: &[usize], s: usize
 }
 
 /// Like [`mask_of`], and zeroes the pruned elements of `values` in the same pass.
-pub(crate) fn prune_in_place<T: Scalar, K: Key>(values: &mut [T], shape: &[usize], s: usize, cut: &Cut<T>) -> Mask {
+pub(crate) fn prune_in_place<T: Scalar, K: Key>(
+    values: &mut [T],
+    shape: &[usize],
+    s: usize,
+    cut: &Cut<T>,
+) -> Mask {
     let mut mask = Mask::zeros(shape);
     let (t, tc) = (cut.threshold, cut.tie_cut(s));
     mask.words_mut()
@@ -276,7 +314,11 @@ mod tests {
             .enumerate()
             .flat_map(|(s, v)| v.iter().enumerate().map(move |(i, &x)| (x.abs(), s, i)))
             .collect();
-        all.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then((a.1, a.2).cmp(&(b.1, b.2))));
+        all.sort_by(|a, b| {
+            a.0.partial_cmp(&b.0)
+                .unwrap()
+                .then((a.1, a.2).cmp(&(b.1, b.2)))
+        });
         let mut keep: Vec<Vec<bool>> = slices.iter().map(|v| vec![true; v.len()]).collect();
         for &(_, s, i) in &all[..k] {
             keep[s][i] = false;
@@ -320,9 +362,15 @@ mod tests {
     fn large_inputs_take_the_sampled_path() {
         let mut state = 7u64;
         let mk = |len: usize, state: &mut u64| -> Vec<f32> {
-            (0..len).map(|_| (splitmix64(state) >> 40) as f32 / 16777216.0 - 0.5).collect()
+            (0..len)
+                .map(|_| (splitmix64(state) >> 40) as f32 / 16777216.0 - 0.5)
+                .collect()
         };
-        let slices = vec![mk(150_000, &mut state), mk(70_001, &mut state), mk(3, &mut state)];
+        let slices = vec![
+            mk(150_000, &mut state),
+            mk(70_001, &mut state),
+            mk(3, &mut state),
+        ];
         for frac in [0.0, 0.001, 0.3, 0.9, 0.999, 1.0] {
             check(slices.clone(), frac);
         }

@@ -119,7 +119,9 @@ impl<'a, T: Scalar> Keys<'a, T> {
     ) -> Result<Self> {
         check_nonempty(weights.shape(), || ctx.what())?;
         if let Some(m) = ctx.mask {
-            check_same_shape(weights.shape(), m.shape(), || format!("mask of {}", ctx.what()))?;
+            check_same_shape(weights.shape(), m.shape(), || {
+                format!("mask of {}", ctx.what())
+            })?;
         }
         if saliency.is_magnitude() && ctx.mask.is_none() {
             // Finiteness is checked during selection, without an extra pass.
@@ -159,7 +161,11 @@ pub(crate) fn non_finite<T: Scalar>(
     what: impl FnOnce() -> String,
 ) -> Error {
     Error::NonFinite {
-        what: if abs { what() } else { format!("saliency scores of {}", what()) },
+        what: if abs {
+            what()
+        } else {
+            format!("saliency scores of {}", what())
+        },
         index: at.1,
         value: keys[at.1].as_f64(),
     }
@@ -184,7 +190,8 @@ impl<T: Scalar, S: Saliency<T>> Pruner<T> for UnstructuredPruner<S> {
     }
 
     fn prune(&self, weights: &mut ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
-        let fused = self.saliency.is_magnitude() && ctx.mask.is_none() && self.scope == Scope::Tensor;
+        let fused =
+            self.saliency.is_magnitude() && ctx.mask.is_none() && self.scope == Scope::Tensor;
         let shape = weights.shape().to_vec();
         match weights.as_slice_mut() {
             Some(w) if fused => {
@@ -204,7 +211,12 @@ impl<T: Scalar, S: Saliency<T>> Pruner<T> for UnstructuredPruner<S> {
 }
 
 impl<S> UnstructuredPruner<S> {
-    fn per_row<T: Scalar>(&self, keys: &Keys<'_, T>, shape: &[usize], ctx: &PruneContext<'_, T>) -> Result<Mask> {
+    fn per_row<T: Scalar>(
+        &self,
+        keys: &Keys<'_, T>,
+        shape: &[usize],
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<Mask> {
         let (v, abs) = (keys.values(), keys.is_abs());
         let row_len = v.len() / shape[0];
         let k_row = self.amount.count_of(row_len)?;
@@ -214,12 +226,16 @@ impl<S> UnstructuredPruner<S> {
             .enumerate()
             .try_for_each(|(r, (keep, row))| {
                 let already = ctx.mask.map_or(0, |m| {
-                    (r * row_len..(r + 1) * row_len).filter(|&i| !m.get(i)).count()
+                    (r * row_len..(r + 1) * row_len)
+                        .filter(|&i| !m.get(i))
+                        .count()
                 });
                 let cut = threshold::select_by(&[row], k_row.max(already), abs)
                     .map_err(|at| NonFiniteAt(0, r * row_len + at.1))?;
                 let row_mask = threshold::mask_by(row, &[row_len], 0, &cut, abs);
-                keep.iter_mut().enumerate().for_each(|(i, k)| *k = row_mask.get(i));
+                keep.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, k)| *k = row_mask.get(i));
                 Ok(())
             })
             .map_err(|at| non_finite(at, v, abs, || ctx.what()))?;

@@ -29,7 +29,12 @@ pub fn matrix() -> impl Strategy<Value = ArrayD<f32>> {
 }
 
 /// `relu(x Wᵀ + b)` (no ReLU when `relu` is false).
-pub fn linear(x: &Array2<f32>, w: &ArrayD<f32>, b: Option<&ArrayD<f32>>, relu: bool) -> Array2<f32> {
+pub fn linear(
+    x: &Array2<f32>,
+    w: &ArrayD<f32>,
+    b: Option<&ArrayD<f32>>,
+    relu: bool,
+) -> Array2<f32> {
     let w = w.view().into_dimensionality::<ndarray::Ix2>().unwrap();
     let mut y = x.dot(&w.t());
     if let Some(b) = b {
