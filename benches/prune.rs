@@ -46,7 +46,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| structured.mask(&conv, &PruneContext::new()).unwrap())
     });
 
-    let nm = NmPruner::new(2, 4).unwrap();
+    let nm = NmPruner::magnitude(2, 4).unwrap();
     let w = normal(&[1024, 1024], 0.02, 30);
     g.bench_function("nm 2:4 of 1024x1024", |b| {
         b.iter(|| nm.mask(&w, &PruneContext::new()).unwrap())

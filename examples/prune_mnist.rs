@@ -165,8 +165,8 @@ fn main() -> Result<()> {
         row(&format!("{name} {:.0}%", 100.0 * at), &m)?;
     }
     for (name, nm) in [
-        ("2:4 magnitude", NmPruner::new(2, 4)?),
-        ("1:4 magnitude", NmPruner::new(1, 4)?),
+        ("2:4 magnitude", NmPruner::magnitude(2, 4)?),
+        ("1:4 magnitude", NmPruner::magnitude(1, 4)?),
     ] {
         let mut m = model.clone();
         m.prune(
@@ -179,7 +179,7 @@ fn main() -> Result<()> {
     let mut m = model.clone();
     m.prune(
         &Selector::glob("fc1.weight").include("fc2.weight"),
-        &NmPruner::with_saliency(Wanda, 2, 4)?,
+        &NmPruner::new(Wanda, 2, 4)?,
         &stats,
     )?;
     row("2:4 Wanda (fc1, fc2)", &m)?;
@@ -256,11 +256,11 @@ fn trained(args: &Args, train: &Dataset, test: &Dataset) -> Result<(Model, Netwo
     for epoch in 0..args.epochs {
         let t0 = Instant::now();
         // Step decay: the last third of training at a tenth of the rate.
-        sgd.lr = if epoch >= args.epochs * 2 / 3 {
+        sgd.set_lr(if epoch >= args.epochs * 2 / 3 {
             0.005
         } else {
             0.05
-        };
+        })?;
         let loss = train_epoch(
             &net,
             &mut model,

@@ -35,6 +35,14 @@ pub mod nn;
 pub mod prune;
 pub mod tensor;
 
+pub mod guide {
+    //! User guides, one page per method family (also in the repository's `docs/`).
+    //! Their examples are compiled and run as tests, so they stay true.
+
+    #[doc = include_str!("../docs/pruning.md")]
+    pub mod pruning {}
+}
+
 pub use error::{Error, Result};
 pub use mask::Mask;
 pub use model::{DType, LayerKind, Model, Param, RawTensor, Selector};

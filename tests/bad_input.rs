@@ -12,7 +12,7 @@ use slimnn::prune::{
 use slimnn::{Error, LayerKind, Model, Selector};
 
 fn ctx<'a>() -> PruneContext<'a, f32> {
-    PruneContext::new().named("fc.weight")
+    PruneContext::new().with_name("fc.weight")
 }
 
 #[test]
@@ -24,7 +24,7 @@ fn non_finite_weights() {
             Box::new(MagnitudePruner::magnitude(0.5).unwrap()),
             Box::new(UnstructuredPruner::new(Taylor, 0.5).unwrap()),
             Box::new(StructuredPruner::new(ChannelCriterion::L2, 0.5).unwrap()),
-            Box::new(NmPruner::new(2, 4).unwrap()),
+            Box::new(NmPruner::magnitude(2, 4).unwrap()),
         ];
         let g = normal(&[300, 300], 2);
         let c = ctx().with_gradient(g.view());
@@ -97,7 +97,10 @@ fn out_of_range_configuration() {
     );
     for (n, m) in [(4, 4), (5, 4), (0, 4), (1, 1)] {
         assert!(
-            matches!(NmPruner::new(n, m), Err(Error::InvalidParameter { .. })),
+            matches!(
+                NmPruner::magnitude(n, m),
+                Err(Error::InvalidParameter { .. })
+            ),
             "{n}:{m}"
         );
     }
@@ -110,7 +113,7 @@ fn out_of_range_configuration() {
 #[test]
 fn shapes_that_do_not_fit() {
     // M does not divide the input dimension.
-    let err = NmPruner::new(2, 4)
+    let err = NmPruner::magnitude(2, 4)
         .unwrap()
         .mask(&normal(&[3, 6], 1), &ctx())
         .unwrap_err();
@@ -120,7 +123,9 @@ fn shapes_that_do_not_fit() {
     );
     // N:M needs an input axis.
     assert!(matches!(
-        NmPruner::new(2, 4).unwrap().mask(&normal(&[8], 1), &ctx()),
+        NmPruner::magnitude(2, 4)
+            .unwrap()
+            .mask(&normal(&[8], 1), &ctx()),
         Err(Error::BadShape { .. })
     ));
     // Statistics whose shape differs from the weights.
@@ -143,7 +148,10 @@ fn shapes_that_do_not_fit() {
     let err = StructuredPruner::new(ChannelCriterion::L1, 0.5)
         .unwrap()
         .with_axis(ChannelAxis::Input)
-        .mask(&normal(&[8], 1), &PruneContext::new().kind(LayerKind::Bias))
+        .mask(
+            &normal(&[8], 1),
+            &PruneContext::new().with_kind(LayerKind::Bias),
+        )
         .unwrap_err();
     assert!(matches!(err, Error::WrongKind { .. }), "{err}");
     // A buffer that does not hold the shape.

@@ -2,6 +2,7 @@
 
 mod common;
 
+use approx::relative_eq;
 use common::{matrix, normal, value};
 use ndarray::{Array2, Array4, ArrayD, IxDyn};
 use proptest::prelude::*;
@@ -13,7 +14,7 @@ use slimnn::prune::{
 use slimnn::{LayerKind, Mask, Model, Selector};
 
 fn expected(n: usize, s: f64) -> usize {
-    (n as f64 * s).round() as usize
+    (n as f64 * s).round_ties_even() as usize
 }
 
 proptest! {
@@ -99,7 +100,7 @@ proptest! {
                         vals in prop::collection::vec(value(), 6 * 4 * 8)) {
         let cols = groups * m;
         let w = ArrayD::from_shape_vec(IxDyn(&[rows, cols]), vals[..rows * cols].to_vec()).unwrap();
-        let mask = NmPruner::new(n, m).unwrap().mask(&w, &PruneContext::new()).unwrap();
+        let mask = NmPruner::magnitude(n, m).unwrap().mask(&w, &PruneContext::new()).unwrap();
         for r in 0..rows {
             for g in 0..groups {
                 let idx: Vec<usize> = (0..m).map(|t| r * cols + g * m + t).collect();
@@ -117,7 +118,7 @@ proptest! {
     #[test]
     fn nm_conv_groups_run_along_input_channels(seed in 0u64..1000) {
         let w = normal(&[3, 8, 2, 2], seed);
-        let mask = NmPruner::new(2, 4).unwrap().mask(&w, &PruneContext::new()).unwrap();
+        let mask = NmPruner::magnitude(2, 4).unwrap().mask(&w, &PruneContext::new()).unwrap();
         let b = mask.to_bools();
         for o in 0..3 { for g in 0..2 { for y in 0..2 { for x in 0..2 {
             let kept = (0..4).filter(|&t| b[[o, g * 4 + t, y, x]]).count();
@@ -216,7 +217,7 @@ proptest! {
         prop_assert_eq!(report.layers[0].removed.len(), expected(8, frac));
         prop_assert_eq!(report.layers[1].removed.len(), expected(6, frac));
         for (a, b) in before.iter().zip(&after) {
-            prop_assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{} vs {}", a, b);
+            prop_assert!(relative_eq!(a, b, epsilon = 1e-4, max_relative = 1e-4), "{} vs {}", a, b);
         }
     }
 
@@ -247,7 +248,7 @@ proptest! {
         prop_assert_eq!(model.get("fc.weight").unwrap().shape(), &[3, (5 - expected(5, frac)) * 9]);
         let after = forward(&model);
         for (a, b) in before.iter().zip(&after) {
-            prop_assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{} vs {}", a, b);
+            prop_assert!(relative_eq!(a, b, epsilon = 1e-4, max_relative = 1e-4), "{} vs {}", a, b);
         }
     }
 
@@ -270,14 +271,14 @@ proptest! {
         let before = run(&w1, &b1, &w2);
         let after = run(&merged.w1, merged.b1.as_ref().unwrap(), &merged.w2);
         for (a, b) in before.iter().zip(&after) {
-            prop_assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()));
+            prop_assert!(relative_eq!(a, b, epsilon = 1e-4, max_relative = 1e-4), "{} vs {}", a, b);
         }
     }
 
     /// Random pruning is exact and reproducible from its seed.
     #[test]
     fn random_is_exact_and_seeded(w in matrix(), s in 0.0f64..=1.0, seed in any::<u64>()) {
-        let ctx = PruneContext::new().named("w");
+        let ctx = PruneContext::new().with_name("w");
         let a = UnstructuredPruner::random(seed, s).unwrap().mask(&w, &ctx).unwrap();
         let b = UnstructuredPruner::random(seed, s).unwrap().mask(&w, &ctx).unwrap();
         prop_assert_eq!(a.count_pruned(), expected(w.len(), s));
@@ -313,5 +314,49 @@ fn amounts_as_counts() {
         .mask(&w, &PruneContext::new())
         .unwrap();
     assert_eq!(m.count_pruned(), 37);
-    assert_eq!(Amount::from(0.25).count_of(10).unwrap(), 3);
+    assert_eq!(Amount::from(0.25).count_of(10).unwrap(), 2); // 2.5 rounds to even, as in PyTorch
+    assert_eq!(Amount::from(0.5).count_of(5).unwrap(), 2);
+    assert_eq!(Amount::from(0.9).count_of(5).unwrap(), 4);
+    assert_eq!(Amount::from(0.7).count_of(5).unwrap(), 4);
+}
+
+/// Every pruner works on f64 tensors too, with the same counts.
+#[test]
+fn f64_tensors() {
+    let w: ArrayD<f64> = normal(&[8, 8, 3, 3], 9).mapv(f64::from);
+    let ctx = PruneContext::<f64>::new();
+    assert_eq!(
+        MagnitudePruner::magnitude(0.9)
+            .unwrap()
+            .mask(&w, &ctx)
+            .unwrap()
+            .count_pruned(),
+        518
+    );
+    let g: ArrayD<f64> = normal(&[8, 8, 3, 3], 10).mapv(f64::from);
+    let taylor = UnstructuredPruner::new(Taylor, 0.5).unwrap();
+    assert_eq!(
+        taylor
+            .mask(&w, &ctx.clone().with_gradient(g.view()))
+            .unwrap()
+            .count_pruned(),
+        288
+    );
+    let s = StructuredPruner::new(ChannelCriterion::GeometricMedian, 0.25).unwrap();
+    assert_eq!(s.mask(&w, &ctx).unwrap().count_pruned(), 2 * 72);
+    assert_eq!(
+        NmPruner::magnitude(1, 4)
+            .unwrap()
+            .mask(&w, &ctx)
+            .unwrap()
+            .count_pruned(),
+        432
+    );
+    let mut a = w.clone();
+    let masks = GlobalPruner::magnitude(0.5)
+        .unwrap()
+        .prune(&mut [a.view_mut()], &[])
+        .unwrap();
+    assert_eq!(masks[0].count_pruned(), 288);
+    assert_eq!(a.iter().filter(|x| **x == 0.0).count(), 288);
 }

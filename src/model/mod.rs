@@ -3,7 +3,7 @@
 //!
 //! Masks live beside the weights (as `weight_orig` / `weight_mask` do in PyTorch):
 //! [`Param::value`] keeps the original values and [`Param::effective`] gives the masked
-//! ones, until [`Model::make_permanent`](crate::prune) applies and drops the masks.
+//! ones, until [`Model::make_permanent`] applies and drops the masks.
 
 mod kind;
 mod selector;

@@ -20,21 +20,16 @@ use crate::tensor::check_same_shape;
 /// the stored value changes (Han et al. 2015's retraining with the mask fixed).
 #[derive(Clone, Debug)]
 pub struct Sgd {
-    /// Learning rate η.
-    pub lr: f32,
-    /// Momentum μ.
-    pub momentum: f32,
-    /// Weight decay λ (L2 penalty).
-    pub weight_decay: f32,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
     velocity: HashMap<String, ArrayD<f32>>,
 }
 
 impl Sgd {
     /// Checks `lr > 0`, `0 ≤ momentum < 1` and `weight_decay ≥ 0`.
     pub fn new(lr: f32, momentum: f32, weight_decay: f32) -> Result<Sgd> {
-        if !(lr > 0.0 && lr.is_finite()) {
-            return Err(Error::invalid("lr", lr, "a finite learning rate above 0"));
-        }
+        check_lr(lr)?;
         if !(0.0..1.0).contains(&momentum) {
             return Err(Error::invalid("momentum", momentum, "a value in [0, 1)"));
         }
@@ -51,6 +46,27 @@ impl Sgd {
             weight_decay,
             velocity: HashMap::new(),
         })
+    }
+
+    /// The learning rate η.
+    pub fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    /// Sets the learning rate (for schedules); it must stay finite and above 0.
+    pub fn set_lr(&mut self, lr: f32) -> Result<()> {
+        self.lr = check_lr(lr)?;
+        Ok(())
+    }
+
+    /// The momentum μ.
+    pub fn momentum(&self) -> f32 {
+        self.momentum
+    }
+
+    /// The weight decay λ.
+    pub fn weight_decay(&self) -> f32 {
+        self.weight_decay
     }
 
     /// Applies one update from `grads`.
@@ -74,6 +90,14 @@ impl Sgd {
             p.value_mut().zip_mut_with(v, |w, &v| *w -= lr * v);
         }
         Ok(())
+    }
+}
+
+fn check_lr(lr: f32) -> Result<f32> {
+    if lr > 0.0 && lr.is_finite() {
+        Ok(lr)
+    } else {
+        Err(Error::invalid("lr", lr, "a finite learning rate above 0"))
     }
 }
 

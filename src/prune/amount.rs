@@ -4,7 +4,8 @@ use crate::error::{Error, Result};
 
 /// How much to prune: a fraction of the elements (or channels) in `[0, 1]`, or an exact
 /// count. `0.9` and `Amount::Fraction(0.9)` are the same; so are `100usize` and
-/// `Amount::Count(100)`. A fraction `s` of `n` prunes exactly `round(s·n)`.
+/// `Amount::Count(100)`. A fraction `s` of `n` prunes exactly `round(s·n)`, halves
+/// rounded to even as Python's `round` does, so counts match PyTorch's `amount`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Amount {
     /// A fraction in `[0, 1]`.
@@ -39,7 +40,7 @@ impl Amount {
     /// How many of `n` items this amount prunes. Fails for a count above `n`.
     pub fn count_of(self, n: usize) -> Result<usize> {
         match self.check()? {
-            Amount::Fraction(f) => Ok(((n as f64) * f).round().min(n as f64) as usize),
+            Amount::Fraction(f) => Ok(((n as f64) * f).round_ties_even().min(n as f64) as usize),
             Amount::Count(c) if c > n => Err(Error::invalid(
                 "amount",
                 c,

@@ -18,7 +18,8 @@
 //! permanent, and physically remove pruned channels.
 //!
 //! Every count is exact: pruning a fraction `s` of `n` weights removes exactly
-//! `round(s·n)`, ties broken by position (earlier first), found in O(n) without sorting.
+//! `round(s·n)` (halves to even, as PyTorch rounds `amount`), ties broken by position
+//! (earlier first), found in O(n) without sorting.
 
 mod amount;
 mod global;
@@ -65,7 +66,7 @@ pub use unstructured::{MagnitudePruner, Scope, UnstructuredPruner};
 /// use slimnn::prune::PruneContext;
 ///
 /// let grad = ArrayD::<f32>::zeros(ndarray::IxDyn(&[4, 8]));
-/// let ctx = PruneContext::new().named("fc1.weight").with_gradient(grad.view());
+/// let ctx = PruneContext::new().with_name("fc1.weight").with_gradient(grad.view());
 /// assert!(ctx.gradient.is_some());
 /// ```
 #[derive(Clone, Debug)]
@@ -112,19 +113,19 @@ impl<'a, T> PruneContext<'a, T> {
     }
 
     /// Sets the parameter name.
-    pub fn named(mut self, name: &'a str) -> Self {
+    pub fn with_name(mut self, name: &'a str) -> Self {
         self.name = Some(name);
         self
     }
 
     /// Sets the layer kind.
-    pub fn kind(mut self, kind: LayerKind) -> Self {
+    pub fn with_kind(mut self, kind: LayerKind) -> Self {
         self.kind = Some(kind);
         self
     }
 
     /// Sets the seed.
-    pub fn seed(mut self, seed: u64) -> Self {
+    pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
     }

@@ -248,7 +248,7 @@ impl Model {
                     shape: p.shape().to_vec(),
                     numel: p.numel(),
                     zeros: p.zeros(),
-                    masked: p.mask().is_some(),
+                    masked: p.masked_count(),
                 })
             })
             .collect::<Result<_>>()?;
@@ -267,10 +267,11 @@ pub struct SparsityRow {
     pub shape: Vec<usize>,
     /// Number of weights.
     pub numel: usize,
-    /// Number of zero weights (pruned by a mask or zero-valued).
+    /// Number of zero weights: pruned by a mask, or zero-valued (which includes
+    /// weights pruned earlier and made permanent).
     pub zeros: usize,
-    /// Whether a mask is still attached.
-    pub masked: bool,
+    /// Number of weights the attached mask prunes (0 without a mask).
+    pub masked: usize,
 }
 
 /// Sparsity per parameter and in total; prints as an aligned table.
@@ -289,6 +290,11 @@ impl PruneReport {
     /// Total zero weights.
     pub fn total_zeros(&self) -> usize {
         self.rows.iter().map(|r| r.zeros).sum()
+    }
+
+    /// Total weights pruned by attached masks.
+    pub fn total_masked(&self) -> usize {
+        self.rows.iter().map(|r| r.masked).sum()
     }
 
     /// Total zeros / total weights.
@@ -329,7 +335,7 @@ impl fmt::Display for PruneReport {
                 r.numel,
                 r.zeros,
                 100.0 * r.zeros as f64 / r.numel.max(1) as f64,
-                if r.masked { "  (masked)" } else { "" }
+                if r.masked > 0 { "  (masked)" } else { "" }
             )?;
         }
         write!(

@@ -25,7 +25,7 @@ use crate::tensor::Scalar;
 /// use slimnn::prune::{NmPruner, PruneContext, Pruner};
 ///
 /// let w = array![[0.1f32, -0.9, 0.3, 0.8, 0.5, -0.2, 0.05, 0.7]].into_dyn();
-/// let mask = NmPruner::new(2, 4)?.mask(&w, &PruneContext::new())?;
+/// let mask = NmPruner::magnitude(2, 4)?.mask(&w, &PruneContext::new())?;
 /// assert_eq!(mask.iter_kept().collect::<Vec<_>>(), vec![1, 3, 4, 7]);
 /// # Ok::<(), slimnn::Error>(())
 /// ```
@@ -38,14 +38,14 @@ pub struct NmPruner<S = Magnitude> {
 
 impl NmPruner<Magnitude> {
     /// Keeps the `n` largest-magnitude of every `m` weights. Needs `1 ≤ n < m`.
-    pub fn new(n: usize, m: usize) -> Result<Self> {
-        Self::with_saliency(Magnitude, n, m)
+    pub fn magnitude(n: usize, m: usize) -> Result<Self> {
+        Self::new(Magnitude, n, m)
     }
 }
 
 impl<S> NmPruner<S> {
     /// Keeps the `n` most salient of every `m` weights by `saliency` (e.g. [`Wanda`](super::Wanda)).
-    pub fn with_saliency(saliency: S, n: usize, m: usize) -> Result<Self> {
+    pub fn new(saliency: S, n: usize, m: usize) -> Result<Self> {
         if m < 2 {
             return Err(Error::invalid("m", m, "a group size of at least 2"));
         }

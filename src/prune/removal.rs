@@ -16,8 +16,8 @@ pub struct RemovedChannels {
     pub next: String,
     /// The removed channel indices (in the layer's numbering before removal).
     pub removed: Vec<usize>,
-    /// Channels before.
-    pub before: usize,
+    /// Channels between the two layers before removal.
+    pub channels_before: usize,
 }
 
 /// The result of [`Model::remove_pruned_channels`].
@@ -141,7 +141,7 @@ impl Model {
             layer: layer.to_string(),
             next: next.to_string(),
             removed,
-            before: channels,
+            channels_before: channels,
         })
     }
 }

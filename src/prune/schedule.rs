@@ -171,7 +171,7 @@ impl Schedule {
                 ..
             } => {
                 step >= start
-                    && (step - start) % frequency == 0
+                    && (step - start).is_multiple_of(frequency)
                     && (step - start) / frequency <= steps
             }
         }

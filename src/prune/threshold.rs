@@ -328,7 +328,7 @@ mod tests {
 
     fn check(slices: Vec<Vec<f32>>, frac: f64) {
         let n: usize = slices.iter().map(Vec::len).sum();
-        let k = ((n as f64) * frac).round() as usize;
+        let k = ((n as f64) * frac).round_ties_even() as usize;
         let refs: Vec<&[f32]> = slices.iter().map(|v| v.as_slice()).collect();
         let cut = select::<f32, Abs>(&refs, k).unwrap();
         let want = reference(&slices, k);
