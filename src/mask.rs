@@ -41,6 +41,9 @@ pub struct Mask {
 
 impl Mask {
     /// A mask of `shape` that keeps every weight.
+    ///
+    /// # Panics
+    /// If the element count of `shape` overflows `usize` (no tensor can have it).
     pub fn ones(shape: &[usize]) -> Mask {
         let mut m = Mask::zeros(shape);
         m.words.fill(!0);
@@ -49,8 +52,11 @@ impl Mask {
     }
 
     /// A mask of `shape` that prunes every weight.
+    ///
+    /// # Panics
+    /// If the element count of `shape` overflows `usize` (no tensor can have it).
     pub fn zeros(shape: &[usize]) -> Mask {
-        let len = shape.iter().product();
+        let len = numel(shape).expect("mask shape's element count overflows usize");
         Mask {
             shape: shape.to_vec(),
             len,
@@ -88,7 +94,9 @@ impl Mask {
     ///
     /// Fails if the number of words does not fit the shape or bits past the end are set.
     pub fn from_words(shape: &[usize], words: Vec<u64>) -> Result<Mask> {
-        let len: usize = shape.iter().product();
+        let len = numel(shape).ok_or_else(|| {
+            Error::bad_shape("mask words", shape, "the element count overflows usize")
+        })?;
         let need = len.div_ceil(WORD);
         if words.len() != need {
             return Err(Error::bad_shape(
@@ -329,6 +337,10 @@ impl Mask {
     pub(crate) fn words_mut(&mut self) -> &mut [u64] {
         &mut self.words
     }
+}
+
+fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
 /// Zeroes `weights[i]` where bit `i` of `words` is 0.

@@ -299,3 +299,150 @@ fn corrupt_idx_files() {
         );
     }
 }
+
+#[test]
+fn merging_down_to_one_neuron() {
+    let w1 = ndarray::array![[1.0f32, 2.0], [1.0, 2.0]];
+    let w2 = ndarray::array![[1.0f32, 1.0]];
+    let merged = merge_neurons(&w1, None, &w2, 1usize).unwrap();
+    assert_eq!(merged.w2, ndarray::array![[2.0f32]]);
+    assert!(matches!(
+        merge_neurons(&w1, None, &w2, 2usize),
+        Err(Error::InvalidParameter { .. })
+    ));
+}
+
+#[test]
+fn pytorch_mask_names_that_collide() {
+    use slimnn::io::safetensors::{MaskExport, SaveOptions};
+    let mut m = Model::new();
+    m.add("w", normal(&[4, 4], 1)).unwrap();
+    m.add("w_mask", normal(&[4, 4], 2)).unwrap();
+    m.prune(
+        &Selector::glob("w"),
+        &MagnitudePruner::magnitude(0.5).unwrap(),
+        &Statistics::new(),
+    )
+    .unwrap();
+    let opts = SaveOptions {
+        masks: MaskExport::PyTorch,
+        ..SaveOptions::default()
+    };
+    assert!(matches!(
+        m.to_safetensors(&opts),
+        Err(Error::InvalidParameter { .. })
+    ));
+    assert!(m.to_safetensors(&SaveOptions::default()).is_ok());
+}
+
+#[test]
+fn shapes_that_change_or_do_not_fit() {
+    // Per-output pruning needs rows.
+    let scalar = ArrayD::from_elem(IxDyn(&[]), 1.0f32);
+    let per_row = MagnitudePruner::magnitude(0.5)
+        .unwrap()
+        .with_scope(slimnn::prune::Scope::PerOutput);
+    assert!(matches!(
+        per_row.mask(&scalar, &ctx()),
+        Err(Error::BadShape { .. })
+    ));
+    assert!(matches!(
+        per_row.mask(&normal(&[6], 1), &ctx()),
+        Err(Error::BadShape { .. })
+    ));
+    // A bias of the wrong length.
+    let mut m = Model::new();
+    m.add("fc.weight", ArrayD::zeros(IxDyn(&[4, 3]))).unwrap();
+    m.add("fc.bias", ArrayD::zeros(IxDyn(&[3]))).unwrap();
+    m.add("fc2.weight", normal(&[2, 4], 1)).unwrap();
+    assert!(matches!(
+        m.remove_pruned_channels(&["fc.weight", "fc2.weight"]),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    // Replacing a Linear weight by a vector.
+    assert!(
+        m.get_mut("fc.weight")
+            .unwrap()
+            .replace_value(ArrayD::zeros(IxDyn(&[4])))
+            .is_err()
+    );
+    // A user pruner returning a mask of the wrong shape leaves the model untouched.
+    struct Wrong;
+    impl Pruner for Wrong {
+        fn mask(
+            &self,
+            w: &ndarray::ArrayRef<f32, IxDyn>,
+            _: &PruneContext<'_, f32>,
+        ) -> slimnn::Result<slimnn::Mask> {
+            Ok(slimnn::Mask::ones(&[w.len() + 1]))
+        }
+    }
+    assert!(matches!(
+        m.prune(&Selector::prunable(), &Wrong, &Statistics::new()),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(m.params().iter().all(|p| p.mask().is_none()));
+    // Negative activation norms.
+    let norms = Array1::from(vec![1.0f32, -1.0, 1.0, 1.0]);
+    let err = UnstructuredPruner::wanda(0.5).unwrap().mask(
+        &normal(&[2, 4], 1),
+        &ctx().with_activation_norms(norms.view()),
+    );
+    assert!(matches!(err, Err(Error::InvalidParameter { .. })));
+    // Mask words for a shape whose element count overflows.
+    assert!(slimnn::Mask::from_words(&[1 << 32, 1 << 32], vec![]).is_err());
+}
+
+#[test]
+fn networks_that_do_not_chain() {
+    use slimnn::nn::{Layer, Network};
+    let mut m = Model::new();
+    m.add("fc1.weight", normal(&[4, 5], 1)).unwrap();
+    m.add("fc2.weight", normal(&[3, 7], 2)).unwrap();
+    let net = Network::new(vec![
+        Layer::Linear {
+            weight: "fc1.weight".into(),
+            bias: None,
+        },
+        Layer::Relu,
+        Layer::Linear {
+            weight: "fc2.weight".into(),
+            bias: None,
+        },
+    ]);
+    let x = ndarray::Array2::<f32>::zeros((2, 5));
+    assert!(matches!(
+        net.forward(&m, x.view()),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn training_continues_after_layers_shrink() {
+    use slimnn::nn::{Network, Sgd, train_epoch};
+    let mut m = Model::new();
+    let net = Network::mlp(&mut m, &[5, 6, 3], 1).unwrap();
+    let data = slimnn::io::idx::Dataset {
+        images: normal(&[8, 5], 2).into_dimensionality().unwrap(),
+        labels: Array1::from(vec![0u8, 1, 2, 0, 1, 2, 0, 1]),
+        image_shape: vec![5],
+    };
+    let mut sgd = Sgd::new(0.1, 0.9, 0.0).unwrap();
+    train_epoch(&net, &mut m, &mut sgd, &data, 4, 0).unwrap();
+    m.merge_neurons("fc1.weight", "fc2.weight", 2usize).unwrap();
+    train_epoch(&net, &mut m, &mut sgd, &data, 4, 1).unwrap();
+    assert_eq!(m.get("fc1.weight").unwrap().shape(), &[4, 5]);
+}
+
+#[test]
+fn idx_header_overflowing_to_the_last_u64() {
+    // Seven dimensions whose product is exactly 2^64 − 1.
+    let mut bytes = vec![0, 0, 8, 7];
+    for d in [3u32, 5, 17, 257, 641, 65537, 6700417] {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    assert!(matches!(
+        slimnn::io::idx::parse_idx(&bytes[..], "hostile"),
+        Err(Error::InvalidFormat { .. })
+    ));
+}

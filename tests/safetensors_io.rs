@@ -253,3 +253,21 @@ fn names_sort_naturally() {
         ["layers.1.weight", "layers.2.weight", "layers.10.weight"]
     );
 }
+
+/// A `_mask` beside a non-float `_orig` is not PyTorch's pair: both load as they are.
+#[test]
+fn non_float_orig_is_not_a_pruning_pair() {
+    let header = r#"{"x_orig":{"dtype":"I64","shape":[2],"data_offsets":[0,16]},"x_mask":{"dtype":"F32","shape":[2],"data_offsets":[16,24]},"f8":{"dtype":"F8_E4M3FNUZ","shape":[2],"data_offsets":[24,26]}}"#;
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header.as_bytes());
+    b.extend_from_slice(&[0; 26]);
+    let m = Model::from_safetensors(&b, "pair").unwrap();
+    assert!(m.contains("x_mask"));
+    let raw: Vec<&str> = m.raw_tensors().iter().map(|r| r.name.as_str()).collect();
+    assert!(raw.contains(&"x_orig") && raw.contains(&"f8"));
+    // Every dtype that loads also saves.
+    let again =
+        Model::from_safetensors(&m.to_safetensors(&SaveOptions::default()).unwrap(), "again")
+            .unwrap();
+    assert_eq!(again.raw_tensors(), m.raw_tensors());
+}

@@ -58,7 +58,7 @@ pub fn parse_idx(mut reader: impl Read, source_name: &str) -> Result<ArrayD<u8>>
     let mut data = Vec::new();
     // Read at most one byte more than the header promises, so a short or long file shows.
     reader
-        .take(expected as u64 + 1)
+        .take((expected as u64).saturating_add(1))
         .read_to_end(&mut data)
         .map_err(io)?;
     if data.len() != expected {

@@ -83,7 +83,7 @@ impl Model {
             // `x_mask` is consumed by its `x_orig`; `x_orig` becomes `x` with a mask.
             if let Some(base) = name.strip_suffix("_mask")
                 && let Some(&orig) = names.get(format!("{base}_orig").as_str())
-                && views[orig].1.shape() == view.shape()
+                && pairs(&views[orig].1, view)
                 && !names.contains_key(base)
             {
                 continue;
@@ -95,7 +95,7 @@ impl Model {
                     let mask = names.get(format!("{base}_mask").as_str())?;
                     Some((base, &views[*mask].1))
                 })
-                .filter(|(_, m)| m.shape() == view.shape());
+                .filter(|(_, m)| pairs(view, m));
             let (param_name, mask_view) = match paired_mask {
                 Some((base, m)) => (base.to_string(), Some(m)),
                 None => (name.clone(), None),
@@ -160,6 +160,24 @@ impl Model {
     }
 
     fn tensors_for_saving(&self, options: &SaveOptions) -> Result<Vec<(String, Buffer)>> {
+        let out = self.buffers(options)?;
+        // `x_orig` / `x_mask` may collide with names already in the model.
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in &out {
+            if !seen.insert(name.as_str()) {
+                return Err(Error::invalid(
+                    "masks",
+                    "MaskExport::PyTorch",
+                    format!(
+                        "unique tensor names, but `{name}` would be written twice (rename the parameter or save with masks applied)"
+                    ),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    fn buffers(&self, options: &SaveOptions) -> Result<Vec<(String, Buffer)>> {
         let mut out = Vec::with_capacity(self.len() + self.raw_tensors().len());
         for p in self.params() {
             let dtype = options.dtype.unwrap_or(p.dtype());
@@ -246,6 +264,12 @@ impl View for Buffer {
     }
 }
 
+/// Whether `orig` and `mask` form PyTorch's pruning pair: a float tensor and a mask of
+/// the same shape.
+fn pairs(orig: &TensorView<'_>, mask: &TensorView<'_>) -> bool {
+    float_dtype(orig.dtype()).is_some() && orig.shape() == mask.shape()
+}
+
 fn float_dtype(d: Dtype) -> Option<DType> {
     match d {
         Dtype::F32 => Some(DType::F32),
@@ -300,24 +324,34 @@ fn dtype_name(d: Dtype) -> String {
     format!("{d:?}")
 }
 
+/// Every dtype safetensors 0.8 defines.
+const ALL_DTYPES: [Dtype; 22] = [
+    Dtype::BOOL,
+    Dtype::F4,
+    Dtype::F6_E2M3,
+    Dtype::F6_E3M2,
+    Dtype::U8,
+    Dtype::I8,
+    Dtype::F8_E5M2,
+    Dtype::F8_E4M3,
+    Dtype::F8_E8M0,
+    Dtype::F8_E4M3FNUZ,
+    Dtype::F8_E5M2FNUZ,
+    Dtype::I16,
+    Dtype::U16,
+    Dtype::F16,
+    Dtype::BF16,
+    Dtype::I32,
+    Dtype::U32,
+    Dtype::F32,
+    Dtype::C64,
+    Dtype::F64,
+    Dtype::I64,
+    Dtype::U64,
+];
+
 fn parse_dtype(name: &str) -> Option<Dtype> {
-    [
-        Dtype::BOOL,
-        Dtype::U8,
-        Dtype::I8,
-        Dtype::I16,
-        Dtype::U16,
-        Dtype::I32,
-        Dtype::U32,
-        Dtype::I64,
-        Dtype::U64,
-        Dtype::F8_E5M2,
-        Dtype::F8_E4M3,
-        Dtype::F8_E8M0,
-        Dtype::C64,
-    ]
-    .into_iter()
-    .find(|d| dtype_name(*d) == name)
+    ALL_DTYPES.into_iter().find(|d| dtype_name(*d) == name)
 }
 
 /// Orders names so that numbered parts sort by value: `layers.2` before `layers.10`.
@@ -363,6 +397,13 @@ fn trim_zeros(digits: &[u8]) -> &[u8] {
 mod tests {
     use super::natural_cmp;
     use std::cmp::Ordering;
+
+    #[test]
+    fn every_dtype_name_parses_back() {
+        for d in super::ALL_DTYPES {
+            assert_eq!(super::parse_dtype(&super::dtype_name(d)), Some(d));
+        }
+    }
 
     #[test]
     fn natural_order() {

@@ -107,10 +107,21 @@ impl Param {
         self.value.view_mut()
     }
 
-    /// Replaces the values and drops the mask (used when a layer changes shape).
-    pub fn replace_value(&mut self, value: ArrayD<f32>) {
+    /// Replaces the values (of any shape that fits the kind) and drops the mask, e.g.
+    /// when a layer changes shape.
+    pub fn replace_value(&mut self, value: ArrayD<f32>) -> Result<()> {
+        if let Some(n) = self.kind.ndim()
+            && n != value.ndim()
+        {
+            return Err(Error::bad_shape(
+                format!("new value of `{}`", self.name),
+                value.shape(),
+                format!("{} parameters have {n} dimensions", self.kind),
+            ));
+        }
         self.value = value;
         self.mask = None;
+        Ok(())
     }
 
     /// Replaces values and mask together (shapes already consistent).
@@ -163,12 +174,31 @@ impl Param {
 
     /// The number of zero elements in the effective values (masked or zero-valued).
     pub fn zeros(&self) -> usize {
-        let mask = self.mask.as_ref();
-        self.value
-            .iter()
-            .enumerate()
-            .filter(|&(i, &v)| v == 0.0 || mask.is_some_and(|m| !m.get(i)))
-            .count()
+        let zero = |v: &f32| *v == 0.0;
+        match (&self.mask, self.value.as_slice()) {
+            (None, _) => self.value.iter().filter(|v| zero(v)).count(),
+            (Some(m), Some(values)) => {
+                // Masked weights, plus the zero-valued ones among the kept, a word at a time.
+                let kept_zeros: usize = values
+                    .chunks(64)
+                    .zip(m.words())
+                    .map(|(chunk, &word)| {
+                        chunk
+                            .iter()
+                            .enumerate()
+                            .filter(|&(j, v)| word >> j & 1 == 1 && zero(v))
+                            .count()
+                    })
+                    .sum();
+                m.count_pruned() + kept_zeros
+            }
+            (Some(m), None) => self
+                .value
+                .iter()
+                .enumerate()
+                .filter(|&(i, v)| zero(v) || !m.get(i))
+                .count(),
+        }
     }
 }
 

@@ -217,6 +217,7 @@ impl Network {
     }
 
     fn check_input(&self, model: &Model, x: ArrayView2<'_, f32>) -> Result<()> {
+        self.check(model)?;
         let features = self.inputs(model)?;
         if x.ncols() != features {
             return Err(Error::ShapeMismatch {

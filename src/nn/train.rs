@@ -78,6 +78,10 @@ impl Sgd {
                 .velocity
                 .entry(name.clone())
                 .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
+            if v.shape() != g.shape() {
+                // The layer changed shape (channels removed, neurons merged): restart.
+                *v = ArrayD::zeros(g.raw_dim());
+            }
             let (mu, wd) = (self.momentum, self.weight_decay);
             ndarray::Zip::from(&mut *v)
                 .and(g)

@@ -94,13 +94,15 @@ pub fn merge_neurons<T: Scalar>(
     };
     let mut a2: Vec<f64> = (0..hidden).map(|j| outgoing(&out, j)).collect();
     let mut alive = vec![true; hidden];
-    let nearest = |alive: &[bool], j: usize| -> usize {
+    // The nearest other live neuron (there is one while two or more are alive).
+    let nearest = |alive: &[bool], j: usize| -> Option<usize> {
         (0..hidden)
             .filter(|&i| i != j && alive[i])
             .min_by(|&a, &b| dist(a, j).total_cmp(&dist(b, j)).then(a.cmp(&b)))
-            .expect("at least two neurons stay alive")
     };
-    let mut best: Vec<usize> = (0..hidden).map(|j| nearest(&alive, j)).collect();
+    let mut best: Vec<usize> = (0..hidden)
+        .map(|j| nearest(&alive, j).unwrap_or(j))
+        .collect();
 
     let mut merges = Vec::with_capacity(remove);
     for _ in 0..remove {
@@ -120,7 +122,7 @@ pub fn merge_neurons<T: Scalar>(
         merges.push((j, i));
         for k in 0..hidden {
             if alive[k] && best[k] == j {
-                best[k] = nearest(&alive, k);
+                best[k] = nearest(&alive, k).unwrap_or(k);
             }
         }
     }
@@ -176,10 +178,10 @@ impl Model {
             None => None,
         };
         let merged = merge_neurons(&w1, b1.as_deref(), &w2, amount)?;
-        self.get_mut(first)?.replace_value(merged.w1.into_dyn());
-        self.get_mut(second)?.replace_value(merged.w2.into_dyn());
+        self.get_mut(first)?.replace_value(merged.w1.into_dyn())?;
+        self.get_mut(second)?.replace_value(merged.w2.into_dyn())?;
         if let (Some(name), Some(b)) = (bias_name, merged.b1) {
-            self.get_mut(&name)?.replace_value(b.into_dyn());
+            self.get_mut(&name)?.replace_value(b.into_dyn())?;
         }
         Ok(merged.merges)
     }

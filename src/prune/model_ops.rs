@@ -132,6 +132,9 @@ impl Model {
             let values = effective(p);
             let ctx = stats.context(p);
             let mask = pruner.mask(&values, &ctx)?;
+            crate::tensor::check_same_shape(p.shape(), mask.shape(), || {
+                format!("mask the pruner gave `{name}`")
+            })?;
             masks.push(match p.mask() {
                 Some(old) => old.and(&mask)?,
                 None => mask,
@@ -176,10 +179,7 @@ impl Model {
         for (name, mask) in names.iter().zip(masks) {
             self.get_mut(name)?.set_mask(mask)?;
         }
-        self.sparsity(&Selector {
-            include: names.to_vec(),
-            ..Selector::default()
-        })
+        self.report_of(names.iter().map(String::as_str))
     }
 
     /// For each selected weight with a mask, masks the bias entries of the output channels
@@ -237,9 +237,11 @@ impl Model {
 
     /// The sparsity of the selected parameters (masked or zero-valued weights).
     pub fn sparsity(&self, selector: &Selector) -> Result<PruneReport> {
-        let rows = self
-            .select(selector)?
-            .into_iter()
+        self.report_of(self.select(selector)?.into_iter())
+    }
+
+    fn report_of<'n>(&self, names: impl Iterator<Item = &'n str>) -> Result<PruneReport> {
+        let rows = names
             .map(|n| {
                 let p = self.get(n)?;
                 Ok(SparsityRow {

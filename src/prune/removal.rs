@@ -113,7 +113,13 @@ impl Model {
         };
         let bias_name = self.bias_of(layer).map(str::to_string);
         let bias = match &bias_name {
-            Some(b) => Some(self.get(b)?.effective()),
+            Some(b) => {
+                let bp = self.get(b)?;
+                crate::tensor::check_same_shape(&[channels], bp.shape(), || {
+                    format!("bias `{b}` of `{layer}`")
+                })?;
+                Some(bp.effective())
+            }
             None => None,
         };
         let dead_out = zero_channels(&lp.effective(), 0);
@@ -125,7 +131,9 @@ impl Model {
                 out_dead || in_unused
             })
             .collect();
-        let kept: Vec<usize> = (0..channels).filter(|c| !removed.contains(c)).collect();
+        let mut keep = vec![true; channels];
+        removed.iter().for_each(|&c| keep[c] = false);
+        let kept: Vec<usize> = (0..channels).filter(|&c| keep[c]).collect();
         let kept_inputs: Vec<usize> = kept
             .iter()
             .flat_map(|&c| c * block..(c + 1) * block)

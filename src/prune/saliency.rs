@@ -280,6 +280,9 @@ impl<T: Scalar> Saliency<T> for Wanda {
         };
         let norms: Vec<T> = norms.iter().copied().collect();
         check_finite(&norms, || format!("activation_norms of {}", ctx.what()))?;
+        if let Some(bad) = norms.iter().find(|n| **n < T::zero()) {
+            return Err(Error::invalid("activation_norms", bad, "norms ≥ 0"));
+        }
         let flat = row_major(weights);
         let scores: Vec<T> = flat
             .iter()

@@ -81,15 +81,16 @@ fn scores_of_checked<T: Scalar>(
 ) -> Vec<T> {
     let rows = channel_rows(weights, axis);
     match criterion {
+        // Sums in f64: large weights must not overflow a score to infinity.
         ChannelCriterion::L1 => rows
             .rows()
             .into_iter()
-            .map(|r| r.iter().fold(T::zero(), |a, &x| a + x.abs()))
+            .map(|r| T::of(r.iter().map(|x| x.as_f64().abs()).sum()))
             .collect(),
         ChannelCriterion::L2 => rows
             .rows()
             .into_iter()
-            .map(|r| r.iter().fold(T::zero(), |a, &x| a + x * x).sqrt())
+            .map(|r| T::of(r.iter().map(|x| x.as_f64().powi(2)).sum::<f64>().sqrt()))
             .collect(),
         ChannelCriterion::GeometricMedian => {
             // Pairwise distances from the Gram matrix, in f64 so that near-identical

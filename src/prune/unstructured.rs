@@ -18,8 +18,9 @@ pub enum Scope {
     /// Over the whole tensor (the default).
     #[default]
     Tensor,
-    /// Within each output row (axis 0; a Conv2d filter is one row): every row loses the
-    /// same number of weights, as Wanda prescribes.
+    /// Within each row along axis 0 (a Linear neuron, a Conv2d filter; for an Embedding,
+    /// a token's vector): every row loses the same number of weights, as Wanda
+    /// prescribes. Needs at least 2 dimensions.
     PerOutput,
 }
 
@@ -217,6 +218,13 @@ impl<S> UnstructuredPruner<S> {
         shape: &[usize],
         ctx: &PruneContext<'_, T>,
     ) -> Result<Mask> {
+        if shape.len() < 2 {
+            return Err(Error::bad_shape(
+                ctx.what(),
+                shape,
+                "per-output pruning needs rows (a tensor of at least 2 dimensions)",
+            ));
+        }
         let (v, abs) = (keys.values(), keys.is_abs());
         let row_len = v.len() / shape[0];
         let k_row = self.amount.count_of(row_len)?;
