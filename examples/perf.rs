@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, Normal, Uniform};
 use slimnn::prune::{ChannelCriterion, GlobalPruner, PruneContext, Pruner, StructuredPruner};
+use slimnn::quant::{Granularity, QuantContext, Quantizer, Scheme, UniformQuantizer};
 
 struct Opts {
     json: bool,
@@ -88,6 +89,8 @@ const OPS: &[(&str, Op)] = &[
     ("memcpy", memcpy),
     ("prune_global", prune_global),
     ("prune_structured", prune_structured),
+    ("quant_int8_perchannel", quant_int8_perchannel),
+    ("quant_int4_group", quant_int4_group),
 ];
 
 fn print(opts: &Opts, l: &Line) {
@@ -226,4 +229,50 @@ fn prune_structured(opts: &Opts) -> Vec<Line> {
         quality: zeroed,
         metric: "fraction of filters zeroed",
     }]
+}
+
+fn relative_error(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (x as f64 - y as f64).powi(2);
+        den += (x as f64).powi(2);
+    }
+    (num / den).sqrt()
+}
+
+/// Quantize then dequantize a 4096×4096 N(0, 0.02²) weight with `quantizer`.
+fn quant_roundtrip(
+    opts: &Opts,
+    op: &'static str,
+    size: &str,
+    quantizer: UniformQuantizer,
+) -> Vec<Line> {
+    let w = normal(&[4096, 4096], 0.02, 30);
+    let ctx = QuantContext::new();
+    let mut out = ArrayD::zeros(IxDyn(&[4096, 4096]));
+    let times = repeat(opts.repeats, || {
+        timed(|| {
+            let q = quantizer.quantize(&w, &ctx).unwrap();
+            q.dequantize_into(out.as_slice_mut().unwrap());
+        })
+    });
+    let quality = relative_error(&w, &out);
+    vec![Line {
+        op,
+        size: size.into(),
+        times,
+        quality,
+        metric: "relative Frobenius error",
+    }]
+}
+
+fn quant_int8_perchannel(opts: &Opts) -> Vec<Line> {
+    let q =
+        UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerChannel { axis: 0 }).unwrap();
+    quant_roundtrip(opts, "quant_int8_perchannel", "4096x4096", q)
+}
+
+fn quant_int4_group(opts: &Opts) -> Vec<Line> {
+    let q = UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 128 }).unwrap();
+    quant_roundtrip(opts, "quant_int4_group", "4096x4096 group 128", q)
 }

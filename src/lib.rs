@@ -33,6 +33,7 @@ pub mod mask;
 pub mod model;
 pub mod nn;
 pub mod prune;
+pub mod quant;
 pub mod tensor;
 
 pub mod guide {

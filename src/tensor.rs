@@ -45,6 +45,9 @@ pub trait Scalar:
 
     /// Converts to `f64` exactly.
     fn as_f64(self) -> f64;
+
+    /// The slice itself when `Self` is `f32`: lets f32 paths borrow instead of convert.
+    fn as_f32_slice(s: &[Self]) -> Option<&[f32]>;
 }
 
 impl Scalar for f32 {
@@ -57,6 +60,9 @@ impl Scalar for f32 {
     fn as_f64(self) -> f64 {
         self as f64
     }
+    fn as_f32_slice(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
 }
 
 impl Scalar for f64 {
@@ -68,6 +74,9 @@ impl Scalar for f64 {
     #[inline]
     fn as_f64(self) -> f64 {
         self
+    }
+    fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
+        None
     }
 }
 

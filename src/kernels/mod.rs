@@ -8,6 +8,7 @@
 //! `SLIMNN_FORCE_SCALAR` is set (CI runs the scalar twins that way too). This module is
 //! the only place for `unsafe` and `std::arch`.
 
+pub(crate) mod quant;
 pub(crate) mod select;
 
 use std::sync::OnceLock;
@@ -73,16 +74,16 @@ impl Key for Identity {
 macro_rules! kernel {
     (
         $(#[$doc:meta])*
-        fn $name:ident<$($g:ident : $b:path),*>($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident
+        fn $name:ident $(<$($g:ident : $b:path),*>)? ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident
     ) => {
         $(#[$doc])*
-        pub(crate) fn $name<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
+        pub(crate) fn $name $(<$($g: $b),*>)? ($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             if $crate::kernels::level() == $crate::kernels::Level::Avx2 {
                 // SAFETY: `level()` returns Avx2 only if the CPU reports AVX2 and FMA.
-                return unsafe { $name::avx2::<$($g),*>($($arg),*) };
+                return unsafe { $name::avx2 $(::<$($g),*>)? ($($arg),*) };
             }
-            $name::scalar::<$($g),*>($($arg),*)
+            $name::scalar $(::<$($g),*>)? ($($arg),*)
         }
 
         pub(crate) mod $name {
@@ -91,15 +92,15 @@ macro_rules! kernel {
 
             /// The scalar twin (baseline target features).
             #[allow(dead_code)]
-            pub(crate) fn scalar<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
-                $body::<$($g),*>($($arg),*)
+            pub(crate) fn scalar $(<$($g: $b),*>)? ($($arg: $ty),*) $(-> $ret)? {
+                $body $(::<$($g),*>)? ($($arg),*)
             }
 
             /// The same body compiled with AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            pub(crate) fn avx2<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
-                $body::<$($g),*>($($arg),*)
+            pub(crate) fn avx2 $(<$($g: $b),*>)? ($($arg: $ty),*) $(-> $ret)? {
+                $body $(::<$($g),*>)? ($($arg),*)
             }
         }
     };

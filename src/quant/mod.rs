@@ -1,0 +1,113 @@
+//! Quantization: fewer bits per weight.
+//!
+//! A [`Quantizer`] turns a weight view into a [`QuantizedTensor`]: codes packed at their
+//! bit width ([`PackedCodes`], 1–8 bits) and the [`Decoding`] that maps them back
+//! (scales and zero points per tensor, channel or group; or a codebook). Every
+//! quantized tensor knows its exact storage.
+
+mod calibrate;
+mod packed;
+mod scheme;
+mod tensor;
+mod uniform;
+
+use ndarray::{ArrayRef, IxDyn};
+
+use crate::error::Result;
+use crate::mask::Mask;
+use crate::model::LayerKind;
+use crate::tensor::{Scalar, subject};
+
+pub use calibrate::{
+    Calibration, HistogramObserver, MinMaxObserver, MovingAverageObserver, Observer,
+};
+pub use packed::PackedCodes;
+pub use scheme::{Granularity, Rounding, Scheme};
+pub use tensor::{Decoding, Levels, QuantizedTensor};
+pub use uniform::UniformQuantizer;
+
+/// What a quantizer knows about the tensor besides its values.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QuantContext<'a> {
+    /// The parameter's name (for error messages).
+    pub name: Option<&'a str>,
+    /// The layer kind; `None`: inferred from the name and shape.
+    pub kind: Option<LayerKind>,
+    /// Weights already pruned. Codebook methods fit their codebook to the kept weights
+    /// only (Deep Compression quantizes the survivors of pruning); uniform schemes
+    /// always represent 0 exactly, so pruned weights stay 0.
+    pub mask: Option<&'a Mask>,
+}
+
+impl<'a> QuantContext<'a> {
+    /// A context with nothing known.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the parameter name.
+    pub fn with_name(mut self, name: &'a str) -> Self {
+        self.name = Some(name);
+        self
+    }
+
+    /// Sets the layer kind.
+    pub fn with_kind(mut self, kind: LayerKind) -> Self {
+        self.kind = Some(kind);
+        self
+    }
+
+    /// Sets the mask of pruned weights.
+    pub fn with_mask(mut self, mask: &'a Mask) -> Self {
+        self.mask = Some(mask);
+        self
+    }
+
+    /// How error messages name the tensor.
+    pub(crate) fn what(&self) -> String {
+        subject(self.name, "weights")
+    }
+}
+
+/// Turns a tensor into a [`QuantizedTensor`].
+///
+/// Implement [`Quantizer::quantize`] to write your own; it then goes everywhere the
+/// built-in quantizers go. [`Quantizer::fake_quantize`] (quantize, then dequantize) comes
+/// for free.
+pub trait Quantizer<T: Scalar = f32>: Send + Sync {
+    /// Quantizes `weights`.
+    fn quantize(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor>;
+
+    /// Quantizes and decodes at once: the values the quantized tensor stands for.
+    fn fake_quantize(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &QuantContext<'_>,
+    ) -> Result<ndarray::ArrayD<T>> {
+        Ok(self.quantize(weights, ctx)?.dequantize())
+    }
+}
+
+impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for &Q {
+    fn quantize(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
+        (**self).quantize(weights, ctx)
+    }
+}
+
+impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for Box<Q> {
+    fn quantize(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
+        (**self).quantize(weights, ctx)
+    }
+}
