@@ -289,7 +289,7 @@ impl Histogram {
                 best = (kl, i);
             }
         }
-        let t = (self.lo as f64 + best.1 as f64 * self.width()) as f32;
+        let t = ((self.lo as f64 + best.1 as f64 * self.width()) as f32).min(self.hi);
         if self.magnitude {
             (-t, t)
         } else {
@@ -314,7 +314,7 @@ impl Histogram {
 /// let (lo, hi) = minmax.range()?;
 /// assert!(lo >= -1.0 && hi <= 1.0);
 /// let (_, t) = entropy.range()?;
-/// assert!(t > 0.0 && t <= hi);
+/// assert!(t > 0.0 && t <= hi.max(-lo));
 /// # Ok::<(), slimnn::Error>(())
 /// ```
 pub trait Observer: Send {

@@ -5,8 +5,10 @@
 //! (scales and zero points per tensor, channel or group; or a codebook). Every
 //! quantized tensor knows its exact storage.
 
+mod binary;
 mod calibrate;
 mod packed;
+mod pow2;
 mod scheme;
 mod tensor;
 mod uniform;
@@ -18,10 +20,12 @@ use crate::mask::Mask;
 use crate::model::LayerKind;
 use crate::tensor::{Scalar, subject};
 
+pub use binary::{BinaryQuantizer, TernaryQuantizer};
 pub use calibrate::{
     Calibration, HistogramObserver, MinMaxObserver, MovingAverageObserver, Observer,
 };
 pub use packed::PackedCodes;
+pub use pow2::PowerOfTwoQuantizer;
 pub use scheme::{Granularity, Rounding, Scheme};
 pub use tensor::{Decoding, Levels, QuantizedTensor};
 pub use uniform::UniformQuantizer;

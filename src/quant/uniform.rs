@@ -263,7 +263,7 @@ pub(crate) fn as_f32<'a, T: Scalar>(weights: &'a ArrayRef<T, IxDyn>) -> Cow<'a, 
     }
 }
 
-fn rename(e: Error, ctx: &QuantContext<'_>) -> Error {
+pub(crate) fn rename(e: Error, ctx: &QuantContext<'_>) -> Error {
     match e {
         Error::BadShape { shape, reason, .. } => Error::BadShape {
             what: ctx.what(),
@@ -272,6 +272,42 @@ fn rename(e: Error, ctx: &QuantContext<'_>) -> Error {
         },
         e => e,
     }
+}
+
+/// Sums `f(run values, group)` (a pair) over the runs of every group, in parallel.
+pub(crate) fn group_sums(
+    values: &[f32],
+    runs: Runs,
+    f: impl Fn(&[f32], usize) -> (f64, f64) + Sync,
+) -> Vec<(f64, f64)> {
+    group_fold(values, runs, f, |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// Combines `f(run values, group)` over the runs of every group with `combine`
+/// (associative, with identity `(0, 0)`), in parallel.
+pub(crate) fn group_fold(
+    values: &[f32],
+    runs: Runs,
+    f: impl Fn(&[f32], usize) -> (f64, f64) + Sync,
+    combine: impl Fn((f64, f64), (f64, f64)) -> (f64, f64),
+) -> Vec<(f64, f64)> {
+    let runs_per_task = (65_536 / runs.run_len).max(1);
+    let per_run: Vec<(f64, f64)> = values
+        .par_chunks(runs_per_task * runs.run_len)
+        .enumerate()
+        .flat_map_iter(|(t, task)| {
+            task.chunks(runs.run_len)
+                .enumerate()
+                .map(|(r, x)| f(x, runs.group(t * runs_per_task + r)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut out = vec![(0.0, 0.0); runs.groups];
+    for (r, pair) in per_run.into_iter().enumerate() {
+        let g = &mut out[runs.group(r)];
+        *g = combine(*g, pair);
+    }
+    out
 }
 
 /// The calibrated range of every group; fails on the first non-finite value.
