@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, Normal, Uniform};
 use slimnn::prune::{ChannelCriterion, GlobalPruner, PruneContext, Pruner, StructuredPruner};
-use slimnn::quant::{Granularity, QuantContext, Quantizer, Scheme, UniformQuantizer};
+use slimnn::quant::{Granularity, KMeansInit, KMeansQuantizer, QuantContext, QuantizedLinear, Quantizer, Scheme, UniformQuantizer};
 
 struct Opts {
     json: bool,
@@ -91,6 +91,9 @@ const OPS: &[(&str, Op)] = &[
     ("prune_structured", prune_structured),
     ("quant_int8_perchannel", quant_int8_perchannel),
     ("quant_int4_group", quant_int4_group),
+    ("kmeans_share", kmeans_share),
+    ("dense_gemm", dense_gemm),
+    ("int8_gemm", int8_gemm),
 ];
 
 fn print(opts: &Opts, l: &Line) {
@@ -275,4 +278,79 @@ fn quant_int8_perchannel(opts: &Opts) -> Vec<Line> {
 fn quant_int4_group(opts: &Opts) -> Vec<Line> {
     let q = UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 128 }).unwrap();
     quant_roundtrip(opts, "quant_int4_group", "4096x4096 group 128", q)
+}
+
+/// `W·X` and its f64 reference, for the GEMM ops.
+fn reference_product(w: &ArrayD<f32>, x: &ndarray::Array2<f32>) -> ndarray::Array2<f64> {
+    let w64 = w.view().into_dimensionality::<ndarray::Ix2>().unwrap().mapv(f64::from);
+    w64.dot(&x.mapv(f64::from))
+}
+
+fn dense_gemm(opts: &Opts) -> Vec<Line> {
+    let w = normal(&[4096, 4096], 0.02, 40);
+    let w2 = w.view().into_dimensionality::<ndarray::Ix2>().unwrap();
+    [1usize, 64]
+        .into_iter()
+        .map(|batch| {
+            let x = normal(&[4096, batch], 1.0, 41).into_dimensionality::<ndarray::Ix2>().unwrap();
+            let mut y = ndarray::Array2::<f32>::zeros((4096, batch));
+            let times = repeat(opts.repeats, || timed(|| ndarray::linalg::general_mat_mul(1.0, &w2, &x, 0.0, &mut y)));
+            let exact = reference_product(&w, &x);
+            let err = y.iter().zip(&exact).fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()));
+            Line { op: "dense_gemm", size: format!("4096x4096 @ batch {batch}"), times, quality: err, metric: "max abs difference to f64" }
+        })
+        .collect()
+}
+
+fn int8_gemm(opts: &Opts) -> Vec<Line> {
+    let w = normal(&[4096, 4096], 1.0 / 64.0, 50);
+    let w2 = w.view().into_dimensionality::<ndarray::Ix2>().unwrap();
+    let bias = normal(&[4096], 0.1, 51).into_dimensionality::<ndarray::Ix1>().unwrap();
+    let layer = QuantizedLinear::new(&w2, Some(&bias)).unwrap();
+    [1usize, 64]
+        .into_iter()
+        .map(|batch| {
+            let x = normal(&[batch, 4096], 1.0, 52).into_dimensionality::<ndarray::Ix2>().unwrap();
+            let mut y = ndarray::Array2::<f32>::zeros((batch, 4096));
+            let times = repeat(opts.repeats, || timed(|| y = layer.forward(&x).unwrap()));
+            let exact = reference_product(&w, &x.t().to_owned()).t().to_owned() + &bias.mapv(f64::from);
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for (&a, &b) in y.iter().zip(&exact) {
+                num += (a as f64 - b).powi(2);
+                den += b * b;
+            }
+            Line {
+                op: "int8_gemm",
+                size: format!("4096x4096 @ batch {batch}"),
+                times,
+                quality: (num / den).sqrt(),
+                metric: "relative Frobenius error vs f64",
+            }
+        })
+        .collect()
+}
+
+/// 16-entry weight sharing of 1,048,576 Laplace(0, 0.02) values: the optimal codebook,
+/// and Lloyd's algorithm from Deep Compression's linear start.
+fn kmeans_share(opts: &Opts) -> Vec<Line> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(60);
+    let u = Uniform::new(-0.5f64, 0.5).unwrap();
+    let values: Vec<f32> = (0..1_048_576)
+        .map(|_| {
+            let v = u.sample(&mut rng);
+            (-0.02 * v.signum() * (1.0 - 2.0 * v.abs()).ln()) as f32
+        })
+        .collect();
+    let w = ArrayD::from_shape_vec(IxDyn(&[1_048_576]), values).unwrap();
+    let ctx = QuantContext::new();
+    [("optimal", KMeansQuantizer::optimal(16).unwrap()), ("lloyd linear init", KMeansQuantizer::lloyd(16, KMeansInit::Linear).unwrap())]
+        .into_iter()
+        .map(|(name, q)| {
+            let mut out = None;
+            let times = repeat(opts.repeats, || timed(|| out = Some(q.quantize(&w, &ctx).unwrap())));
+            let back = out.unwrap().dequantize::<f32>();
+            let sse: f64 = w.iter().zip(back.iter()).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+            Line { op: "kmeans_share", size: format!("1048576 values k=16 {name}"), times, quality: sse, metric: "SSE" }
+        })
+        .collect()
 }

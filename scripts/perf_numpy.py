@@ -258,6 +258,27 @@ def op_dense_gemm(repeats, seed):
     return results
 
 
+def op_kmeans_share(repeats, seed):
+    """16-entry weight sharing of 1,048,576 Laplace(0, 0.02) values with scikit-learn's
+    KMeans from Deep Compression's linear initialisation (centroids evenly spaced between
+    the smallest and largest value); quality = SSE. Needs `pip install scikit-learn`."""
+    from sklearn.cluster import KMeans
+    rng = rng_for("kmeans_share", seed)
+    x = rng.laplace(0.0, 0.02, 1_048_576).astype(np.float32).reshape(-1, 1)
+    init = np.linspace(x.min(), x.max(), 16, dtype=np.float32).reshape(-1, 1)
+    out = {}
+
+    def work():
+        out["km"] = KMeans(n_clusters=16, init=init, n_init=1).fit(x)
+
+    med, mn = bench(work, repeats)
+    km = out["km"]
+    centers = km.cluster_centers_.astype(np.float64).ravel()
+    sse = float(np.sum((x.astype(np.float64).ravel() - centers[km.labels_]) ** 2))
+    return [record("kmeans_share", "1048576 values k=16 sklearn KMeans linear init", med, mn,
+                   repeats, sse, "SSE")]
+
+
 def blas_info():
     """One line about NumPy's BLAS (name, version, threads where it can be asked)."""
     try:
@@ -287,6 +308,7 @@ OPS = {
     "prune_structured": op_prune_structured,
     "quant_int8_perchannel": op_quant_int8_perchannel,
     "quant_int4_group": op_quant_int4_group,
+    "kmeans_share": op_kmeans_share,
     "dense_gemm": op_dense_gemm,
 }
 

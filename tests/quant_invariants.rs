@@ -138,3 +138,141 @@ fn stochastic_rounding_is_unbiased() {
     // 20,000 draws of a Bernoulli(0.3) error: standard error of the mean ≈ 0.0032 steps.
     assert!(stochastic.abs() < 0.015, "stochastic: {stochastic}");
 }
+
+fn sse(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+    a.iter().zip(b.iter()).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum()
+}
+
+fn vector() -> impl Strategy<Value = ArrayD<f32>> {
+    prop::collection::vec(prop_oneof![(-20i8..20).prop_map(|x| x as f32 * 0.05), -1.0f32..1.0], 8..200)
+        .prop_map(|v| ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).unwrap())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The optimal codebook's error is never above Lloyd's, from any start.
+    #[test]
+    fn optimal_kmeans_beats_lloyd(w in vector(), k in 2usize..9, init in 0usize..3, seed in any::<u64>()) {
+        use slimnn::quant::{KMeansInit, KMeansQuantizer};
+        let distinct = { let mut v: Vec<u32> = w.iter().map(|x| x.to_bits()).collect(); v.sort(); v.dedup(); v.len() };
+        prop_assume!(k <= distinct);
+        let ctx = QuantContext::new();
+        let init = [KMeansInit::Linear, KMeansInit::Density, KMeansInit::Random { seed }][init];
+        let optimal = KMeansQuantizer::optimal(k).unwrap().quantize(&w, &ctx).unwrap().dequantize::<f32>();
+        let lloyd = KMeansQuantizer::lloyd(k, init).unwrap().quantize(&w, &ctx).unwrap().dequantize::<f32>();
+        let (o, l) = (sse(&w, &optimal), sse(&w, &lloyd));
+        prop_assert!(o <= l * (1.0 + 1e-6) + 1e-9, "optimal {} > Lloyd {}", o, l);
+        // Every weight sits on its nearest centroid.
+        let q = KMeansQuantizer::optimal(k).unwrap().quantize(&w, &ctx).unwrap();
+        let table = q.table().unwrap().to_vec();
+        for (&x, &y) in w.iter().zip(optimal.iter()) {
+            let best = table.iter().map(|c| (c - x).abs()).fold(f32::INFINITY, f32::min);
+            prop_assert!((y - x).abs() <= best + 1e-6);
+        }
+    }
+
+    /// Binary and ternary weights take their group's ±α (and 0); powers of two are 0 or
+    /// ±2^e times the group scale, and the nearest such level.
+    #[test]
+    fn low_bit_levels(w in tensor(), bits in 2u8..=6) {
+        use slimnn::quant::{BinaryQuantizer, PowerOfTwoQuantizer, TernaryQuantizer};
+        let ctx = QuantContext::new();
+        let g = Granularity::PerChannel { axis: 0 };
+        let cols = w.shape()[1];
+        let b = BinaryQuantizer::new(g).quantize(&w, &ctx).unwrap().dequantize::<f32>();
+        for (row_w, row_b) in w.outer_iter().zip(b.outer_iter()) {
+            let alpha = row_w.iter().map(|v| v.abs()).sum::<f32>() / cols as f32;
+            for (&x, &y) in row_w.iter().zip(row_b.iter()) {
+                prop_assert!((y.abs() - alpha).abs() <= 1e-5 * alpha.max(1e-30) && (y >= 0.0) == (x >= 0.0));
+            }
+        }
+        let t = TernaryQuantizer::new(g).quantize(&w, &ctx).unwrap().dequantize::<f32>();
+        for row in t.outer_iter() {
+            let alpha = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            prop_assert!(row.iter().all(|v| *v == 0.0 || (v.abs() - alpha).abs() <= 1e-6 * alpha));
+        }
+        let q = PowerOfTwoQuantizer::new(bits, g).unwrap().quantize(&w, &ctx).unwrap();
+        let Decoding::Scalar { scales, .. } = q.decoding() else { unreachable!() };
+        let p = q.dequantize::<f32>();
+        let m = (1i32 << (bits - 1)) - 1;
+        for ((row_w, row_p), &s) in w.outer_iter().zip(p.outer_iter()).zip(scales) {
+            let levels: Vec<f32> = std::iter::once(0.0).chain((0..m).map(|j| s * 2f32.powi(-j))).collect();
+            for (&x, &y) in row_w.iter().zip(row_p.iter()) {
+                let best = levels.iter().map(|l| (x.abs() - l).abs()).fold(f32::INFINITY, f32::min);
+                prop_assert!(levels.iter().any(|l| (y.abs() - l).abs() <= 1e-6 * s));
+                prop_assert!((x.abs() - y.abs()).abs() <= best * (1.0 + 1e-5) + 1e-12);
+                prop_assert!(y == 0.0 || (y >= 0.0) == (x >= 0.0));
+            }
+        }
+    }
+
+    /// Decoding on the fly gives the product with the decoded weights.
+    #[test]
+    fn group_matmul_equals_the_dense_product(rows in 1usize..6, groups in 1usize..4, batch in 1usize..4, bits in 2u8..=8, seed in 0u64..500) {
+        use slimnn::quant::group_matmul;
+        let w = common::normal(&[rows, groups * 32], seed);
+        let q = UniformQuantizer::new(bits, Scheme::Affine, Granularity::PerGroup { size: 32 }).unwrap().quantize(&w, &QuantContext::new()).unwrap();
+        let x = common::normal(&[batch, groups * 32], seed + 1).into_dimensionality::<ndarray::Ix2>().unwrap();
+        let y = group_matmul(&x, &q, None).unwrap();
+        let dense = x.dot(&q.dequantize::<f32>().into_dimensionality::<ndarray::Ix2>().unwrap().t());
+        for (a, b) in y.iter().zip(dense.iter()) {
+            prop_assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{} vs {}", a, b);
+        }
+    }
+
+    /// The int8 layer stays close to the exact product, within the quantization steps.
+    #[test]
+    fn quantized_linear_tracks_the_dense_layer(out in 1usize..9, blocks in 1usize..4, batch in 1usize..5, seed in 0u64..500, per_row in any::<bool>()) {
+        use slimnn::quant::QuantizedLinear;
+        let inputs = blocks * 32;
+        let w = common::normal(&[out, inputs], seed).into_dimensionality::<ndarray::Ix2>().unwrap();
+        let b = common::normal(&[out], seed + 1).into_dimensionality::<ndarray::Ix1>().unwrap();
+        let x = common::normal(&[batch, inputs], seed + 2).into_dimensionality::<ndarray::Ix2>().unwrap();
+        let layer = if per_row { QuantizedLinear::with_block(&w, Some(&b), inputs) } else { QuantizedLinear::new(&w, Some(&b)) }.unwrap();
+        let y = layer.forward(&x).unwrap();
+        let exact = x.dot(&w.t()) + &b;
+        // |Δy| ≤ Σ_k (|x_k|·|Δw_k| + |w_k|·|Δx_k| + |Δx_k|·|Δw_k|) with steps max/127.
+        for (r, (yr, er)) in y.outer_iter().zip(exact.outer_iter()).enumerate() {
+            let xa = x.row(r).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (o, (&a, &e)) in yr.iter().zip(er.iter()).enumerate() {
+                let wa = w.row(o).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let bound = inputs as f32 * (xa * wa / 254.0 * 2.0 + xa * wa / 254.0 / 254.0) + 1e-4;
+                prop_assert!((a - e).abs() <= bound, "{} vs {} (bound {})", a, e, bound);
+            }
+        }
+    }
+
+    /// Product quantization: exact when a slice has no more distinct subvectors than
+    /// codewords, and codes and codebooks sized as stated.
+    #[test]
+    fn product_quantization_shapes(rows in 4usize..20, slices in 1usize..4, sub in 1usize..4, seed in any::<u64>()) {
+        use slimnn::quant::ProductQuantizer;
+        let distinct = common::normal(&[4, slices * sub], seed % 1000);
+        let w = ArrayD::from_shape_fn(IxDyn(&[rows, slices * sub]), |i| distinct[[i[0] % 4, i[1]]]);
+        let q = ProductQuantizer::new(sub, 4, seed).unwrap().quantize(&w, &QuantContext::new()).unwrap();
+        prop_assert_eq!(q.codes().len(), rows * slices);
+        prop_assert_eq!(q.storage_bits(), rows * slices * 2 + slices * 4 * sub * 32);
+        let back = q.dequantize::<f32>();
+        for (a, b) in w.iter().zip(back.iter()) {
+            prop_assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()));
+        }
+    }
+}
+
+/// Observers: min-max covers every batch; the moving average follows its formula.
+#[test]
+fn observers() {
+    use slimnn::quant::{MinMaxObserver, MovingAverageObserver, Observer};
+    let batches = [vec![-1.0f32, 2.0], vec![-3.0, 1.0], vec![0.5, 0.25]];
+    let mut mm = MinMaxObserver::new();
+    let mut ma = MovingAverageObserver::new(0.5).unwrap();
+    for b in &batches {
+        let a = ArrayD::from_shape_vec(IxDyn(&[2]), b.clone()).unwrap();
+        mm.observe(&a).unwrap();
+        ma.observe(&a).unwrap();
+    }
+    assert_eq!(mm.range().unwrap(), (-3.0, 2.0));
+    // lo: −1 → −2 → −0.875 (batch minima −1, −3, 0.25); hi: 2 → 1.5 → 1.0
+    assert_eq!(ma.range().unwrap(), (-0.875, 1.0));
+}

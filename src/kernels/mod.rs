@@ -5,31 +5,42 @@
 //! slices; each kernel has a scalar entry and an AVX2 entry that inline the same body,
 //! so the compiler vectorizes the AVX2 copy with 256-bit registers. [`level`] picks the
 //! AVX2 copy when the CPU has AVX2 and FMA, unless the environment variable
-//! `SLIMNN_FORCE_SCALAR` is set (CI runs the scalar twins that way too). This module is
-//! the only place for `unsafe` and `std::arch`.
+//! `SLIMNN_FORCE_SCALAR` is set (CI runs the scalar twins that way too). The int8 matrix
+//! product also has an AVX-VNNI version (`vpdpbusd`), used where the CPU has it unless
+//! `SLIMNN_FORCE_AVX2` is set. This module is the only place for `unsafe` and
+//! `std::arch`.
 
+pub(crate) mod gemm;
 pub(crate) mod quant;
 pub(crate) mod select;
 
 use std::sync::OnceLock;
 
-/// The instruction-set tier the dispatched kernels use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The instruction-set tier the dispatched kernels use (ordered: each includes the
+/// previous).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// Baseline code (SSE2 on x86-64), the reference twin of every kernel.
     Scalar,
     /// AVX2 + FMA.
     Avx2,
+    /// AVX2 + FMA + AVX-VNNI (`vpdpbusd`: 8-bit dot products into 32-bit lanes).
+    AvxVnni,
 }
 
-/// The tier in use: detected once, overridable with `SLIMNN_FORCE_SCALAR=1`.
+/// The tier in use: detected once; `SLIMNN_FORCE_SCALAR=1` forces the scalar twins and
+/// `SLIMNN_FORCE_AVX2=1` caps the tier at AVX2.
 pub fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0");
     *LEVEL.get_or_init(|| {
-        if std::env::var_os("SLIMNN_FORCE_SCALAR").is_some_and(|v| !v.is_empty() && v != "0") {
-            return Level::Scalar;
+        if set("SLIMNN_FORCE_SCALAR") {
+            Level::Scalar
+        } else if set("SLIMNN_FORCE_AVX2") {
+            detected().min(Level::Avx2)
+        } else {
+            detected()
         }
-        detected()
     })
 }
 
@@ -37,6 +48,9 @@ pub fn level() -> Level {
 pub(crate) fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avxvnni") {
+            return Level::AvxVnni;
+        }
         return Level::Avx2;
     }
     Level::Scalar
@@ -79,7 +93,7 @@ macro_rules! kernel {
         $(#[$doc])*
         pub(crate) fn $name $(<$($g: $b),*>)? ($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
-            if $crate::kernels::level() == $crate::kernels::Level::Avx2 {
+            if $crate::kernels::level() >= $crate::kernels::Level::Avx2 {
                 // SAFETY: `level()` returns Avx2 only if the CPU reports AVX2 and FMA.
                 return unsafe { $name::avx2 $(::<$($g),*>)? ($($arg),*) };
             }

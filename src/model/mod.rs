@@ -15,6 +15,7 @@ use ndarray::{ArrayD, ArrayViewMutD};
 
 use crate::error::{Error, Result};
 use crate::mask::Mask;
+use crate::quant::QuantizedTensor;
 use crate::tensor::check_same_shape;
 
 pub use kind::LayerKind;
@@ -64,6 +65,7 @@ pub struct Param {
     dtype: DType,
     value: ArrayD<f32>,
     mask: Option<Mask>,
+    quantized: Option<QuantizedTensor>,
 }
 
 impl Param {
@@ -103,8 +105,29 @@ impl Param {
     }
 
     /// The stored values, mutably (the shape is fixed; see [`Param::replace_value`]).
+    /// Changing them drops the quantized form, which would no longer match.
     pub fn value_mut(&mut self) -> ArrayViewMutD<'_, f32> {
+        self.quantized = None;
         self.value.view_mut()
+    }
+
+    /// The quantized form, if the parameter was quantized (its values are then the
+    /// decoded ones).
+    pub fn quantized(&self) -> Option<&QuantizedTensor> {
+        self.quantized.as_ref()
+    }
+
+    /// Stores a quantized form and replaces the values by its decoding; the mask stays.
+    pub fn set_quantized(&mut self, q: QuantizedTensor) -> Result<()> {
+        check_same_shape(self.value.shape(), q.shape(), || format!("quantized form of `{}`", self.name))?;
+        self.value = q.dequantize();
+        self.quantized = Some(q);
+        Ok(())
+    }
+
+    /// Drops the quantized form, keeping the decoded values.
+    pub fn take_quantized(&mut self) -> Option<QuantizedTensor> {
+        self.quantized.take()
     }
 
     /// Replaces the values (of any shape that fits the kind) and drops the mask, e.g.
@@ -121,6 +144,7 @@ impl Param {
         }
         self.value = value;
         self.mask = None;
+        self.quantized = None;
         Ok(())
     }
 
@@ -129,6 +153,7 @@ impl Param {
         debug_assert!(mask.as_ref().is_none_or(|m| m.shape() == value.shape()));
         self.value = value;
         self.mask = mask;
+        self.quantized = None;
     }
 
     /// The mask, if the parameter has been pruned and not yet made permanent.
@@ -283,6 +308,7 @@ impl Model {
             dtype,
             value,
             mask: None,
+            quantized: None,
         });
         Ok(self.params.last_mut().expect("just pushed"))
     }

@@ -7,8 +7,15 @@
 
 mod binary;
 mod calibrate;
+mod fake;
+mod ggml;
+mod kmeans;
+mod linear;
+mod model_ops;
+mod optimal_kmeans;
 mod packed;
 mod pow2;
+mod product;
 mod scheme;
 mod tensor;
 mod uniform;
@@ -24,8 +31,14 @@ pub use binary::{BinaryQuantizer, TernaryQuantizer};
 pub use calibrate::{
     Calibration, HistogramObserver, MinMaxObserver, MovingAverageObserver, Observer,
 };
+pub use fake::straight_through;
+pub use ggml::{GgmlFormat, GgmlQuantizer, from_ggml_blocks, to_ggml_blocks};
+pub use model_ops::{QuantReport, QuantRow};
+pub use linear::{QuantizedLinear, group_matmul};
+pub use kmeans::{KMeansInit, KMeansQuantizer, centroid_gradients};
 pub use packed::PackedCodes;
 pub use pow2::PowerOfTwoQuantizer;
+pub use product::ProductQuantizer;
 pub use scheme::{Granularity, Rounding, Scheme};
 pub use tensor::{Decoding, Levels, QuantizedTensor};
 pub use uniform::UniformQuantizer;

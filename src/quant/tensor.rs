@@ -212,6 +212,36 @@ impl QuantizedTensor {
         &self.decoding
     }
 
+    /// The codebook, for table decodings.
+    pub fn table(&self) -> Option<&[f32]> {
+        match &self.decoding {
+            Decoding::Scalar { levels: Levels::Table(t), .. } => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Replaces the codebook (same size, finite values), e.g. after fine-tuning the
+    /// centroids; codes stay.
+    pub fn set_table(&mut self, table: Vec<f32>) -> Result<()> {
+        match &mut self.decoding {
+            Decoding::Scalar { levels: Levels::Table(t), .. } => {
+                if table.len() != t.len() {
+                    return Err(Error::ShapeMismatch {
+                        what: "codebook".into(),
+                        expected: vec![t.len()],
+                        got: vec![table.len()],
+                    });
+                }
+                if table.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::invalid("codebook", "a non-finite value", "finite values"));
+                }
+                *t = table;
+                Ok(())
+            }
+            _ => Err(Error::invalid("quantized tensor", "no codebook", "a table decoding")),
+        }
+    }
+
     /// Exact storage in bits: codes, plus scales, zero points (at the code width) and
     /// codebooks (f32), everything needed to decode.
     pub fn storage_bits(&self) -> usize {

@@ -123,6 +123,7 @@ fn quant4(y: f32) -> u8 {
 }
 
 /// Splits a quantized block into its f16 scale (as f32) and its quant bytes.
+#[cfg(test)]
 #[inline]
 fn scale_and_quants(block: &[u8]) -> (f32, &[u8]) {
     let (d, qs) = block.split_at(SCALE_BYTES);
@@ -165,6 +166,7 @@ pub(crate) fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
 ///
 /// # Panics
 /// If `out.len()` is not a multiple of [`QK`] or `blocks.len() != out.len() / 32 * 34`.
+#[cfg(test)]
 pub(crate) fn dequantize_q8_0(blocks: &[u8], out: &mut [f32]) {
     let (dst, rest) = out.as_chunks_mut::<QK>();
     assert!(
@@ -236,6 +238,7 @@ pub(crate) fn quantize_q4_0(x: &[f32], out: &mut Vec<u8>) {
 ///
 /// # Panics
 /// If `out.len()` is not a multiple of [`QK`] or `blocks.len() != out.len() / 32 * 18`.
+#[cfg(test)]
 pub(crate) fn dequantize_q4_0(blocks: &[u8], out: &mut [f32]) {
     let (dst, rest) = out.as_chunks_mut::<QK>();
     assert!(
@@ -392,6 +395,29 @@ mod tests {
                 "{name}: Q4_0 dequant differs, first at block {:?}",
                 first_diff(&got, &want, QK)
             );
+        }
+    }
+
+    /// The public quantizer, decoding and block export agree with the fixture too.
+    #[test]
+    fn quantizer_and_export_match_the_fixture() {
+        use crate::quant::{GgmlFormat, GgmlQuantizer, QuantContext, Quantizer, from_ggml_blocks, to_ggml_blocks};
+        for case in read_fixture() {
+            let n = case.input.len();
+            let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n / 64, 64]), case.input.clone())
+                .or_else(|_| ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n / 32, 32]), case.input.clone()))
+                .unwrap();
+            for (format, blocks, dequant) in [
+                (GgmlFormat::Q8_0, &case.q8_0, &case.q8_0_dequant),
+                (GgmlFormat::Q4_0, &case.q4_0, &case.q4_0_dequant),
+            ] {
+                let q = GgmlQuantizer::new(format).quantize(&x, &QuantContext::new()).unwrap();
+                assert_eq!(&to_ggml_blocks(&q, format).unwrap(), blocks, "{}: {format:?} blocks", case.name);
+                let back = q.dequantize::<f32>();
+                assert_eq!(bits(back.as_slice().unwrap()), bits(dequant), "{}: {format:?} values", case.name);
+                let loaded = from_ggml_blocks(blocks, x.shape(), format).unwrap();
+                assert_eq!(loaded, q, "{}: {format:?} from blocks", case.name);
+            }
         }
     }
 

@@ -1,0 +1,75 @@
+//! Quantization-aware training helpers: the straight-through estimator.
+
+use ndarray::{ArrayD, ArrayRef, IxDyn};
+
+use super::scheme::Runs;
+use super::{Decoding, Levels, QuantizedTensor};
+use crate::error::Result;
+use crate::tensor::{check_same_shape, row_major};
+
+/// The straight-through estimator of the gradient through fake quantization (Bengio,
+/// Léonard & Courville 2013; as PyTorch's `FakeQuantize`): the gradient with respect
+/// to the dequantized weights passes unchanged to the latent float weights where they
+/// lie inside the range their group can represent, and is zero where they were clipped.
+///
+/// Quantization-aware fine-tuning: run the forward pass with `q.dequantize()`, take the
+/// gradient `grad` there, map it through this function, update the float `weights`, and
+/// quantize again.
+///
+/// ```
+/// use ndarray::{Array1, ArrayD};
+/// use slimnn::quant::{Calibration, Granularity, QuantContext, Quantizer, Scheme, UniformQuantizer, straight_through};
+///
+/// // Nineteen small weights and one outlier.
+/// let mut w: Vec<f32> = (1..20).map(|i| i as f32 * 0.01).collect();
+/// w.push(9.0);
+/// let w = Array1::from(w).into_dyn();
+/// // Clip at the 90th percentile of |w|: the outlier is clipped, so it gets no gradient.
+/// let q = UniformQuantizer::new(4, Scheme::Symmetric, Granularity::PerTensor)?
+///     .with_calibration(Calibration::Percentile(0.9))?
+///     .quantize(&w, &QuantContext::new())?;
+/// let g = straight_through(&ArrayD::ones(w.raw_dim()), &w, &q)?;
+/// assert_eq!(g[[19]], 0.0);
+/// assert!(g.iter().take(19).all(|&v| v == 1.0));
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn straight_through(
+    grad: &ArrayRef<f32, IxDyn>,
+    weights: &ArrayRef<f32, IxDyn>,
+    q: &QuantizedTensor,
+) -> Result<ArrayD<f32>> {
+    check_same_shape(q.shape(), grad.shape(), || "gradient".into())?;
+    check_same_shape(q.shape(), weights.shape(), || "weights".into())?;
+    let mut out = grad.to_owned();
+    let Decoding::Scalar {
+        levels,
+        granularity,
+        scales,
+        zero_points,
+        ..
+    } = q.decoding()
+    else {
+        return Ok(out); // vector codebooks have no clipping range
+    };
+    let (lo_level, hi_level) = match levels {
+        Levels::Integers { min } => (*min as f32, (*min + (1 << q.codes().bits()) - 1) as f32),
+        Levels::Table(t) => t.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v))),
+    };
+    let runs = Runs::new(q.shape(), *granularity)?;
+    let w = row_major(weights);
+    let g = out.as_slice_mut().expect("owned arrays are contiguous");
+    for (r, (gs, ws)) in g.chunks_mut(runs.run_len).zip(w.chunks(runs.run_len)).enumerate() {
+        let group = runs.group(r);
+        let (s, z) = (scales[group], zero_points.get(group).copied().unwrap_or(0.0));
+        let (a, b) = (s * (lo_level - z), s * (hi_level - z));
+        let (lo, hi) = (a.min(b), a.max(b));
+        // Half a step of slack: values that round to the end levels are inside.
+        let slack = s.abs() / 2.0;
+        for (gi, &wi) in gs.iter_mut().zip(ws) {
+            if wi < lo - slack || wi > hi + slack {
+                *gi = 0.0;
+            }
+        }
+    }
+    Ok(out)
+}

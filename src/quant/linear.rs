@@ -1,0 +1,294 @@
+//! Running quantized Linear layers: [`QuantizedLinear`] (int8 × int8 → int32) and
+//! [`group_matmul`] (low-bit group-quantized weights, decoded on the fly).
+
+use ndarray::{Array2, ArrayRef, Ix1, Ix2};
+use rayon::prelude::*;
+
+use super::scheme::Runs;
+use super::{Decoding, Granularity, Levels, QuantContext, QuantizedTensor, Quantizer, Scheme, UniformQuantizer};
+use crate::error::{Error, Result};
+use crate::kernels::gemm::{Blocked, dot_codes, gemm_i8, gemm_q8_blocked};
+use crate::tensor::{check_finite, check_nonempty};
+
+/// Weight rows per parallel task of the products.
+const ROWS_PER_TASK: usize = 64;
+
+/// A Linear layer `y = x Wᵀ + b` with int8 weights, run in integer arithmetic.
+///
+/// Weights are quantized once, symmetrically to `−127…127`, with one f32 scale per
+/// block of `block` consecutive inputs of each output row (`block = in`: one scale per
+/// row). On every call each activation row is quantized the same way, blocks of `block`
+/// inputs, from its own range; the products are summed exactly in int32 within each
+/// block and scaled back to f32 (Jacob et al., CVPR 2018, with dynamic activation
+/// ranges as PyTorch's `quantize_dynamic`; blocks of 32–128 as llama.cpp's Q8_0 dot
+/// products). Smaller blocks follow the data more closely: on Gaussian weights and
+/// activations, 128-element blocks give about 0.8% relative error, whole rows about
+/// 1.2%. The default block is the largest of 128, 64, 32 that divides `in`, else `in`.
+///
+/// ```
+/// use ndarray::{Array1, Array2};
+/// use slimnn::quant::QuantizedLinear;
+///
+/// let w = Array2::from_shape_fn((16, 64), |(o, i)| ((o * 64 + i) as f32 * 0.37).sin());
+/// let b = Array1::from_elem(16, 0.5f32);
+/// let layer = QuantizedLinear::new(&w, Some(&b))?;
+/// let x = Array2::from_shape_fn((3, 64), |(r, i)| ((r + i) as f32 * 0.1).cos());
+/// let y = layer.forward(&x)?;
+/// let exact = x.dot(&w.t()) + &b;
+/// let err = (&y - &exact).mapv(f32::abs).fold(0.0f32, |m, &e| m.max(e));
+/// assert!(err < 0.05, "{err}");
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizedLinear {
+    outputs: usize,
+    inputs: usize,
+    block: usize,
+    weights: Vec<i8>,
+    scales: Vec<f32>,
+    /// `Σ` of the codes of every block (the VNNI kernel's offset correction).
+    sums: Vec<i32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl QuantizedLinear {
+    /// Quantizes `weight` `[out, in]` with the default block.
+    pub fn new(weight: &ArrayRef<f32, Ix2>, bias: Option<&ArrayRef<f32, Ix1>>) -> Result<Self> {
+        let inputs = weight.ncols();
+        let block = [128, 64, 32].into_iter().find(|b| inputs % b == 0).unwrap_or(inputs);
+        Self::with_block(weight, bias, block)
+    }
+
+    /// Quantizes `weight` `[out, in]` with blocks of `block` inputs (`block` divides `in`).
+    pub fn with_block(weight: &ArrayRef<f32, Ix2>, bias: Option<&ArrayRef<f32, Ix1>>, block: usize) -> Result<Self> {
+        let granularity = if block == weight.ncols() {
+            Granularity::PerChannel { axis: 0 }
+        } else {
+            Granularity::PerGroup { size: block }
+        };
+        let q = UniformQuantizer::new(8, Scheme::Symmetric, granularity)?
+            .quantize(&weight.view().into_dyn(), &QuantContext::new())?;
+        Self::from_quantized(&q, bias)
+    }
+
+    /// The layer for weights already quantized to 8-bit symmetric codes (levels
+    /// `−127…127`, as [`UniformQuantizer`] makes them) with one scale per output row or
+    /// per group of inputs.
+    pub fn from_quantized(q: &QuantizedTensor, bias: Option<&ArrayRef<f32, Ix1>>) -> Result<Self> {
+        let wrong = || {
+            Error::invalid(
+                "quantized weight",
+                "another scheme",
+                "2-D, 8-bit symmetric codes (levels −127…127), one scale per output row or per group",
+            )
+        };
+        let Decoding::Scalar { levels: Levels::Integers { min: -127 }, granularity, scales, zero_points, .. } = q.decoding() else {
+            return Err(wrong());
+        };
+        if q.shape().len() != 2 || q.codes().bits() != 8 || !zero_points.is_empty() {
+            return Err(wrong());
+        }
+        let (outputs, inputs) = (q.shape()[0], q.shape()[1]);
+        let block = match *granularity {
+            Granularity::PerChannel { axis: 0 } => inputs,
+            Granularity::PerGroup { size } => size,
+            _ => return Err(wrong()),
+        };
+        if inputs == 0 || block > 1 << 17 {
+            return Err(Error::bad_shape("quantized weight", q.shape(), "needs blocks of 1 to 131072 inputs (int32 sums)"));
+        }
+        let codes = q.codes().unpack();
+        if codes.iter().any(|&c| c == 255) {
+            return Err(wrong());
+        }
+        let weights: Vec<i8> = codes.into_iter().map(|c| (c as i32 - 127) as i8).collect();
+        let sums = weights.chunks(block).map(|b| b.iter().map(|&w| w as i32).sum()).collect();
+        let bias = match bias {
+            Some(b) => {
+                crate::tensor::check_same_shape(&[outputs], b.shape(), || "bias".into())?;
+                let b = b.to_vec();
+                check_finite(&b, || "bias".into())?;
+                Some(b)
+            }
+            None => None,
+        };
+        Ok(QuantizedLinear {
+            outputs,
+            inputs,
+            block,
+            weights,
+            scales: scales.clone(),
+            sums,
+            bias,
+        })
+    }
+
+    /// Output features.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// Input features.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Inputs per quantization block.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// `x Wᵀ + b` for a batch `x` `[batch, in]`.
+    pub fn forward(&self, x: &ArrayRef<f32, Ix2>) -> Result<Array2<f32>> {
+        let batch = check_input(x, self.inputs)?;
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().expect("standard layout");
+        // Quantize every block of every activation row symmetrically to −127…127.
+        let mut xq = vec![0i8; xs.len()];
+        let x_scales: Vec<f32> = xq
+            .par_chunks_mut(self.block)
+            .zip(xs.par_chunks(self.block))
+            .map(|(q, v)| {
+                let amax = v.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+                let mut codes = vec![0u8; v.len()];
+                crate::kernels::quant::quantize(v, 1.0 / s, 127.0, 254.0, &mut codes);
+                q.iter_mut().zip(&codes).for_each(|(q, &c)| *q = (c as i32 - 127) as i8);
+                s
+            })
+            .collect();
+        let blocks = self.inputs / self.block;
+        // Tasks of weight rows; each task fills its columns of the output.
+        let parts: Vec<Vec<f32>> = self
+            .weights
+            .par_chunks(ROWS_PER_TASK * self.inputs)
+            .zip(self.scales.par_chunks(ROWS_PER_TASK * blocks))
+            .zip(self.sums.par_chunks(ROWS_PER_TASK * blocks))
+            .map(|((wq, ws), wsum)| {
+                let rows = wq.len() / self.inputs;
+                let mut out = vec![0f32; batch * rows];
+                if blocks == 1 {
+                    // One block per row: exact int32 dot products, scaled once.
+                    let mut acc = vec![0i32; batch * rows];
+                    gemm_i8(&xq, wq, self.inputs, &mut acc);
+                    for (b, (o, a)) in out.chunks_mut(rows).zip(acc.chunks(rows)).enumerate() {
+                        for (r, (o, &a)) in o.iter_mut().zip(a).enumerate() {
+                            *o = a as f32 * (x_scales[b] * ws[r]);
+                        }
+                    }
+                } else {
+                    let p = Blocked { xq: &xq, xs: &x_scales, wq, ws, wsum, k: self.inputs, block: self.block };
+                    gemm_q8_blocked(&p, &mut out);
+                }
+                out
+            })
+            .collect();
+        let mut y = Array2::zeros((batch, self.outputs));
+        let mut first = 0;
+        for part in parts {
+            let rows = part.len() / batch;
+            for (b, row) in part.chunks_exact(rows).enumerate() {
+                let mut dst = y.row_mut(b);
+                let dst = dst.as_slice_mut().expect("standard layout");
+                dst[first..first + rows].copy_from_slice(row);
+                if let Some(bias) = &self.bias {
+                    dst[first..first + rows].iter_mut().zip(&bias[first..first + rows]).for_each(|(y, b)| *y += b);
+                }
+            }
+            first += rows;
+        }
+        Ok(y)
+    }
+}
+
+fn check_input(x: &ArrayRef<f32, Ix2>, inputs: usize) -> Result<usize> {
+    let (batch, features) = x.dim();
+    if features != inputs {
+        return Err(Error::ShapeMismatch {
+            what: "input batch [batch, in]".into(),
+            expected: vec![batch, inputs],
+            got: vec![batch, features],
+        });
+    }
+    check_nonempty(x.shape(), || "input batch".into())?;
+    check_finite(&x.iter().copied().collect::<Vec<_>>(), || "input batch".into())?;
+    Ok(batch)
+}
+
+/// `x Wᵀ + b` with `W` `[out, in]` group-quantized (uniform levels, one scale and zero
+/// point per group of consecutive inputs, e.g. 4-bit groups of 128), decoding the codes
+/// on the fly: per group, `Σ_k x_k·s·(q_k − z) = s·(Σ x_k·q_k − (z − min)·Σ x_k)`, so no
+/// dense weight is ever materialised (the GPTQ/AWQ/llama.cpp way of running 4-bit
+/// weights).
+///
+/// ```
+/// use ndarray::Array2;
+/// use slimnn::quant::{Granularity, QuantContext, Quantizer, Scheme, UniformQuantizer, group_matmul};
+///
+/// let w = Array2::from_shape_fn((8, 256), |(o, i)| ((o * 256 + i) as f32 * 0.11).sin());
+/// let q = UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 128 })?
+///     .quantize(&w.view().into_dyn(), &QuantContext::new())?;
+/// let x = Array2::from_shape_fn((2, 256), |(r, i)| ((r * 3 + i) as f32 * 0.05).cos());
+/// let y = group_matmul(&x, &q, None)?;
+/// let dense = x.dot(&q.dequantize::<f32>().into_dimensionality::<ndarray::Ix2>().unwrap().t());
+/// assert!((&y - &dense).mapv(f32::abs).iter().all(|&e| e < 1e-3));
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn group_matmul(x: &ArrayRef<f32, Ix2>, q: &QuantizedTensor, bias: Option<&ArrayRef<f32, Ix1>>) -> Result<Array2<f32>> {
+    let (min, size, scales, zeros) = match q.decoding() {
+        Decoding::Scalar {
+            levels: Levels::Integers { min },
+            granularity: Granularity::PerGroup { size },
+            scales,
+            zero_points,
+            ..
+        } if q.shape().len() == 2 => (*min, *size, scales, zero_points),
+        _ => {
+            return Err(Error::invalid(
+                "quantized weight",
+                "another scheme",
+                "2-D, uniform levels, per-group scales",
+            ));
+        }
+    };
+    let (outputs, inputs) = (q.shape()[0], q.shape()[1]);
+    let batch = check_input(x, inputs)?;
+    if let Some(b) = bias {
+        crate::tensor::check_same_shape(&[outputs], b.shape(), || "bias".into())?;
+    }
+    let runs = Runs::new(q.shape(), Granularity::PerGroup { size })?;
+    let groups_per_row = inputs / size;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    // Σ x over every group of every batch row.
+    let x_sums: Vec<f32> = xs.chunks_exact(size).map(|g| g.iter().sum()).collect();
+    let mut y = vec![0f32; batch * outputs];
+    let columns: Vec<Vec<f32>> = (0..outputs)
+        .into_par_iter()
+        .map(|o| {
+            let mut codes = vec![0u8; size];
+            let mut col = vec![0f32; batch];
+            for g in 0..groups_per_row {
+                let run = o * groups_per_row + g;
+                q.codes().unpack_into(run * size, &mut codes);
+                let gi = runs.group(run);
+                let s = scales[gi];
+                let offset = zeros.get(gi).copied().unwrap_or(0.0) - min as f32;
+                for (b, out) in col.iter_mut().enumerate() {
+                    let xg = &xs[b * inputs + g * size..b * inputs + (g + 1) * size];
+                    *out += s * (dot_codes(xg, &codes) - offset * x_sums[b * groups_per_row + g]);
+                }
+            }
+            if let Some(bias) = bias {
+                col.iter_mut().for_each(|v| *v += bias[o]);
+            }
+            col
+        })
+        .collect();
+    for (o, col) in columns.into_iter().enumerate() {
+        for (b, v) in col.into_iter().enumerate() {
+            y[b * outputs + o] = v;
+        }
+    }
+    Ok(Array2::from_shape_vec((batch, outputs), y).expect("batch × outputs"))
+}
