@@ -14,7 +14,10 @@ use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, Normal, Uniform};
 use slimnn::prune::{ChannelCriterion, GlobalPruner, PruneContext, Pruner, StructuredPruner};
-use slimnn::quant::{Granularity, KMeansInit, KMeansQuantizer, QuantContext, QuantizedLinear, Quantizer, Scheme, UniformQuantizer};
+use slimnn::quant::{
+    Granularity, KMeansInit, KMeansQuantizer, QuantContext, QuantizedLinear, Quantizer, Scheme,
+    UniformQuantizer,
+};
 
 struct Opts {
     json: bool,
@@ -282,7 +285,11 @@ fn quant_int4_group(opts: &Opts) -> Vec<Line> {
 
 /// `W·X` and its f64 reference, for the GEMM ops.
 fn reference_product(w: &ArrayD<f32>, x: &ndarray::Array2<f32>) -> ndarray::Array2<f64> {
-    let w64 = w.view().into_dimensionality::<ndarray::Ix2>().unwrap().mapv(f64::from);
+    let w64 = w
+        .view()
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap()
+        .mapv(f64::from);
     w64.dot(&x.mapv(f64::from))
 }
 
@@ -292,12 +299,25 @@ fn dense_gemm(opts: &Opts) -> Vec<Line> {
     [1usize, 64]
         .into_iter()
         .map(|batch| {
-            let x = normal(&[4096, batch], 1.0, 41).into_dimensionality::<ndarray::Ix2>().unwrap();
+            let x = normal(&[4096, batch], 1.0, 41)
+                .into_dimensionality::<ndarray::Ix2>()
+                .unwrap();
             let mut y = ndarray::Array2::<f32>::zeros((4096, batch));
-            let times = repeat(opts.repeats, || timed(|| ndarray::linalg::general_mat_mul(1.0, &w2, &x, 0.0, &mut y)));
+            let times = repeat(opts.repeats, || {
+                timed(|| ndarray::linalg::general_mat_mul(1.0, &w2, &x, 0.0, &mut y))
+            });
             let exact = reference_product(&w, &x);
-            let err = y.iter().zip(&exact).fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()));
-            Line { op: "dense_gemm", size: format!("4096x4096 @ batch {batch}"), times, quality: err, metric: "max abs difference to f64" }
+            let err = y
+                .iter()
+                .zip(&exact)
+                .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()));
+            Line {
+                op: "dense_gemm",
+                size: format!("4096x4096 @ batch {batch}"),
+                times,
+                quality: err,
+                metric: "max abs difference to f64",
+            }
         })
         .collect()
 }
@@ -305,15 +325,20 @@ fn dense_gemm(opts: &Opts) -> Vec<Line> {
 fn int8_gemm(opts: &Opts) -> Vec<Line> {
     let w = normal(&[4096, 4096], 1.0 / 64.0, 50);
     let w2 = w.view().into_dimensionality::<ndarray::Ix2>().unwrap();
-    let bias = normal(&[4096], 0.1, 51).into_dimensionality::<ndarray::Ix1>().unwrap();
+    let bias = normal(&[4096], 0.1, 51)
+        .into_dimensionality::<ndarray::Ix1>()
+        .unwrap();
     let layer = QuantizedLinear::new(&w2, Some(&bias)).unwrap();
     [1usize, 64]
         .into_iter()
         .map(|batch| {
-            let x = normal(&[batch, 4096], 1.0, 52).into_dimensionality::<ndarray::Ix2>().unwrap();
+            let x = normal(&[batch, 4096], 1.0, 52)
+                .into_dimensionality::<ndarray::Ix2>()
+                .unwrap();
             let mut y = ndarray::Array2::<f32>::zeros((batch, 4096));
             let times = repeat(opts.repeats, || timed(|| y = layer.forward(&x).unwrap()));
-            let exact = reference_product(&w, &x.t().to_owned()).t().to_owned() + &bias.mapv(f64::from);
+            let exact =
+                reference_product(&w, &x.t().to_owned()).t().to_owned() + &bias.mapv(f64::from);
             let (mut num, mut den) = (0.0f64, 0.0f64);
             for (&a, &b) in y.iter().zip(&exact) {
                 num += (a as f64 - b).powi(2);
@@ -343,14 +368,32 @@ fn kmeans_share(opts: &Opts) -> Vec<Line> {
         .collect();
     let w = ArrayD::from_shape_vec(IxDyn(&[1_048_576]), values).unwrap();
     let ctx = QuantContext::new();
-    [("optimal", KMeansQuantizer::optimal(16).unwrap()), ("lloyd linear init", KMeansQuantizer::lloyd(16, KMeansInit::Linear).unwrap())]
-        .into_iter()
-        .map(|(name, q)| {
-            let mut out = None;
-            let times = repeat(opts.repeats, || timed(|| out = Some(q.quantize(&w, &ctx).unwrap())));
-            let back = out.unwrap().dequantize::<f32>();
-            let sse: f64 = w.iter().zip(back.iter()).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-            Line { op: "kmeans_share", size: format!("1048576 values k=16 {name}"), times, quality: sse, metric: "SSE" }
-        })
-        .collect()
+    [
+        ("optimal", KMeansQuantizer::optimal(16).unwrap()),
+        (
+            "lloyd linear init",
+            KMeansQuantizer::lloyd(16, KMeansInit::Linear).unwrap(),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, q)| {
+        let mut out = None;
+        let times = repeat(opts.repeats, || {
+            timed(|| out = Some(q.quantize(&w, &ctx).unwrap()))
+        });
+        let back = out.unwrap().dequantize::<f32>();
+        let sse: f64 = w
+            .iter()
+            .zip(back.iter())
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum();
+        Line {
+            op: "kmeans_share",
+            size: format!("1048576 values k=16 {name}"),
+            times,
+            quality: sse,
+            metric: "SSE",
+        }
+    })
+    .collect()
 }

@@ -9,13 +9,12 @@
 //! The trained network is saved to `target/slimnn-examples/lenet300.safetensors` and
 //! reused by later runs (delete it, or pass `--retrain-from-scratch`, to train anew).
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+#[path = "common/mnist.rs"]
+mod mnist;
 
 use ndarray::{Array1, ArrayD, Axis, s};
 use slimnn::io::idx::Dataset;
-use slimnn::io::safetensors::SaveOptions;
-use slimnn::nn::{Network, Sgd, train_epoch};
+use slimnn::nn::{Network, Sgd};
 use slimnn::prune::{
     ChannelCriterion, GlobalPruner, Magnitude, NmPruner, Obd, Pruner, Schedule, Statistics,
     StructuredPruner, Taylor, UnstructuredPruner, Wanda,
@@ -74,24 +73,8 @@ fn parse() -> Args {
 
 fn main() -> Result<()> {
     let args = parse();
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
-    let train = Dataset::from_idx(
-        data.join("train-images-idx3-ubyte.gz"),
-        data.join("train-labels-idx1-ubyte.gz"),
-        255.0,
-    )?;
-    let test = Dataset::from_idx(
-        data.join("t10k-images-idx3-ubyte.gz"),
-        data.join("t10k-labels-idx1-ubyte.gz"),
-        255.0,
-    )?;
-    println!(
-        "MNIST: {} training and {} test images",
-        train.len(),
-        test.len()
-    );
-
-    let (model, net) = trained(&args, &train, &test)?;
+    let (train, test) = mnist::load()?;
+    let (model, net) = mnist::trained_lenet300(&train, &test, args.epochs, args.seed, args.fresh)?;
     let dense = net.evaluate(&model, &test, 1000)?.accuracy;
     println!(
         "dense LeNet-300-100: {} parameters, test accuracy {:.2}%\n",
@@ -232,67 +215,6 @@ fn main() -> Result<()> {
         100.0 * (final_acc - dense)
     );
     Ok(())
-}
-
-/// The trained dense model: loaded from the checkpoint if there is one, else trained.
-fn trained(args: &Args, train: &Dataset, test: &Dataset) -> Result<(Model, Network)> {
-    let path = checkpoint();
-    if path.exists() && !args.fresh {
-        let model = Model::load(&path)?;
-        let net = Network::mlp_from(&model, &["fc1", "fc2", "fc3"])?;
-        println!(
-            "loaded the trained network from {} (pass --retrain-from-scratch to train anew)",
-            path.display()
-        );
-        return Ok((model, net));
-    }
-    let mut model = Model::new();
-    let net = Network::lenet_300_100(&mut model, args.seed)?;
-    let mut sgd = Sgd::new(0.05, 0.9, 1e-4)?;
-    println!(
-        "training LeNet-300-100 for {} epochs (SGD, momentum 0.9, batch 128)",
-        args.epochs
-    );
-    for epoch in 0..args.epochs {
-        let t0 = Instant::now();
-        // Step decay: the last third of training at a tenth of the rate.
-        sgd.set_lr(if epoch >= args.epochs * 2 / 3 {
-            0.005
-        } else {
-            0.05
-        })?;
-        let loss = train_epoch(
-            &net,
-            &mut model,
-            &mut sgd,
-            train,
-            128,
-            args.seed + epoch as u64,
-        )?;
-        let acc = net.evaluate(&model, test, 1000)?.accuracy;
-        println!(
-            "  epoch {:>2}: loss {loss:.4}, test accuracy {:.2}% ({:.1} s)",
-            epoch + 1,
-            100.0 * acc,
-            t0.elapsed().as_secs_f64()
-        );
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| slimnn::Error::Io {
-            path: dir.into(),
-            source: e,
-        })?;
-    }
-    model
-        .metadata_mut()
-        .insert("network".into(), "LeNet-300-100".into());
-    model.save(&path, &SaveOptions::default())?;
-    println!("saved the trained network to {}", path.display());
-    Ok((model, net))
-}
-
-fn checkpoint() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/slimnn-examples/lenet300.safetensors")
 }
 
 /// Gradient statistics over `calib` in batches of 32: the mean magnitude of the batch

@@ -42,6 +42,9 @@ pub mod guide {
 
     #[doc = include_str!("../docs/pruning.md")]
     pub mod pruning {}
+
+    #[doc = include_str!("../docs/quantization.md")]
+    pub mod quantization {}
 }
 
 pub use error::{Error, Result};

@@ -6,10 +6,11 @@ use common::normal;
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use slimnn::Error;
 use slimnn::quant::{
-    BinaryQuantizer, Calibration, Decoding, GgmlFormat, GgmlQuantizer, Granularity, HistogramObserver, KMeansInit,
-    KMeansQuantizer, Levels, MinMaxObserver, MovingAverageObserver, Observer, PackedCodes, PowerOfTwoQuantizer,
-    ProductQuantizer, QuantContext, QuantizedLinear, QuantizedTensor, Quantizer, Scheme, TernaryQuantizer,
-    UniformQuantizer, from_ggml_blocks, group_matmul,
+    BinaryQuantizer, Calibration, Decoding, GgmlFormat, GgmlQuantizer, Granularity,
+    HistogramObserver, KMeansInit, KMeansQuantizer, Levels, MinMaxObserver, MovingAverageObserver,
+    Observer, PackedCodes, PowerOfTwoQuantizer, ProductQuantizer, QuantContext, QuantizedLinear,
+    QuantizedTensor, Quantizer, Scheme, TernaryQuantizer, UniformQuantizer, from_ggml_blocks,
+    group_matmul,
 };
 
 fn ctx<'a>() -> QuantContext<'a> {
@@ -19,16 +20,25 @@ fn ctx<'a>() -> QuantContext<'a> {
 #[test]
 fn bits_out_of_range() {
     for bits in [0u8, 1, 9, 16] {
-        assert!(matches!(UniformQuantizer::new(bits, Scheme::Symmetric, Granularity::PerTensor), Err(Error::InvalidParameter { name: "bits", .. })));
+        assert!(matches!(
+            UniformQuantizer::new(bits, Scheme::Symmetric, Granularity::PerTensor),
+            Err(Error::InvalidParameter { name: "bits", .. })
+        ));
     }
     for bits in [0u8, 1, 9] {
         assert!(PowerOfTwoQuantizer::new(bits, Granularity::PerTensor).is_err());
     }
     assert!(PackedCodes::pack(&[1, 2], 0).is_err());
     assert!(PackedCodes::pack(&[1, 2], 9).is_err());
-    assert!(matches!(PackedCodes::pack(&[1, 16], 4), Err(Error::InvalidParameter { .. })));
+    assert!(matches!(
+        PackedCodes::pack(&[1, 16], 4),
+        Err(Error::InvalidParameter { .. })
+    ));
     assert!(PackedCodes::from_bytes(vec![0; 3], 4, 7).is_err());
-    assert!(PackedCodes::from_bytes(vec![0xF0], 4, 1).is_err(), "set padding bits");
+    assert!(
+        PackedCodes::from_bytes(vec![0xF0], 4, 1).is_err(),
+        "set padding bits"
+    );
     for k in [0usize, 1, 257] {
         assert!(KMeansQuantizer::optimal(k).is_err());
         assert!(KMeansQuantizer::lloyd(k, KMeansInit::Linear).is_err());
@@ -41,26 +51,73 @@ fn bits_out_of_range() {
 #[test]
 fn groups_and_axes_that_do_not_fit() {
     let w = normal(&[4, 100], 1);
-    let err = UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 128 }).unwrap().quantize(&w, &ctx()).unwrap_err();
-    assert!(matches!(&err, Error::BadShape { what, reason, .. } if what.contains("fc.weight") && reason.contains("does not divide")), "{err}");
+    let err = UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 128 })
+        .unwrap()
+        .quantize(&w, &ctx())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::BadShape { what, reason, .. } if what.contains("fc.weight") && reason.contains("does not divide")),
+        "{err}"
+    );
     assert!(UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 0 }).is_err());
-    let err = UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerChannel { axis: 2 }).unwrap().quantize(&w, &ctx()).unwrap_err();
+    let err = UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerChannel { axis: 2 })
+        .unwrap()
+        .quantize(&w, &ctx())
+        .unwrap_err();
     assert!(matches!(err, Error::BadShape { .. }), "{err}");
-    assert!(BinaryQuantizer::new(Granularity::PerChannel { axis: 5 }).quantize(&w, &ctx()).is_err());
-    assert!(GgmlQuantizer::new(GgmlFormat::Q8_0).quantize(&w, &ctx()).is_err(), "rows not a multiple of 32");
-    assert!(ProductQuantizer::new(3, 2, 0).unwrap().quantize(&w, &ctx()).is_err(), "3 does not divide 100");
-    assert!(ProductQuantizer::new(4, 8, 0).unwrap().quantize(&w, &ctx()).is_err(), "8 codewords for 4 rows");
-    assert!(ProductQuantizer::new(4, 2, 0).unwrap().quantize(&normal(&[16], 1), &ctx()).is_err(), "1-D");
+    assert!(
+        BinaryQuantizer::new(Granularity::PerChannel { axis: 5 })
+            .quantize(&w, &ctx())
+            .is_err()
+    );
+    assert!(
+        GgmlQuantizer::new(GgmlFormat::Q8_0)
+            .quantize(&w, &ctx())
+            .is_err(),
+        "rows not a multiple of 32"
+    );
+    assert!(
+        ProductQuantizer::new(3, 2, 0)
+            .unwrap()
+            .quantize(&w, &ctx())
+            .is_err(),
+        "3 does not divide 100"
+    );
+    assert!(
+        ProductQuantizer::new(4, 8, 0)
+            .unwrap()
+            .quantize(&w, &ctx())
+            .is_err(),
+        "8 codewords for 4 rows"
+    );
+    assert!(
+        ProductQuantizer::new(4, 2, 0)
+            .unwrap()
+            .quantize(&normal(&[16], 1), &ctx())
+            .is_err(),
+        "1-D"
+    );
 }
 
 #[test]
 fn k_larger_than_the_distinct_values() {
     let w = ArrayD::from_shape_vec(IxDyn(&[6]), vec![1.0f32, 1.0, 2.0, 2.0, 3.0, 3.0]).unwrap();
-    for q in [KMeansQuantizer::optimal(4).unwrap(), KMeansQuantizer::lloyd(4, KMeansInit::Density).unwrap()] {
+    for q in [
+        KMeansQuantizer::optimal(4).unwrap(),
+        KMeansQuantizer::lloyd(4, KMeansInit::Density).unwrap(),
+    ] {
         let err = q.quantize(&w, &ctx()).unwrap_err();
-        assert!(matches!(&err, Error::InvalidParameter { name: "k", expected, .. } if expected.contains("3")), "{err}");
+        assert!(
+            matches!(&err, Error::InvalidParameter { name: "k", expected, .. } if expected.contains("3")),
+            "{err}"
+        );
     }
-    assert!(KMeansQuantizer::optimal(3).unwrap().quantize(&w, &ctx()).is_ok());
+    assert!(
+        KMeansQuantizer::optimal(3)
+            .unwrap()
+            .quantize(&w, &ctx())
+            .is_ok()
+    );
 }
 
 #[test]
@@ -68,8 +125,16 @@ fn non_finite_weights_and_calibration_data() {
     let mut w = normal(&[8, 32], 1);
     w[[3, 7]] = f32::NAN;
     let quantizers: Vec<Box<dyn Quantizer>> = vec![
-        Box::new(UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerChannel { axis: 0 }).unwrap()),
-        Box::new(UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 16 }).unwrap().with_calibration(Calibration::Mse).unwrap()),
+        Box::new(
+            UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerChannel { axis: 0 })
+                .unwrap(),
+        ),
+        Box::new(
+            UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 16 })
+                .unwrap()
+                .with_calibration(Calibration::Mse)
+                .unwrap(),
+        ),
         Box::new(BinaryQuantizer::new(Granularity::PerTensor)),
         Box::new(TernaryQuantizer::new(Granularity::PerTensor)),
         Box::new(PowerOfTwoQuantizer::new(4, Granularity::PerTensor).unwrap()),
@@ -88,9 +153,18 @@ fn non_finite_weights_and_calibration_data() {
     }
     let mut batch = normal(&[4, 4], 2);
     batch[[0, 1]] = f32::INFINITY;
-    assert!(matches!(MinMaxObserver::new().observe(&batch), Err(Error::NonFinite { .. })));
-    assert!(matches!(MovingAverageObserver::new(0.01).unwrap().observe(&batch), Err(Error::NonFinite { .. })));
-    assert!(matches!(HistogramObserver::new(Calibration::Kl, Scheme::Symmetric, 8).observe(&batch), Err(Error::NonFinite { .. })));
+    assert!(matches!(
+        MinMaxObserver::new().observe(&batch),
+        Err(Error::NonFinite { .. })
+    ));
+    assert!(matches!(
+        MovingAverageObserver::new(0.01).unwrap().observe(&batch),
+        Err(Error::NonFinite { .. })
+    ));
+    assert!(matches!(
+        HistogramObserver::new(Calibration::Kl, Scheme::Symmetric, 8).observe(&batch),
+        Err(Error::NonFinite { .. })
+    ));
     let layer = QuantizedLinear::new(&Array2::<f32>::ones((4, 32)), None).unwrap();
     let mut x = Array2::<f32>::ones((2, 32));
     x[[1, 3]] = f32::NAN;
@@ -100,18 +174,45 @@ fn non_finite_weights_and_calibration_data() {
 #[test]
 fn empty_tensors_and_observers() {
     let w = ArrayD::<f32>::zeros(IxDyn(&[0, 8]));
-    assert!(matches!(UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerTensor).unwrap().quantize(&w, &ctx()), Err(Error::Empty { .. })));
-    assert!(matches!(KMeansQuantizer::optimal(2).unwrap().quantize(&w, &ctx()), Err(Error::Empty { .. })));
-    assert!(matches!(MinMaxObserver::new().range(), Err(Error::Empty { .. })));
-    assert!(matches!(MinMaxObserver::new().observe(&w), Err(Error::Empty { .. })));
+    assert!(matches!(
+        UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerTensor)
+            .unwrap()
+            .quantize(&w, &ctx()),
+        Err(Error::Empty { .. })
+    ));
+    assert!(matches!(
+        KMeansQuantizer::optimal(2).unwrap().quantize(&w, &ctx()),
+        Err(Error::Empty { .. })
+    ));
+    assert!(matches!(
+        MinMaxObserver::new().range(),
+        Err(Error::Empty { .. })
+    ));
+    assert!(matches!(
+        MinMaxObserver::new().observe(&w),
+        Err(Error::Empty { .. })
+    ));
     assert!(MovingAverageObserver::new(0.0).is_err());
     assert!(MovingAverageObserver::new(1.5).is_err());
     // Everything pruned: nothing to fit a codebook to.
     let w = normal(&[4, 4], 3);
     let mask = slimnn::Mask::zeros(&[4, 4]);
-    assert!(matches!(KMeansQuantizer::optimal(2).unwrap().quantize(&w, &ctx().with_mask(&mask)), Err(Error::Empty { .. })));
-    let percentile = UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerTensor).unwrap().with_calibration(Calibration::Percentile(0.3));
-    assert!(matches!(percentile, Err(Error::InvalidParameter { name: "percentile", .. })));
+    assert!(matches!(
+        KMeansQuantizer::optimal(2)
+            .unwrap()
+            .quantize(&w, &ctx().with_mask(&mask)),
+        Err(Error::Empty { .. })
+    ));
+    let percentile = UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerTensor)
+        .unwrap()
+        .with_calibration(Calibration::Percentile(0.3));
+    assert!(matches!(
+        percentile,
+        Err(Error::InvalidParameter {
+            name: "percentile",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -125,9 +226,15 @@ fn codebooks_and_codes_that_do_not_match() {
         scale_bits: 32,
     };
     // Code 3 has no entry in a 3-entry codebook.
-    assert!(matches!(QuantizedTensor::new(&[4], codes.clone(), table(vec![0.0, 1.0, 2.0])), Err(Error::InvalidParameter { .. })));
+    assert!(matches!(
+        QuantizedTensor::new(&[4], codes.clone(), table(vec![0.0, 1.0, 2.0])),
+        Err(Error::InvalidParameter { .. })
+    ));
     // Codes for 4 elements, shape for 5.
-    assert!(matches!(QuantizedTensor::new(&[5], codes.clone(), table(vec![0.0; 4])), Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(
+        QuantizedTensor::new(&[5], codes.clone(), table(vec![0.0; 4])),
+        Err(Error::ShapeMismatch { .. })
+    ));
     // Scales for the wrong number of groups.
     let bad_scales = Decoding::Scalar {
         levels: Levels::Integers { min: 0 },
@@ -136,11 +243,23 @@ fn codebooks_and_codes_that_do_not_match() {
         zero_points: vec![],
         scale_bits: 32,
     };
-    assert!(matches!(QuantizedTensor::new(&[2, 2], codes.clone(), bad_scales), Err(Error::ShapeMismatch { .. })));
-    assert!(QuantizedTensor::new(&[4], codes.clone(), table(vec![0.0, f32::NAN, 1.0, 2.0])).is_err());
+    assert!(matches!(
+        QuantizedTensor::new(&[2, 2], codes.clone(), bad_scales),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(
+        QuantizedTensor::new(&[4], codes.clone(), table(vec![0.0, f32::NAN, 1.0, 2.0])).is_err()
+    );
     // Product codebooks of the wrong size.
-    let pq = Decoding::Product { sub_dim: 2, codewords: 4, codebooks: vec![0.0; 7] };
-    assert!(matches!(QuantizedTensor::new(&[2, 4], codes.clone(), pq), Err(Error::ShapeMismatch { .. })));
+    let pq = Decoding::Product {
+        sub_dim: 2,
+        codewords: 4,
+        codebooks: vec![0.0; 7],
+    };
+    assert!(matches!(
+        QuantizedTensor::new(&[2, 4], codes.clone(), pq),
+        Err(Error::ShapeMismatch { .. })
+    ));
     // A fine-tuned codebook of the wrong length.
     let mut q = QuantizedTensor::new(&[4], codes, table(vec![0.0, 1.0, 2.0, 3.0])).unwrap();
     assert!(q.set_table(vec![0.0; 3]).is_err());
@@ -156,12 +275,30 @@ fn codebooks_and_codes_that_do_not_match() {
 fn quantized_layers_with_wrong_shapes() {
     let w = Array2::from_shape_fn((8, 64), |(o, i)| (o + i) as f32 * 0.01);
     let layer = QuantizedLinear::new(&w, None).unwrap();
-    assert!(matches!(layer.forward(&Array2::zeros((2, 63))), Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(
+        layer.forward(&Array2::zeros((2, 63))),
+        Err(Error::ShapeMismatch { .. })
+    ));
     assert!(QuantizedLinear::new(&w, Some(&Array1::zeros(7))).is_err());
-    assert!(QuantizedLinear::with_block(&w, None, 48).is_err(), "48 does not divide 64");
-    let q4 = UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 32 }).unwrap().quantize(&w.view().into_dyn(), &ctx()).unwrap();
-    assert!(QuantizedLinear::from_quantized(&q4, None).is_err(), "4-bit affine is not int8 symmetric");
-    assert!(matches!(group_matmul(&Array2::zeros((2, 63)), &q4, None), Err(Error::ShapeMismatch { .. })));
-    let per_tensor = UniformQuantizer::new(4, Scheme::Affine, Granularity::PerTensor).unwrap().quantize(&w.view().into_dyn(), &ctx()).unwrap();
+    assert!(
+        QuantizedLinear::with_block(&w, None, 48).is_err(),
+        "48 does not divide 64"
+    );
+    let q4 = UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 32 })
+        .unwrap()
+        .quantize(&w.view().into_dyn(), &ctx())
+        .unwrap();
+    assert!(
+        QuantizedLinear::from_quantized(&q4, None).is_err(),
+        "4-bit affine is not int8 symmetric"
+    );
+    assert!(matches!(
+        group_matmul(&Array2::zeros((2, 63)), &q4, None),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let per_tensor = UniformQuantizer::new(4, Scheme::Affine, Granularity::PerTensor)
+        .unwrap()
+        .quantize(&w.view().into_dyn(), &ctx())
+        .unwrap();
     assert!(group_matmul(&Array2::zeros((2, 64)), &per_tensor, None).is_err());
 }

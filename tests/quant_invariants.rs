@@ -140,12 +140,18 @@ fn stochastic_rounding_is_unbiased() {
 }
 
 fn sse(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
-    a.iter().zip(b.iter()).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum()
+    a.iter()
+        .zip(b.iter())
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum()
 }
 
 fn vector() -> impl Strategy<Value = ArrayD<f32>> {
-    prop::collection::vec(prop_oneof![(-20i8..20).prop_map(|x| x as f32 * 0.05), -1.0f32..1.0], 8..200)
-        .prop_map(|v| ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).unwrap())
+    prop::collection::vec(
+        prop_oneof![(-20i8..20).prop_map(|x| x as f32 * 0.05), -1.0f32..1.0],
+        8..200,
+    )
+    .prop_map(|v| ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).unwrap())
 }
 
 proptest! {

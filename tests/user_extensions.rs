@@ -111,3 +111,54 @@ fn a_user_saliency_works_with_every_saliency_pruner() {
     let min_kept = kept_scores.iter().copied().fold(f32::INFINITY, f32::min);
     assert!(pruned_scores.iter().all(|&s| s <= min_kept));
 }
+
+/// A user's own quantizer: rounds every weight to a multiple of 1/4, stored in 4 bits.
+struct QuarterSteps;
+
+impl slimnn::quant::Quantizer for QuarterSteps {
+    fn quantize(
+        &self,
+        w: &ArrayRef<f32, IxDyn>,
+        _ctx: &slimnn::quant::QuantContext<'_>,
+    ) -> Result<slimnn::quant::QuantizedTensor> {
+        use slimnn::quant::{Decoding, Granularity, Levels, PackedCodes, QuantizedTensor};
+        let codes: Vec<u8> = w
+            .iter()
+            .map(|&x| ((x * 4.0).round().clamp(-8.0, 7.0) + 8.0) as u8)
+            .collect();
+        QuantizedTensor::new(
+            w.shape(),
+            PackedCodes::pack(&codes, 4)?,
+            Decoding::Scalar {
+                levels: Levels::Integers { min: -8 },
+                granularity: Granularity::PerTensor,
+                scales: vec![0.25],
+                zero_points: vec![],
+                scale_bits: 32,
+            },
+        )
+    }
+}
+
+#[test]
+fn a_user_quantizer_works_everywhere() {
+    use slimnn::quant::{QuantContext, Quantizer};
+    let w = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0.3f32, -1.1, 5.0, 0.0]).unwrap();
+    let fake = QuarterSteps
+        .fake_quantize(&w, &QuantContext::new())
+        .unwrap();
+    assert_eq!(fake.as_slice().unwrap(), &[0.25, -1.0, 1.75, 0.0]);
+    let mut m = model();
+    let report = m.quantize(&Selector::prunable(), &QuarterSteps).unwrap();
+    assert_eq!(report.rows.len(), 2);
+    assert!(
+        report
+            .rows
+            .iter()
+            .all(|r| r.storage_bits == 4 * r.numel + 32)
+    );
+    let p = m.get("a.weight").unwrap();
+    assert_eq!(p.quantized().unwrap().dequantize::<f32>(), *p.value());
+    let boxed: Box<dyn Quantizer> = Box::new(QuarterSteps);
+    assert!(boxed.quantize(&w, &QuantContext::new()).is_ok());
+}

@@ -31,7 +31,7 @@ pub(crate) fn gemm_i8_scalar(a: &[i8], b: &[i8], k: usize, c: &mut [i32]) {
 
 /// `C = A·Bᵀ` (see the module docs), dispatched to AVX2 when available.
 pub(crate) fn gemm_i8(a: &[i8], b: &[i8], k: usize, c: &mut [i32]) {
-    debug_assert!(k > 0 && a.len() % k == 0 && b.len() % k == 0);
+    debug_assert!(k > 0 && a.len().is_multiple_of(k) && b.len().is_multiple_of(k));
     debug_assert_eq!(c.len(), a.len() / k * (b.len() / k));
     #[cfg(target_arch = "x86_64")]
     if super::level() >= super::Level::Avx2 {
@@ -101,7 +101,10 @@ fn gemm_i8_avx2(a: &[i8], b: &[i8], k: usize, c: &mut [i32]) {
                         let mut acc = _mm256_setzero_si256();
                         let mut t = 0;
                         while t < k16 {
-                            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(load(&ar[t..t + 16]), load(&br[t..t + 16])));
+                            acc = _mm256_add_epi32(
+                                acc,
+                                _mm256_madd_epi16(load(&ar[t..t + 16]), load(&br[t..t + 16])),
+                            );
                             t += 16;
                         }
                         c[(i + ri) * n + j + r] = hsum(acc) + dot_scalar(&ar[k16..], &br[k16..]);
@@ -155,17 +158,17 @@ pub(crate) fn gemm_q8_blocked_scalar(p: &Blocked<'_>, y: &mut [f32]) {
 
 /// [`Blocked`] products into `y` `[m, n]`, dispatched to AVX2 when available.
 pub(crate) fn gemm_q8_blocked(p: &Blocked<'_>, y: &mut [f32]) {
-    debug_assert!(p.block > 0 && p.k % p.block == 0);
+    debug_assert!(p.block > 0 && p.k.is_multiple_of(p.block));
     debug_assert_eq!(y.len(), p.xq.len() / p.k * (p.wq.len() / p.k));
     #[cfg(target_arch = "x86_64")]
-    if super::level() == super::Level::AvxVnni && p.block % 32 == 0 {
+    if super::level() == super::Level::AvxVnni && p.block.is_multiple_of(32) {
         // SAFETY: `level()` returns AvxVnni only if the CPU reports AVX2, FMA and
         // AVX-VNNI; the block length is a multiple of 32.
         unsafe { gemm_q8_blocked_vnni(p, y) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if super::level() >= super::Level::Avx2 && p.block % 32 == 0 {
+    if super::level() >= super::Level::Avx2 && p.block.is_multiple_of(32) {
         // SAFETY: `level()` returns Avx2 or above only if the CPU reports AVX2 and FMA;
         // the block length is a multiple of 32, as `gemm_q8_blocked_avx2` requires.
         unsafe { gemm_q8_blocked_avx2(p, y) };
@@ -218,7 +221,12 @@ fn gemm_q8_blocked_avx2(p: &Blocked<'_>, y: &mut [f32]) {
 /// blocks `tile` to `y`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn q8_block<const R: usize, const C: usize>(p: &Blocked<'_>, y: &mut [f32], (i, j, tile): (usize, usize, std::ops::Range<usize>)) {
+#[allow(clippy::needless_range_loop)] // register tiles read clearest as acc[r][c]
+fn q8_block<const R: usize, const C: usize>(
+    p: &Blocked<'_>,
+    y: &mut [f32],
+    (i, j, tile): (usize, usize, std::ops::Range<usize>),
+) {
     use std::arch::x86_64::*;
     let (k, block) = (p.k, p.block);
     let blocks = k / block;
@@ -241,13 +249,17 @@ fn q8_block<const R: usize, const C: usize>(p: &Blocked<'_>, y: &mut [f32], (i, 
         let mut acci = [[_mm256_setzero_si256(); C]; R];
         let mut t = b * block;
         while t < (b + 1) * block {
-            let xs: [__m256i; R] = std::array::from_fn(|r| load(&p.xq[(i + r) * k + t..(i + r) * k + t + 32]));
+            let xs: [__m256i; R] =
+                std::array::from_fn(|r| load(&p.xq[(i + r) * k + t..(i + r) * k + t + 32]));
             let ax: [__m256i; R] = std::array::from_fn(|r| _mm256_sign_epi8(xs[r], xs[r]));
             for c in 0..C {
                 let w = load(&p.wq[(j + c) * k + t..(j + c) * k + t + 32]);
                 for r in 0..R {
                     // Σ x·w as |x|·sign(w, x): exact for |x|, |w| ≤ 127.
-                    let d = _mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], _mm256_sign_epi8(w, xs[r])), ones);
+                    let d = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(ax[r], _mm256_sign_epi8(w, xs[r])),
+                        ones,
+                    );
                     acci[r][c] = _mm256_add_epi32(acci[r][c], d);
                 }
             }
@@ -281,11 +293,19 @@ fn gemm_q8_blocked_vnni(p: &Blocked<'_>, y: &mut [f32]) {
     let per_tile = (256 / block).max(1);
     // The unsigned offset adds 128·Σw per block; take it out up front:
     // y[i, j] = −Σ_blk xs[i, blk]·ws[j, blk]·128·wsum[j, blk].
-    let cw: Vec<f32> = p.ws.iter().zip(p.wsum).map(|(&s, &w)| s * (128 * w) as f32).collect();
+    let cw: Vec<f32> =
+        p.ws.iter()
+            .zip(p.wsum)
+            .map(|(&s, &w)| s * (128 * w) as f32)
+            .collect();
     for (i, row) in y.chunks_mut(n).enumerate() {
         let xs = &p.xs[i * blocks..(i + 1) * blocks];
         for (j, out) in row.iter_mut().enumerate() {
-            *out = -xs.iter().zip(&cw[j * blocks..(j + 1) * blocks]).map(|(a, b)| a * b).sum::<f32>();
+            *out = -xs
+                .iter()
+                .zip(&cw[j * blocks..(j + 1) * blocks])
+                .map(|(a, b)| a * b)
+                .sum::<f32>();
         }
     }
     for tile in (0..blocks).step_by(per_tile) {
@@ -321,6 +341,7 @@ fn gemm_q8_blocked_vnni(p: &Blocked<'_>, y: &mut [f32]) {
 /// back out.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avxvnni")]
+#[allow(clippy::needless_range_loop)] // register tiles read clearest as acc[r][c]
 fn q8_block_vnni<const R: usize, const C: usize>(
     p: &Blocked<'_>,
     y: &mut [f32],
@@ -347,7 +368,9 @@ fn q8_block_vnni<const R: usize, const C: usize>(
         let mut acci = [[_mm256_setzero_si256(); C]; R];
         let mut t = b * block;
         while t < (b + 1) * block {
-            let xu: [__m256i; R] = std::array::from_fn(|r| _mm256_xor_si256(load(&p.xq[(i + r) * k + t..(i + r) * k + t + 32]), flip));
+            let xu: [__m256i; R] = std::array::from_fn(|r| {
+                _mm256_xor_si256(load(&p.xq[(i + r) * k + t..(i + r) * k + t + 32]), flip)
+            });
             for c in 0..C {
                 let w = load(&p.wq[(j + c) * k + t..(j + c) * k + t + 32]);
                 for r in 0..R {
@@ -377,12 +400,19 @@ fn dot_codes_body(x: &[f32], codes: &[u8]) -> f32 {
     // Eight partial sums let the loop vectorize (float addition is not associative).
     let mut acc = [0.0f32; 8];
     let blocks = x.len() / 8 * 8;
-    for (xs, cs) in x[..blocks].chunks_exact(8).zip(codes[..blocks].chunks_exact(8)) {
+    for (xs, cs) in x[..blocks]
+        .chunks_exact(8)
+        .zip(codes[..blocks].chunks_exact(8))
+    {
         for l in 0..8 {
             acc[l] += xs[l] * cs[l] as f32;
         }
     }
-    let tail: f32 = x[blocks..].iter().zip(&codes[blocks..]).map(|(&v, &c)| v * c as f32).sum();
+    let tail: f32 = x[blocks..]
+        .iter()
+        .zip(&codes[blocks..])
+        .map(|(&v, &c)| v * c as f32)
+        .sum();
     acc.iter().sum::<f32>() + tail
 }
 

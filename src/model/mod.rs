@@ -119,7 +119,9 @@ impl Param {
 
     /// Stores a quantized form and replaces the values by its decoding; the mask stays.
     pub fn set_quantized(&mut self, q: QuantizedTensor) -> Result<()> {
-        check_same_shape(self.value.shape(), q.shape(), || format!("quantized form of `{}`", self.name))?;
+        check_same_shape(self.value.shape(), q.shape(), || {
+            format!("quantized form of `{}`", self.name)
+        })?;
         self.value = q.dequantize();
         self.quantized = Some(q);
         Ok(())

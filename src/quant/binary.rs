@@ -35,14 +35,22 @@ impl BinaryQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for BinaryQuantizer {
-    fn quantize(&self, weights: &ArrayRef<T, IxDyn>, ctx: &QuantContext<'_>) -> Result<QuantizedTensor> {
+    fn quantize(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
         let (values, runs) = prepare(weights, self.granularity, ctx)?;
-        let alpha: Vec<f32> = group_sums(&values, runs, |x, _| (x.iter().map(|v| v.abs() as f64).sum(), x.len() as f64))
-            .into_iter()
-            .map(|(s, n)| (s / n) as f32)
-            .collect();
+        let alpha: Vec<f32> = group_sums(&values, runs, |x, _| {
+            (x.iter().map(|v| v.abs() as f64).sum(), x.len() as f64)
+        })
+        .into_iter()
+        .map(|(s, n)| (s / n) as f32)
+        .collect();
         let codes = encode(&values, runs, 1, |_, x, c| {
-            c.iter_mut().zip(x).for_each(|(c, &v)| *c = (v >= 0.0) as u8);
+            c.iter_mut()
+                .zip(x)
+                .for_each(|(c, &v)| *c = (v >= 0.0) as u8);
         });
         QuantizedTensor::new(
             weights.shape(),
@@ -86,22 +94,39 @@ impl TernaryQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for TernaryQuantizer {
-    fn quantize(&self, weights: &ArrayRef<T, IxDyn>, ctx: &QuantContext<'_>) -> Result<QuantizedTensor> {
+    fn quantize(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
         let (values, runs) = prepare(weights, self.granularity, ctx)?;
-        let delta: Vec<f32> = group_sums(&values, runs, |x, _| (x.iter().map(|v| v.abs() as f64).sum(), x.len() as f64))
-            .into_iter()
-            .map(|(s, n)| (0.7 * s / n) as f32)
-            .collect();
+        let delta: Vec<f32> = group_sums(&values, runs, |x, _| {
+            (x.iter().map(|v| v.abs() as f64).sum(), x.len() as f64)
+        })
+        .into_iter()
+        .map(|(s, n)| (0.7 * s / n) as f32)
+        .collect();
         let alpha: Vec<f32> = group_sums(&values, runs, |x, g| {
             let above = x.iter().filter(|v| v.abs() > delta[g]);
-            (above.clone().map(|v| v.abs() as f64).sum(), above.count() as f64)
+            (
+                above.clone().map(|v| v.abs() as f64).sum(),
+                above.count() as f64,
+            )
         })
         .into_iter()
         .map(|(s, n)| if n > 0.0 { (s / n) as f32 } else { 0.0 })
         .collect();
         let codes = encode(&values, runs, 2, |run, x, c| {
             let d = delta[runs.group(run)];
-            c.iter_mut().zip(x).for_each(|(c, &v)| *c = if v > d { 2 } else if v < -d { 0 } else { 1 });
+            c.iter_mut().zip(x).for_each(|(c, &v)| {
+                *c = if v > d {
+                    2
+                } else if v < -d {
+                    0
+                } else {
+                    1
+                }
+            });
         });
         QuantizedTensor::new(
             weights.shape(),
@@ -126,6 +151,7 @@ pub(crate) fn prepare<'a, T: Scalar>(
     check_nonempty(weights.shape(), || ctx.what())?;
     let values = as_f32(weights);
     check_finite(&values, || ctx.what())?;
-    let runs = Runs::new(weights.shape(), granularity).map_err(|e| super::uniform::rename(e, ctx))?;
+    let runs =
+        Runs::new(weights.shape(), granularity).map_err(|e| super::uniform::rename(e, ctx))?;
     Ok((values, runs))
 }

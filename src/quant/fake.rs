@@ -53,14 +53,25 @@ pub fn straight_through(
     };
     let (lo_level, hi_level) = match levels {
         Levels::Integers { min } => (*min as f32, (*min + (1 << q.codes().bits()) - 1) as f32),
-        Levels::Table(t) => t.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v))),
+        Levels::Table(t) => t
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            }),
     };
     let runs = Runs::new(q.shape(), *granularity)?;
     let w = row_major(weights);
     let g = out.as_slice_mut().expect("owned arrays are contiguous");
-    for (r, (gs, ws)) in g.chunks_mut(runs.run_len).zip(w.chunks(runs.run_len)).enumerate() {
+    for (r, (gs, ws)) in g
+        .chunks_mut(runs.run_len)
+        .zip(w.chunks(runs.run_len))
+        .enumerate()
+    {
         let group = runs.group(r);
-        let (s, z) = (scales[group], zero_points.get(group).copied().unwrap_or(0.0));
+        let (s, z) = (
+            scales[group],
+            zero_points.get(group).copied().unwrap_or(0.0),
+        );
         let (a, b) = (s * (lo_level - z), s * (hi_level - z));
         let (lo, hi) = (a.min(b), a.max(b));
         // Half a step of slack: values that round to the end levels are inside.

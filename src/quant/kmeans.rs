@@ -74,7 +74,11 @@ fn check_k(k: usize) -> Result<()> {
     if (2..=256).contains(&k) {
         Ok(())
     } else {
-        Err(Error::invalid("k", k, "2 to 256 shared values (codes of at most 8 bits)"))
+        Err(Error::invalid(
+            "k",
+            k,
+            "2 to 256 shared values (codes of at most 8 bits)",
+        ))
     }
 }
 
@@ -85,20 +89,29 @@ impl KMeansQuantizer {
         check_k(k)?;
         Ok(KMeansQuantizer {
             k,
-            method: Method::Lloyd { init, max_iter: 300 },
+            method: Method::Lloyd {
+                init,
+                max_iter: 300,
+            },
         })
     }
 
     /// The optimal codebook (minimum squared error).
     pub fn optimal(k: usize) -> Result<Self> {
         check_k(k)?;
-        Ok(KMeansQuantizer { k, method: Method::Optimal })
+        Ok(KMeansQuantizer {
+            k,
+            method: Method::Optimal,
+        })
     }
 
     /// Sets Lloyd's iteration budget (no effect on the optimal method).
     pub fn with_max_iter(mut self, max_iter: usize) -> Self {
         if let Method::Lloyd { init, .. } = self.method {
-            self.method = Method::Lloyd { init, max_iter: max_iter.max(1) };
+            self.method = Method::Lloyd {
+                init,
+                max_iter: max_iter.max(1),
+            };
         }
         self
     }
@@ -128,7 +141,9 @@ impl KMeansQuantizer {
         }
         Ok(match self.method {
             Method::Optimal => optimal_kmeans_1d(&x, Some(&w), self.k).centroids,
-            Method::Lloyd { init, max_iter } => lloyd(&x, &w, initial(&x, &w, self.k, init), max_iter),
+            Method::Lloyd { init, max_iter } => {
+                lloyd(&x, &w, initial(&x, &w, self.k, init), max_iter)
+            }
         })
     }
 }
@@ -137,7 +152,9 @@ impl KMeansQuantizer {
 fn initial(x: &[f64], w: &[f64], k: usize, init: KMeansInit) -> Vec<f64> {
     let (lo, hi) = (x[0], x[x.len() - 1]);
     match init {
-        KMeansInit::Linear => (0..k).map(|j| lo + (hi - lo) * j as f64 / (k - 1) as f64).collect(),
+        KMeansInit::Linear => (0..k)
+            .map(|j| lo + (hi - lo) * j as f64 / (k - 1) as f64)
+            .collect(),
         KMeansInit::Density => {
             let total: f64 = w.iter().sum();
             let mut acc = 0.0;
@@ -156,7 +173,13 @@ fn initial(x: &[f64], w: &[f64], k: usize, init: KMeansInit) -> Vec<f64> {
         KMeansInit::Random { seed } => {
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
             let total: f64 = w.iter().sum();
-            let cum: Vec<f64> = w.iter().scan(0.0, |a, &c| { *a += c; Some(*a) }).collect();
+            let cum: Vec<f64> = w
+                .iter()
+                .scan(0.0, |a, &c| {
+                    *a += c;
+                    Some(*a)
+                })
+                .collect();
             let mut chosen = vec![false; x.len()];
             let mut picked = 0;
             // Draw weights (so repeated values are likelier), keep distinct ones.
@@ -181,7 +204,11 @@ fn initial(x: &[f64], w: &[f64], k: usize, init: KMeansInit) -> Vec<f64> {
                     picked += 1;
                 }
             }
-            x.iter().zip(&chosen).filter(|(_, c)| **c).map(|(v, _)| *v).collect()
+            x.iter()
+                .zip(&chosen)
+                .filter(|(_, c)| **c)
+                .map(|(v, _)| *v)
+                .collect()
         }
     }
 }
@@ -222,11 +249,17 @@ fn lloyd(x: &[f64], w: &[f64], mut c: Vec<f64>, max_iter: usize) -> Vec<f64> {
 }
 
 impl<T: Scalar> Quantizer<T> for KMeansQuantizer {
-    fn quantize(&self, weights: &ArrayRef<T, IxDyn>, ctx: &QuantContext<'_>) -> Result<QuantizedTensor> {
+    fn quantize(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
         let (values, runs) = prepare(weights, Granularity::PerTensor, ctx)?;
         let fit: Vec<f32> = match ctx.mask {
             Some(m) => {
-                check_same_shape(weights.shape(), m.shape(), || format!("mask of {}", ctx.what()))?;
+                check_same_shape(weights.shape(), m.shape(), || {
+                    format!("mask of {}", ctx.what())
+                })?;
                 m.iter_kept().map(|i| values[i]).collect()
             }
             None => values.to_vec(),
@@ -237,7 +270,10 @@ impl<T: Scalar> Quantizer<T> for KMeansQuantizer {
             });
         }
         let centroids = self.centroids(&fit)?;
-        let bounds: Vec<f32> = centroids.windows(2).map(|p| ((p[0] + p[1]) / 2.0) as f32).collect();
+        let bounds: Vec<f32> = centroids
+            .windows(2)
+            .map(|p| ((p[0] + p[1]) / 2.0) as f32)
+            .collect();
         let codes = encode(&values, runs, self.bits(), |_, x, c| {
             for (c, &v) in c.iter_mut().zip(x) {
                 *c = bounds.partition_point(|&b| b < v) as u8;
@@ -275,8 +311,18 @@ impl<T: Scalar> Quantizer<T> for KMeansQuantizer {
 /// q.set_table(table)?;
 /// # Ok::<(), slimnn::Error>(())
 /// ```
-pub fn centroid_gradients(q: &QuantizedTensor, grad: &ArrayRef<f32, IxDyn>, mask: Option<&Mask>) -> Result<Vec<f32>> {
-    let table = q.table().ok_or_else(|| Error::invalid("quantized tensor", "uniform levels", "a codebook (Levels::Table)"))?;
+pub fn centroid_gradients(
+    q: &QuantizedTensor,
+    grad: &ArrayRef<f32, IxDyn>,
+    mask: Option<&Mask>,
+) -> Result<Vec<f32>> {
+    let table = q.table().ok_or_else(|| {
+        Error::invalid(
+            "quantized tensor",
+            "uniform levels",
+            "a codebook (Levels::Table)",
+        )
+    })?;
     check_same_shape(q.shape(), grad.shape(), || "gradient".into())?;
     if let Some(m) = mask {
         check_same_shape(q.shape(), m.shape(), || "mask".into())?;

@@ -5,7 +5,10 @@ use ndarray::{Array2, ArrayRef, Ix1, Ix2};
 use rayon::prelude::*;
 
 use super::scheme::Runs;
-use super::{Decoding, Granularity, Levels, QuantContext, QuantizedTensor, Quantizer, Scheme, UniformQuantizer};
+use super::{
+    Decoding, Granularity, Levels, QuantContext, QuantizedTensor, Quantizer, Scheme,
+    UniformQuantizer,
+};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::{Blocked, dot_codes, gemm_i8, gemm_q8_blocked};
 use crate::tensor::{check_finite, check_nonempty};
@@ -55,12 +58,19 @@ impl QuantizedLinear {
     /// Quantizes `weight` `[out, in]` with the default block.
     pub fn new(weight: &ArrayRef<f32, Ix2>, bias: Option<&ArrayRef<f32, Ix1>>) -> Result<Self> {
         let inputs = weight.ncols();
-        let block = [128, 64, 32].into_iter().find(|b| inputs % b == 0).unwrap_or(inputs);
+        let block = [128, 64, 32]
+            .into_iter()
+            .find(|b| inputs.is_multiple_of(*b))
+            .unwrap_or(inputs);
         Self::with_block(weight, bias, block)
     }
 
     /// Quantizes `weight` `[out, in]` with blocks of `block` inputs (`block` divides `in`).
-    pub fn with_block(weight: &ArrayRef<f32, Ix2>, bias: Option<&ArrayRef<f32, Ix1>>, block: usize) -> Result<Self> {
+    pub fn with_block(
+        weight: &ArrayRef<f32, Ix2>,
+        bias: Option<&ArrayRef<f32, Ix1>>,
+        block: usize,
+    ) -> Result<Self> {
         let granularity = if block == weight.ncols() {
             Granularity::PerChannel { axis: 0 }
         } else {
@@ -82,7 +92,14 @@ impl QuantizedLinear {
                 "2-D, 8-bit symmetric codes (levels −127…127), one scale per output row or per group",
             )
         };
-        let Decoding::Scalar { levels: Levels::Integers { min: -127 }, granularity, scales, zero_points, .. } = q.decoding() else {
+        let Decoding::Scalar {
+            levels: Levels::Integers { min: -127 },
+            granularity,
+            scales,
+            zero_points,
+            ..
+        } = q.decoding()
+        else {
             return Err(wrong());
         };
         if q.shape().len() != 2 || q.codes().bits() != 8 || !zero_points.is_empty() {
@@ -95,14 +112,21 @@ impl QuantizedLinear {
             _ => return Err(wrong()),
         };
         if inputs == 0 || block > 1 << 17 {
-            return Err(Error::bad_shape("quantized weight", q.shape(), "needs blocks of 1 to 131072 inputs (int32 sums)"));
+            return Err(Error::bad_shape(
+                "quantized weight",
+                q.shape(),
+                "needs blocks of 1 to 131072 inputs (int32 sums)",
+            ));
         }
         let codes = q.codes().unpack();
-        if codes.iter().any(|&c| c == 255) {
+        if codes.contains(&255) {
             return Err(wrong());
         }
         let weights: Vec<i8> = codes.into_iter().map(|c| (c as i32 - 127) as i8).collect();
-        let sums = weights.chunks(block).map(|b| b.iter().map(|&w| w as i32).sum()).collect();
+        let sums = weights
+            .chunks(block)
+            .map(|b| b.iter().map(|&w| w as i32).sum())
+            .collect();
         let bias = match bias {
             Some(b) => {
                 crate::tensor::check_same_shape(&[outputs], b.shape(), || "bias".into())?;
@@ -153,7 +177,9 @@ impl QuantizedLinear {
                 let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
                 let mut codes = vec![0u8; v.len()];
                 crate::kernels::quant::quantize(v, 1.0 / s, 127.0, 254.0, &mut codes);
-                q.iter_mut().zip(&codes).for_each(|(q, &c)| *q = (c as i32 - 127) as i8);
+                q.iter_mut()
+                    .zip(&codes)
+                    .for_each(|(q, &c)| *q = (c as i32 - 127) as i8);
                 s
             })
             .collect();
@@ -177,7 +203,15 @@ impl QuantizedLinear {
                         }
                     }
                 } else {
-                    let p = Blocked { xq: &xq, xs: &x_scales, wq, ws, wsum, k: self.inputs, block: self.block };
+                    let p = Blocked {
+                        xq: &xq,
+                        xs: &x_scales,
+                        wq,
+                        ws,
+                        wsum,
+                        k: self.inputs,
+                        block: self.block,
+                    };
                     gemm_q8_blocked(&p, &mut out);
                 }
                 out
@@ -192,7 +226,10 @@ impl QuantizedLinear {
                 let dst = dst.as_slice_mut().expect("standard layout");
                 dst[first..first + rows].copy_from_slice(row);
                 if let Some(bias) = &self.bias {
-                    dst[first..first + rows].iter_mut().zip(&bias[first..first + rows]).for_each(|(y, b)| *y += b);
+                    dst[first..first + rows]
+                        .iter_mut()
+                        .zip(&bias[first..first + rows])
+                        .for_each(|(y, b)| *y += b);
                 }
             }
             first += rows;
@@ -211,7 +248,9 @@ fn check_input(x: &ArrayRef<f32, Ix2>, inputs: usize) -> Result<usize> {
         });
     }
     check_nonempty(x.shape(), || "input batch".into())?;
-    check_finite(&x.iter().copied().collect::<Vec<_>>(), || "input batch".into())?;
+    check_finite(&x.iter().copied().collect::<Vec<_>>(), || {
+        "input batch".into()
+    })?;
     Ok(batch)
 }
 
@@ -234,7 +273,11 @@ fn check_input(x: &ArrayRef<f32, Ix2>, inputs: usize) -> Result<usize> {
 /// assert!((&y - &dense).mapv(f32::abs).iter().all(|&e| e < 1e-3));
 /// # Ok::<(), slimnn::Error>(())
 /// ```
-pub fn group_matmul(x: &ArrayRef<f32, Ix2>, q: &QuantizedTensor, bias: Option<&ArrayRef<f32, Ix1>>) -> Result<Array2<f32>> {
+pub fn group_matmul(
+    x: &ArrayRef<f32, Ix2>,
+    q: &QuantizedTensor,
+    bias: Option<&ArrayRef<f32, Ix1>>,
+) -> Result<Array2<f32>> {
     let (min, size, scales, zeros) = match q.decoding() {
         Decoding::Scalar {
             levels: Levels::Integers { min },

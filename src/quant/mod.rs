@@ -33,9 +33,9 @@ pub use calibrate::{
 };
 pub use fake::straight_through;
 pub use ggml::{GgmlFormat, GgmlQuantizer, from_ggml_blocks, to_ggml_blocks};
-pub use model_ops::{QuantReport, QuantRow};
-pub use linear::{QuantizedLinear, group_matmul};
 pub use kmeans::{KMeansInit, KMeansQuantizer, centroid_gradients};
+pub use linear::{QuantizedLinear, group_matmul};
+pub use model_ops::{QuantReport, QuantRow};
 pub use packed::PackedCodes;
 pub use pow2::PowerOfTwoQuantizer;
 pub use product::ProductQuantizer;

@@ -25,8 +25,16 @@ impl Model {
     /// assert!(model.get("fc.weight")?.quantized().is_some());
     /// # Ok::<(), slimnn::Error>(())
     /// ```
-    pub fn quantize<Q: Quantizer<f32> + ?Sized>(&mut self, selector: &Selector, quantizer: &Q) -> Result<QuantReport> {
-        let names: Vec<String> = self.select(selector)?.into_iter().map(String::from).collect();
+    pub fn quantize<Q: Quantizer<f32> + ?Sized>(
+        &mut self,
+        selector: &Selector,
+        quantizer: &Q,
+    ) -> Result<QuantReport> {
+        let names: Vec<String> = self
+            .select(selector)?
+            .into_iter()
+            .map(String::from)
+            .collect();
         let mut done: Vec<(QuantizedTensor, QuantRow)> = Vec::with_capacity(names.len());
         for name in &names {
             let p = self.get(name)?;
@@ -37,7 +45,9 @@ impl Model {
                 mask: p.mask(),
             };
             let q = quantizer.quantize(&values, &ctx)?;
-            crate::tensor::check_same_shape(p.shape(), q.shape(), || format!("quantized form of `{name}`"))?;
+            crate::tensor::check_same_shape(p.shape(), q.shape(), || {
+                format!("quantized form of `{name}`")
+            })?;
             let mut decoded = q.dequantize::<f32>();
             if let Some(m) = p.mask() {
                 m.apply(&mut decoded)?;
@@ -53,7 +63,11 @@ impl Model {
                 numel: p.numel(),
                 storage_bits: q.storage_bits(),
                 bits_per_weight: q.bits_per_weight(),
-                relative_error: if den > 0.0 { (num / den).sqrt() } else { num.sqrt() },
+                relative_error: if den > 0.0 {
+                    (num / den).sqrt()
+                } else {
+                    num.sqrt()
+                },
             };
             done.push((q, row));
         }
@@ -109,8 +123,18 @@ impl QuantReport {
 
 impl fmt::Display for QuantReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let w = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(9);
-        writeln!(f, "{:<w$}  {:<9}  {:>10}  {:>9}  {:>12}  {:>10}", "parameter", "kind", "weights", "bits/w", "bytes", "rel. error")?;
+        let w = self
+            .rows
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(9);
+        writeln!(
+            f,
+            "{:<w$}  {:<9}  {:>10}  {:>9}  {:>12}  {:>10}",
+            "parameter", "kind", "weights", "bits/w", "bytes", "rel. error"
+        )?;
         for r in &self.rows {
             writeln!(
                 f,

@@ -79,10 +79,17 @@ pub(crate) fn dedup_weighted(sorted: &[f64]) -> (Vec<f64>, Vec<f64>) {
 /// clustering, `k` is clamped to `1..=n`, and a mismatched weight slice is ignored in
 /// release builds (all weights 1). `|x|` beyond about `1e150` overflows the sums of squares.
 pub(crate) fn optimal_kmeans_1d(sorted: &[f64], weights: Option<&[f64]>, k: usize) -> Clustering {
-    debug_assert!(sorted.windows(2).all(|p| p[0] <= p[1]), "values must be sorted");
-    debug_assert!(sorted.iter().all(|x| x.is_finite()), "values must be finite");
     debug_assert!(
-        weights.is_none_or(|w| w.len() == sorted.len() && w.iter().all(|&v| v > 0.0 && v.is_finite())),
+        sorted.windows(2).all(|p| p[0] <= p[1]),
+        "values must be sorted"
+    );
+    debug_assert!(
+        sorted.iter().all(|x| x.is_finite()),
+        "values must be finite"
+    );
+    debug_assert!(
+        weights
+            .is_none_or(|w| w.len() == sorted.len() && w.iter().all(|&v| v > 0.0 && v.is_finite())),
         "one positive finite weight per value"
     );
     debug_assert!(k >= 1, "k must be at least 1");
@@ -93,7 +100,11 @@ pub(crate) fn optimal_kmeans_1d(sorted: &[f64], weights: Option<&[f64]>, k: usiz
     let n = sorted.len();
     let weights = weights.filter(|w| w.len() == n);
     if n == 0 {
-        return Clustering { starts: Vec::new(), centroids: Vec::new(), sse: 0.0 };
+        return Clustering {
+            starts: Vec::new(),
+            centroids: Vec::new(),
+            sse: 0.0,
+        };
     }
     let k = k.clamp(1, n);
     let starts = if k == 1 {
@@ -133,7 +144,11 @@ fn summarize(sorted: &[f64], weights: Option<&[f64]>, starts: Vec<usize>) -> Clu
         }
         centroids.push(mean);
     }
-    Clustering { starts, centroids, sse }
+    Clustering {
+        starts,
+        centroids,
+        sse,
+    }
 }
 
 /// Prefix sums up to (excluding) one index, plus the previous layer's optimum for a
@@ -167,7 +182,11 @@ fn seg_cost(hi: &Node, lo: &Node) -> f64 {
 /// prefixes, which strictly increase).
 #[inline(always)]
 fn entry(row: &Node, col: &Node) -> f64 {
-    if row.w > col.w { col.d + seg_cost(row, col) } else { f64::INFINITY }
+    if row.w > col.w {
+        col.d + seg_cost(row, col)
+    } else {
+        f64::INFINITY
+    }
 }
 
 /// Prefix sums (compensated) of `w`, `w·x`, `w·x²` of the values shifted by their weighted
@@ -195,7 +214,12 @@ fn prefix_nodes(sorted: &[f64], weights: Option<&[f64]>) -> Vec<Node> {
         }
         last_w = pw;
         let wy = w * y;
-        nodes.push(Node { w: pw, s1: b.add(wy), s2: c.add(wy * y), d: 0.0 });
+        nodes.push(Node {
+            w: pw,
+            s1: b.add(wy),
+            s2: c.add(wy * y),
+            d: 0.0,
+        });
     }
     nodes
 }
@@ -232,7 +256,9 @@ fn solve(sorted: &[f64], weights: Option<&[f64]>, k: usize) -> Vec<usize> {
     // k-m values for the rest. Every layer has the same number of rows.
     let rows = n - k + 1;
     // cur[i - (m-1)] = D[m][i].
-    let mut cur: Vec<f64> = (0..rows).map(|i| seg_cost(&nodes[i + 1], &nodes[0])).collect();
+    let mut cur: Vec<f64> = (0..rows)
+        .map(|i| seg_cost(&nodes[i + 1], &nodes[0]))
+        .collect();
     // Argmin tables of layers 2..=k-1 (layer 1 always starts at 0).
     let mut table = vec![0u32; (k - 2) * rows];
     let mut smawk = Smawk::new();
@@ -244,7 +270,16 @@ fn solve(sorted: &[f64], weights: Option<&[f64]>, k: usize) -> Vec<usize> {
         }
         let arg = &mut table[(m - 2) * rows..(m - 1) * rows];
         if std::env::var_os("KM_DC").is_some() {
-            dc(c0, c0 + rows - 1, c0, c0 + rows - 1, &nodes, c0, arg, &mut cur);
+            dc(
+                c0,
+                c0 + rows - 1,
+                c0,
+                c0 + rows - 1,
+                &nodes,
+                c0,
+                arg,
+                &mut cur,
+            );
         } else {
             // Row i is keyed by the prefix after it, column j by the prefix before it.
             let row_keys = &nodes[c0 + 1..c0 + 1 + rows];
@@ -279,7 +314,16 @@ fn solve(sorted: &[f64], weights: Option<&[f64]>, k: usize) -> Vec<usize> {
 
 /// D&C.
 #[allow(clippy::too_many_arguments)]
-fn dc(lo: usize, hi: usize, optlo: usize, opthi: usize, nodes: &[Node], r0: usize, arg: &mut [u32], val: &mut [f64]) {
+fn dc(
+    lo: usize,
+    hi: usize,
+    optlo: usize,
+    opthi: usize,
+    nodes: &[Node],
+    r0: usize,
+    arg: &mut [u32],
+    val: &mut [f64],
+) {
     let mid = (lo + hi) / 2;
     let end = opthi.min(mid);
     let h = &nodes[mid + 1];
@@ -420,7 +464,9 @@ impl<R: Copy + Default, C: Copy + Default> Smawk<R, C> {
                 let (keys_head, keys_tail) = self.col_keys.split_at_mut(top);
                 let (src_ids, src_keys) = match col_span {
                     Span::Base => (&self.base_ids[..], cols),
-                    Span::Buf { off, len } => (&ids_head[off..off + len], &keys_head[off..off + len]),
+                    Span::Buf { off, len } => {
+                        (&ids_head[off..off + len], &keys_head[off..off + len])
+                    }
                 };
                 let len = reduce(
                     src_ids,
@@ -435,7 +481,13 @@ impl<R: Copy + Default, C: Copy + Default> Smawk<R, C> {
                 in_len = len;
                 top += len;
             }
-            self.levels.push(Level { cols: col_span, rows: row_span, first, step, count });
+            self.levels.push(Level {
+                cols: col_span,
+                rows: row_span,
+                first,
+                step,
+                count,
+            });
             let next = count / 2;
             if next > 0 {
                 let off = self.row_keys.len();
@@ -464,13 +516,20 @@ impl<R: Copy + Default, C: Copy + Default> Smawk<R, C> {
             };
             let (ids, keys) = match level.cols {
                 Span::Base => (&self.base_ids[..], cols),
-                Span::Buf { off, len } => (&self.col_ids[off..off + len], &self.col_keys[off..off + len]),
+                Span::Buf { off, len } => (
+                    &self.col_ids[off..off + len],
+                    &self.col_keys[off..off + len],
+                ),
             };
             let last = ids.len() - 1;
             let mut d = 0usize;
             for (t, row) in level_rows.iter().enumerate().step_by(2) {
                 let pos = level.first + t * level.step;
-                let stop = if t + 1 < level.count { arg[pos + level.step] } else { ids[last] };
+                let stop = if t + 1 < level.count {
+                    arg[pos + level.step]
+                } else {
+                    ids[last]
+                };
                 let mut best_id = ids[d];
                 let mut best = entry(row, &keys[d]);
                 while d < last && ids[d] < stop {
@@ -562,8 +621,17 @@ mod tests {
     /// Weighted SSE of `x[lo..hi]` around its mean, computed directly.
     fn direct_cost(x: &[f64], w: &[f64], lo: usize, hi: usize) -> f64 {
         let sw: f64 = w[lo..hi].iter().sum();
-        let mean = x[lo..hi].iter().zip(&w[lo..hi]).map(|(a, b)| a * b).sum::<f64>() / sw;
-        x[lo..hi].iter().zip(&w[lo..hi]).map(|(a, b)| b * (a - mean) * (a - mean)).sum()
+        let mean = x[lo..hi]
+            .iter()
+            .zip(&w[lo..hi])
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+            / sw;
+        x[lo..hi]
+            .iter()
+            .zip(&w[lo..hi])
+            .map(|(a, b)| b * (a - mean) * (a - mean))
+            .sum()
     }
 
     /// Reference: the plain O(k·n²) programme with directly computed costs (O(k·n³) here).
@@ -608,7 +676,11 @@ mod tests {
         assert_eq!(c.starts.len(), k);
         assert_eq!(c.centroids.len(), k);
         assert_eq!(c.starts[0], 0);
-        assert!(c.starts.windows(2).all(|p| p[0] < p[1]), "starts {:?}", c.starts);
+        assert!(
+            c.starts.windows(2).all(|p| p[0] < p[1]),
+            "starts {:?}",
+            c.starts
+        );
         assert!(*c.starts.last().unwrap() < n);
         let ones = vec![1.0; n];
         let wv = w.unwrap_or(&ones);
@@ -618,7 +690,12 @@ mod tests {
             sse += direct_cost(x, wv, lo, hi);
             assert!(c.centroids[m] >= x[lo] && c.centroids[m] <= x[hi - 1]);
         }
-        assert!(close(sse, c.sse, x), "reported sse {} vs recomputed {}", c.sse, sse);
+        assert!(
+            close(sse, c.sse, x),
+            "reported sse {} vs recomputed {}",
+            c.sse,
+            sse
+        );
     }
 
     /// SSEs equal within 1e-9 relative, or within 1e-9 of the data's total scatter (for
@@ -633,8 +710,9 @@ mod tests {
     /// Weighted 1-D Lloyd from centroids spread evenly over [min, max]; returns its SSE.
     fn lloyd(x: &[f64], w: &[f64], k: usize) -> f64 {
         let (lo, hi) = (x[0], x[x.len() - 1]);
-        let mut cent: Vec<f64> =
-            (0..k).map(|m| lo + (hi - lo) * (m as f64 + 0.5) / k as f64).collect();
+        let mut cent: Vec<f64> = (0..k)
+            .map(|m| lo + (hi - lo) * (m as f64 + 0.5) / k as f64)
+            .collect();
         let assign = |cent: &[f64], v: f64| -> usize {
             let mut best = 0;
             for m in 1..cent.len() {
@@ -652,8 +730,9 @@ mod tests {
                 sw[m] += wt;
                 swx[m] += wt * v;
             }
-            let next: Vec<f64> =
-                (0..k).map(|m| if sw[m] > 0.0 { swx[m] / sw[m] } else { cent[m] }).collect();
+            let next: Vec<f64> = (0..k)
+                .map(|m| if sw[m] > 0.0 { swx[m] / sw[m] } else { cent[m] })
+                .collect();
             if next == cent {
                 break;
             }
@@ -716,7 +795,10 @@ mod tests {
         assert!((c.sse - 12.0).abs() < 1e-12);
         // Huge offset: the shift keeps the cost exact enough to split correctly.
         let base = 1e9;
-        let x: Vec<f64> = [0.0, 0.001, 0.002, 1.0, 1.001, 1.002].iter().map(|v| base + v).collect();
+        let x: Vec<f64> = [0.0, 0.001, 0.002, 1.0, 1.001, 1.002]
+            .iter()
+            .map(|v| base + v)
+            .collect();
         let c = optimal_kmeans_1d(&x, None, 2);
         assert_eq!(c.starts, vec![0, 3]);
     }
@@ -753,7 +835,15 @@ mod tests {
             let triangular = case % 2 == 0;
             let n: Vec<Vec<f64>> = (0..rows)
                 .map(|_| {
-                    (0..cols).map(|_| if rng.below(3) == 0 { rng.below(3) as f64 } else { 0.0 }).collect()
+                    (0..cols)
+                        .map(|_| {
+                            if rng.below(3) == 0 {
+                                rng.below(3) as f64
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect()
                 })
                 .collect();
             let a: Vec<f64> = (0..rows).map(|_| rng.below(5) as f64).collect();
@@ -761,8 +851,15 @@ mod tests {
             let mut m = vec![vec![0.0; cols]; rows];
             for i in 0..rows {
                 for j in 0..cols {
-                    let s: f64 = n[..=i].iter().map(|row| row[..=j].iter().sum::<f64>()).sum();
-                    m[i][j] = if triangular && j > i { f64::INFINITY } else { a[i] + b[j] - s };
+                    let s: f64 = n[..=i]
+                        .iter()
+                        .map(|row| row[..=j].iter().sum::<f64>())
+                        .sum();
+                    m[i][j] = if triangular && j > i {
+                        f64::INFINITY
+                    } else {
+                        a[i] + b[j] - s
+                    };
                 }
             }
             let row_keys: Vec<usize> = (0..rows).collect();
@@ -770,7 +867,14 @@ mod tests {
             let c0 = 3;
             let mut arg = vec![0u32; rows];
             let mut val = vec![0.0; rows];
-            smawk.row_minima(&row_keys, &col_keys, c0, |&i, &j| m[i][j], &mut arg, &mut val);
+            smawk.row_minima(
+                &row_keys,
+                &col_keys,
+                c0,
+                |&i, &j| m[i][j],
+                &mut arg,
+                &mut val,
+            );
             for i in 0..rows {
                 let mut best = 0;
                 for j in 1..cols {
@@ -804,9 +908,16 @@ mod tests {
             let (row_keys, col_keys) = (&nodes[c0 + 1..c0 + 1 + rows], &nodes[c0..c0 + rows]);
             smawk.row_minima(row_keys, col_keys, c0 as u32, entry, &mut arg, &mut val);
             for (i, r) in row_keys.iter().enumerate() {
-                let best = col_keys.iter().map(|c| entry(r, c)).fold(f64::INFINITY, f64::min);
+                let best = col_keys
+                    .iter()
+                    .map(|c| entry(r, c))
+                    .fold(f64::INFINITY, f64::min);
                 assert!(arg[i] as usize <= c0 + i);
-                assert!(val[i] <= best + 1e-12 * best.abs(), "row {i}: {} vs {best}", val[i]);
+                assert!(
+                    val[i] <= best + 1e-12 * best.abs(),
+                    "row {i}: {} vs {best}",
+                    val[i]
+                );
                 assert_eq!(val[i], entry(r, &col_keys[arg[i] as usize - c0]));
             }
         }
@@ -817,7 +928,9 @@ mod tests {
         let mut rng = Rng(11);
         for case in 0..300 {
             let n = 1 + rng.below(40) as usize;
-            let mut x: Vec<f64> = (0..n).map(|_| (rng.below(50) as f64) * 0.37 - 4.0).collect();
+            let mut x: Vec<f64> = (0..n)
+                .map(|_| (rng.below(50) as f64) * 0.37 - 4.0)
+                .collect();
             x.sort_by(f64::total_cmp);
             let weighted = case % 2 == 1;
             let w: Vec<f64> = (0..n).map(|_| 0.25 + rng.uniform() * 4.0).collect();
@@ -827,7 +940,12 @@ mod tests {
                 let c = optimal_kmeans_1d(&x, w, k);
                 check_valid(&x, w, k, &c);
                 let (_, best) = brute_force(&x, w, k);
-                assert!(close(c.sse, best, &x), "case {case} k {k}: {} vs {}", c.sse, best);
+                assert!(
+                    close(c.sse, best, &x),
+                    "case {case} k {k}: {} vs {}",
+                    c.sse,
+                    best
+                );
             }
         }
     }
@@ -841,8 +959,11 @@ mod tests {
             v.sort_by(f64::total_cmp);
             v.dedup();
             let counts: Vec<f64> = v.iter().map(|_| 1.0 + rng.below(5) as f64).collect();
-            let expanded: Vec<f64> =
-                v.iter().zip(&counts).flat_map(|(&x, &c)| std::iter::repeat_n(x, c as usize)).collect();
+            let expanded: Vec<f64> = v
+                .iter()
+                .zip(&counts)
+                .flat_map(|(&x, &c)| std::iter::repeat_n(x, c as usize))
+                .collect();
             let (dv, dc) = dedup_weighted(&expanded);
             assert_eq!((&dv, &dc), (&v, &counts));
             for k in 1..=v.len().min(8) {
@@ -850,7 +971,12 @@ mod tests {
                 let b = optimal_kmeans_1d(&expanded, None, k);
                 check_valid(&v, Some(&counts), k, &a);
                 check_valid(&expanded, None, k, &b);
-                assert!(close(a.sse, b.sse, &expanded), "k {k}: {} vs {}", a.sse, b.sse);
+                assert!(
+                    close(a.sse, b.sse, &expanded),
+                    "k {k}: {} vs {}",
+                    a.sse,
+                    b.sse
+                );
             }
         }
     }
@@ -861,7 +987,13 @@ mod tests {
         for case in 0..40 {
             let n = 50 + rng.below(2000) as usize;
             let mut x: Vec<f64> = (0..n)
-                .map(|_| if case % 2 == 0 { rng.laplace(0.05) } else { rng.uniform() * 10.0 - 3.0 })
+                .map(|_| {
+                    if case % 2 == 0 {
+                        rng.laplace(0.05)
+                    } else {
+                        rng.uniform() * 10.0 - 3.0
+                    }
+                })
                 .collect();
             x.sort_by(f64::total_cmp);
             let (v, w) = dedup_weighted(&x);
@@ -870,7 +1002,12 @@ mod tests {
                 let c = optimal_kmeans_1d(&v, Some(&w), k);
                 check_valid(&v, Some(&w), k, &c);
                 let l = lloyd(&v, &w, k);
-                assert!(c.sse <= l * (1.0 + 1e-12) + 1e-12, "case {case} k {k}: {} > lloyd {}", c.sse, l);
+                assert!(
+                    c.sse <= l * (1.0 + 1e-12) + 1e-12,
+                    "case {case} k {k}: {} > lloyd {}",
+                    c.sse,
+                    l
+                );
             }
         }
     }

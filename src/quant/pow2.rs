@@ -50,7 +50,11 @@ impl PowerOfTwoQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for PowerOfTwoQuantizer {
-    fn quantize(&self, weights: &ArrayRef<T, IxDyn>, ctx: &QuantContext<'_>) -> Result<QuantizedTensor> {
+    fn quantize(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
         let (values, runs) = prepare(weights, self.granularity, ctx)?;
         let m = self.exponents();
         let amax = group_fold(
@@ -62,7 +66,13 @@ impl<T: Scalar> Quantizer<T> for PowerOfTwoQuantizer {
         // Scales 2^n₁ per group; an all-zero group gets scale 1 (every code is zero).
         let scales: Vec<f32> = amax
             .iter()
-            .map(|&(a, _)| if a > 0.0 { 2f64.powi((4.0 * a / 3.0).log2().floor() as i32) as f32 } else { 1.0 })
+            .map(|&(a, _)| {
+                if a > 0.0 {
+                    2f64.powi((4.0 * a / 3.0).log2().floor() as i32) as f32
+                } else {
+                    1.0
+                }
+            })
             .collect();
         // Level table: 0, then +2^0 … +2^−(m−1), then −2^0 … −2^−(m−1).
         let mut table = vec![0.0f32];

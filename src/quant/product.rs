@@ -70,26 +70,39 @@ impl ProductQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for ProductQuantizer {
-    fn quantize(&self, weights: &ArrayRef<T, IxDyn>, ctx: &QuantContext<'_>) -> Result<QuantizedTensor> {
+    fn quantize(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
         let shape = weights.shape();
         if shape.len() < 2 {
-            return Err(Error::bad_shape(ctx.what(), shape, "product quantization needs rows (at least 2 dimensions)"));
+            return Err(Error::bad_shape(
+                ctx.what(),
+                shape,
+                "product quantization needs rows (at least 2 dimensions)",
+            ));
         }
         let (values, _) = prepare(weights, Granularity::PerTensor, ctx)?;
         let rows = shape[0];
         let row_len = values.len() / rows;
-        if row_len % self.sub_dim != 0 {
+        if !row_len.is_multiple_of(self.sub_dim) {
             return Err(Error::bad_shape(
                 ctx.what(),
                 shape,
-                format!("subvector length {} does not divide the row length {row_len}", self.sub_dim),
+                format!(
+                    "subvector length {} does not divide the row length {row_len}",
+                    self.sub_dim
+                ),
             ));
         }
         if rows < self.codewords {
             return Err(Error::invalid(
                 "codewords",
                 self.codewords,
-                format!("at most the number of rows ({rows}), the points each codebook is fitted to"),
+                format!(
+                    "at most the number of rows ({rows}), the points each codebook is fitted to"
+                ),
             ));
         }
         let matrix = Array2::from_shape_vec((rows, row_len), values.to_vec()).expect("row-major");
@@ -97,15 +110,24 @@ impl<T: Scalar> Quantizer<T> for ProductQuantizer {
         let fitted: Vec<(Array2<f32>, Vec<u8>)> = (0..slices)
             .into_par_iter()
             .map(|j| {
-                let points = matrix.slice(s![.., j * self.sub_dim..(j + 1) * self.sub_dim]).to_owned();
-                kmeans(&points, self.codewords, self.max_iter, self.seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                let points = matrix
+                    .slice(s![.., j * self.sub_dim..(j + 1) * self.sub_dim])
+                    .to_owned();
+                kmeans(
+                    &points,
+                    self.codewords,
+                    self.max_iter,
+                    self.seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                )
             })
             .collect();
         let mut codebooks = Vec::with_capacity(slices * self.codewords * self.sub_dim);
         for (c, _) in &fitted {
             codebooks.extend(c.iter());
         }
-        let codes: Vec<u8> = (0..rows).flat_map(|r| fitted.iter().map(move |(_, a)| a[r])).collect();
+        let codes: Vec<u8> = (0..rows)
+            .flat_map(|r| fitted.iter().map(move |(_, a)| a[r]))
+            .collect();
         QuantizedTensor::new(
             shape,
             PackedCodes::pack(&codes, self.bits())?,
@@ -132,7 +154,15 @@ fn distances(points: &Array2<f32>, centroids: &Array2<f32>) -> Array2<f32> {
 fn nearest(d: &Array2<f32>) -> Vec<u8> {
     d.rows()
         .into_iter()
-        .map(|r| r.iter().enumerate().fold((0, f32::INFINITY), |b, (j, &v)| if v < b.1 { (j, v) } else { b }).0 as u8)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::INFINITY),
+                    |b, (j, &v)| if v < b.1 { (j, v) } else { b },
+                )
+                .0 as u8
+        })
         .collect()
 }
 
@@ -143,7 +173,9 @@ fn kmeans(points: &Array2<f32>, k: usize, max_iter: usize, seed: u64) -> (Array2
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let mut uniform = move || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     let mut centroids = Array2::<f32>::zeros((k, dim));
-    centroids.row_mut(0).assign(&points.row((uniform() * n as f64) as usize % n));
+    centroids
+        .row_mut(0)
+        .assign(&points.row((uniform() * n as f64) as usize % n));
     let mut best = vec![f32::INFINITY; n];
     for c in 1..k {
         let last = centroids.row(c - 1).to_owned();
@@ -155,10 +187,12 @@ fn kmeans(points: &Array2<f32>, k: usize, max_iter: usize, seed: u64) -> (Array2
         let pick = if total > 0.0 {
             let target = uniform() * total;
             let mut acc = 0.0;
-            best.iter().position(|&d| {
-                acc += d as f64;
-                acc > target
-            }).unwrap_or(n - 1)
+            best.iter()
+                .position(|&d| {
+                    acc += d as f64;
+                    acc > target
+                })
+                .unwrap_or(n - 1)
         } else {
             (uniform() * n as f64) as usize % n
         };
@@ -170,16 +204,19 @@ fn kmeans(points: &Array2<f32>, k: usize, max_iter: usize, seed: u64) -> (Array2
         let mut counts = vec![0usize; k];
         for (p, &a) in points.rows().into_iter().zip(&assign) {
             counts[a as usize] += 1;
-            sums.row_mut(a as usize).zip_mut_with(&p, |s, &x| *s += x as f64);
+            sums.row_mut(a as usize)
+                .zip_mut_with(&p, |s, &x| *s += x as f64);
         }
         let d = distances(points, &centroids);
-        for c in 0..k {
-            if counts[c] > 0 {
-                let row = sums.row(c).mapv(|s| (s / counts[c] as f64) as f32);
+        for (c, &count) in counts.iter().enumerate() {
+            if count > 0 {
+                let row = sums.row(c).mapv(|s| (s / count as f64) as f32);
                 centroids.row_mut(c).assign(&row);
             } else {
                 let far = (0..n)
-                    .max_by(|&a, &b| d[[a, assign[a] as usize]].total_cmp(&d[[b, assign[b] as usize]]))
+                    .max_by(|&a, &b| {
+                        d[[a, assign[a] as usize]].total_cmp(&d[[b, assign[b] as usize]])
+                    })
                     .unwrap_or(0);
                 centroids.row_mut(c).assign(&points.row(far));
             }

@@ -215,7 +215,10 @@ impl QuantizedTensor {
     /// The codebook, for table decodings.
     pub fn table(&self) -> Option<&[f32]> {
         match &self.decoding {
-            Decoding::Scalar { levels: Levels::Table(t), .. } => Some(t),
+            Decoding::Scalar {
+                levels: Levels::Table(t),
+                ..
+            } => Some(t),
             _ => None,
         }
     }
@@ -224,7 +227,10 @@ impl QuantizedTensor {
     /// centroids; codes stay.
     pub fn set_table(&mut self, table: Vec<f32>) -> Result<()> {
         match &mut self.decoding {
-            Decoding::Scalar { levels: Levels::Table(t), .. } => {
+            Decoding::Scalar {
+                levels: Levels::Table(t),
+                ..
+            } => {
                 if table.len() != t.len() {
                     return Err(Error::ShapeMismatch {
                         what: "codebook".into(),
@@ -233,12 +239,20 @@ impl QuantizedTensor {
                     });
                 }
                 if table.iter().any(|v| !v.is_finite()) {
-                    return Err(Error::invalid("codebook", "a non-finite value", "finite values"));
+                    return Err(Error::invalid(
+                        "codebook",
+                        "a non-finite value",
+                        "finite values",
+                    ));
                 }
                 *t = table;
                 Ok(())
             }
-            _ => Err(Error::invalid("quantized tensor", "no codebook", "a table decoding")),
+            _ => Err(Error::invalid(
+                "quantized tensor",
+                "no codebook",
+                "a table decoding",
+            )),
         }
     }
 

@@ -181,15 +181,9 @@ impl<T: Scalar> Quantizer<T> for UniformQuantizer {
         let values = as_f32(weights);
         let runs = Runs::new(shape, self.granularity).map_err(|e| rename(e, ctx))?;
         let (min, count) = self.grid();
-        let ranges = group_ranges(&values, runs, self.calibration, self.scheme, count, ctx)?;
-        let params: Vec<(f32, f32)> = ranges
-            .iter()
-            .map(|&(lo, hi)| self.params_for_range(lo, hi))
-            .collect::<Result<_>>()?;
-        let codes = encode(&values, runs, self.bits, |run, x, codes| {
-            let (scale, zero) = params[runs.group(run)];
+        let cmax = (count - 1) as f32;
+        let code = |run: usize, x: &[f32], codes: &mut [u8], (scale, zero): (f32, f32)| {
             let offset = zero - min as f32;
-            let cmax = (count - 1) as f32;
             match self.rounding {
                 Rounding::NearestEven => quantize_kernel(x, 1.0 / scale, offset, cmax, codes),
                 Rounding::Stochastic { seed } => quantize_stochastic(
@@ -202,7 +196,38 @@ impl<T: Scalar> Quantizer<T> for UniformQuantizer {
                     codes,
                 ),
             }
-        });
+        };
+        let one_run_per_group = values.len() / runs.run_len == runs.groups;
+        let (codes, params) =
+            if self.calibration == Calibration::MinMax && one_run_per_group && runs.groups > 1 {
+                // Each group is one run (per row, per block): take its range and quantize it
+                // while it is in cache, one pass over memory.
+                let (codes, params) = encode_with(&values, runs, self.bits, |run, x, c| {
+                    let (lo, hi, finite) = min_max(x);
+                    let p = if finite {
+                        self.params_for_range(lo, hi).unwrap_or((1.0, 0.0))
+                    } else {
+                        (1.0, 0.0)
+                    };
+                    code(run, x, c, p);
+                    (p, finite)
+                });
+                if params.iter().any(|p| !p.1) {
+                    check_finite(&values, || ctx.what())?;
+                }
+                (codes, params.into_iter().map(|p| p.0).collect::<Vec<_>>())
+            } else {
+                let ranges =
+                    group_ranges(&values, runs, self.calibration, self.scheme, count, ctx)?;
+                let params: Vec<(f32, f32)> = ranges
+                    .iter()
+                    .map(|&(lo, hi)| self.params_for_range(lo, hi))
+                    .collect::<Result<_>>()?;
+                let codes = encode(&values, runs, self.bits, |run, x, c| {
+                    code(run, x, c, params[runs.group(run)])
+                });
+                (codes, params)
+            };
         let affine = self.scheme == Scheme::Affine;
         QuantizedTensor::new(
             shape,
@@ -231,25 +256,39 @@ pub(crate) fn encode(
     bits: u8,
     code_run: impl Fn(usize, &[f32], &mut [u8]) + Sync,
 ) -> PackedCodes {
+    encode_with(values, runs, bits, code_run).0
+}
+
+/// [`encode`], also collecting what `code_run` returns for every run, in order.
+pub(crate) fn encode_with<R: Send>(
+    values: &[f32],
+    runs: Runs,
+    bits: u8,
+    code_run: impl Fn(usize, &[f32], &mut [u8]) -> R + Sync,
+) -> (PackedCodes, Vec<R>) {
     let runs_per_task = (65_536 / runs.run_len).max(1).next_multiple_of(8);
     let per_task = runs_per_task * runs.run_len;
     let mut bytes = vec![0u8; (values.len() * bits as usize).div_ceil(8)];
-    bytes
+    let results: Vec<Vec<R>> = bytes
         .par_chunks_mut(per_task * bits as usize / 8)
         .zip(values.par_chunks(per_task))
         .enumerate()
-        .for_each(|(t, (out, x))| {
+        .map(|(t, (out, x))| {
             let mut codes = vec![0u8; x.len()];
-            for (r, (c, xr)) in codes
+            let results = codes
                 .chunks_mut(runs.run_len)
                 .zip(x.chunks(runs.run_len))
                 .enumerate()
-            {
-                code_run(t * runs_per_task + r, xr, c);
-            }
+                .map(|(r, (c, xr))| code_run(t * runs_per_task + r, xr, c))
+                .collect();
             pack_codes(&codes, bits, out);
-        });
-    PackedCodes::from_packed(bytes, bits, values.len())
+            results
+        })
+        .collect();
+    (
+        PackedCodes::from_packed(bytes, bits, values.len()),
+        results.into_iter().flatten().collect(),
+    )
 }
 
 /// The elements in row-major order as f32: borrowed when they already are.

@@ -68,7 +68,11 @@ impl GgmlQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
-    fn quantize(&self, weights: &ArrayRef<T, IxDyn>, ctx: &QuantContext<'_>) -> Result<QuantizedTensor> {
+    fn quantize(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
         let (values, _) = prepare(weights, Granularity::PerGroup { size: QK }, ctx)?;
         let limit = match self.format {
             GgmlFormat::Q8_0 => 127.0 * 65504.0,
@@ -98,7 +102,11 @@ impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
 }
 
 /// A quantized tensor from ggml block bytes (e.g. a GGUF tensor's data) of `shape`.
-pub fn from_ggml_blocks(blocks: &[u8], shape: &[usize], format: GgmlFormat) -> Result<QuantizedTensor> {
+pub fn from_ggml_blocks(
+    blocks: &[u8],
+    shape: &[usize],
+    format: GgmlFormat,
+) -> Result<QuantizedTensor> {
     let n: usize = shape.iter().product();
     super::scheme::Runs::new(shape, Granularity::PerGroup { size: QK })?;
     let per = format.block_bytes();
@@ -152,12 +160,18 @@ pub fn to_ggml_blocks(q: &QuantizedTensor, format: GgmlFormat) -> Result<Vec<u8>
             return Err(Error::invalid(
                 "quantized tensor",
                 "another scheme",
-                format!("{format:?}'s form (groups of 32, {bits}-bit codes from level {min}, no zero points)"),
+                format!(
+                    "{format:?}'s form (groups of 32, {bits}-bit codes from level {min}, no zero points)"
+                ),
             ));
         }
     };
     if let Some(s) = scales.iter().find(|&&s| f16::from_f32(s).to_f32() != s) {
-        return Err(Error::invalid("scale", s, "a scale exactly representable in f16"));
+        return Err(Error::invalid(
+            "scale",
+            s,
+            "a scale exactly representable in f16",
+        ));
     }
     let codes = q.codes().unpack();
     let mut out = Vec::with_capacity(scales.len() * format.block_bytes());

@@ -401,20 +401,40 @@ mod tests {
     /// The public quantizer, decoding and block export agree with the fixture too.
     #[test]
     fn quantizer_and_export_match_the_fixture() {
-        use crate::quant::{GgmlFormat, GgmlQuantizer, QuantContext, Quantizer, from_ggml_blocks, to_ggml_blocks};
+        use crate::quant::{
+            GgmlFormat, GgmlQuantizer, QuantContext, Quantizer, from_ggml_blocks, to_ggml_blocks,
+        };
         for case in read_fixture() {
             let n = case.input.len();
-            let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n / 64, 64]), case.input.clone())
-                .or_else(|_| ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n / 32, 32]), case.input.clone()))
-                .unwrap();
+            let x =
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n / 64, 64]), case.input.clone())
+                    .or_else(|_| {
+                        ndarray::ArrayD::from_shape_vec(
+                            ndarray::IxDyn(&[n / 32, 32]),
+                            case.input.clone(),
+                        )
+                    })
+                    .unwrap();
             for (format, blocks, dequant) in [
                 (GgmlFormat::Q8_0, &case.q8_0, &case.q8_0_dequant),
                 (GgmlFormat::Q4_0, &case.q4_0, &case.q4_0_dequant),
             ] {
-                let q = GgmlQuantizer::new(format).quantize(&x, &QuantContext::new()).unwrap();
-                assert_eq!(&to_ggml_blocks(&q, format).unwrap(), blocks, "{}: {format:?} blocks", case.name);
+                let q = GgmlQuantizer::new(format)
+                    .quantize(&x, &QuantContext::new())
+                    .unwrap();
+                assert_eq!(
+                    &to_ggml_blocks(&q, format).unwrap(),
+                    blocks,
+                    "{}: {format:?} blocks",
+                    case.name
+                );
                 let back = q.dequantize::<f32>();
-                assert_eq!(bits(back.as_slice().unwrap()), bits(dequant), "{}: {format:?} values", case.name);
+                assert_eq!(
+                    bits(back.as_slice().unwrap()),
+                    bits(dequant),
+                    "{}: {format:?} values",
+                    case.name
+                );
                 let loaded = from_ggml_blocks(blocks, x.shape(), format).unwrap();
                 assert_eq!(loaded, q, "{}: {format:?} from blocks", case.name);
             }

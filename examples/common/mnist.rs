@@ -1,0 +1,79 @@
+//! Shared by the MNIST examples: the bundled data and a trained LeNet-300-100, cached
+//! in `target/slimnn-examples/` so that later runs (and other examples) reuse it.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use slimnn::io::idx::Dataset;
+use slimnn::io::safetensors::SaveOptions;
+use slimnn::nn::{Network, Sgd, train_epoch};
+use slimnn::{Model, Result};
+
+/// MNIST's 60,000 training and 10,000 test images, pixels scaled to [0, 1].
+pub fn load() -> Result<(Dataset, Dataset)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
+    let set =
+        |images: &str, labels: &str| Dataset::from_idx(dir.join(images), dir.join(labels), 255.0);
+    let train = set("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")?;
+    let test = set("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")?;
+    println!(
+        "MNIST: {} training and {} test images",
+        train.len(),
+        test.len()
+    );
+    Ok((train, test))
+}
+
+/// Where the trained network is cached.
+pub fn checkpoint() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/slimnn-examples/lenet300.safetensors")
+}
+
+/// LeNet-300-100 trained for `epochs` (SGD, momentum 0.9, batch 128, the last third of
+/// the epochs at a tenth of the rate), or loaded from the checkpoint unless `fresh`.
+pub fn trained_lenet300(
+    train: &Dataset,
+    test: &Dataset,
+    epochs: usize,
+    seed: u64,
+    fresh: bool,
+) -> Result<(Model, Network)> {
+    let path = checkpoint();
+    if path.exists() && !fresh {
+        let model = Model::load(&path)?;
+        let net = Network::mlp_from(&model, &["fc1", "fc2", "fc3"])?;
+        println!(
+            "loaded the trained network from {} (pass --retrain-from-scratch to train anew)",
+            path.display()
+        );
+        return Ok((model, net));
+    }
+    let mut model = Model::new();
+    let net = Network::lenet_300_100(&mut model, seed)?;
+    let mut sgd = Sgd::new(0.05, 0.9, 1e-4)?;
+    println!("training LeNet-300-100 for {epochs} epochs (SGD, momentum 0.9, batch 128)");
+    for epoch in 0..epochs {
+        let t0 = Instant::now();
+        sgd.set_lr(if epoch >= epochs * 2 / 3 { 0.005 } else { 0.05 })?;
+        let loss = train_epoch(&net, &mut model, &mut sgd, train, 128, seed + epoch as u64)?;
+        let acc = net.evaluate(&model, test, 1000)?.accuracy;
+        println!(
+            "  epoch {:>2}: loss {loss:.4}, test accuracy {:.2}% ({:.1} s)",
+            epoch + 1,
+            100.0 * acc,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| slimnn::Error::Io {
+            path: dir.into(),
+            source: e,
+        })?;
+    }
+    model
+        .metadata_mut()
+        .insert("network".into(), "LeNet-300-100".into());
+    model.save(&path, &SaveOptions::default())?;
+    println!("saved the trained network to {}", path.display());
+    Ok((model, net))
+}

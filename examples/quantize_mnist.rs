@@ -1,0 +1,221 @@
+//! Quantizing LeNet-300-100 on MNIST: every quantizer of slimnn on one trained network,
+//! measured by bits per weight, compression and test accuracy, then weight sharing with
+//! centroid fine-tuning (Deep Compression's second stage).
+//!
+//! ```text
+//! cargo run --release --example quantize_mnist [-- --epochs 10 --seed 1]
+//! ```
+//!
+//! Reuses the network `prune_mnist` trains (`target/slimnn-examples/lenet300.safetensors`).
+
+#[path = "common/mnist.rs"]
+mod mnist;
+
+use ndarray::Axis;
+use slimnn::quant::{
+    BinaryQuantizer, Granularity, KMeansInit, KMeansQuantizer, PowerOfTwoQuantizer,
+    ProductQuantizer, Quantizer, Scheme, TernaryQuantizer, UniformQuantizer, centroid_gradients,
+};
+use slimnn::{Model, Result, Selector};
+
+fn main() -> Result<()> {
+    let mut epochs = 10;
+    let mut seed = 1;
+    let mut fresh = false;
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        let mut num = || {
+            it.next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| {
+                    eprintln!("{a} needs a number");
+                    std::process::exit(2)
+                })
+        };
+        match a.as_str() {
+            "--epochs" => epochs = num() as usize,
+            "--seed" => seed = num(),
+            "--retrain-from-scratch" => fresh = true,
+            "-h" | "--help" => {
+                println!("usage: quantize_mnist [--epochs N] [--seed S] [--retrain-from-scratch]");
+                return Ok(());
+            }
+            other => {
+                eprintln!("unknown argument `{other}` (try --help)");
+                std::process::exit(2)
+            }
+        }
+    }
+    let (train, test) = mnist::load()?;
+    let (model, net) = mnist::trained_lenet300(&train, &test, epochs, seed, fresh)?;
+    let dense = net.evaluate(&model, &test, 1000)?.accuracy;
+    let weights = Selector::prunable();
+    println!(
+        "dense: 32 bits per weight, test accuracy {:.2}%\n",
+        100.0 * dense
+    );
+
+    let per_row = Granularity::PerChannel { axis: 0 };
+    // LeNet-300-100's rows (784, 300, 100 inputs) are not multiples of 32, so llama.cpp's
+    // block formats do not apply; groups of 4 inputs are the only ones that divide all three.
+    let quantizers: Vec<(&str, Box<dyn Quantizer>)> = vec![
+        (
+            "int8 symmetric, per row",
+            Box::new(UniformQuantizer::new(8, Scheme::Symmetric, per_row)?),
+        ),
+        (
+            "int8 affine, per tensor",
+            Box::new(UniformQuantizer::new(
+                8,
+                Scheme::Affine,
+                Granularity::PerTensor,
+            )?),
+        ),
+        (
+            "int4 symmetric, per row",
+            Box::new(UniformQuantizer::new(4, Scheme::Symmetric, per_row)?),
+        ),
+        (
+            "int4 affine, per row",
+            Box::new(UniformQuantizer::new(4, Scheme::Affine, per_row)?),
+        ),
+        (
+            "int2 affine, per row",
+            Box::new(UniformQuantizer::new(2, Scheme::Affine, per_row)?),
+        ),
+        (
+            "power of two, 4 bits, per row",
+            Box::new(PowerOfTwoQuantizer::new(4, per_row)?),
+        ),
+        (
+            "k-means 16 (4 bits), Lloyd linear init",
+            Box::new(KMeansQuantizer::lloyd(16, KMeansInit::Linear)?),
+        ),
+        (
+            "k-means 16 (4 bits), density init",
+            Box::new(KMeansQuantizer::lloyd(16, KMeansInit::Density)?),
+        ),
+        (
+            "k-means 16 (4 bits), random init",
+            Box::new(KMeansQuantizer::lloyd(16, KMeansInit::Random { seed })?),
+        ),
+        (
+            "k-means 16 (4 bits), optimal",
+            Box::new(KMeansQuantizer::optimal(16)?),
+        ),
+        (
+            "k-means 4 (2 bits), optimal",
+            Box::new(KMeansQuantizer::optimal(4)?),
+        ),
+        (
+            "ternary (TWN), per row",
+            Box::new(TernaryQuantizer::new(per_row)),
+        ),
+        (
+            "binary (XNOR), per row",
+            Box::new(BinaryQuantizer::new(per_row)),
+        ),
+    ];
+    println!(
+        "{:<44} {:>7} {:>12} {:>10} {:>9}",
+        "quantizer (all three Linear weights)", "bits/w", "compression", "rel. error", "accuracy"
+    );
+    for (name, q) in &quantizers {
+        let mut m = model.clone();
+        match m.quantize(&weights, q.as_ref()) {
+            Ok(report) => {
+                let err = report
+                    .rows
+                    .iter()
+                    .map(|r| r.relative_error * r.numel as f64)
+                    .sum::<f64>()
+                    / report.total_numel() as f64;
+                let bits = report.total_storage_bits() as f64 / report.total_numel() as f64;
+                println!(
+                    "{:<44} {:>7.3} {:>11.1}x {:>10.4} {:>8.2}%",
+                    name,
+                    bits,
+                    report.compression(),
+                    err,
+                    100.0 * net.evaluate(&m, &test, 1000)?.accuracy
+                );
+            }
+            Err(e) => println!("{name:<44} skipped: {e}"),
+        }
+    }
+
+    // Product quantization needs at least as many rows as codewords: fc1 and fc2 only.
+    let mut m = model.clone();
+    let hidden = Selector::glob("fc1.weight").include("fc2.weight");
+    let report = m.quantize(&hidden, &ProductQuantizer::new(4, 16, seed)?)?;
+    let err = report
+        .rows
+        .iter()
+        .map(|r| r.relative_error * r.numel as f64)
+        .sum::<f64>()
+        / report.total_numel() as f64;
+    println!(
+        "{:<44} {:>7.3} {:>11.1}x {:>10.4} {:>8.2}%",
+        "product, 4-d subvectors, 16 words (fc1, fc2)",
+        report.total_storage_bits() as f64 / report.total_numel() as f64,
+        report.compression(),
+        err,
+        100.0 * net.evaluate(&m, &test, 1000)?.accuracy
+    );
+
+    println!(
+        "\nWeight sharing with centroid fine-tuning (Deep Compression §3.3), 2-bit codebooks:"
+    );
+    let mut shared = model.clone();
+    shared.quantize(&weights, &KMeansQuantizer::lloyd(4, KMeansInit::Linear)?)?;
+    println!(
+        "  after 2-bit weight sharing: {:.2}%",
+        100.0 * net.evaluate(&shared, &test, 1000)?.accuracy
+    );
+    fine_tune_centroids(&net, &mut shared, &train, 2, 1e-3)?;
+    println!(
+        "  after fine-tuning the centroids for 2 epochs: {:.2}%",
+        100.0 * net.evaluate(&shared, &test, 1000)?.accuracy
+    );
+    Ok(())
+}
+
+/// SGD on the shared values only: each centroid moves by the sum of its weights'
+/// gradients (codes fixed).
+fn fine_tune_centroids(
+    net: &slimnn::nn::Network,
+    model: &mut Model,
+    train: &slimnn::io::idx::Dataset,
+    epochs: usize,
+    lr: f32,
+) -> Result<()> {
+    let names: Vec<String> = model
+        .select(&Selector::prunable())?
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let order: Vec<usize> = (0..train.len()).collect();
+    for _ in 0..epochs {
+        for idx in order.chunks(128) {
+            let x = train.images.select(Axis(0), idx);
+            let y = train.labels.select(Axis(0), idx);
+            let (_, grads) = net.loss_and_gradients(model, x.view(), y.view())?;
+            for name in &names {
+                let p = model.get_mut(name)?;
+                let mut q = p.take_quantized().expect("quantized above");
+                let g = centroid_gradients(&q, &grads[name], p.mask())?;
+                let table = q
+                    .table()
+                    .expect("a codebook")
+                    .iter()
+                    .zip(&g)
+                    .map(|(c, g)| c - lr * g)
+                    .collect();
+                q.set_table(table)?;
+                p.set_quantized(q)?;
+            }
+        }
+    }
+    Ok(())
+}
