@@ -215,7 +215,9 @@ fn initial(x: &[f64], w: &[f64], k: usize, init: KMeansInit) -> Vec<f64> {
 
 /// Lloyd's iterations on distinct sorted values `x` with counts `w`: cluster `j` holds
 /// the values in `(b_{j−1}, b_j]`, `b` the midpoints of consecutive centroids; each
-/// centroid moves to its cluster's mean (an empty cluster keeps its centroid).
+/// centroid moves to its cluster's mean. Empty clusters take the values farthest from
+/// their centroids, which leave their clusters (scikit-learn's relocation), so no
+/// codebook entry is wasted.
 fn lloyd(x: &[f64], w: &[f64], mut c: Vec<f64>, max_iter: usize) -> Vec<f64> {
     let mut sw = vec![0.0; x.len() + 1];
     let mut sx = vec![0.0; x.len() + 1];
@@ -227,6 +229,7 @@ fn lloyd(x: &[f64], w: &[f64], mut c: Vec<f64>, max_iter: usize) -> Vec<f64> {
         c.sort_by(f64::total_cmp);
         let mut next = c.clone();
         let mut start = 0;
+        let mut ranges = Vec::with_capacity(c.len());
         for j in 0..c.len() {
             let end = if j + 1 == c.len() {
                 x.len()
@@ -234,10 +237,45 @@ fn lloyd(x: &[f64], w: &[f64], mut c: Vec<f64>, max_iter: usize) -> Vec<f64> {
                 let b = (c[j] + c[j + 1]) / 2.0;
                 x.partition_point(|&v| v <= b)
             };
+            let end = end.max(start);
             if end > start {
                 next[j] = (sx[end] - sx[start]) / (sw[end] - sw[start]);
             }
-            start = end.max(start);
+            ranges.push(start..end);
+            start = end;
+        }
+        let empty: Vec<usize> = (0..c.len()).filter(|&j| ranges[j].is_empty()).collect();
+        if !empty.is_empty() {
+            // Values by distance to the centroid they were assigned to, farthest first;
+            // each stands for `w[i]` samples.
+            let mut far: Vec<(usize, usize)> = ranges
+                .iter()
+                .enumerate()
+                .flat_map(|(j, r)| r.clone().map(move |i| (j, i)))
+                .collect();
+            far.sort_unstable_by(|a, b| {
+                (x[b.1] - c[b.0]).abs().total_cmp(&(x[a.1] - c[a.0]).abs())
+            });
+            let mut left: Vec<f64> = w.to_vec();
+            let mut samples = far
+                .into_iter()
+                .flat_map(|(j, i)| std::iter::repeat_n((j, i), w[i].max(1.0) as usize));
+            let mut sums: Vec<(f64, f64)> = ranges
+                .iter()
+                .map(|r| (sx[r.end] - sx[r.start], sw[r.end] - sw[r.start]))
+                .collect();
+            for &e in &empty {
+                let Some((donor, i)) = samples.next() else {
+                    break;
+                };
+                if left[i] < 1.0 || sums[donor].1 <= 1.0 {
+                    continue;
+                }
+                left[i] -= 1.0;
+                next[e] = x[i];
+                sums[donor] = (sums[donor].0 - x[i], sums[donor].1 - 1.0);
+                next[donor] = sums[donor].0 / sums[donor].1;
+            }
         }
         if next == c {
             break;
