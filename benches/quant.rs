@@ -25,12 +25,22 @@ fn benches(c: &mut Criterion) {
     let int8 =
         UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerChannel { axis: 0 }).unwrap();
     g.bench_function("int8 per channel, quantize + dequantize 4096x4096", |b| {
-        b.iter(|| int8.quantize(&w, &ctx).unwrap().dequantize_into(&mut out))
+        b.iter(|| {
+            int8.quantize(&w, &ctx)
+                .unwrap()
+                .dequantize_into(&mut out)
+                .unwrap()
+        })
     });
     let int4 =
         UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 128 }).unwrap();
     g.bench_function("int4 group 128, quantize + dequantize 4096x4096", |b| {
-        b.iter(|| int4.quantize(&w, &ctx).unwrap().dequantize_into(&mut out))
+        b.iter(|| {
+            int4.quantize(&w, &ctx)
+                .unwrap()
+                .dequantize_into(&mut out)
+                .unwrap()
+        })
     });
     let q4_0 = GgmlQuantizer::new(GgmlFormat::Q4_0);
     g.bench_function("Q4_0 quantize 4096x4096", |b| {

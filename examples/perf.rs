@@ -259,7 +259,7 @@ fn quant_roundtrip(
     let times = repeat(opts.repeats, || {
         timed(|| {
             let q = quantizer.quantize(&w, &ctx).unwrap();
-            q.dequantize_into(out.as_slice_mut().unwrap());
+            q.dequantize_into(out.as_slice_mut().unwrap()).unwrap();
         })
     });
     let quality = relative_error(&w, &out);

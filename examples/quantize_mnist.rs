@@ -58,7 +58,7 @@ fn main() -> Result<()> {
 
     let per_row = Granularity::PerChannel { axis: 0 };
     // LeNet-300-100's rows (784, 300, 100 inputs) are not multiples of 32, so llama.cpp's
-    // block formats do not apply; groups of 4 inputs are the only ones that divide all three.
+    // block formats and 32-element groups do not apply here.
     let quantizers: Vec<(&str, Box<dyn Quantizer>)> = vec![
         (
             "int8 symmetric, per row",

@@ -162,7 +162,9 @@ fn non_finite_weights_and_calibration_data() {
         Err(Error::NonFinite { .. })
     ));
     assert!(matches!(
-        HistogramObserver::new(Calibration::Kl, Scheme::Symmetric, 8).observe(&batch),
+        HistogramObserver::new(Calibration::Kl, Scheme::Symmetric, 8)
+            .unwrap()
+            .observe(&batch),
         Err(Error::NonFinite { .. })
     ));
     let layer = QuantizedLinear::new(&Array2::<f32>::ones((4, 32)), None).unwrap();
@@ -237,7 +239,7 @@ fn codebooks_and_codes_that_do_not_match() {
     ));
     // Scales for the wrong number of groups.
     let bad_scales = Decoding::Scalar {
-        levels: Levels::Integers { min: 0 },
+        levels: Levels::Integers { min: 0, max: 3 },
         granularity: Granularity::PerChannel { axis: 0 },
         scales: vec![1.0; 3],
         zero_points: vec![],
@@ -301,4 +303,88 @@ fn quantized_layers_with_wrong_shapes() {
         .quantize(&w.view().into_dyn(), &ctx())
         .unwrap();
     assert!(group_matmul(&Array2::zeros((2, 64)), &per_tensor, None).is_err());
+}
+
+#[test]
+fn observers_and_decodings_out_of_range() {
+    assert!(HistogramObserver::new(Calibration::Kl, Scheme::Symmetric, 1).is_err());
+    assert!(HistogramObserver::new(Calibration::Percentile(0.2), Scheme::Affine, 8).is_err());
+    let codes = PackedCodes::pack(&[0, 1, 2, 3], 2).unwrap();
+    let scalar = |levels, zero_points: Vec<f32>, scale_bits| Decoding::Scalar {
+        levels,
+        granularity: Granularity::PerTensor,
+        scales: vec![0.1],
+        zero_points,
+        scale_bits,
+    };
+    // Code 3 is past the levels 0..=2; a fractional zero point; 0.1 is not exact in f16.
+    assert!(
+        QuantizedTensor::new(
+            &[4],
+            codes.clone(),
+            scalar(Levels::Integers { min: 0, max: 2 }, vec![], 32)
+        )
+        .is_err()
+    );
+    assert!(
+        QuantizedTensor::new(
+            &[4],
+            codes.clone(),
+            scalar(Levels::Integers { min: 0, max: 3 }, vec![1.5], 32)
+        )
+        .is_err()
+    );
+    assert!(
+        QuantizedTensor::new(
+            &[4],
+            codes.clone(),
+            scalar(Levels::Integers { min: 0, max: 3 }, vec![], 16)
+        )
+        .is_err()
+    );
+    let q = QuantizedTensor::new(
+        &[4],
+        codes,
+        scalar(Levels::Integers { min: 0, max: 3 }, vec![1.0], 32),
+    )
+    .unwrap();
+    assert!(matches!(
+        q.dequantize_into(&mut [0.0; 3]),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    // Shapes whose element count overflows.
+    assert!(from_ggml_blocks(&[], &[usize::MAX, 64], GgmlFormat::Q8_0).is_err());
+    let pq = Decoding::Product {
+        sub_dim: 1,
+        codewords: usize::MAX,
+        codebooks: vec![],
+    };
+    assert!(QuantizedTensor::new(&[1, 2], PackedCodes::pack(&[0, 0], 1).unwrap(), pq).is_err());
+    let w = ArrayD::<f32>::zeros(IxDyn(&[0, 4]));
+    assert!(
+        UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerChannel { axis: 0 })
+            .unwrap()
+            .quantize(&w, &ctx())
+            .is_err()
+    );
+}
+
+#[test]
+fn product_codewords_beyond_the_distinct_subvectors() {
+    // 8 rows but only 2 distinct subvectors per slice: 4 codewords would be wasted.
+    let w = ArrayD::from_shape_fn(IxDyn(&[8, 4]), |i| (i[0] % 2) as f32);
+    let err = ProductQuantizer::new(2, 4, 0)
+        .unwrap()
+        .quantize(&w, &ctx())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidParameter {
+                name: "codewords",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

@@ -282,3 +282,157 @@ fn observers() {
     // lo: −1 → −2 → −0.875 (batch minima −1, −3, 0.25); hi: 2 → 1.5 → 1.0
     assert_eq!(ma.range().unwrap(), (-0.875, 1.0));
 }
+
+/// Ties round to the even level (not the even code), as IEEE 754 and PyTorch do.
+#[test]
+fn ties_round_to_even_levels() {
+    let w = ArrayD::from_shape_vec(IxDyn(&[3]), vec![-1.0f32, 0.5, 1.0]).unwrap();
+    let q = UniformQuantizer::new(2, Scheme::Symmetric, Granularity::PerTensor)
+        .unwrap()
+        .quantize(&w, &QuantContext::new())
+        .unwrap();
+    // Levels −1, 0, 1 with scale 1: 0.5 is a tie between 0 and 1 and goes to 0.
+    assert_eq!(q.dequantize::<f32>().as_slice().unwrap(), &[-1.0, 0.0, 1.0]);
+}
+
+/// A range too small for 1/scale keeps zero exact.
+#[test]
+fn subnormal_ranges_keep_zero_exact() {
+    let w = ArrayD::from_shape_vec(IxDyn(&[3]), vec![1e-37f32, 0.0, -1e-37]).unwrap();
+    for scheme in [Scheme::Symmetric, Scheme::Affine] {
+        let q = UniformQuantizer::new(8, scheme, Granularity::PerTensor)
+            .unwrap()
+            .quantize(&w, &QuantContext::new())
+            .unwrap();
+        assert_eq!(q.dequantize::<f32>()[[1]], 0.0, "{scheme:?}");
+    }
+}
+
+/// The straight-through estimator stops at the top level of a restricted symmetric grid.
+#[test]
+fn straight_through_stops_at_the_clipping_point() {
+    use slimnn::quant::{Calibration, straight_through};
+    // 4-bit symmetric: levels −7…7. Percentile clipping puts the outlier past level 7.
+    let mut v: Vec<f32> = (1..200).map(|i| (i % 20) as f32 * 0.01).collect();
+    v.push(1.0);
+    let w = ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).unwrap();
+    let q = UniformQuantizer::new(4, Scheme::Symmetric, Granularity::PerTensor)
+        .unwrap()
+        .with_calibration(Calibration::Percentile(0.95))
+        .unwrap()
+        .quantize(&w, &QuantContext::new())
+        .unwrap();
+    let Decoding::Scalar { scales, .. } = q.decoding() else {
+        unreachable!()
+    };
+    let s = scales[0];
+    // A weight a full step beyond the top level (7·s) is clipped: no gradient.
+    let probe = ArrayD::from_shape_vec(
+        IxDyn(&[w.len()]),
+        w.iter()
+            .enumerate()
+            .map(|(i, &x)| if i == 0 { 8.0 * s } else { x })
+            .collect(),
+    )
+    .unwrap();
+    let g = straight_through(&ArrayD::ones(w.raw_dim()), &probe, &q).unwrap();
+    assert_eq!(g[[0]], 0.0);
+    assert_eq!(g[[1]], 1.0);
+}
+
+/// Codebook methods on a pruned model: statistics from the kept weights, pruned
+/// weights decode to exactly 0 from the stored form too.
+#[test]
+fn pruned_weights_stay_zero_through_codebooks() {
+    use slimnn::prune::{MagnitudePruner, Statistics};
+    use slimnn::quant::{BinaryQuantizer, KMeansQuantizer, TernaryQuantizer};
+    use slimnn::{Model, Selector};
+    let quantizers: Vec<Box<dyn Quantizer>> = vec![
+        Box::new(KMeansQuantizer::optimal(4).unwrap()),
+        Box::new(BinaryQuantizer::new(Granularity::PerChannel { axis: 0 })),
+        Box::new(TernaryQuantizer::new(Granularity::PerChannel { axis: 0 })),
+        Box::new(
+            UniformQuantizer::new(4, Scheme::Affine, Granularity::PerChannel { axis: 0 }).unwrap(),
+        ),
+    ];
+    for q in &quantizers {
+        let mut m = Model::new();
+        m.add("fc.weight", common::normal(&[16, 32], 5)).unwrap();
+        m.prune(
+            &Selector::all(),
+            &MagnitudePruner::magnitude(0.9).unwrap(),
+            &Statistics::new(),
+        )
+        .unwrap();
+        m.quantize(&Selector::all(), q.as_ref()).unwrap();
+        let p = m.get("fc.weight").unwrap();
+        let decoded = p.quantized().unwrap().dequantize::<f32>();
+        let mask = p.mask().unwrap();
+        assert!(
+            mask.iter_pruned()
+                .all(|i| decoded.as_slice().unwrap()[i] == 0.0)
+        );
+        // Binary: α is the mean magnitude of the kept weights of each row.
+        let kept_mean = {
+            let v = p.effective();
+            let row: Vec<f32> = v
+                .outer_iter()
+                .next()
+                .unwrap()
+                .iter()
+                .copied()
+                .filter(|x| *x != 0.0)
+                .collect();
+            row.iter().map(|x| x.abs()).sum::<f32>() / row.len() as f32
+        };
+        if let Some(&d) = decoded
+            .outer_iter()
+            .next()
+            .unwrap()
+            .iter()
+            .find(|x| **x != 0.0)
+        {
+            assert!(
+                d.abs() > kept_mean * 0.2,
+                "decoded {d} vs kept mean {kept_mean}"
+            );
+        }
+        // Pruning more later keeps the stored form consistent.
+        let mut m2 = m.clone();
+        m2.prune(
+            &Selector::all(),
+            &MagnitudePruner::magnitude(0.95).unwrap(),
+            &Statistics::new(),
+        )
+        .unwrap();
+        let p2 = m2.get("fc.weight").unwrap();
+        assert_eq!(p2.quantized().unwrap().dequantize::<f32>(), p2.effective());
+        m2.make_permanent(&Selector::all()).unwrap();
+        let p2 = m2.get("fc.weight").unwrap();
+        assert_eq!(p2.quantized().unwrap().dequantize::<f32>(), *p2.value());
+    }
+}
+
+/// llama.cpp's Q8_0 weights run in the int8 layer.
+#[test]
+fn q8_0_weights_run_in_the_int8_layer() {
+    use slimnn::quant::{GgmlFormat, GgmlQuantizer, QuantizedLinear};
+    let w = common::normal(&[8, 64], 9);
+    let q = GgmlQuantizer::new(GgmlFormat::Q8_0)
+        .quantize(&w, &QuantContext::new())
+        .unwrap();
+    let layer = QuantizedLinear::from_quantized(&q, None).unwrap();
+    assert_eq!(layer.block(), 32);
+    let x = common::normal(&[2, 64], 10)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let y = layer.forward(&x).unwrap();
+    let dense = x.dot(
+        &q.dequantize::<f32>()
+            .into_dimensionality::<ndarray::Ix2>()
+            .unwrap()
+            .t(),
+    );
+    let rel = ((&y - &dense).mapv(|e| e * e).sum() / dense.mapv(|e| e * e).sum()).sqrt();
+    assert!(rel < 0.02, "{rel}");
+}

@@ -130,7 +130,7 @@ impl slimnn::quant::Quantizer for QuarterSteps {
             w.shape(),
             PackedCodes::pack(&codes, 4)?,
             Decoding::Scalar {
-                levels: Levels::Integers { min: -8 },
+                levels: Levels::Integers { min: -8, max: 7 },
                 granularity: Granularity::PerTensor,
                 scales: vec![0.25],
                 zero_points: vec![],

@@ -9,14 +9,18 @@ const MAGIC: f32 = 12_582_912.0;
 
 #[inline(always)]
 fn quantize_body(x: &[f32], inv_scale: f32, offset: f32, cmax: f32, out: &mut [u8]) {
+    // Round `x/s` itself (ties to even in level units, not in code units, which the
+    // integer offset would shift), then add the offset.
+    let (lo, hi) = (-offset, cmax - offset);
     for (o, &v) in out.iter_mut().zip(x) {
-        let y = (v * inv_scale + offset).clamp(0.0, cmax);
-        *o = ((y + MAGIC) - MAGIC) as u8;
+        let y = (v * inv_scale).clamp(lo, hi);
+        *o = (((y + MAGIC) - MAGIC) + offset) as u8;
     }
 }
 
 kernel! {
-    /// Codes `clamp(round_half_even(x·inv_scale + offset), 0, cmax)` (cmax ≤ 255).
+    /// Codes `round_half_even(clamp(x·inv_scale, −offset, cmax − offset)) + offset`, for
+    /// an integer `offset` and `cmax ≤ 255`.
     fn quantize(x: &[f32], inv_scale: f32, offset: f32, cmax: f32, out: &mut [u8]) => quantize_body
 }
 
@@ -80,8 +84,8 @@ pub(crate) fn quantize_stochastic(
 ) {
     for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
         let u = uniform(seed, (start + i) as u64);
-        let y = (v * inv_scale + offset + u).floor().clamp(0.0, cmax);
-        *o = y as u8;
+        let y = (v * inv_scale + u).floor().clamp(-offset, cmax - offset);
+        *o = (y + offset) as u8;
     }
 }
 
@@ -192,13 +196,15 @@ mod tests {
         }
 
         #[test]
-        fn magic_rounding_is_round_half_even(y in -1000.0f32..1000.0, k in -300i32..300) {
-            let cmax = 255.0;
+        fn magic_rounding_is_round_half_even(y in -1000.0f32..1000.0, k in -300i32..300, offset in 0u8..=255) {
+            // Ties go to the even level, whatever the (integer) offset of the codes.
+            let (cmax, offset) = (255.0, offset as f32);
             let mut out = [0u8; 2];
             let half = k as f32 + 0.5;
-            quantize::scalar(&[y, half], 1.0, 0.0, cmax, &mut out);
-            prop_assert_eq!(out[0] as f32, y.clamp(0.0, cmax).round_ties_even());
-            prop_assert_eq!(out[1] as f32, half.clamp(0.0, cmax).round_ties_even());
+            quantize::scalar(&[y, half], 1.0, offset, cmax, &mut out);
+            let level = |v: f32| v.clamp(-offset, cmax - offset).round_ties_even() + offset;
+            prop_assert_eq!(out[0] as f32, level(y));
+            prop_assert_eq!(out[1] as f32, level(half));
         }
     }
 }

@@ -164,10 +164,14 @@ impl Param {
     }
 
     /// Sets (or replaces) the mask; its shape must equal the parameter's.
+    /// A quantized form gets the mask too, so that it decodes pruned weights to 0.
     pub fn set_mask(&mut self, mask: Mask) -> Result<()> {
         check_same_shape(self.value.shape(), mask.shape(), || {
             format!("mask of `{}`", self.name)
         })?;
+        if let Some(q) = self.quantized.take() {
+            self.quantized = Some(q.with_mask(mask.clone())?);
+        }
         self.mask = Some(mask);
         Ok(())
     }
@@ -187,10 +191,14 @@ impl Param {
     }
 
     /// Applies the mask to the values and drops it, making pruning permanent.
+    /// A quantized form keeps the mask, which its codes need to decode the zeros.
     pub fn make_permanent(&mut self) {
         if let Some(m) = self.mask.take() {
             m.apply(&mut self.value)
                 .expect("mask shape is checked when set");
+            if let Some(q) = self.quantized.take() {
+                self.quantized = Some(q.with_mask(m).expect("mask shape is checked when set"));
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 use ndarray::{ArrayRef, IxDyn};
 
 use super::scheme::Runs;
-use super::uniform::{as_f32, encode, group_sums};
+use super::uniform::{as_f32, encode, group_sums, kept};
 use super::{Decoding, Granularity, Levels, QuantContext, QuantizedTensor, Quantizer};
 use crate::error::Result;
 use crate::tensor::{Scalar, check_finite, check_nonempty};
@@ -41,18 +41,20 @@ impl<T: Scalar> Quantizer<T> for BinaryQuantizer {
         ctx: &QuantContext<'_>,
     ) -> Result<QuantizedTensor> {
         let (values, runs) = prepare(weights, self.granularity, ctx)?;
-        let alpha: Vec<f32> = group_sums(&values, runs, |x, _| {
-            (x.iter().map(|v| v.abs() as f64).sum(), x.len() as f64)
+        // Statistics of the kept weights only: pruned zeros would shrink α.
+        let alpha: Vec<f32> = group_sums(&values, runs, |x, start, _| {
+            let k = kept(x, start, ctx.mask);
+            (k.clone().map(|v| v.abs() as f64).sum(), k.count() as f64)
         })
         .into_iter()
-        .map(|(s, n)| (s / n) as f32)
+        .map(|(s, n)| if n > 0.0 { (s / n) as f32 } else { 0.0 })
         .collect();
         let codes = encode(&values, runs, 1, |_, x, c| {
             c.iter_mut()
                 .zip(x)
                 .for_each(|(c, &v)| *c = (v >= 0.0) as u8);
         });
-        QuantizedTensor::new(
+        ctx.attach_mask(QuantizedTensor::new(
             weights.shape(),
             codes,
             Decoding::Scalar {
@@ -62,7 +64,7 @@ impl<T: Scalar> Quantizer<T> for BinaryQuantizer {
                 zero_points: Vec::new(),
                 scale_bits: 32,
             },
-        )
+        )?)
     }
 }
 
@@ -100,14 +102,16 @@ impl<T: Scalar> Quantizer<T> for TernaryQuantizer {
         ctx: &QuantContext<'_>,
     ) -> Result<QuantizedTensor> {
         let (values, runs) = prepare(weights, self.granularity, ctx)?;
-        let delta: Vec<f32> = group_sums(&values, runs, |x, _| {
-            (x.iter().map(|v| v.abs() as f64).sum(), x.len() as f64)
+        // Statistics of the kept weights only: pruned zeros would lower Δ and α.
+        let delta: Vec<f32> = group_sums(&values, runs, |x, start, _| {
+            let k = kept(x, start, ctx.mask);
+            (k.clone().map(|v| v.abs() as f64).sum(), k.count() as f64)
         })
         .into_iter()
-        .map(|(s, n)| (0.7 * s / n) as f32)
+        .map(|(s, n)| if n > 0.0 { (0.7 * s / n) as f32 } else { 0.0 })
         .collect();
-        let alpha: Vec<f32> = group_sums(&values, runs, |x, g| {
-            let above = x.iter().filter(|v| v.abs() > delta[g]);
+        let alpha: Vec<f32> = group_sums(&values, runs, |x, start, g| {
+            let above = kept(x, start, ctx.mask).filter(|v| v.abs() > delta[g]);
             (
                 above.clone().map(|v| v.abs() as f64).sum(),
                 above.count() as f64,
@@ -128,7 +132,7 @@ impl<T: Scalar> Quantizer<T> for TernaryQuantizer {
                 }
             });
         });
-        QuantizedTensor::new(
+        ctx.attach_mask(QuantizedTensor::new(
             weights.shape(),
             codes,
             Decoding::Scalar {
@@ -138,7 +142,7 @@ impl<T: Scalar> Quantizer<T> for TernaryQuantizer {
                 zero_points: Vec::new(),
                 scale_bits: 32,
             },
-        )
+        )?)
     }
 }
 

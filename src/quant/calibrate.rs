@@ -38,12 +38,13 @@ impl Calibration {
     }
 
     /// The range for `values` (finite, non-empty) quantized at `levels` steps.
-    pub(crate) fn range(self, values: &[f32], scheme: Scheme, levels: usize) -> (f32, f32) {
+    /// `magnitude`: calibrate `|x|` (signed symmetric grids) rather than `x`.
+    pub(crate) fn range(self, values: &[f32], magnitude: bool, levels: usize) -> (f32, f32) {
         let (lo, hi) = min_max(values);
         if self == Calibration::MinMax || lo == hi {
             return (lo, hi);
         }
-        let hist = Histogram::of(values, scheme, HIST_BINS);
+        let hist = Histogram::of(values, magnitude, HIST_BINS);
         hist.range(self, levels)
     }
 }
@@ -69,17 +70,17 @@ pub(crate) struct Histogram {
 }
 
 impl Histogram {
-    pub(crate) fn empty(scheme: Scheme, bins: usize) -> Histogram {
+    pub(crate) fn empty(magnitude: bool, bins: usize) -> Histogram {
         Histogram {
             lo: 0.0,
             hi: 0.0,
             counts: vec![0.0; bins],
-            magnitude: scheme == Scheme::Symmetric,
+            magnitude,
         }
     }
 
-    pub(crate) fn of(values: &[f32], scheme: Scheme, bins: usize) -> Histogram {
-        let mut h = Histogram::empty(scheme, bins);
+    pub(crate) fn of(values: &[f32], magnitude: bool, bins: usize) -> Histogram {
+        let mut h = Histogram::empty(magnitude, bins);
         h.add(values);
         h
     }
@@ -245,7 +246,8 @@ impl Histogram {
     /// threshold minimising KL(reference ‖ candidate) wins.
     fn kl_range(&self, levels: usize) -> (f32, f32) {
         let bins = self.counts.len();
-        let q_bins = (levels / 2).max(1);
+        // A magnitude histogram holds one side of a symmetric grid.
+        let q_bins = if self.magnitude { levels / 2 } else { levels }.max(1);
         let mut best = (f64::INFINITY, bins);
         for i in q_bins..=bins {
             let mut p: Vec<f64> = self.counts[..i].to_vec();
@@ -261,11 +263,12 @@ impl Histogram {
             for j in 0..q_bins {
                 let start = j * i / q_bins;
                 let end = ((j + 1) * i / q_bins).max(start + 1).min(i);
+                // Spread each merged bin's mass over the bins where the reference has mass.
                 let sum: f64 = src[start..end].iter().sum();
-                let nonzero = src[start..end].iter().filter(|c| **c > 0.0).count();
+                let nonzero = p[start..end].iter().filter(|c| **c > 0.0).count();
                 if nonzero > 0 {
                     for k in start..end {
-                        if src[k] > 0.0 {
+                        if p[k] > 0.0 {
                             q[k] = sum / nonzero as f64;
                         }
                     }
@@ -305,7 +308,7 @@ impl Histogram {
 /// use slimnn::quant::{Calibration, HistogramObserver, MinMaxObserver, Observer, Scheme};
 ///
 /// let mut minmax = MinMaxObserver::new();
-/// let mut entropy = HistogramObserver::new(Calibration::Kl, Scheme::Symmetric, 8);
+/// let mut entropy = HistogramObserver::new(Calibration::Kl, Scheme::Symmetric, 8)?;
 /// for b in 0..4 {
 ///     let batch = Array::from_shape_fn(IxDyn(&[64, 32]), |i| ((i[0] * 32 + i[1] + b) as f32 * 0.37).sin());
 ///     minmax.observe(&batch)?;
@@ -421,15 +424,20 @@ pub struct HistogramObserver {
 }
 
 impl HistogramObserver {
-    /// Calibrates for a `bits`-bit `scheme` by `method`. Panics never; an invalid
-    /// percentile is reported by [`Observer::range`].
-    pub fn new(method: Calibration, scheme: Scheme, bits: u8) -> Self {
-        HistogramObserver {
-            method,
-            levels: 1usize << bits.clamp(1, 16),
-            hist: Histogram::empty(scheme, HIST_BINS),
-            seen: false,
+    /// Calibrates for a `bits`-bit grid (2 to 16 bits) of `scheme` by `method`:
+    /// symmetric grids calibrate `|x|` (signed, `2^bits − 1` levels), affine ones `x`
+    /// (`2^bits` levels). Fails for bits out of range or a percentile outside (0.5, 1].
+    pub fn new(method: Calibration, scheme: Scheme, bits: u8) -> Result<Self> {
+        if !(2..=16).contains(&bits) {
+            return Err(Error::invalid("bits", bits, "2 to 16 bits"));
         }
+        let symmetric = scheme == Scheme::Symmetric;
+        Ok(HistogramObserver {
+            method: method.check()?,
+            levels: (1usize << bits) - symmetric as usize,
+            hist: Histogram::empty(symmetric, HIST_BINS),
+            seen: false,
+        })
     }
 }
 
@@ -444,8 +452,7 @@ impl Observer for HistogramObserver {
         if !self.seen {
             return Err(nothing_observed());
         }
-        let method = self.method.check()?;
-        Ok(self.hist.range(method, self.levels))
+        Ok(self.hist.range(self.method, self.levels))
     }
 }
 
@@ -456,7 +463,7 @@ mod tests {
     #[test]
     fn percentile_of_a_uniform_histogram() {
         let v: Vec<f32> = (0..10_000).map(|i| i as f32 / 10_000.0).collect();
-        let h = Histogram::of(&v, Scheme::Affine, HIST_BINS);
+        let h = Histogram::of(&v, false, HIST_BINS);
         let (lo, hi) = h.range(Calibration::Percentile(0.99), 256);
         assert!(
             (lo - 0.01).abs() < 1e-3 && (hi - 0.99).abs() < 1e-3,
@@ -466,7 +473,7 @@ mod tests {
 
     #[test]
     fn rebinning_keeps_the_counts() {
-        let mut h = Histogram::empty(Scheme::Affine, 64);
+        let mut h = Histogram::empty(false, 64);
         h.add(&[0.0, 0.5, 1.0]);
         h.add(&[-3.0, 4.0]);
         assert!((h.counts.iter().sum::<f64>() - 5.0).abs() < 1e-9);
@@ -485,7 +492,7 @@ mod tests {
         v.extend([60.0, -55.0]);
         // At 4 bits the steps cost more than clipping two outliers; KL ignores them at 8.
         for (m, levels) in [(Calibration::Mse, 16), (Calibration::Kl, 256)] {
-            let (lo, hi) = Calibration::range(m, &v, Scheme::Symmetric, levels);
+            let (lo, hi) = Calibration::range(m, &v, true, levels);
             assert!(hi < 40.0 && hi > 3.0 && lo == -hi, "{m:?}: {lo} {hi}");
         }
     }

@@ -3,7 +3,7 @@
 use ndarray::{ArrayD, ArrayRef, IxDyn};
 
 use super::scheme::Runs;
-use super::{Decoding, Levels, QuantizedTensor};
+use super::{Decoding, QuantizedTensor};
 use crate::error::Result;
 use crate::tensor::{check_same_shape, row_major};
 
@@ -51,14 +51,7 @@ pub fn straight_through(
     else {
         return Ok(out); // vector codebooks have no clipping range
     };
-    let (lo_level, hi_level) = match levels {
-        Levels::Integers { min } => (*min as f32, (*min + (1 << q.codes().bits()) - 1) as f32),
-        Levels::Table(t) => t
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-                (a.min(v), b.max(v))
-            }),
-    };
+    let (lo_level, hi_level) = levels.bounds();
     let runs = Runs::new(q.shape(), *granularity)?;
     let w = row_major(weights);
     let g = out.as_slice_mut().expect("owned arrays are contiguous");

@@ -265,12 +265,11 @@ fn lloyd(x: &[f64], w: &[f64], mut c: Vec<f64>, max_iter: usize) -> Vec<f64> {
                 .map(|r| (sx[r.end] - sx[r.start], sw[r.end] - sw[r.start]))
                 .collect();
             for &e in &empty {
-                let Some((donor, i)) = samples.next() else {
+                // The farthest sample whose cluster can give it up (keeps at least one).
+                let Some((donor, i)) = samples.find(|&(d, i)| left[i] >= 1.0 && sums[d].1 > 1.0)
+                else {
                     break;
                 };
-                if left[i] < 1.0 || sums[donor].1 <= 1.0 {
-                    continue;
-                }
                 left[i] -= 1.0;
                 next[e] = x[i];
                 sums[donor] = (sums[donor].0 - x[i], sums[donor].1 - 1.0);
@@ -317,7 +316,7 @@ impl<T: Scalar> Quantizer<T> for KMeansQuantizer {
                 *c = bounds.partition_point(|&b| b < v) as u8;
             }
         });
-        QuantizedTensor::new(
+        ctx.attach_mask(QuantizedTensor::new(
             weights.shape(),
             codes,
             Decoding::Scalar {
@@ -327,12 +326,14 @@ impl<T: Scalar> Quantizer<T> for KMeansQuantizer {
                 zero_points: Vec::new(),
                 scale_bits: 32,
             },
-        )
+        )?)
     }
 }
 
-/// `∂L/∂c_k = Σ_{i: code_i = k} ∂L/∂w_i`: the gradient of each shared value, summed over
-/// the weights that share it (Deep Compression, Eq. 3), skipping weights a mask prunes.
+/// `∂L/∂c_k = Σ_{i: code_i = k} ∂L/∂w_i · s_i`: the gradient of each shared value,
+/// summed over the weights that share it (Deep Compression, Eq. 3; `s_i` is the weight's
+/// group scale, 1 for k-means codebooks), skipping weights a mask (given, or attached to
+/// `q`) prunes.
 /// Subtract `lr ·` these from the codebook ([`QuantizedTensor::set_table`]) to fine-tune
 /// a weight-shared network with its codes fixed.
 ///
@@ -365,12 +366,23 @@ pub fn centroid_gradients(
     if let Some(m) = mask {
         check_same_shape(q.shape(), m.shape(), || "mask".into())?;
     }
+    // w = s_g·(t_c − z_g), so ∂w/∂t_c = s_g: scale each gradient by its group's scale.
+    let Decoding::Scalar {
+        granularity,
+        scales,
+        ..
+    } = q.decoding()
+    else {
+        unreachable!("a table decoding is scalar")
+    };
+    let runs = super::scheme::Runs::new(q.shape(), *granularity)?;
     let codes = q.codes().unpack();
     let g = row_major(grad);
     let mut sums = vec![0.0f64; table.len()];
+    let pruned = |i: usize| mask.or(q.mask()).is_some_and(|m| !m.get(i));
     for (i, (&c, &gi)) in codes.iter().zip(g.iter()).enumerate() {
-        if mask.is_none_or(|m| m.get(i)) {
-            sums[c as usize] += gi as f64;
+        if !pruned(i) {
+            sums[c as usize] += gi as f64 * scales[runs.group(i / runs.run_len)] as f64;
         }
     }
     Ok(sums.into_iter().map(|s| s as f32).collect())

@@ -82,8 +82,9 @@ impl QuantizedLinear {
     }
 
     /// The layer for weights already quantized to 8-bit symmetric codes (levels
-    /// `−127…127`, as [`UniformQuantizer`] makes them) with one scale per output row or
-    /// per group of inputs.
+    /// `−127…127`, as [`UniformQuantizer`] makes them, or llama.cpp's Q8_0, whose codes
+    /// stay within ±127 too) with one scale per output row or per group of inputs.
+    /// Elements a mask prunes are taken as 0.
     pub fn from_quantized(q: &QuantizedTensor, bias: Option<&ArrayRef<f32, Ix1>>) -> Result<Self> {
         let wrong = || {
             Error::invalid(
@@ -93,7 +94,7 @@ impl QuantizedLinear {
             )
         };
         let Decoding::Scalar {
-            levels: Levels::Integers { min: -127 },
+            levels: Levels::Integers { min, max: 127 },
             granularity,
             scales,
             zero_points,
@@ -118,11 +119,19 @@ impl QuantizedLinear {
                 "needs blocks of 1 to 131072 inputs (int32 sums)",
             ));
         }
-        let codes = q.codes().unpack();
-        if codes.contains(&255) {
-            return Err(wrong());
+        let mut weights = Vec::with_capacity(q.len());
+        for c in q.codes().unpack() {
+            let level = c as i32 + min;
+            if level < -127 {
+                return Err(wrong());
+            }
+            weights.push(level as i8);
         }
-        let weights: Vec<i8> = codes.into_iter().map(|c| (c as i32 - 127) as i8).collect();
+        if let Some(m) = q.mask() {
+            for i in m.iter_pruned() {
+                weights[i] = 0;
+            }
+        }
         let sums = weights
             .chunks(block)
             .map(|b| b.iter().map(|&w| w as i32).sum())
@@ -172,16 +181,23 @@ impl QuantizedLinear {
         let x_scales: Vec<f32> = xq
             .par_chunks_mut(self.block)
             .zip(xs.par_chunks(self.block))
-            .map(|(q, v)| {
-                let amax = v.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
-                let mut codes = vec![0u8; v.len()];
-                crate::kernels::quant::quantize(v, 1.0 / s, 127.0, 254.0, &mut codes);
-                q.iter_mut()
-                    .zip(&codes)
-                    .for_each(|(q, &c)| *q = (c as i32 - 127) as i8);
-                s
-            })
+            .map_init(
+                || vec![0u8; self.block],
+                |codes, (q, v)| {
+                    let amax = v.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let s = if (127.0 / amax).is_finite() {
+                        amax / 127.0
+                    } else {
+                        1.0
+                    };
+                    let codes = &mut codes[..v.len()];
+                    crate::kernels::quant::quantize(v, 1.0 / s, 127.0, 254.0, codes);
+                    q.iter_mut()
+                        .zip(codes.iter())
+                        .for_each(|(q, &c)| *q = (c as i32 - 127) as i8);
+                    s
+                },
+            )
             .collect();
         let blocks = self.inputs / self.block;
         // Tasks of weight rows; each task fills its columns of the output.
@@ -248,9 +264,12 @@ fn check_input(x: &ArrayRef<f32, Ix2>, inputs: usize) -> Result<usize> {
         });
     }
     check_nonempty(x.shape(), || "input batch".into())?;
-    check_finite(&x.iter().copied().collect::<Vec<_>>(), || {
-        "input batch".into()
-    })?;
+    match x.as_slice() {
+        Some(s) => check_finite(s, || "input batch".into())?,
+        None => check_finite(&x.iter().copied().collect::<Vec<_>>(), || {
+            "input batch".into()
+        })?,
+    }
     Ok(batch)
 }
 
@@ -280,7 +299,7 @@ pub fn group_matmul(
 ) -> Result<Array2<f32>> {
     let (min, size, scales, zeros) = match q.decoding() {
         Decoding::Scalar {
-            levels: Levels::Integers { min },
+            levels: Levels::Integers { min, .. },
             granularity: Granularity::PerGroup { size },
             scales,
             zero_points,
@@ -298,6 +317,14 @@ pub fn group_matmul(
     let batch = check_input(x, inputs)?;
     if let Some(b) = bias {
         crate::tensor::check_same_shape(&[outputs], b.shape(), || "bias".into())?;
+        check_finite(&b.to_vec(), || "bias".into())?;
+    }
+    if q.mask().is_some() {
+        return Err(Error::invalid(
+            "quantized weight",
+            "a pruning mask",
+            "a weight without a mask (decode with the mask applied, or quantize after making pruning permanent)",
+        ));
     }
     let runs = Runs::new(q.shape(), Granularity::PerGroup { size })?;
     let groups_per_row = inputs / size;

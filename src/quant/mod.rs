@@ -50,9 +50,13 @@ pub struct QuantContext<'a> {
     pub name: Option<&'a str>,
     /// The layer kind; `None`: inferred from the name and shape.
     pub kind: Option<LayerKind>,
-    /// Weights already pruned. Codebook methods fit their codebook to the kept weights
-    /// only (Deep Compression quantizes the survivors of pruning); uniform schemes
-    /// always represent 0 exactly, so pruned weights stay 0.
+    /// Weights already pruned (pass the weights with them zeroed, as
+    /// [`Model::quantize`](crate::Model::quantize) does). Statistics (codebooks, binary
+    /// and ternary scales, histogram ranges) come from the kept weights only, as Deep
+    /// Compression quantizes the survivors of pruning. Schemes that represent 0 exactly
+    /// (uniform, power-of-two, ggml) keep pruned weights at 0 by themselves; codebook
+    /// schemes (k-means, binary, ternary, product) attach the mask to the result
+    /// ([`QuantizedTensor::with_mask`]) so that pruned weights decode to 0.
     pub mask: Option<&'a Mask>,
 }
 
@@ -83,6 +87,14 @@ impl<'a> QuantContext<'a> {
     /// How error messages name the tensor.
     pub(crate) fn what(&self) -> String {
         subject(self.name, "weights")
+    }
+
+    /// `q` with this context's mask attached, if there is one.
+    pub(crate) fn attach_mask(&self, q: QuantizedTensor) -> Result<QuantizedTensor> {
+        match self.mask {
+            Some(m) => q.with_mask(m.clone()),
+            None => Ok(q),
+        }
     }
 }
 

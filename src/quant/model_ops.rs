@@ -44,12 +44,19 @@ impl Model {
                 kind: Some(p.kind()),
                 mask: p.mask(),
             };
-            let q = quantizer.quantize(&values, &ctx)?;
+            let mut q = quantizer.quantize(&values, &ctx)?;
             crate::tensor::check_same_shape(p.shape(), q.shape(), || {
                 format!("quantized form of `{name}`")
             })?;
             let mut decoded = q.dequantize::<f32>();
-            if let Some(m) = p.mask() {
+            // A quantizer that decodes pruned weights to something else than 0 needs
+            // the mask stored with its codes.
+            if let Some(m) = p.mask()
+                && q.mask().is_none()
+                && m.iter_pruned()
+                    .any(|i| decoded.as_slice().is_some_and(|d| d[i] != 0.0))
+            {
+                q = q.with_mask(m.clone())?;
                 m.apply(&mut decoded)?;
             }
             let (mut num, mut den) = (0.0f64, 0.0f64);

@@ -117,7 +117,12 @@ impl PackedCodes {
     /// # Panics
     /// If the range runs past the end.
     pub fn unpack_into(&self, start: usize, out: &mut [u8]) {
-        assert!(start + out.len() <= self.len, "code range out of bounds");
+        assert!(
+            start
+                .checked_add(out.len())
+                .is_some_and(|end| end <= self.len),
+            "code range out of bounds"
+        );
         unpack_codes(&self.bytes, self.bits, start, out);
     }
 }

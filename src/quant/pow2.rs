@@ -60,7 +60,7 @@ impl<T: Scalar> Quantizer<T> for PowerOfTwoQuantizer {
         let amax = group_fold(
             &values,
             runs,
-            |x, _| (x.iter().fold(0.0f64, |a, v| a.max(v.abs() as f64)), 0.0),
+            |x, _, _| (x.iter().fold(0.0f64, |a, v| a.max(v.abs() as f64)), 0.0),
             |a, b| (a.0.max(b.0), 0.0),
         );
         // Scales 2^n₁ per group; an all-zero group gets scale 1 (every code is zero).

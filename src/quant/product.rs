@@ -107,6 +107,28 @@ impl<T: Scalar> Quantizer<T> for ProductQuantizer {
         }
         let matrix = Array2::from_shape_vec((rows, row_len), values.to_vec()).expect("row-major");
         let slices = row_len / self.sub_dim;
+        // Each slice needs as many distinct subvectors as codewords, as k-means needs
+        // as many distinct values as centroids.
+        for j in 0..slices {
+            let mut seen: Vec<Vec<u32>> = matrix
+                .slice(s![.., j * self.sub_dim..(j + 1) * self.sub_dim])
+                .rows()
+                .into_iter()
+                .map(|r| r.iter().map(|v| v.to_bits()).collect())
+                .collect();
+            seen.sort_unstable();
+            seen.dedup();
+            if seen.len() < self.codewords {
+                return Err(Error::invalid(
+                    "codewords",
+                    self.codewords,
+                    format!(
+                        "at most the {} distinct subvectors of column slice {j}",
+                        seen.len()
+                    ),
+                ));
+            }
+        }
         let fitted: Vec<(Array2<f32>, Vec<u8>)> = (0..slices)
             .into_par_iter()
             .map(|j| {
@@ -128,7 +150,7 @@ impl<T: Scalar> Quantizer<T> for ProductQuantizer {
         let codes: Vec<u8> = (0..rows)
             .flat_map(|r| fitted.iter().map(move |(_, a)| a[r]))
             .collect();
-        QuantizedTensor::new(
+        ctx.attach_mask(QuantizedTensor::new(
             shape,
             PackedCodes::pack(&codes, self.bits())?,
             Decoding::Product {
@@ -136,7 +158,7 @@ impl<T: Scalar> Quantizer<T> for ProductQuantizer {
                 codewords: self.codewords,
                 codebooks,
             },
-        )
+        )?)
     }
 }
 
@@ -198,7 +220,8 @@ fn kmeans(points: &Array2<f32>, k: usize, max_iter: usize, seed: u64) -> (Array2
         };
         centroids.row_mut(c).assign(&points.row(pick));
     }
-    let mut assign = nearest(&distances(points, &centroids));
+    let mut d = distances(points, &centroids);
+    let mut assign = nearest(&d);
     for _ in 0..max_iter {
         let mut sums = Array2::<f64>::zeros((k, dim));
         let mut counts = vec![0usize; k];
@@ -207,7 +230,6 @@ fn kmeans(points: &Array2<f32>, k: usize, max_iter: usize, seed: u64) -> (Array2
             sums.row_mut(a as usize)
                 .zip_mut_with(&p, |s, &x| *s += x as f64);
         }
-        let d = distances(points, &centroids);
         for (c, &count) in counts.iter().enumerate() {
             if count > 0 {
                 let row = sums.row(c).mapv(|s| (s / count as f64) as f32);
@@ -221,7 +243,8 @@ fn kmeans(points: &Array2<f32>, k: usize, max_iter: usize, seed: u64) -> (Array2
                 centroids.row_mut(c).assign(&points.row(far));
             }
         }
-        let next = nearest(&distances(points, &centroids));
+        d = distances(points, &centroids);
+        let next = nearest(&d);
         if next == assign {
             break;
         }

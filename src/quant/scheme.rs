@@ -34,10 +34,16 @@ pub(crate) struct Runs {
 
 impl Runs {
     pub(crate) fn new(shape: &[usize], granularity: Granularity) -> Result<Runs> {
-        let n: usize = shape.iter().product();
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| {
+                Error::bad_shape("weights", shape, "the element count overflows usize")
+            })?;
         match granularity {
+            // One group: any run length will do; 4096 lets the work split across cores.
             Granularity::PerTensor => Ok(Runs {
-                run_len: n.max(1),
+                run_len: n.clamp(1, 4096),
                 groups: 1,
             }),
             Granularity::PerChannel { axis } => {

@@ -1,5 +1,6 @@
 //! [`QuantizedTensor`]: packed codes plus everything needed to decode them.
 
+use half::f16;
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 
@@ -7,19 +8,36 @@ use super::PackedCodes;
 use super::scheme::{Granularity, Runs};
 use crate::error::{Error, Result};
 use crate::kernels::quant::dequantize as dequantize_kernel;
+use crate::mask::Mask;
 use crate::tensor::Scalar;
 
 /// The value each code stands for, before scaling.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Levels {
-    /// Code `c` stands for the integer `min + c` (uniform quantization).
+    /// Code `c` stands for the integer `min + c`, up to `max` (uniform quantization).
     Integers {
         /// The level of code 0.
         min: i32,
+        /// The highest level a code may stand for.
+        max: i32,
     },
     /// Code `c` stands for `table[c]` (a codebook: k-means centroids, powers of two,
     /// ±1, ...).
     Table(Vec<f32>),
+}
+
+impl Levels {
+    /// The lowest and highest level.
+    pub fn bounds(&self) -> (f32, f32) {
+        match self {
+            Levels::Integers { min, max } => (*min as f32, *max as f32),
+            Levels::Table(t) => t
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                }),
+        }
+    }
 }
 
 /// How codes decode to values.
@@ -34,9 +52,11 @@ pub enum Decoding {
         granularity: Granularity,
         /// One scale per group.
         scales: Vec<f32>,
-        /// One zero point per group, in level units; empty means all zero.
+        /// One zero point per group, in level units (integers within the levels for
+        /// [`Levels::Integers`]); empty means all zero.
         zero_points: Vec<f32>,
-        /// Bits each scale is stored in (32 for f32, 16 for f16 scales).
+        /// Bits each scale is stored in: 32 (f32) or 16 (the scales must then be exact
+        /// in f16).
         scale_bits: u8,
     },
     /// Product quantization of rows: each row (axis 0) splits into subvectors of
@@ -52,8 +72,9 @@ pub enum Decoding {
     },
 }
 
-/// A quantized tensor: its shape, its codes packed at their bit width, and the
-/// [`Decoding`] that turns them back into values. Knows its exact storage.
+/// A quantized tensor: its shape, its codes packed at their bit width, the
+/// [`Decoding`] that turns them back into values and, for a pruned tensor, the mask of
+/// the weights that decode to exactly 0. Knows its exact storage.
 ///
 /// ```
 /// use ndarray::array;
@@ -74,6 +95,15 @@ pub struct QuantizedTensor {
     shape: Vec<usize>,
     codes: PackedCodes,
     decoding: Decoding,
+    mask: Option<Mask>,
+}
+
+fn mismatch(what: &str, expected: usize, got: usize) -> Error {
+    Error::ShapeMismatch {
+        what: what.to_string(),
+        expected: vec![expected],
+        got: vec![got],
+    }
 }
 
 impl QuantizedTensor {
@@ -85,11 +115,7 @@ impl QuantizedTensor {
             .ok_or_else(|| {
                 Error::bad_shape("quantized tensor", shape, "element count overflows")
             })?;
-        let mismatch = |what: &str, expected: usize, got: usize| Error::ShapeMismatch {
-            what: what.to_string(),
-            expected: vec![expected],
-            got: vec![got],
-        };
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
         match &decoding {
             Decoding::Scalar {
                 levels,
@@ -116,29 +142,63 @@ impl QuantizedTensor {
                         zero_points.len(),
                     ));
                 }
-                if let Levels::Table(t) = levels
-                    && t.len() < 1usize << codes.bits()
-                    && codes.unpack().iter().any(|&c| c as usize >= t.len())
+                let count = match levels {
+                    Levels::Integers { min, max } => {
+                        if max < min {
+                            return Err(Error::invalid(
+                                "levels",
+                                format!("{min}..={max}"),
+                                "min ≤ max",
+                            ));
+                        }
+                        if let Some(z) = zero_points
+                            .iter()
+                            .find(|z| z.fract() != 0.0 || **z < *min as f32 || **z > *max as f32)
+                        {
+                            return Err(Error::invalid(
+                                "zero point",
+                                z,
+                                format!("an integer level in {min}..={max}"),
+                            ));
+                        }
+                        (*max as i64 - *min as i64 + 1) as u64
+                    }
+                    Levels::Table(t) => {
+                        if t.is_empty() || !finite(t) {
+                            return Err(Error::invalid(
+                                "codebook",
+                                "empty or non-finite",
+                                "finite values",
+                            ));
+                        }
+                        t.len() as u64
+                    }
+                };
+                if count < 1u64 << codes.bits() && codes.unpack().iter().any(|&c| c as u64 >= count)
                 {
                     return Err(Error::invalid(
                         "codes",
-                        format!("a code ≥ {}", t.len()),
-                        format!("codes below the codebook size {}", t.len()),
+                        format!("a code ≥ {count}"),
+                        format!("codes below the {count} levels"),
                     ));
                 }
-                if !matches!(scale_bits, 16 | 32) {
-                    return Err(Error::invalid("scale_bits", scale_bits, "16 or 32"));
+                match scale_bits {
+                    32 => {}
+                    16 if scales.iter().all(|&s| f16::from_f32(s).to_f32() == s) => {}
+                    16 => {
+                        return Err(Error::invalid(
+                            "scales",
+                            "not exact in f16",
+                            "f16-exact scales with scale_bits 16",
+                        ));
+                    }
+                    b => return Err(Error::invalid("scale_bits", b, "16 or 32")),
                 }
-                let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
-                let table_ok = match levels {
-                    Levels::Table(t) => !t.is_empty() && finite(t),
-                    Levels::Integers { .. } => true,
-                };
-                if !finite(scales) || !finite(zero_points) || !table_ok {
+                if !finite(scales) || !finite(zero_points) {
                     return Err(Error::invalid(
                         "decoding",
-                        "non-finite or empty",
-                        "finite scales, zero points and levels",
+                        "a non-finite scale or zero point",
+                        "finite values",
                     ));
                 }
             }
@@ -164,11 +224,24 @@ impl QuantizedTensor {
                         codes.len(),
                     ));
                 }
-                if codebooks.len() != subspaces * codewords * sub_dim {
-                    return Err(mismatch(
+                let expected = subspaces
+                    .checked_mul(*codewords)
+                    .and_then(|v| v.checked_mul(*sub_dim))
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "codewords",
+                            codewords,
+                            "a codebook size that fits in memory",
+                        )
+                    })?;
+                if codebooks.len() != expected {
+                    return Err(mismatch("codebooks", expected, codebooks.len()));
+                }
+                if !finite(codebooks) {
+                    return Err(Error::invalid(
                         "codebooks",
-                        subspaces * codewords * sub_dim,
-                        codebooks.len(),
+                        "a non-finite value",
+                        "finite values",
                     ));
                 }
                 if codes.unpack().iter().any(|&c| c as usize >= *codewords) {
@@ -184,7 +257,23 @@ impl QuantizedTensor {
             shape: shape.to_vec(),
             codes,
             decoding,
+            mask: None,
         })
+    }
+
+    /// Marks the elements `mask` prunes: they decode to exactly 0 (whatever their code),
+    /// and the mask's bits count in the storage.
+    pub fn with_mask(mut self, mask: Mask) -> Result<QuantizedTensor> {
+        crate::tensor::check_same_shape(&self.shape, mask.shape(), || {
+            "mask of a quantized tensor".into()
+        })?;
+        self.mask = Some(mask);
+        Ok(self)
+    }
+
+    /// The mask of pruned elements, if any.
+    pub fn mask(&self) -> Option<&Mask> {
+        self.mask.as_ref()
     }
 
     /// The tensor's shape.
@@ -232,11 +321,7 @@ impl QuantizedTensor {
                 ..
             } => {
                 if table.len() != t.len() {
-                    return Err(Error::ShapeMismatch {
-                        what: "codebook".into(),
-                        expected: vec![t.len()],
-                        got: vec![table.len()],
-                    });
+                    return Err(mismatch("codebook", t.len(), table.len()));
                 }
                 if table.iter().any(|v| !v.is_finite()) {
                     return Err(Error::invalid(
@@ -256,8 +341,9 @@ impl QuantizedTensor {
         }
     }
 
-    /// Exact storage in bits: codes, plus scales, zero points (at the code width) and
-    /// codebooks (f32), everything needed to decode.
+    /// Exact storage in bits: codes, plus scales, zero points (at the code width),
+    /// codebooks (f32) and the mask of pruned elements (one bit each) — everything
+    /// needed to decode.
     pub fn storage_bits(&self) -> usize {
         let params = match &self.decoding {
             Decoding::Scalar {
@@ -277,7 +363,7 @@ impl QuantizedTensor {
             }
             Decoding::Product { codebooks, .. } => codebooks.len() * 32,
         };
-        self.codes.storage_bits() + params
+        self.codes.storage_bits() + params + self.mask.as_ref().map_or(0, Mask::len)
     }
 
     /// Storage per element, in bits.
@@ -288,14 +374,21 @@ impl QuantizedTensor {
     /// The decoded values.
     pub fn dequantize<T: Scalar>(&self) -> ArrayD<T> {
         let mut out = vec![0f32; self.len()];
-        self.dequantize_into(&mut out);
+        self.decode(&mut out);
         let values = out.into_iter().map(|v| T::of(v as f64)).collect();
         ArrayD::from_shape_vec(IxDyn(&self.shape), values).expect("length matches the shape")
     }
 
     /// Decodes into an engine's buffer of [`QuantizedTensor::len`] elements.
-    pub fn dequantize_into(&self, out: &mut [f32]) {
-        assert_eq!(out.len(), self.len(), "output buffer length");
+    pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
+        if out.len() != self.len() {
+            return Err(mismatch("output buffer", self.len(), out.len()));
+        }
+        self.decode(out);
+        Ok(())
+    }
+
+    fn decode(&self, out: &mut [f32]) {
         match &self.decoding {
             Decoding::Scalar {
                 levels,
@@ -306,24 +399,28 @@ impl QuantizedTensor {
             } => {
                 let runs = Runs::new(&self.shape, *granularity).expect("checked in new");
                 let zero = |g: usize| zero_points.get(g).copied().unwrap_or(0.0);
-                // Tasks of whole runs, about 64 Ki elements each, decoded in parallel.
-                let per_task = (65_536 / runs.run_len).max(1) * runs.run_len;
+                // Tasks of whole runs, about 64 Ki elements each, decoded in parallel;
+                // each task unpacks its codes at once.
+                let runs_per_task = (65_536 / runs.run_len).max(1);
+                let per_task = runs_per_task * runs.run_len;
                 out.par_chunks_mut(per_task)
                     .enumerate()
                     .for_each(|(t, chunk)| {
-                        let mut codes = vec![0u8; runs.run_len];
-                        for (r, run) in chunk.chunks_mut(runs.run_len).enumerate() {
-                            let run_index = t * (per_task / runs.run_len) + r;
-                            let g = runs.group(run_index);
-                            let codes = &mut codes[..run.len()];
-                            self.codes.unpack_into(run_index * runs.run_len, codes);
+                        let mut codes = vec![0u8; chunk.len()];
+                        self.codes.unpack_into(t * per_task, &mut codes);
+                        for (r, (run, codes)) in chunk
+                            .chunks_mut(runs.run_len)
+                            .zip(codes.chunks(runs.run_len))
+                            .enumerate()
+                        {
+                            let g = runs.group(t * runs_per_task + r);
                             match levels {
-                                Levels::Integers { min } => {
+                                Levels::Integers { min, .. } => {
                                     dequantize_kernel(codes, scales[g], zero(g) - *min as f32, run)
                                 }
                                 Levels::Table(table) => {
                                     let (s, z) = (scales[g], zero(g));
-                                    for (o, &c) in run.iter_mut().zip(codes.iter()) {
+                                    for (o, &c) in run.iter_mut().zip(codes) {
                                         *o = s * (table[c as usize] - z);
                                     }
                                 }
@@ -345,11 +442,13 @@ impl QuantizedTensor {
                 let subspaces = row / sub_dim;
                 for (i, chunk) in out.chunks_mut(*sub_dim).enumerate() {
                     let j = i % subspaces;
-                    let c = codes[i] as usize;
-                    let start = (j * codewords + c) * sub_dim;
+                    let start = (j * codewords + codes[i] as usize) * sub_dim;
                     chunk.copy_from_slice(&codebooks[start..start + sub_dim]);
                 }
             }
+        }
+        if let Some(m) = &self.mask {
+            m.apply_slice(out).expect("mask shape checked in with_mask");
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::kernels::quant::{
     min_max, pack_codes, quantize as quantize_kernel, quantize_stochastic,
 };
+use crate::mask::Mask;
 use crate::tensor::{Scalar, check_finite, check_nonempty, row_major};
 
 /// Uniform quantization to `bits`-bit integers (Jacob et al., "Quantization and
@@ -140,6 +141,15 @@ impl UniformQuantizer {
         }
         let (min, count) = self.grid();
         let max = min + count as i32 - 1;
+        // A zero range (or one so small that 1/scale overflows) decodes to 0 with any
+        // scale; 1 keeps the arithmetic finite.
+        let usable = |s: f32| {
+            if s > 0.0 && (1.0 / s).is_finite() {
+                s
+            } else {
+                1.0
+            }
+        };
         let (scale, zero) = match self.scheme {
             Scheme::Symmetric => {
                 let amax = if self.signed {
@@ -147,24 +157,14 @@ impl UniformQuantizer {
                 } else {
                     hi.max(0.0)
                 };
-                (amax / max as f32, 0.0)
+                (usable(amax / max as f32), 0.0)
             }
             Scheme::Affine => {
                 let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-                let scale = (hi - lo) / (count - 1) as f32;
-                let zero = if scale > 0.0 {
-                    (min as f32 - lo / scale).round_ties_even()
-                } else {
-                    0.0
-                };
+                let scale = usable((hi - lo) / (count - 1) as f32);
+                let zero = (min as f32 - lo / scale).round_ties_even();
                 (scale, zero.clamp(min as f32, max as f32))
             }
-        };
-        // An all-zero range: any scale decodes to 0; 1 keeps the arithmetic finite.
-        let scale = if scale > 0.0 && scale.is_finite() {
-            scale
-        } else {
-            1.0
         };
         Ok((scale, zero))
     }
@@ -217,8 +217,14 @@ impl<T: Scalar> Quantizer<T> for UniformQuantizer {
                 }
                 (codes, params.into_iter().map(|p| p.0).collect::<Vec<_>>())
             } else {
-                let ranges =
-                    group_ranges(&values, runs, self.calibration, self.scheme, count, ctx)?;
+                let ranges = group_ranges(
+                    &values,
+                    runs,
+                    self.calibration,
+                    self.scheme == Scheme::Symmetric && self.signed,
+                    count,
+                    ctx,
+                )?;
                 let params: Vec<(f32, f32)> = ranges
                     .iter()
                     .map(|&(lo, hi)| self.params_for_range(lo, hi))
@@ -233,7 +239,10 @@ impl<T: Scalar> Quantizer<T> for UniformQuantizer {
             shape,
             codes,
             Decoding::Scalar {
-                levels: Levels::Integers { min },
+                levels: Levels::Integers {
+                    min,
+                    max: min + count as i32 - 1,
+                },
                 granularity: self.granularity,
                 scales: params.iter().map(|p| p.0).collect(),
                 zero_points: if affine {
@@ -313,21 +322,34 @@ pub(crate) fn rename(e: Error, ctx: &QuantContext<'_>) -> Error {
     }
 }
 
-/// Sums `f(run values, group)` (a pair) over the runs of every group, in parallel.
+/// The values of a run (its first element at flat index `start`) that `mask` keeps.
+pub(crate) fn kept<'a>(
+    x: &'a [f32],
+    start: usize,
+    mask: Option<&'a Mask>,
+) -> impl Iterator<Item = f32> + Clone + 'a {
+    x.iter()
+        .enumerate()
+        .filter(move |(i, _)| mask.is_none_or(|m| m.get(start + i)))
+        .map(|(_, &v)| v)
+}
+
+/// Sums `f(run values, flat index of the run's start, group)` (a pair) over the runs of
+/// every group, in parallel.
 pub(crate) fn group_sums(
     values: &[f32],
     runs: Runs,
-    f: impl Fn(&[f32], usize) -> (f64, f64) + Sync,
+    f: impl Fn(&[f32], usize, usize) -> (f64, f64) + Sync,
 ) -> Vec<(f64, f64)> {
     group_fold(values, runs, f, |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
-/// Combines `f(run values, group)` over the runs of every group with `combine`
+/// Combines `f(run values, run start, group)` over the runs of every group with `combine`
 /// (associative, with identity `(0, 0)`), in parallel.
 pub(crate) fn group_fold(
     values: &[f32],
     runs: Runs,
-    f: impl Fn(&[f32], usize) -> (f64, f64) + Sync,
+    f: impl Fn(&[f32], usize, usize) -> (f64, f64) + Sync,
     combine: impl Fn((f64, f64), (f64, f64)) -> (f64, f64),
 ) -> Vec<(f64, f64)> {
     let runs_per_task = (65_536 / runs.run_len).max(1);
@@ -337,7 +359,10 @@ pub(crate) fn group_fold(
         .flat_map_iter(|(t, task)| {
             task.chunks(runs.run_len)
                 .enumerate()
-                .map(|(r, x)| f(x, runs.group(t * runs_per_task + r)))
+                .map(|(r, x)| {
+                    let run = t * runs_per_task + r;
+                    f(x, run * runs.run_len, runs.group(run))
+                })
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -349,12 +374,13 @@ pub(crate) fn group_fold(
     out
 }
 
-/// The calibrated range of every group; fails on the first non-finite value.
+/// The calibrated range of every group; fails on the first non-finite value. Histogram
+/// calibrations see only the weights `mask` keeps (pruned zeros would swamp them).
 fn group_ranges(
     values: &[f32],
     runs: Runs,
     calibration: Calibration,
-    scheme: Scheme,
+    magnitude: bool,
     levels: usize,
     ctx: &QuantContext<'_>,
 ) -> Result<Vec<(f32, f32)>> {
@@ -362,12 +388,35 @@ fn group_ranges(
         check_finite(values, || ctx.what())?;
         let mut members: Vec<Vec<f32>> = vec![Vec::new(); runs.groups];
         for (r, run) in values.chunks(runs.run_len).enumerate() {
-            members[runs.group(r)].extend_from_slice(run);
+            let start = r * runs.run_len;
+            let kept = run
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| ctx.mask.is_none_or(|m| m.get(start + i)));
+            members[runs.group(r)].extend(kept.map(|(_, &v)| v));
         }
         return Ok(members
             .par_iter()
-            .map(|m| calibration.range(m, scheme, levels))
+            .map(|m| {
+                if m.is_empty() {
+                    (0.0, 0.0)
+                } else {
+                    calibration.range(m, magnitude, levels)
+                }
+            })
             .collect());
+    }
+    let mut out = vec![(f32::INFINITY, f32::NEG_INFINITY); runs.groups];
+    if runs.run_len < 64 {
+        // Tiny runs (per channel along the last axis): one sequential pass.
+        for (i, &v) in values.iter().enumerate() {
+            if !v.is_finite() {
+                check_finite(values, || ctx.what())?;
+            }
+            let g = &mut out[runs.group(i / runs.run_len)];
+            *g = (g.0.min(v), g.1.max(v));
+        }
+        return Ok(out);
     }
     // One pass, in parallel; finiteness is checked on the way.
     let runs_per_task = (65_536 / runs.run_len).max(1);
@@ -378,7 +427,6 @@ fn group_ranges(
     if per_run.iter().any(|r| !r.2) {
         check_finite(values, || ctx.what())?;
     }
-    let mut out = vec![(f32::INFINITY, f32::NEG_INFINITY); runs.groups];
     for (r, (lo, hi, _)) in per_run.into_iter().enumerate() {
         let g = &mut out[runs.group(r)];
         *g = (g.0.min(lo), g.1.max(hi));

@@ -30,11 +30,11 @@ impl GgmlFormat {
         }
     }
 
-    /// Code width and the level of code 0.
-    fn grid(self) -> (u8, i32) {
+    /// Code width and the levels of codes 0 and 2^bits − 1.
+    fn grid(self) -> (u8, i32, i32) {
         match self {
-            GgmlFormat::Q8_0 => (8, -128),
-            GgmlFormat::Q4_0 => (4, -8),
+            GgmlFormat::Q8_0 => (8, -128, 127),
+            GgmlFormat::Q4_0 => (4, -8, 7),
         }
     }
 }
@@ -107,7 +107,10 @@ pub fn from_ggml_blocks(
     shape: &[usize],
     format: GgmlFormat,
 ) -> Result<QuantizedTensor> {
-    let n: usize = shape.iter().product();
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::bad_shape("ggml tensor", shape, "element count overflows"))?;
     super::scheme::Runs::new(shape, Granularity::PerGroup { size: QK })?;
     let per = format.block_bytes();
     if blocks.len() != n / QK * per {
@@ -117,7 +120,7 @@ pub fn from_ggml_blocks(
             format!("{} bytes: {} blocks of {per}", n / QK * per, n / QK),
         ));
     }
-    let (bits, min) = format.grid();
+    let (bits, min, max) = format.grid();
     let mut scales = Vec::with_capacity(n / QK);
     let mut codes = Vec::with_capacity(n);
     for block in blocks.chunks_exact(per) {
@@ -135,7 +138,7 @@ pub fn from_ggml_blocks(
         shape,
         PackedCodes::pack(&codes, bits)?,
         Decoding::Scalar {
-            levels: Levels::Integers { min },
+            levels: Levels::Integers { min, max },
             granularity: Granularity::PerGroup { size: QK },
             scales,
             zero_points: Vec::new(),
@@ -147,15 +150,17 @@ pub fn from_ggml_blocks(
 /// The tensor in ggml's block layout, if it is in `format`'s form: 32-element groups,
 /// f16-exact scales, the format's code width and levels.
 pub fn to_ggml_blocks(q: &QuantizedTensor, format: GgmlFormat) -> Result<Vec<u8>> {
-    let (bits, min) = format.grid();
+    let (bits, min, max) = format.grid();
     let scales = match q.decoding() {
         Decoding::Scalar {
-            levels: Levels::Integers { min: m },
+            levels: Levels::Integers { min: m, max: top },
             granularity: Granularity::PerGroup { size: QK },
             scales,
             zero_points,
             ..
-        } if *m == min && zero_points.is_empty() && q.codes().bits() == bits => scales,
+        } if *m == min && *top == max && zero_points.is_empty() && q.codes().bits() == bits => {
+            scales
+        }
         _ => {
             return Err(Error::invalid(
                 "quantized tensor",
