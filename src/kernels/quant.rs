@@ -11,10 +11,18 @@ const MAGIC: f32 = 12_582_912.0;
 fn quantize_body(x: &[f32], inv_scale: f32, offset: f32, cmax: f32, out: &mut [u8]) {
     // Round `x/s` itself (ties to even in level units, not in code units, which the
     // integer offset would shift), then add the offset.
+    //
+    // No float-to-integer conversion (Rust's saturating casts do not vectorize): after
+    // adding 1.5·2²³ the rounded value sits in the low bits of the float's bit pattern,
+    // whose low byte plus the offset is the code (mod 256, and codes are in 0..=255).
+    // The comparisons also send NaN to `lo`, so nothing undefined can come out.
     let (lo, hi) = (-offset, cmax - offset);
+    let add = offset as u8;
     for (o, &v) in out.iter_mut().zip(x) {
-        let y = (v * inv_scale).clamp(lo, hi);
-        *o = (((y + MAGIC) - MAGIC) + offset) as u8;
+        let y = v * inv_scale;
+        let y = if y > lo { y } else { lo };
+        let y = if y < hi { y } else { hi };
+        *o = ((y + MAGIC).to_bits() as u8).wrapping_add(add);
     }
 }
 

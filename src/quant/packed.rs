@@ -105,6 +105,32 @@ impl PackedCodes {
         self.len * self.bits as usize
     }
 
+    /// The largest code (0 when there are none), computed on the packed bytes.
+    pub fn max_code(&self) -> u8 {
+        use rayon::prelude::*;
+        let chunk_max = |bytes: &[u8]| -> u8 {
+            match self.bits {
+                8 => bytes.iter().copied().max().unwrap_or(0),
+                4 => bytes
+                    .iter()
+                    .map(|b| (b & 0x0F).max(b >> 4))
+                    .max()
+                    .unwrap_or(0),
+                _ => 0,
+            }
+        };
+        match self.bits {
+            // Unused bits of the last byte are 0, so they cannot raise the maximum.
+            8 | 4 => self
+                .bytes
+                .par_chunks(1 << 16)
+                .map(chunk_max)
+                .max()
+                .unwrap_or(0),
+            _ => self.unpack().into_iter().max().unwrap_or(0),
+        }
+    }
+
     /// All codes, one per byte.
     pub fn unpack(&self) -> Vec<u8> {
         let mut out = vec![0u8; self.len];

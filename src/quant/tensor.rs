@@ -174,7 +174,9 @@ impl QuantizedTensor {
                         t.len() as u64
                     }
                 };
-                if count < 1u64 << codes.bits() && codes.unpack().iter().any(|&c| c as u64 >= count)
+                if count < 1u64 << codes.bits()
+                    && !codes.is_empty()
+                    && codes.max_code() as u64 >= count
                 {
                     return Err(Error::invalid(
                         "codes",
@@ -244,7 +246,7 @@ impl QuantizedTensor {
                         "finite values",
                     ));
                 }
-                if codes.unpack().iter().any(|&c| c as usize >= *codewords) {
+                if !codes.is_empty() && codes.max_code() as usize >= *codewords {
                     return Err(Error::invalid(
                         "codes",
                         "a code past the codebook",
