@@ -169,50 +169,94 @@ pub(crate) fn gemm_q8_blocked(p: &Blocked<'_>, y: &mut [f32]) {
     }
     #[cfg(target_arch = "x86_64")]
     if super::level() >= super::Level::Avx2 && p.block.is_multiple_of(32) {
+        y.fill(0.0);
         // SAFETY: `level()` returns Avx2 or above only if the CPU reports AVX2 and FMA;
-        // the block length is a multiple of 32, as `gemm_q8_blocked_avx2` requires.
-        unsafe { gemm_q8_blocked_avx2(p, y) };
+        // the block length is a multiple of 32, as the tile kernels require.
+        unsafe { tiled::<Avx2Tile>(p, y, 1024) };
         return;
     }
     gemm_q8_blocked_scalar(p, y)
 }
 
+/// A register tile of the blocked product: rows `i..i+R` of `x` by rows `j..j+C` of `w`
+/// over the blocks `tile`, added to `y`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn gemm_q8_blocked_avx2(p: &Blocked<'_>, y: &mut [f32]) {
-    let (k, block) = (p.k, p.block);
-    let blocks = k / block;
-    let m = p.xq.len() / k;
-    let n = p.wq.len() / k;
-    // Tiles of whole blocks along k, about 512 inputs, so that the rows of one tile stay
-    // in L1 while every pair of rows meets; register blocks of MR × NR dot products.
+trait Tile {
+    /// # Safety
+    /// The CPU must have the target features of the implementation.
+    unsafe fn add<const R: usize, const C: usize>(
+        p: &Blocked<'_>,
+        y: &mut [f32],
+        at: (usize, usize, std::ops::Range<usize>),
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx2Tile;
+
+#[cfg(target_arch = "x86_64")]
+impl Tile for Avx2Tile {
+    unsafe fn add<const R: usize, const C: usize>(
+        p: &Blocked<'_>,
+        y: &mut [f32],
+        at: (usize, usize, std::ops::Range<usize>),
+    ) {
+        // SAFETY: the caller guarantees AVX2 and FMA.
+        unsafe { q8_block::<R, C>(p, y, at) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct VnniTile;
+
+#[cfg(target_arch = "x86_64")]
+impl Tile for VnniTile {
+    unsafe fn add<const R: usize, const C: usize>(
+        p: &Blocked<'_>,
+        y: &mut [f32],
+        at: (usize, usize, std::ops::Range<usize>),
+    ) {
+        // SAFETY: the caller guarantees AVX2, FMA and AVX-VNNI.
+        unsafe { q8_block_vnni::<R, C>(p, y, at) }
+    }
+}
+
+/// Adds the blocked product to `y`, in tiles of whole blocks along k of about
+/// `tile_inputs` inputs (so that the rows of one tile stay in L1 while every pair of
+/// rows meets) and register tiles of 2 × 4 rows (edges: 1 × 4, then 1 × 1).
+///
+/// # Safety
+/// The CPU must have the target features of `T`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tiled<T: Tile>(p: &Blocked<'_>, y: &mut [f32], tile_inputs: usize) {
     const MR: usize = 2;
     const NR: usize = 4;
-    let per_tile = (512 / block).max(1);
-    y.fill(0.0);
+    let (k, block) = (p.k, p.block);
+    let blocks = k / block;
+    let (m, n) = (p.xq.len() / k, p.wq.len() / k);
+    let per_tile = (tile_inputs / block).max(1);
     for tile in (0..blocks).step_by(per_tile) {
         let tile = tile..(tile + per_tile).min(blocks);
-        let mut i = 0;
-        while i < m {
+        for i in (0..m).step_by(MR) {
             let mr = (m - i).min(MR);
-            let mut j = 0;
-            while j < n {
+            for j in (0..n).step_by(NR) {
                 let nr = (n - j).min(NR);
                 let at = (i, j, tile.clone());
-                match (mr, nr) {
-                    (MR, NR) => q8_block::<MR, NR>(p, y, at),
-                    (1, NR) => q8_block::<1, NR>(p, y, at),
-                    (_, _) => {
-                        for r in 0..mr {
-                            for c in 0..nr {
-                                q8_block::<1, 1>(p, y, (i + r, j + c, tile.clone()));
+                // SAFETY: the caller guarantees the target features of `T`.
+                unsafe {
+                    match (mr, nr) {
+                        (MR, NR) => T::add::<MR, NR>(p, y, at),
+                        (1, NR) => T::add::<1, NR>(p, y, at),
+                        _ => {
+                            for r in 0..mr {
+                                for c in 0..nr {
+                                    T::add::<1, 1>(p, y, (i + r, j + c, tile.clone()));
+                                }
                             }
                         }
                     }
                 }
-                j += nr;
             }
-            i += mr;
         }
     }
 }
@@ -280,17 +324,12 @@ fn q8_block<const R: usize, const C: usize>(
     }
 }
 
-/// The tiling of [`gemm_q8_blocked_avx2`] around the AVX-VNNI block kernel.
+/// The AVX-VNNI product: the unsigned offset's correction, then the tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avxvnni")]
 fn gemm_q8_blocked_vnni(p: &Blocked<'_>, y: &mut [f32]) {
-    let (k, block) = (p.k, p.block);
-    let blocks = k / block;
-    let m = p.xq.len() / k;
-    let n = p.wq.len() / k;
-    const MR: usize = 2;
-    const NR: usize = 4;
-    let per_tile = (256 / block).max(1);
+    let blocks = p.k / p.block;
+    let n = p.wq.len() / p.k;
     // The unsigned offset adds 128·Σw per block; take it out up front:
     // y[i, j] = −Σ_blk xs[i, blk]·ws[j, blk]·128·wsum[j, blk].
     let cw: Vec<f32> =
@@ -308,31 +347,8 @@ fn gemm_q8_blocked_vnni(p: &Blocked<'_>, y: &mut [f32]) {
                 .sum::<f32>();
         }
     }
-    for tile in (0..blocks).step_by(per_tile) {
-        let tile = tile..(tile + per_tile).min(blocks);
-        let mut i = 0;
-        while i < m {
-            let mr = (m - i).min(MR);
-            let mut j = 0;
-            while j < n {
-                let nr = (n - j).min(NR);
-                let at = (i, j, tile.clone());
-                match (mr, nr) {
-                    (MR, NR) => q8_block_vnni::<MR, NR>(p, y, at),
-                    (1, NR) => q8_block_vnni::<1, NR>(p, y, at),
-                    (_, _) => {
-                        for r in 0..mr {
-                            for c in 0..nr {
-                                q8_block_vnni::<1, 1>(p, y, (i + r, j + c, tile.clone()));
-                            }
-                        }
-                    }
-                }
-                j += nr;
-            }
-            i += mr;
-        }
-    }
+    // SAFETY: this function runs only where the CPU has AVX2, FMA and AVX-VNNI.
+    unsafe { tiled::<VnniTile>(p, y, 1024) };
 }
 
 /// [`q8_block`] with `vpdpbusd`: the activations are offset to unsigned (`x + 128`, a
@@ -459,8 +475,9 @@ mod tests {
             let wsum: Vec<i32> = wq.chunks(block).map(|c| c.iter().map(|&v| v as i32).sum()).collect();
             let p = Blocked { xq: &xq, xs: &xs, wq: &wq, ws: &ws, wsum: &wsum, k, block };
             let (mut fast, mut slow) = (vec![0f32; m * n], vec![0f32; m * n]);
+            fast.fill(0.0);
             // SAFETY: AVX2 and FMA checked above; the block is a multiple of 32.
-            unsafe { gemm_q8_blocked_avx2(&p, &mut fast) };
+            unsafe { tiled::<Avx2Tile>(&p, &mut fast, 512) };
             gemm_q8_blocked_scalar(&p, &mut slow);
             for (a, b) in fast.iter().zip(&slow) {
                 prop_assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{} vs {}", a, b);
