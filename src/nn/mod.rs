@@ -5,6 +5,7 @@
 //! Layers read the *effective* weights (masks applied), so a pruned model is evaluated
 //! as pruned, and [`Sgd`] keeps pruned weights exactly zero while retraining.
 
+mod conv;
 mod train;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::io::idx::Dataset;
 use crate::model::{DType, LayerKind, Model};
 
+pub use conv::{ConvSpec, conv2d};
 pub use train::{Sgd, train_epoch};
 
 /// Gradients by parameter name, each in its parameter's shape.
