@@ -2,7 +2,12 @@
 //!
 //! ```text
 //! cargo run --release --example perf -- --json [--ops memcpy,prune_global] [--repeats 5]
+//!     [--save-inputs DIR]
 //! ```
+//!
+//! `--save-inputs DIR` writes the inputs of the ops whose quality depends on the draw
+//! (`svd_trunc`, `tucker2`) as `DIR/<op>.npy`, for `scripts/perf_numpy.py --inputs DIR`
+//! to run NumPy, scikit-learn and TensorLy on the very same matrices.
 //!
 //! Inputs are generated in-process with a fixed seed; only the named work is timed,
 //! after one untimed warm-up.
@@ -13,6 +18,8 @@ use ndarray::{Array, ArrayD, IxDyn};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, Normal, Uniform};
+use slimnn::lowrank::{LowRank, LowRankContext, RandomizedSvd, Rank, TruncatedSvd, Tucker2};
+use slimnn::nn::{ConvSpec, conv2d};
 use slimnn::prune::{ChannelCriterion, GlobalPruner, PruneContext, Pruner, StructuredPruner};
 use slimnn::quant::{
     Granularity, KMeansInit, KMeansQuantizer, QuantContext, QuantizedLinear, Quantizer, Scheme,
@@ -22,6 +29,7 @@ use slimnn::quant::{
 struct Opts {
     json: bool,
     repeats: usize,
+    save_inputs: Option<std::path::PathBuf>,
 }
 
 struct Line {
@@ -37,12 +45,14 @@ fn main() {
     let mut opts = Opts {
         json: false,
         repeats: 5,
+        save_inputs: None,
     };
     let mut only: Option<Vec<String>> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--json" => opts.json = true,
+            "--save-inputs" => opts.save_inputs = it.next().map(Into::into),
             "--ops" => only = it.next().map(|s| s.split(',').map(String::from).collect()),
             "--repeats" => {
                 opts.repeats = it
@@ -56,7 +66,7 @@ fn main() {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: perf [--json] [--ops a,b,c] [--repeats N≥3]\nops: {}",
+                    "usage: perf [--json] [--ops a,b,c] [--repeats N≥3] [--save-inputs DIR]\nops: {}",
                     OPS.iter().map(|o| o.0).collect::<Vec<_>>().join(", ")
                 );
                 return;
@@ -97,6 +107,10 @@ const OPS: &[(&str, Op)] = &[
     ("kmeans_share", kmeans_share),
     ("dense_gemm", dense_gemm),
     ("int8_gemm", int8_gemm),
+    ("svd_trunc", svd_trunc),
+    ("tucker2", tucker2),
+    ("lowrank_linear", lowrank_linear),
+    ("lowrank_conv", lowrank_conv),
 ];
 
 fn print(opts: &Opts, l: &Line) {
@@ -396,4 +410,228 @@ fn kmeans_share(opts: &Opts) -> Vec<Line> {
         }
     })
     .collect()
+}
+
+/// A random `n × n` orthonormal basis (the Q of a Gaussian matrix's QR), in f64.
+fn orthonormal(n: usize, seed: u64) -> ndarray::Array2<f64> {
+    let g = normal(&[n, n], 1.0, seed).mapv(f64::from);
+    let g = faer::Mat::<f64>::from_fn(n, n, |i, j| g[[i, j]]);
+    let q = g.qr().compute_Q();
+    ndarray::Array2::from_shape_fn((n, n), |(i, j)| q[(i, j)])
+}
+
+/// Writes `w` as `<dir>/<op>.npy` (format 1.0, little-endian f32, C order) when
+/// `--save-inputs` asks for it.
+fn save_input(opts: &Opts, op: &str, w: &ArrayD<f32>) {
+    let Some(dir) = &opts.save_inputs else { return };
+    let dims: Vec<String> = w.shape().iter().map(|d| d.to_string()).collect();
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    for v in w.iter() {
+        bytes.extend(v.to_le_bytes());
+    }
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(dir.join(format!("{op}.npy")), bytes))
+        .unwrap_or_else(|e| {
+            eprintln!("cannot write {op}.npy into {}: {e}", dir.display());
+            std::process::exit(1)
+        });
+}
+
+/// `‖W − Ŵ‖_F / ‖W‖_F` in f64.
+fn factorization_error(w: &ArrayD<f32>, f: &slimnn::lowrank::Factorization) -> f64 {
+    relative_error(w, &f.reconstruct())
+}
+
+/// Rank-128 factorization of a 2048×2048 matrix with singular values exp(−i/100) plus
+/// N(0, 1e−3²) noise: the exact truncated SVD and the randomized one.
+fn svd_trunc(opts: &Opts) -> Vec<Line> {
+    let n = 2048;
+    let u = orthonormal(n, 70);
+    let v = orthonormal(n, 71);
+    let scaled = &u * &ndarray::Array1::from_shape_fn(n, |i| (-(i as f64) / 100.0).exp());
+    let w = (scaled.dot(&v.t()).mapv(|x| x as f32).into_dyn()) + normal(&[n, n], 1e-3, 72);
+    save_input(opts, "svd_trunc", &w);
+    let ctx = LowRankContext::new();
+    let methods: [(&str, Box<dyn LowRank>); 2] = [
+        (
+            "truncated SVD",
+            Box::new(TruncatedSvd::new(Rank::Fixed(128)).unwrap()),
+        ),
+        (
+            "randomized SVD",
+            Box::new(RandomizedSvd::new(Rank::Fixed(128)).unwrap()),
+        ),
+    ];
+    methods
+        .into_iter()
+        .map(|(name, method)| {
+            let mut out = None;
+            let times = repeat(opts.repeats, || {
+                timed(|| out = Some(method.factorize(&w, &ctx).unwrap()))
+            });
+            Line {
+                op: "svd_trunc",
+                size: format!("{n}x{n} rank 128 {name}"),
+                times,
+                quality: factorization_error(&w, &out.unwrap()),
+                metric: "relative Frobenius error",
+            }
+        })
+        .collect()
+}
+
+/// A [256, 256, 3, 3] conv weight `G ×₀ U₀ ×₁ U₁ + N(0, 1e−4²)`, `G` N(0, 1), `U₀`, `U₁`
+/// orthonormal with column `i` scaled by exp(−i/16): both channel modes decay.
+fn decaying_conv_weight() -> ArrayD<f32> {
+    let decaying = |seed| {
+        &orthonormal(256, seed)
+            * &ndarray::Array1::from_shape_fn(256, |i| (-(i as f64) / 16.0).exp())
+    };
+    let (u0, u1) = (decaying(80), decaying(81));
+    let g = normal(&[256, 256 * 9], 1.0, 82)
+        .mapv(f64::from)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    // (U₀ G) as [256, 256, 9], then ×₁ U₁ on the input mode.
+    let a = u0.dot(&g).into_shape_with_order((256, 256, 9)).unwrap();
+    let mut w = ndarray::Array3::<f64>::zeros((256, 256, 9));
+    for (o, slice) in a.outer_iter().enumerate() {
+        w.index_axis_mut(ndarray::Axis(0), o)
+            .assign(&u1.dot(&slice));
+    }
+    w.mapv(|x| x as f32)
+        .into_shape_with_order(IxDyn(&[256, 256, 3, 3]))
+        .unwrap()
+        + normal(&[256, 256, 3, 3], 1e-4, 83)
+}
+
+/// Tucker-2 of [`decaying_conv_weight`] with ranks [64, 64].
+fn tucker2(opts: &Opts) -> Vec<Line> {
+    let w = decaying_conv_weight();
+    save_input(opts, "tucker2", &w);
+    let method = Tucker2::new(Rank::Fixed(64), Rank::Fixed(64)).unwrap();
+    let ctx = LowRankContext::new();
+    let mut out = None;
+    let times = repeat(opts.repeats, || {
+        timed(|| out = Some(method.factorize(&w, &ctx).unwrap()))
+    });
+    vec![Line {
+        op: "tucker2",
+        size: "256x256x3x3 ranks [64, 64]".into(),
+        times,
+        quality: factorization_error(&w, &out.unwrap()),
+        metric: "relative Frobenius error",
+    }]
+}
+
+/// A 4096×4096 Linear of rank 256 at batch 64: the dense product (the yardstick) and the
+/// factorized layer's forward pass.
+fn lowrank_linear(opts: &Opts) -> Vec<Line> {
+    let (n, r, batch) = (4096, 256, 64);
+    let std = (0.02 / (r as f32).sqrt()).sqrt();
+    let a = normal(&[n, r], std, 90)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let b = normal(&[r, n], std, 91)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let w = a.dot(&b);
+    let f = slimnn::lowrank::Factorization::new(&[n, n], slimnn::lowrank::Factors::Linear { a, b })
+        .unwrap();
+    let x = normal(&[batch, n], 1.0, 92)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let mut dense = ndarray::Array2::<f32>::zeros((batch, n));
+    let dense_times = repeat(opts.repeats, || {
+        timed(|| ndarray::linalg::general_mat_mul(1.0, &x, &w.t(), 0.0, &mut dense))
+    });
+    let exact = x.mapv(f64::from).dot(&w.mapv(f64::from).t());
+    let max_diff = |y: &ndarray::Array2<f32>, reference: &ndarray::Array2<f64>| {
+        y.iter()
+            .zip(reference)
+            .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()))
+    };
+    let x = x.into_dyn();
+    let mut y = ndarray::Array2::<f32>::zeros((0, 0));
+    let factorized_times = repeat(opts.repeats, || {
+        timed(|| y = f.forward(&x).unwrap().into_dimensionality().unwrap())
+    });
+    let size = format!("{n}x{n} rank {r} @ batch {batch}");
+    vec![
+        Line {
+            op: "lowrank_linear",
+            size: format!("{size} dense"),
+            times: dense_times,
+            quality: max_diff(&dense, &exact),
+            metric: "max abs difference to f64",
+        },
+        Line {
+            op: "lowrank_linear",
+            size: format!("{size} factorized"),
+            times: factorized_times,
+            quality: max_diff(&y, &dense.mapv(f64::from)),
+            metric: "max abs difference",
+        },
+    ]
+}
+
+/// The Tucker-2 factorization (ranks [64, 64]) of [`decaying_conv_weight`] on a batch of
+/// 8 feature maps 256×14×14 (3×3, padding 1): the dense convolution with the
+/// reconstructed weight (im2col + GEMM, the yardstick) and the three factorized ones.
+fn lowrank_conv(opts: &Opts) -> Vec<Line> {
+    let w = decaying_conv_weight();
+    let f = Tucker2::new(Rank::Fixed(64), Rank::Fixed(64))
+        .unwrap()
+        .factorize(
+            &w,
+            &LowRankContext::new().with_conv(ConvSpec::new().with_padding(1, 1)),
+        )
+        .unwrap();
+    let dense_w = f
+        .reconstruct()
+        .into_dimensionality::<ndarray::Ix4>()
+        .unwrap();
+    let x = normal(&[8, 256, 14, 14], 1.0, 93)
+        .into_dimensionality::<ndarray::Ix4>()
+        .unwrap();
+    let spec = ConvSpec::new().with_padding(1, 1);
+    let mut dense = ndarray::Array4::<f32>::zeros((0, 0, 0, 0));
+    let dense_times = repeat(opts.repeats, || {
+        timed(|| dense = conv2d(&x, &dense_w, None, spec).unwrap())
+    });
+    let x = x.into_dyn();
+    let mut y = ArrayD::<f32>::zeros(IxDyn(&[0]));
+    let factorized_times = repeat(opts.repeats, || timed(|| y = f.forward(&x).unwrap()));
+    let scale = dense.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    let diff = y
+        .iter()
+        .zip(dense.iter())
+        .fold(0.0f64, |m, (&a, &b)| m.max((a - b).abs() as f64));
+    let size = "256x256x3x3 r[64,64] @ 8x256x14x14";
+    vec![
+        Line {
+            op: "lowrank_conv",
+            size: format!("{size} dense"),
+            times: dense_times,
+            quality: f.dense_flops() as f64,
+            metric: "MACs per output position",
+        },
+        Line {
+            op: "lowrank_conv",
+            size: format!("{size} factorized"),
+            times: factorized_times,
+            quality: diff / scale,
+            metric: "max abs difference / max |output|",
+        },
+    ]
 }

@@ -34,9 +34,39 @@ Ops (add more by writing a function and registering it in OPS):
                          quality = relative Frobenius error
   dense_gemm             f32 W @ X, W 4096x4096, X 4096x1 and 4096x64 (two lines);
                          quality = max |f32 result - f64 product|
+  svd_trunc              A 2048x2048 f32 = U diag(exp(-i/100)) V^T + N(0, 1e-3^2), U, V the
+                         Q of QR of Gaussian matrices (built in f64, untimed, then cast).
+                         Two lines, both on the f32 matrix (NumPy's full SVD is as fast in
+                         f32 as in f64 here, sklearn's randomized SVD ~1.5x faster in f32):
+                         impl "numpy": np.linalg.svd(A, full_matrices=False), then the
+                         rank-128 factors U_r diag(s_r) and V_r^T (copies);
+                         impl "sklearn": sklearn.utils.extmath.randomized_svd(A,
+                         n_components=128, n_oversamples=10, n_iter=4, random_state=0)
+                         (other arguments default: power_iteration_normalizer='auto', i.e.
+                         LU for n_iter > 2; transpose='auto'; flip_sign=True;
+                         svd_lapack_driver='gesdd'; n_iter's own default 'auto' would be 7
+                         here), then the same factors;
+                         quality = ||A - U_r S_r V_r^T||_F / ||A||_F (in f64). The optimal
+                         rank-128 error (from the full SVD's discarded singular values) is
+                         printed on stderr.
+  tucker2                conv weight W [256, 256, 3, 3] f32 = G x_0 U0' x_1 U1' + N(0, 1e-4^2),
+                         G N(0, 1), U0', U1' 256x256 orthonormal (QR) with column i scaled by
+                         exp(-i/16) (built in f64, untimed); TensorLy's
+                         partial_tucker(W, rank=[64, 64], modes=[0, 1], init='svd',
+                         n_iter_max=20, tol=1e-6) (HOSVD start + HOOI, numpy backend, f32);
+                         quality = relative Frobenius error of the reconstruction (in f64).
+                         The iterations run are printed on stderr. impl "tensorly".
+  lowrank_linear         factorized Linear 4096x4096 at rank 256: A 4096x256 and B 256x4096,
+                         entries N(0, 0.02/16) (so W = A @ B has entries of std ~0.02), W
+                         formed once in f32 (untimed), X 4096x64 N(0, 1), all f32. Two lines:
+                         size "... dense": np.matmul(W, X), quality = max |result - f64
+                         product of the same f32 W and X| ("max abs difference to f64");
+                         size "... factorized": A @ (B @ X), quality = max |result - the
+                         dense f32 result| ("max abs difference", i.e. rounding only).
 
-Requirements: pip install numpy
+Requirements: pip install numpy (kmeans_share and svd_trunc: scikit-learn; tucker2: tensorly)
 Usage: python3 scripts/perf_numpy.py [--ops memcpy,dense_gemm] [--repeats 5] [--seed 0]
+       [--inputs DIR]  (DIR from `cargo run --release --example perf -- --save-inputs DIR`)
 """
 
 import argparse
@@ -48,6 +78,16 @@ import time
 import numpy as np
 
 SEED = 0
+INPUTS = None  # directory of <op>.npy inputs shared with the Rust perf example
+
+
+def shared_input(op_name):
+    """The op's input saved by `cargo run --release --example perf -- --save-inputs DIR`,
+    or None when --inputs is not given."""
+    if INPUTS is None:
+        return None
+    import os
+    return np.load(os.path.join(INPUTS, op_name + ".npy"))
 
 
 def rng_for(op_name, seed):
@@ -258,6 +298,37 @@ def op_dense_gemm(repeats, seed):
     return results
 
 
+def op_lowrank_linear(repeats, seed):
+    rng = rng_for("lowrank_linear", seed)
+    n, r, batch = 4096, 256, 64
+    std = float(np.sqrt(0.02 / np.sqrt(r)))  # W = A @ B then has entries of std 0.02
+    A = normal_f32(rng, (n, r), std)
+    B = normal_f32(rng, (r, n), std)
+    W = A @ B  # the dense rank-256 reconstruction, f32, untimed
+    X = rng.standard_normal((n, batch), dtype=np.float32)
+    Y = np.empty((n, batch), dtype=np.float32)
+    T = np.empty((r, batch), dtype=np.float32)
+    Yf = np.empty((n, batch), dtype=np.float32)
+    size = f"{n}x{n} rank {r} @ batch {batch}"
+
+    def work_dense():
+        np.matmul(W, X, out=Y)
+
+    def work_factorized():
+        np.matmul(B, X, out=T)
+        np.matmul(A, T, out=Yf)
+
+    med, mn = bench(work_dense, repeats)
+    ref = W.astype(np.float64) @ X.astype(np.float64)
+    results = [record("lowrank_linear", size + " dense", med, mn, repeats,
+                      np.max(np.abs(Y.astype(np.float64) - ref)), "max abs difference to f64")]
+    med, mn = bench(work_factorized, repeats)
+    results.append(record("lowrank_linear", size + " factorized", med, mn, repeats,
+                          np.max(np.abs(Yf.astype(np.float64) - Y.astype(np.float64))),
+                          "max abs difference"))
+    return results
+
+
 def op_kmeans_share(repeats, seed):
     """16-entry weight sharing of 1,048,576 Laplace(0, 0.02) values with scikit-learn's
     KMeans from Deep Compression's linear initialisation (centroids evenly spaced between
@@ -277,6 +348,97 @@ def op_kmeans_share(repeats, seed):
     sse = float(np.sum((x.astype(np.float64).ravel() - centers[km.labels_]) ** 2))
     return [record("kmeans_share", "1048576 values k=16 sklearn KMeans linear init", med, mn,
                    repeats, sse, "SSE")]
+
+
+def orthonormal(rng, n):
+    """Q of the QR of an n x n Gaussian matrix (f64): a random orthonormal basis."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def op_svd_trunc(repeats, seed):
+    """Rank-128 truncated factorization of a 2048x2048 f32 matrix: NumPy's full SVD then
+    truncation, and scikit-learn's randomized_svd. Needs `pip install scikit-learn`."""
+    from sklearn.utils.extmath import randomized_svd
+    rng = rng_for("svd_trunc", seed)
+    n, r = 2048, 128
+    s_true = np.exp(-np.arange(n) / 100.0)
+    a64 = (orthonormal(rng, n) * s_true) @ orthonormal(rng, n).T
+    a64 += 1e-3 * rng.standard_normal((n, n))
+    A = a64.astype(np.float32)
+    if shared_input("svd_trunc") is not None:
+        A = shared_input("svd_trunc")
+    a64 = A.astype(np.float64)
+    norm_a = np.linalg.norm(a64)
+    out = {}
+
+    def quality():
+        left, right = out["left"].astype(np.float64), out["right"].astype(np.float64)
+        return float(np.linalg.norm(a64 - left @ right) / norm_a)
+
+    def work_full():
+        u, s, vt = np.linalg.svd(A, full_matrices=False)
+        out["left"] = u[:, :r] * s[:r]
+        out["right"] = vt[:r].copy()
+        out["s"] = s
+
+    def work_randomized():
+        u, s, vt = randomized_svd(A, n_components=r, n_oversamples=10, n_iter=4,
+                                  random_state=0)
+        out["left"] = u * s
+        out["right"] = vt
+
+    results = []
+    med, mn = bench(work_full, repeats)
+    assert out["left"].dtype == np.float32 and out["left"].shape == (n, r)
+    s64 = out["s"].astype(np.float64)
+    print(f"# svd_trunc: optimal rank-{r} relative error (f32 full SVD's discarded singular "
+          f"values) {np.sqrt(np.sum(s64[r:] ** 2) / np.sum(s64 ** 2)):.6e}", file=sys.stderr)
+    results.append(record("svd_trunc", f"{n}x{n} rank {r} full SVD", med, mn, repeats,
+                          quality(), "relative Frobenius error"))
+    med, mn = bench(work_randomized, repeats)
+    assert out["left"].dtype == np.float32 and out["left"].shape == (n, r)
+    rec = record("svd_trunc", f"{n}x{n} rank {r} randomized_svd", med, mn, repeats,
+                 quality(), "relative Frobenius error")
+    rec["impl"] = "sklearn"
+    results.append(rec)
+    return results
+
+
+def op_tucker2(repeats, seed):
+    """Tucker-2 of a [256, 256, 3, 3] conv weight on its two channel modes, ranks [64, 64],
+    with TensorLy's partial_tucker (numpy backend). Needs `pip install tensorly`."""
+    import tensorly as tl
+    from tensorly.decomposition import partial_tucker
+    tl.set_backend("numpy")
+    rng = rng_for("tucker2", seed)
+    shape, ranks = (256, 256, 3, 3), [64, 64]
+    g = rng.standard_normal(shape)
+    u0 = orthonormal(rng, 256) * np.exp(-np.arange(256) / 16.0)
+    u1 = orthonormal(rng, 256) * np.exp(-np.arange(256) / 16.0)
+    w64 = np.einsum("ai,bj,ijkl->abkl", u0, u1, g, optimize=True)
+    w64 += 1e-4 * rng.standard_normal(shape)
+    W = w64.astype(np.float32)
+    if shared_input("tucker2") is not None:
+        W = shared_input("tucker2")
+    w64 = W.astype(np.float64)
+    out = {}
+
+    def work():
+        out["res"] = partial_tucker(W, rank=ranks, modes=[0, 1], init="svd", n_iter_max=20,
+                                    tol=1e-6)
+
+    med, mn = bench(work, repeats)
+    (core, (f0, f1)), rec_errors = out["res"]
+    assert core.dtype == np.float32 and core.shape == (64, 64, 3, 3)
+    w_hat = np.einsum("ai,bj,ijkl->abkl", f0.astype(np.float64), f1.astype(np.float64),
+                      core.astype(np.float64), optimize=True)
+    print(f"# tucker2: tensorly {tl.__version__}, {len(rec_errors)} iterations",
+          file=sys.stderr)
+    rec = record("tucker2", "256x256x3x3 ranks [64, 64]", med, mn, repeats,
+                 rel_frobenius(w64, w_hat), "relative Frobenius error")
+    rec["impl"] = "tensorly"
+    return [rec]
 
 
 def blas_info():
@@ -309,7 +471,10 @@ OPS = {
     "quant_int8_perchannel": op_quant_int8_perchannel,
     "quant_int4_group": op_quant_int4_group,
     "kmeans_share": op_kmeans_share,
+    "svd_trunc": op_svd_trunc,
+    "tucker2": op_tucker2,
     "dense_gemm": op_dense_gemm,
+    "lowrank_linear": op_lowrank_linear,
 }
 
 
@@ -319,7 +484,13 @@ def main():
                     help="comma-separated op names (default: all): " + ",".join(OPS))
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per op (default 5)")
     ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--inputs", default=None,
+                    help="directory of <op>.npy inputs written by slimnn's perf example "
+                         "(--save-inputs DIR): svd_trunc and tucker2 then run on the very "
+                         "matrices slimnn ran on, so errors compare exactly")
     args = ap.parse_args()
+    global INPUTS
+    INPUTS = args.inputs
 
     names = [s.strip() for s in args.ops.split(",") if s.strip()]
     unknown = [s for s in names if s not in OPS]

@@ -98,6 +98,16 @@ pub enum Error {
         /// The operation attempted.
         operation: &'static str,
     },
+    /// An iterative method that did not reach its tolerance within its budget.
+    #[error("{method} did not converge after {iterations} iterations (relative error {error})")]
+    NotConverged {
+        /// The method.
+        method: &'static str,
+        /// Iterations run.
+        iterations: usize,
+        /// The error reached, where known (NaN otherwise).
+        error: f64,
+    },
     /// An operating-system I/O error, with the path it concerned.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -29,6 +29,7 @@
 pub mod error;
 pub mod io;
 pub mod kernels;
+pub mod lowrank;
 pub mod mask;
 pub mod model;
 pub mod nn;
@@ -45,6 +46,9 @@ pub mod guide {
 
     #[doc = include_str!("../docs/quantization.md")]
     pub mod quantization {}
+
+    #[doc = include_str!("../docs/lowrank.md")]
+    pub mod lowrank {}
 }
 
 pub use error::{Error, Result};

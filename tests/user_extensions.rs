@@ -162,3 +162,57 @@ fn a_user_quantizer_works_everywhere() {
     let boxed: Box<dyn Quantizer> = Box::new(QuarterSteps);
     assert!(boxed.quantize(&w, &QuantContext::new()).is_ok());
 }
+
+/// A user's own low-rank method: every row replaced by the mean row (rank 1).
+struct MeanRow;
+
+impl slimnn::lowrank::LowRank for MeanRow {
+    fn factorize(
+        &self,
+        w: &ArrayRef<f32, IxDyn>,
+        _ctx: &slimnn::lowrank::LowRankContext<'_>,
+    ) -> Result<slimnn::lowrank::Factorization> {
+        use ndarray::{Array2, Axis, Ix2};
+        use slimnn::lowrank::{Factorization, Factors};
+        let m = w
+            .view()
+            .into_dimensionality::<Ix2>()
+            .map_err(|_| slimnn::Error::BadShape {
+                what: "weights".into(),
+                shape: w.shape().to_vec(),
+                reason: "a Linear weight is 2-D".into(),
+            })?;
+        let mean = m.mean_axis(Axis(0)).ok_or(slimnn::Error::Empty {
+            what: "weights".into(),
+        })?;
+        let a = Array2::ones((m.nrows(), 1));
+        let b = mean.insert_axis(Axis(0));
+        Factorization::new(m.shape(), Factors::Linear { a, b })
+    }
+}
+
+#[test]
+fn a_user_low_rank_method_works_everywhere() {
+    use slimnn::lowrank::{LowRank, LowRankContext};
+    let w = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0f32, 2.0, 3.0, 3.0, 4.0, 5.0]).unwrap();
+    let f = MeanRow.factorize(&w, &LowRankContext::new()).unwrap();
+    assert_eq!(f.ranks(), vec![1]);
+    assert_eq!(f.params(), 5);
+    assert_eq!(
+        f.reconstruct().as_slice().unwrap(),
+        &[2.0, 3.0, 4.0, 2.0, 3.0, 4.0]
+    );
+    assert_eq!(f.relative_error(), None);
+    let x = ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![1.0f32, 0.0, -1.0]).unwrap();
+    assert_eq!(f.forward(&x).unwrap().as_slice().unwrap(), &[-2.0, -2.0]);
+
+    let mut m = model();
+    let boxed: Box<dyn LowRank> = Box::new(MeanRow);
+    let report = m.factorize(&Selector::prunable(), &boxed).unwrap();
+    assert_eq!(report.layers.len(), 2);
+    for l in &report.layers {
+        let p = m.get(&l.name).unwrap();
+        assert_eq!(*p.value(), l.factorization.reconstruct());
+        assert_eq!(l.factorization.params(), p.shape()[0] + p.shape()[1]);
+    }
+}

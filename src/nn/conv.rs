@@ -53,9 +53,17 @@ impl ConvSpec {
     }
 
     /// The output height and width for an input of `h × w` and a `kh × kw` kernel.
-    pub fn output_size(&self, (h, w): (usize, usize), (kh, kw): (usize, usize)) -> Result<(usize, usize)> {
+    pub fn output_size(
+        &self,
+        (h, w): (usize, usize),
+        (kh, kw): (usize, usize),
+    ) -> Result<(usize, usize)> {
         if self.stride.0 == 0 || self.stride.1 == 0 {
-            return Err(Error::invalid("stride", format!("{:?}", self.stride), "at least 1"));
+            return Err(Error::invalid(
+                "stride",
+                format!("{:?}", self.stride),
+                "at least 1",
+            ));
         }
         let (ph, pw) = (h + 2 * self.padding.0, w + 2 * self.padding.1);
         if kh == 0 || kw == 0 || kh > ph || kw > pw {
@@ -113,19 +121,27 @@ pub fn conv2d(
         })
         .collect();
     let mut out = Array4::<f32>::zeros((n, o, oh, ow));
-    out.outer_iter_mut().into_par_iter().zip(x.outer_iter()).for_each(|(mut y, xi)| {
-        for (gi, wg) in weights.iter().enumerate() {
-            let cols = im2col(xi.slice(s![gi * cg..(gi + 1) * cg, .., ..]), (kh, kw), spec, (oh, ow));
-            let yg = wg.dot(&cols);
-            y.slice_mut(s![gi * og..(gi + 1) * og, .., ..])
-                .assign(&yg.into_shape_with_order((og, oh, ow)).expect("og × oh·ow"));
-        }
-        if let Some(b) = bias {
-            for (mut plane, &bv) in y.outer_iter_mut().zip(b.iter()) {
-                plane += bv;
+    out.outer_iter_mut()
+        .into_par_iter()
+        .zip(x.outer_iter())
+        .for_each(|(mut y, xi)| {
+            for (gi, wg) in weights.iter().enumerate() {
+                let cols = im2col(
+                    xi.slice(s![gi * cg..(gi + 1) * cg, .., ..]),
+                    (kh, kw),
+                    spec,
+                    (oh, ow),
+                );
+                let yg = wg.dot(&cols);
+                y.slice_mut(s![gi * og..(gi + 1) * og, .., ..])
+                    .assign(&yg.into_shape_with_order((og, oh, ow)).expect("og × oh·ow"));
             }
-        }
-    });
+            if let Some(b) = bias {
+                for (mut plane, &bv) in y.outer_iter_mut().zip(b.iter()) {
+                    plane += bv;
+                }
+            }
+        });
     Ok(out)
 }
 
@@ -144,7 +160,9 @@ fn im2col(
         for ki in 0..kh {
             for kj in 0..kw {
                 let mut row = cols.row_mut((ci * kh + ki) * kw + kj);
-                let row = row.as_slice_mut().expect("rows of a standard array are contiguous");
+                let row = row
+                    .as_slice_mut()
+                    .expect("rows of a standard array are contiguous");
                 for oi in 0..oh {
                     let yi = (oi * sh + ki) as isize - ph as isize;
                     if yi < 0 || yi >= h as isize {
@@ -193,10 +211,21 @@ mod tests {
 
     #[test]
     fn matches_direct_summation() {
-        for (groups, stride, padding, k) in [(1, (1, 1), (0, 0), (3, 3)), (2, (2, 1), (1, 2), (3, 1)), (4, (1, 2), (1, 0), (1, 3))] {
-            let spec = ConvSpec::new().with_groups(groups).with_stride(stride.0, stride.1).with_padding(padding.0, padding.1);
-            let x = Array4::from_shape_fn((2, 4, 7, 6), |(a, b, c, d)| ((a * 97 + b * 31 + c * 7 + d) as f32 * 0.37).sin());
-            let w = Array4::from_shape_fn((8, 4 / groups, k.0, k.1), |(a, b, c, d)| ((a * 13 + b * 5 + c * 3 + d) as f32 * 0.71).cos());
+        for (groups, stride, padding, k) in [
+            (1, (1, 1), (0, 0), (3, 3)),
+            (2, (2, 1), (1, 2), (3, 1)),
+            (4, (1, 2), (1, 0), (1, 3)),
+        ] {
+            let spec = ConvSpec::new()
+                .with_groups(groups)
+                .with_stride(stride.0, stride.1)
+                .with_padding(padding.0, padding.1);
+            let x = Array4::from_shape_fn((2, 4, 7, 6), |(a, b, c, d)| {
+                ((a * 97 + b * 31 + c * 7 + d) as f32 * 0.37).sin()
+            });
+            let w = Array4::from_shape_fn((8, 4 / groups, k.0, k.1), |(a, b, c, d)| {
+                ((a * 13 + b * 5 + c * 3 + d) as f32 * 0.71).cos()
+            });
             let got = conv2d(&x, &w, None, spec).unwrap();
             let want = reference(&x, &w, spec);
             assert_eq!(got.dim(), want.dim());

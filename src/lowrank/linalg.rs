@@ -1,0 +1,131 @@
+//! The dense linear algebra of the low-rank family, done by faer (SVD, QR, symmetric
+//! eigendecomposition, matrix products) on ndarray views without copies. faer types stay
+//! in this module; everything else sees ndarray.
+
+use faer::traits::RealField;
+use faer::{Accum, MatMut, MatRef, Par, Side};
+use ndarray::{Array1, Array2, ArrayView2, ShapeBuilder};
+
+use crate::error::{Error, Result};
+
+/// Element types faer decomposes: f32 and f64.
+pub(crate) trait Real: RealField + Copy + crate::Scalar {}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// Runs `f` on a faer view of `a`: zero-copy when `a` is contiguous row- or
+/// column-major (a transposed view), else on a row-major copy.
+fn with_view<T: Copy, R>(a: ArrayView2<'_, T>, f: impl FnOnce(MatRef<'_, T>) -> R) -> R {
+    let (m, n) = a.dim();
+    if let Some(s) = a.as_slice() {
+        return f(MatRef::from_row_major_slice(s, m, n));
+    }
+    if let Some(s) = a.t().as_slice() {
+        return f(MatRef::from_column_major_slice(s, m, n));
+    }
+    let a = a.as_standard_layout();
+    f(MatRef::from_row_major_slice(
+        a.as_slice().expect("standard layout"),
+        m,
+        n,
+    ))
+}
+
+/// A faer matrix copied into a row-major ndarray.
+fn owned<T: Copy>(m: MatRef<'_, T>) -> Array2<T> {
+    Array2::from_shape_fn((m.nrows(), m.ncols()).f(), |(i, j)| m[(i, j)])
+        .as_standard_layout()
+        .into_owned()
+}
+
+fn no_convergence(what: &'static str) -> Error {
+    Error::NotConverged {
+        method: what,
+        iterations: 0,
+        error: f64::NAN,
+    }
+}
+
+/// Thin SVD `A = U·diag(s)·Vᵀ`, singular values descending: `(U [m, k], s [k], Vᵀ [k, n])`.
+pub(crate) fn svd<T: Real>(a: ArrayView2<'_, T>) -> Result<(Array2<T>, Array1<T>, Array2<T>)> {
+    let d = with_view(a, |a| a.thin_svd())
+        .map_err(|_| no_convergence("singular value decomposition"))?;
+    let s = d.S().column_vector().iter().copied().collect();
+    Ok((owned(d.U()), s, owned(d.V().transpose())))
+}
+
+/// Singular values only, descending.
+pub(crate) fn singular_values<T: Real>(a: ArrayView2<'_, T>) -> Result<Vec<T>> {
+    with_view(a, |a| a.singular_values())
+        .map_err(|_| no_convergence("singular value decomposition"))
+}
+
+/// The thin `Q` of a QR decomposition of `a` `[m, n]`, `m ≥ n`: orthonormal columns
+/// spanning `a`'s.
+pub(crate) fn thin_q<T: Real>(a: ArrayView2<'_, T>) -> Array2<T> {
+    with_view(a, |a| owned(a.qr().compute_thin_Q().as_ref()))
+}
+
+/// Eigenvalues (descending) and eigenvectors (columns) of the symmetric `a`.
+pub(crate) fn sym_eig<T: Real>(a: ArrayView2<'_, T>) -> Result<(Array1<T>, Array2<T>)> {
+    let e = with_view(a, |a| a.self_adjoint_eigen(Side::Lower))
+        .map_err(|_| no_convergence("symmetric eigendecomposition"))?;
+    let vals: Vec<T> = e.S().column_vector().iter().copied().collect();
+    let vecs = owned(e.U());
+    // faer gives them ascending.
+    let n = vals.len();
+    let order: Vec<usize> = (0..n).rev().collect();
+    Ok((
+        order.iter().map(|&i| vals[i]).collect(),
+        vecs.select(ndarray::Axis(1), &order),
+    ))
+}
+
+/// `a·b` on both cores (faer's SIMD kernels).
+pub(crate) fn matmul<T: Real>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Array2<T> {
+    let (m, n) = (a.nrows(), b.ncols());
+    let mut c = Array2::<T>::zeros((m, n));
+    let par = if m * a.ncols() * n > 1 << 20 {
+        Par::rayon(0)
+    } else {
+        Par::Seq
+    };
+    let dst = MatMut::from_row_major_slice_mut(c.as_slice_mut().expect("fresh array"), m, n);
+    with_view(a, |a| {
+        with_view(b, |b| {
+            faer::linalg::matmul::matmul(dst, Accum::Replace, a, b, T::one(), par)
+        })
+    });
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_abs(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
+        (a - b).iter().fold(0.0, |m, v| m.max(v.abs()))
+    }
+
+    #[test]
+    fn faer_glue_matches_ndarray_for_every_layout() {
+        let a = Array2::from_shape_fn((9, 4), |(i, j)| ((i * 5 + j * j) as f64 * 0.37).sin());
+        let wide = a.t().as_standard_layout().into_owned();
+        let strided = Array2::from_shape_fn((9, 8), |(i, j)| a[[i, j / 2]]);
+        let strided = strided.slice(ndarray::s![.., ..;2]);
+        for m in [a.view(), a.t(), wide.view(), wide.t(), strided] {
+            let q = thin_q(if m.nrows() >= m.ncols() { m } else { m.t() });
+            assert!(max_abs(&q.t().dot(&q), &Array2::eye(q.ncols())) < 1e-12);
+            assert!(max_abs(&matmul(m, m.t()), &m.dot(&m.t())) < 1e-12);
+            let (u, s, vt) = svd(m).unwrap();
+            assert!(s.windows(2).into_iter().all(|w| w[0] >= w[1]));
+            assert!(max_abs(&u.dot(&Array2::from_diag(&s)).dot(&vt), &m.to_owned()) < 1e-12);
+            let (vals, vecs) = sym_eig(matmul(m.t(), m).view()).unwrap();
+            assert!(vals.windows(2).into_iter().all(|w| w[0] >= w[1]));
+            let back = vecs.dot(&Array2::from_diag(&vals)).dot(&vecs.t());
+            assert!(max_abs(&back, &m.t().dot(&m)) < 1e-12);
+            let sv = singular_values(m).unwrap();
+            assert!(sv.iter().zip(&s).all(|(a, b)| (a - b).abs() < 1e-12));
+        }
+    }
+}
