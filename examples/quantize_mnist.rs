@@ -19,34 +19,11 @@ use slimnn::quant::{
 use slimnn::{Model, Result, Selector};
 
 fn main() -> Result<()> {
-    let mut epochs = 10;
-    let mut seed = 1;
-    let mut fresh = false;
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = argv.iter();
-    while let Some(a) = it.next() {
-        let mut num = || {
-            it.next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or_else(|| {
-                    eprintln!("{a} needs a number");
-                    std::process::exit(2)
-                })
-        };
-        match a.as_str() {
-            "--epochs" => epochs = num() as usize,
-            "--seed" => seed = num(),
-            "--retrain-from-scratch" => fresh = true,
-            "-h" | "--help" => {
-                println!("usage: quantize_mnist [--epochs N] [--seed S] [--retrain-from-scratch]");
-                return Ok(());
-            }
-            other => {
-                eprintln!("unknown argument `{other}` (try --help)");
-                std::process::exit(2)
-            }
-        }
-    }
+    let mnist::Args {
+        epochs,
+        seed,
+        fresh,
+    } = mnist::parse_args("quantize_mnist");
     let (train, test) = mnist::load()?;
     let (model, net) = mnist::trained_lenet300(&train, &test, epochs, seed, fresh)?;
     let dense = net.evaluate(&model, &test, 1000)?.accuracy;

@@ -9,6 +9,54 @@ use slimnn::io::safetensors::SaveOptions;
 use slimnn::nn::{Network, Sgd, train_epoch};
 use slimnn::{Model, Result};
 
+/// The options of an example that only needs the trained network: `--epochs N`,
+/// `--seed S` and `--retrain-from-scratch`.
+pub struct Args {
+    /// Training epochs, when the network is trained.
+    pub epochs: usize,
+    /// Seed of the initialisation and the batch order.
+    pub seed: u64,
+    /// Train anew even if a checkpoint exists.
+    pub fresh: bool,
+}
+
+/// Parses [`Args`] from the command line; prints usage and exits on `--help` or a bad
+/// argument.
+#[allow(dead_code)] // prune_mnist has options of its own
+pub fn parse_args(example: &str) -> Args {
+    let mut args = Args {
+        epochs: 10,
+        seed: 1,
+        fresh: false,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        let mut num = || {
+            it.next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| {
+                    eprintln!("{a} needs a number");
+                    std::process::exit(2)
+                })
+        };
+        match a.as_str() {
+            "--epochs" => args.epochs = num() as usize,
+            "--seed" => args.seed = num(),
+            "--retrain-from-scratch" => args.fresh = true,
+            "-h" | "--help" => {
+                println!("usage: {example} [--epochs N] [--seed S] [--retrain-from-scratch]");
+                std::process::exit(0)
+            }
+            other => {
+                eprintln!("unknown argument `{other}` (try --help)");
+                std::process::exit(2)
+            }
+        }
+    }
+    args
+}
+
 /// MNIST's 60,000 training and 10,000 test images, pixels scaled to [0, 1].
 pub fn load() -> Result<(Dataset, Dataset)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");

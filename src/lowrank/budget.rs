@@ -2,9 +2,8 @@
 
 use ndarray::{ArrayRef, IxDyn};
 
-use super::LowRankContext;
 use super::linalg::singular_values;
-use super::svd::matrix;
+use super::{LowRankContext, linear_weight};
 use crate::error::{Error, Result};
 
 /// What a layer's rank costs and buys: its singular values (descending; for Tucker-2 or
@@ -32,7 +31,7 @@ impl LayerSpectrum {
     /// ([`TruncatedSvd`](super::TruncatedSvd)): its singular values, and `out + in`
     /// parameters and multiply-adds per component against `out·in`.
     pub fn linear(weights: &ArrayRef<f32, IxDyn>, ctx: &LowRankContext<'_>) -> Result<Self> {
-        let w = matrix(weights, ctx)?;
+        let w = linear_weight(weights, ctx, "a Linear spectrum")?;
         let (m, n) = w.dim();
         Ok(LayerSpectrum {
             singular_values: singular_values(w)?.into_iter().map(f64::from).collect(),

@@ -1,14 +1,13 @@
 //! [`CpAls`]: a convolution as four thin convolutions by CP decomposition.
 
-use ndarray::{Array2, ArrayRef, Ix4, IxDyn, s};
+use ndarray::{Array2, ArrayRef, IxDyn, s};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::linalg::{matmul, svd, sym_eig};
-use super::{Factorization, Factors, LowRank, LowRankContext};
+use super::{Factorization, Factors, LowRank, LowRankContext, conv_weight};
 use crate::error::{Error, Result};
-use crate::tensor::{check_finite, check_nonempty, row_major};
 
 /// CP (canonical polyadic) decomposition of a Conv2d weight by alternating least squares
 /// (Lebedev, Ganin, Rakhuba, Oseledets & Lempitsky, "Speeding-up Convolutional Neural
@@ -123,15 +122,7 @@ impl LowRank for CpAls {
         weights: &ArrayRef<f32, IxDyn>,
         ctx: &LowRankContext<'_>,
     ) -> Result<Factorization> {
-        let w = weights.view().into_dimensionality::<Ix4>().map_err(|_| {
-            Error::bad_shape(
-                ctx.what(),
-                weights.shape(),
-                "CP needs a Conv2d [out, in, kh, kw] weight",
-            )
-        })?;
-        check_nonempty(weights.shape(), || ctx.what())?;
-        check_finite(&row_major(weights), || ctx.what())?;
+        let w = conv_weight(weights, ctx, "CP")?;
         let (o, c, kh, kw) = w.dim();
         let r = self.rank;
         let w = w.mapv(f64::from);

@@ -30,12 +30,12 @@ mod svd;
 mod tt;
 mod tucker;
 
-use ndarray::{ArrayRef, IxDyn};
+use ndarray::{ArrayRef, ArrayView2, ArrayView4, Ix2, Ix4, IxDyn};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::LayerKind;
 use crate::nn::ConvSpec;
-use crate::tensor::subject;
+use crate::tensor::{check_finite, check_nonempty, row_major, subject};
 
 pub use budget::{Budget, LayerSpectrum, allocate_ranks};
 pub use cp::CpAls;
@@ -87,6 +87,46 @@ impl<'a> LowRankContext<'a> {
     pub(crate) fn what(&self) -> String {
         subject(self.name, "weights")
     }
+}
+
+/// The weight as a Linear `[out, in]` matrix, checked non-empty and finite; `method`
+/// names what needs it in the error.
+pub(crate) fn linear_weight<'a>(
+    weights: &'a ArrayRef<f32, IxDyn>,
+    ctx: &LowRankContext<'_>,
+    method: &str,
+) -> Result<ArrayView2<'a, f32>> {
+    let w = weights.view().into_dimensionality::<Ix2>().map_err(|_| {
+        Error::bad_shape(
+            ctx.what(),
+            weights.shape(),
+            format!("{method} needs a Linear [out, in] weight"),
+        )
+    })?;
+    check_values(weights, ctx)?;
+    Ok(w)
+}
+
+/// The weight as a Conv2d `[out, in, kh, kw]` tensor, checked non-empty and finite.
+pub(crate) fn conv_weight<'a>(
+    weights: &'a ArrayRef<f32, IxDyn>,
+    ctx: &LowRankContext<'_>,
+    method: &str,
+) -> Result<ArrayView4<'a, f32>> {
+    let w = weights.view().into_dimensionality::<Ix4>().map_err(|_| {
+        Error::bad_shape(
+            ctx.what(),
+            weights.shape(),
+            format!("{method} needs a Conv2d [out, in, kh, kw] weight"),
+        )
+    })?;
+    check_values(weights, ctx)?;
+    Ok(w)
+}
+
+fn check_values(weights: &ArrayRef<f32, IxDyn>, ctx: &LowRankContext<'_>) -> Result<()> {
+    check_nonempty(weights.shape(), || ctx.what())?;
+    check_finite(&row_major(weights), || ctx.what())
 }
 
 /// Factorizes a weight. Implement [`LowRank::factorize`] to write your own (build the

@@ -34,29 +34,14 @@ impl Model {
         method: &L,
     ) -> Result<LowRankReport> {
         let names = self.selected_names(selector)?;
-        let mut layers = Vec::with_capacity(names.len());
-        for name in names {
-            let p = self.get(&name)?;
+        self.factorize_each(names, |name, p| {
             let ctx = LowRankContext {
-                name: Some(&name),
+                name: Some(name),
                 kind: Some(p.kind()),
                 ..LowRankContext::default()
             };
-            let factorization = method.factorize(&p.effective(), &ctx)?;
-            crate::tensor::check_same_shape(p.shape(), factorization.shape(), || {
-                format!("factorization of `{name}`")
-            })?;
-            layers.push(FactorizedLayer {
-                kind: p.kind(),
-                name,
-                factorization,
-            });
-        }
-        for l in &layers {
-            self.get_mut(&l.name)?
-                .replace_value(l.factorization.reconstruct())?;
-        }
-        Ok(LowRankReport { layers })
+            method.factorize(&p.effective(), &ctx)
+        })
     }
 
     /// Factorizes the selected Linear weights by truncated SVD with the ranks
@@ -87,12 +72,28 @@ impl Model {
             spectra.push(LayerSpectrum::linear(&self.get(name)?.effective(), &ctx)?);
         }
         let ranks = allocate_ranks(&spectra, budget)?;
+        let mut ranks = ranks.into_iter();
+        self.factorize_each(names, |name, p| {
+            let r = ranks.next().expect("one rank per name");
+            let ctx = LowRankContext::new().with_name(name);
+            TruncatedSvd::new(Rank::Fixed(r))?.factorize(&p.effective(), &ctx)
+        })
+    }
+
+    /// Factorizes each named parameter with `factorize`, then, only if all succeeded,
+    /// replaces their values by the reconstructions.
+    fn factorize_each(
+        &mut self,
+        names: Vec<String>,
+        mut factorize: impl FnMut(&str, &crate::model::Param) -> Result<Factorization>,
+    ) -> Result<LowRankReport> {
         let mut layers = Vec::with_capacity(names.len());
-        for (name, r) in names.into_iter().zip(ranks) {
+        for name in names {
             let p = self.get(&name)?;
-            let ctx = LowRankContext::new().with_name(&name);
-            let factorization =
-                TruncatedSvd::new(Rank::Fixed(r))?.factorize(&p.effective(), &ctx)?;
+            let factorization = factorize(&name, p)?;
+            crate::tensor::check_same_shape(p.shape(), factorization.shape(), || {
+                format!("factorization of `{name}`")
+            })?;
             layers.push(FactorizedLayer {
                 kind: p.kind(),
                 name,

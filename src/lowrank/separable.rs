@@ -1,11 +1,10 @@
 //! [`SpatialSeparable`]: a k×k convolution as a k×1 convolution followed by a 1×k one.
 
-use ndarray::{Array4, ArrayRef, Ix4, IxDyn, s};
+use ndarray::{Array4, ArrayRef, IxDyn, s};
 
 use super::linalg::svd;
-use super::{Factorization, Factors, LowRank, LowRankContext, Rank};
-use crate::error::{Error, Result};
-use crate::tensor::{check_finite, check_nonempty, row_major};
+use super::{Factorization, Factors, LowRank, LowRankContext, Rank, conv_weight};
+use crate::error::Result;
 
 /// Spatially separable rank-`r` filters (Jaderberg, Vedaldi & Zisserman, "Speeding up
 /// Convolutional Neural Networks with Low Rank Expansions", BMVC 2014, scheme 2):
@@ -44,15 +43,7 @@ impl LowRank for SpatialSeparable {
         weights: &ArrayRef<f32, IxDyn>,
         ctx: &LowRankContext<'_>,
     ) -> Result<Factorization> {
-        let w = weights.view().into_dimensionality::<Ix4>().map_err(|_| {
-            Error::bad_shape(
-                ctx.what(),
-                weights.shape(),
-                "separable filters need a Conv2d [out, in, kh, kw] weight",
-            )
-        })?;
-        check_nonempty(weights.shape(), || ctx.what())?;
-        check_finite(&row_major(weights), || ctx.what())?;
+        let w = conv_weight(weights, ctx, "separable filters")?;
         let (o, c, kh, kw) = w.dim();
         // [(c, y), (o, x)]
         let m = w

@@ -1,31 +1,13 @@
 //! [`TruncatedSvd`] and [`RandomizedSvd`] of Linear weights.
 
-use ndarray::{Array2, ArrayRef, ArrayView2, Ix2, IxDyn, s};
+use ndarray::{Array2, ArrayRef, ArrayView2, IxDyn, s};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::linalg::{matmul, svd, thin_q};
-use super::{Factorization, Factors, LowRank, LowRankContext, Rank};
+use super::{Factorization, Factors, LowRank, LowRankContext, Rank, linear_weight};
 use crate::error::{Error, Result};
-use crate::tensor::{check_finite, check_nonempty, row_major};
-
-/// The weight as a matrix, checked: 2-D, non-empty, finite.
-pub(crate) fn matrix<'a>(
-    weights: &'a ArrayRef<f32, IxDyn>,
-    ctx: &LowRankContext<'_>,
-) -> Result<ndarray::ArrayView2<'a, f32>> {
-    let m = weights.view().into_dimensionality::<Ix2>().map_err(|_| {
-        Error::bad_shape(
-            ctx.what(),
-            weights.shape(),
-            "a Linear method needs a 2-D [out, in] weight",
-        )
-    })?;
-    check_nonempty(weights.shape(), || ctx.what())?;
-    check_finite(&row_major(weights), || ctx.what())?;
-    Ok(m)
-}
 
 /// `W ≈ A·B` from `U`, `s`, `Vᵀ` truncated to `r`, balanced: `A = U_r·diag(√s_r)`,
 /// `B = diag(√s_r)·V_rᵀ`.
@@ -98,7 +80,7 @@ impl LowRank for TruncatedSvd {
         weights: &ArrayRef<f32, IxDyn>,
         ctx: &LowRankContext<'_>,
     ) -> Result<Factorization> {
-        let w = matrix(weights, ctx)?;
+        let w = linear_weight(weights, ctx, "a Linear method")?;
         let (m, n) = w.dim();
         let (u, s, vt) = svd(w)?;
         let s = s.to_vec();
@@ -176,7 +158,7 @@ impl LowRank for RandomizedSvd {
         weights: &ArrayRef<f32, IxDyn>,
         ctx: &LowRankContext<'_>,
     ) -> Result<Factorization> {
-        let w = matrix(weights, ctx)?;
+        let w = linear_weight(weights, ctx, "a Linear method")?;
         let (m, n) = w.dim();
         let total = energy(w);
         let r = self.rank.choose(&[], total, (m, n), m + n, m * n)?;

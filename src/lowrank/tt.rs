@@ -1,11 +1,10 @@
 //! [`TtSvd`]: a Linear weight as a tensor train.
 
-use ndarray::{Array2, Array4, ArrayRef, Ix2, IxDyn, s};
+use ndarray::{Array2, Array4, ArrayRef, IxDyn, s};
 
 use super::linalg::svd;
-use super::{Factorization, Factors, LowRank, LowRankContext, Rank};
+use super::{Factorization, Factors, LowRank, LowRankContext, Rank, linear_weight};
 use crate::error::{Error, Result};
-use crate::tensor::{check_finite, check_nonempty, row_major};
 
 /// The tensor-train format of a Linear weight (Novikov, Podoprikhin, Osokin & Vetrov,
 /// "Tensorizing Neural Networks", NeurIPS 2015), computed by TT-SVD (Oseledets,
@@ -72,15 +71,7 @@ impl LowRank for TtSvd {
         weights: &ArrayRef<f32, IxDyn>,
         ctx: &LowRankContext<'_>,
     ) -> Result<Factorization> {
-        let w = weights.view().into_dimensionality::<Ix2>().map_err(|_| {
-            Error::bad_shape(
-                ctx.what(),
-                weights.shape(),
-                "a tensor train needs a Linear [out, in] weight",
-            )
-        })?;
-        check_nonempty(weights.shape(), || ctx.what())?;
-        check_finite(&row_major(weights), || ctx.what())?;
+        let w = linear_weight(weights, ctx, "a tensor train")?;
         let (rows, cols) = w.dim();
         let (pm, pn) = (
             self.out_modes.iter().product::<usize>(),

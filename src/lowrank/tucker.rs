@@ -1,12 +1,11 @@
 //! [`Tucker2`]: a convolution as 1×1 → k×k → 1×1 by Tucker decomposition of its two
 //! channel modes.
 
-use ndarray::{Array2, Array4, ArrayRef, Ix4, IxDyn, s};
+use ndarray::{Array2, Array4, ArrayRef, IxDyn, s};
 
 use super::linalg::{matmul, sym_eig};
-use super::{Factorization, Factors, LowRank, LowRankContext, Rank};
+use super::{Factorization, Factors, LowRank, LowRankContext, Rank, conv_weight};
 use crate::error::{Error, Result};
-use crate::tensor::{check_finite, check_nonempty, row_major};
 
 /// Tucker-2 decomposition of a Conv2d weight `[out, in, kh, kw]` on its output and input
 /// channel modes (Kim, Park, Yoo, Choi, Yang & Shin, "Compression of Deep Convolutional
@@ -90,15 +89,7 @@ impl LowRank for Tucker2 {
         weights: &ArrayRef<f32, IxDyn>,
         ctx: &LowRankContext<'_>,
     ) -> Result<Factorization> {
-        let w4 = weights.view().into_dimensionality::<Ix4>().map_err(|_| {
-            Error::bad_shape(
-                ctx.what(),
-                weights.shape(),
-                "Tucker-2 needs a Conv2d [out, in, kh, kw] weight",
-            )
-        })?;
-        check_nonempty(weights.shape(), || ctx.what())?;
-        check_finite(&row_major(weights), || ctx.what())?;
+        let w4 = conv_weight(weights, ctx, "Tucker-2")?;
         let (o, c, kh, kw) = w4.dim();
         let k = kh * kw;
         let w = w4.mapv(f64::from);
