@@ -10,6 +10,8 @@
 //! - [`Model`]: named parameters with their [`LayerKind`], loaded from and saved to
 //!   safetensors ([`io`]), selected by name glob and kind ([`Selector`]).
 //! - [`Mask`]: bit-packed pruning masks.
+//! - [`encode`]: storage formats of compressed weights (CSR/CSC, bitmask, N:M, Deep
+//!   Compression's relative index) and canonical Huffman coding.
 //!
 //! ```
 //! use ndarray::{ArrayD, IxDyn};
@@ -26,6 +28,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod encode;
 pub mod error;
 pub mod io;
 pub mod kernels;
@@ -49,6 +52,9 @@ pub mod guide {
 
     #[doc = include_str!("../docs/lowrank.md")]
     pub mod lowrank {}
+
+    #[doc = include_str!("../docs/encode.md")]
+    pub mod encode {}
 }
 
 pub use error::{Error, Result};
