@@ -32,7 +32,10 @@ fn bytes_of(f: &impl SparseFormat) -> Vec<u8> {
 
 /// The serialization of every format (and the Huffman pieces), with a reader that
 /// reports whether the bytes parsed.
-fn encodings() -> Vec<(&'static str, Vec<u8>, fn(&[u8]) -> Result<Vec<u8>, Error>)> {
+/// Parses bytes and re-encodes what it parsed.
+type Reread = fn(&[u8]) -> Result<Vec<u8>, Error>;
+
+fn encodings() -> Vec<(&'static str, Vec<u8>, Reread)> {
     fn reread<F: SparseFormat>(mut b: &[u8]) -> Result<Vec<u8>, Error> {
         F::read_from(&mut b).map(|f| bytes_of(&f))
     }
@@ -127,10 +130,10 @@ proptest! {
     #[test]
     fn garbage_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         for (name, _, read) in encodings() {
-            if let Ok(again) = read(&bytes) {
-                if name != "huffman table" {
-                    prop_assert_eq!(&bytes[..again.len()], &again[..], "{}", name);
-                }
+            if let Ok(again) = read(&bytes)
+                && name != "huffman table"
+            {
+                prop_assert_eq!(&bytes[..again.len()], &again[..], "{}", name);
             }
         }
     }
@@ -152,11 +155,11 @@ proptest! {
     fn garbage_streams_never_panic(data in prop::collection::vec(any::<u8>(), 0..64), count in 0usize..600, lengths in prop::collection::vec(0u8..=16, 0..40)) {
         let bit_len = data.len() as u64 * 8;
         let stream = BitStream::from_parts(data, bit_len).unwrap();
-        if let Ok(code) = HuffmanCode::from_lengths(&lengths) {
-            if let Ok(symbols) = code.decode(&stream, count) {
-                prop_assert_eq!(symbols.len(), count);
-                prop_assert_eq!(code.encode(&symbols).unwrap(), stream);
-            }
+        if let Ok(code) = HuffmanCode::from_lengths(&lengths)
+            && let Ok(symbols) = code.decode(&stream, count)
+        {
+            prop_assert_eq!(symbols.len(), count);
+            prop_assert_eq!(code.encode(&symbols).unwrap(), stream);
         }
     }
 }

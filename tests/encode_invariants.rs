@@ -401,6 +401,25 @@ fn sparse_large_alphabet_round_trips() {
     assert_eq!(HuffmanCode::read_from(&mut &bytes[..]).unwrap(), code);
 }
 
+/// Counts 2^0 .. 2^39 make Huffman's tree a chain 39 deep: the limit binds, and the
+/// 12- to 16-bit codes decode through the table's fallback.
+#[test]
+fn limit_binds_on_exponential_counts() {
+    let counts: Vec<u64> = (0..40).map(|k| 1u64 << k).collect();
+    let code = HuffmanCode::from_counts(&counts).unwrap();
+    assert_eq!(code.max_len(), MAX_CODE_LEN);
+    assert!(kraft_sum(code.lengths()) <= 1.0);
+    assert!(code.lengths().iter().filter(|&&l| l > 11).count() >= 10);
+    let symbols: Vec<u16> = (0..40u16).chain((0..40).rev()).collect();
+    let stream = code.encode(&symbols).unwrap();
+    assert_eq!(code.decode(&stream, symbols.len()).unwrap(), symbols);
+    // Even limited, the code stays within a bit per symbol of the entropy here.
+    assert!(
+        code.coded_bits(&counts).unwrap() as f64
+            <= entropy_bits(&counts) + counts.iter().sum::<u64>() as f64
+    );
+}
+
 /// One used symbol gets a 1-bit code; no used symbol gives an empty code.
 #[test]
 fn degenerate_codes() {

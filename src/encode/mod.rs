@@ -16,7 +16,11 @@
 //!   index gaps, with table-driven decoding.
 //!
 //! Matrices are 2-D, `[rows, cols]`, row-major; a higher-order weight such as a
-//! convolution `[out, in, kh, kw]` is viewed as `[out, in·kh·kw]`.
+//! convolution `[out, in, kh, kw]` is viewed as `[out, in·kh·kw]`. The formats are built
+//! from dense values and an optional [`Mask`] whose kept positions are stored (kept
+//! zeros included); without a mask, the non-zeros are stored. A mask fits if its shape
+//! is `[rows, cols]` or any shape `[rows, ...]` whose trailing dimensions multiply to
+//! `cols` (so a convolution's mask is taken as it is).
 //!
 //! **Serialization.** `write_to` appends little-endian bytes to a `Vec<u8>`; `read_from`
 //! parses them from the front of a `&mut &[u8]` and advances it past what it read (on

@@ -176,6 +176,10 @@ impl RelativeIndex {
 
     /// Parses an index written by [`RelativeIndex::write_to`] from the front of `bytes`
     /// and advances `bytes` past it. Any inconsistency is an [`Error::InvalidFormat`].
+    ///
+    /// The length is not bounded by the input (the positions after the last stored one
+    /// cost nothing): check [`RelativeIndex::len`] against your budget before
+    /// [`RelativeIndex::to_mask`].
     pub fn read_from(bytes: &mut &[u8]) -> Result<RelativeIndex> {
         let mut r = Reader::new(bytes, FORMAT);
         let len = r.len64("length")?;

@@ -98,30 +98,11 @@ impl HuffmanCode {
     /// lengths violate the Kraft inequality (Σ 2^−l > 1: no prefix code has them), or
     /// there are more than 65,536 of them.
     pub fn from_lengths(lengths: &[u8]) -> Result<HuffmanCode> {
-        let bad = |reason: String| Error::InvalidFormat {
+        check_lengths(lengths).map_err(|reason| Error::InvalidFormat {
             format: TABLE_FORMAT,
             source_name: "<lengths>".into(),
             reason,
-        };
-        if lengths.len() > MAX_ALPHABET {
-            return Err(bad(format!("{} symbols exceed 65536", lengths.len())));
-        }
-        if let Some(s) = lengths.iter().position(|&l| l > MAX_CODE_LEN) {
-            return Err(bad(format!(
-                "symbol {s} has length {} above {MAX_CODE_LEN}",
-                lengths[s]
-            )));
-        }
-        let kraft: u64 = lengths
-            .iter()
-            .filter(|&&l| l > 0)
-            .map(|&l| 1u64 << (MAX_CODE_LEN - l))
-            .sum();
-        if kraft > 1 << MAX_CODE_LEN {
-            return Err(bad(format!(
-                "the lengths are not a prefix code (Kraft sum {kraft}/2^{MAX_CODE_LEN} > 1)"
-            )));
-        }
+        })?;
         Ok(HuffmanCode::canonical(lengths.to_vec()))
     }
 
@@ -275,9 +256,9 @@ impl HuffmanCode {
                 other => return Err(r.bad(format!("byte {other} is no code length"))),
             }
         }
-        let code = HuffmanCode::from_lengths(&lengths).map_err(|e| r.bad(e.to_string()))?;
+        check_lengths(&lengths).map_err(|reason| r.bad(reason))?;
         *bytes = r.rest();
-        Ok(code)
+        Ok(HuffmanCode::canonical(lengths))
     }
 }
 
@@ -321,6 +302,31 @@ fn length_runs(lengths: &[u8]) -> impl Iterator<Item = Run> + '_ {
             Some(Run::Length(l))
         }
     })
+}
+
+/// Why `lengths` are not the lengths of a prefix code of at most [`MAX_CODE_LEN`] bits
+/// over at most 65,536 symbols, if they are not.
+fn check_lengths(lengths: &[u8]) -> Result<(), String> {
+    if lengths.len() > MAX_ALPHABET {
+        return Err(format!("{} symbols exceed 65536", lengths.len()));
+    }
+    if let Some(s) = lengths.iter().position(|&l| l > MAX_CODE_LEN) {
+        return Err(format!(
+            "symbol {s} has length {} above {MAX_CODE_LEN}",
+            lengths[s]
+        ));
+    }
+    let kraft: u64 = lengths
+        .iter()
+        .filter(|&&l| l > 0)
+        .map(|&l| 1u64 << (MAX_CODE_LEN - l))
+        .sum();
+    if kraft > 1 << MAX_CODE_LEN {
+        return Err(format!(
+            "the lengths are not a prefix code (Kraft sum {kraft}/2^{MAX_CODE_LEN} > 1)"
+        ));
+    }
+    Ok(())
 }
 
 fn check_alphabet(n: usize) -> Result<()> {
