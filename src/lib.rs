@@ -36,8 +36,10 @@ pub mod lowrank;
 pub mod mask;
 pub mod model;
 pub mod nn;
+pub mod pipeline;
 pub mod prune;
 pub mod quant;
+pub mod store;
 pub mod tensor;
 
 pub mod guide {
@@ -55,6 +57,15 @@ pub mod guide {
 
     #[doc = include_str!("../docs/encode.md")]
     pub mod encode {}
+
+    #[doc = include_str!("../docs/pipeline.md")]
+    pub mod pipeline {}
+
+    #[doc = include_str!("../docs/format.md")]
+    pub mod format {}
+
+    #[doc = include_str!("../docs/cli.md")]
+    pub mod cli {}
 }
 
 pub use error::{Error, Result};

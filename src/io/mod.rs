@@ -13,7 +13,17 @@ use crate::error::{Error, Result};
 /// Writes `write`'s output to `path` atomically: into a temporary file in the same
 /// directory, renamed over `path` only once `write` has succeeded. Nothing is left
 /// behind on failure.
-pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("out.txt");
+/// slimnn::io::write_atomically(&path, |tmp| {
+///     std::fs::write(tmp, "done").map_err(|e| slimnn::Error::Io { path: tmp.into(), source: e })
+/// })?;
+/// assert_eq!(std::fs::read_to_string(&path).unwrap(), "done");
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

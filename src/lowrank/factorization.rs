@@ -218,7 +218,7 @@ impl Factorization {
     }
 
     /// Records the relative error `‖W − Ŵ‖_F / ‖W‖_F` the method reached.
-    pub(crate) fn with_error(mut self, error: f64) -> Factorization {
+    pub fn with_error(mut self, error: f64) -> Factorization {
         self.error = Some(error);
         self
     }

@@ -102,7 +102,7 @@ impl Model {
         }
         for l in &layers {
             self.get_mut(&l.name)?
-                .replace_value(l.factorization.reconstruct())?;
+                .set_factorization(l.factorization.clone())?;
         }
         Ok(LowRankReport { layers })
     }

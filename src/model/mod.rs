@@ -1,24 +1,23 @@
 //! [`Model`]: an ordered list of named parameters, each with its [`LayerKind`], its
-//! stored dtype and, once pruned, its [`Mask`].
+//! stored dtype and, once pruned, its [`Mask`](crate::Mask).
 //!
 //! Masks live beside the weights (as `weight_orig` / `weight_mask` do in PyTorch):
 //! [`Param::value`] keeps the original values and [`Param::effective`] gives the masked
 //! ones, until [`Model::make_permanent`] applies and drops the masks.
 
 mod kind;
+mod param;
 mod selector;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use ndarray::{ArrayD, ArrayViewMutD};
+use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
-use crate::mask::Mask;
-use crate::quant::QuantizedTensor;
-use crate::tensor::check_same_shape;
 
 pub use kind::LayerKind;
+pub use param::Param;
 pub use selector::{Selector, glob_match};
 
 /// The element type a floating-point parameter is stored in on disk. slimnn computes
@@ -54,186 +53,6 @@ impl fmt::Display for DType {
             DType::F16 => "F16",
             DType::BF16 => "BF16",
         })
-    }
-}
-
-/// One named parameter of a [`Model`].
-#[derive(Clone, Debug)]
-pub struct Param {
-    name: String,
-    kind: LayerKind,
-    dtype: DType,
-    value: ArrayD<f32>,
-    mask: Option<Mask>,
-    quantized: Option<QuantizedTensor>,
-}
-
-impl Param {
-    /// The parameter's name, e.g. `"fc1.weight"`.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// What the parameter is.
-    pub fn kind(&self) -> LayerKind {
-        self.kind
-    }
-
-    /// The element type it is stored in on disk.
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// Sets the element type it is written in.
-    pub fn set_dtype(&mut self, dtype: DType) {
-        self.dtype = dtype;
-    }
-
-    /// Its shape.
-    pub fn shape(&self) -> &[usize] {
-        self.value.shape()
-    }
-
-    /// Its number of elements.
-    pub fn numel(&self) -> usize {
-        self.value.len()
-    }
-
-    /// The stored values, without the mask applied (PyTorch's `weight_orig`).
-    pub fn value(&self) -> &ArrayD<f32> {
-        &self.value
-    }
-
-    /// The stored values, mutably (the shape is fixed; see [`Param::replace_value`]).
-    /// Changing them drops the quantized form, which would no longer match.
-    pub fn value_mut(&mut self) -> ArrayViewMutD<'_, f32> {
-        self.quantized = None;
-        self.value.view_mut()
-    }
-
-    /// The quantized form, if the parameter was quantized (its values are then the
-    /// decoded ones).
-    pub fn quantized(&self) -> Option<&QuantizedTensor> {
-        self.quantized.as_ref()
-    }
-
-    /// Stores a quantized form and replaces the values by its decoding; the mask stays.
-    pub fn set_quantized(&mut self, q: QuantizedTensor) -> Result<()> {
-        check_same_shape(self.value.shape(), q.shape(), || {
-            format!("quantized form of `{}`", self.name)
-        })?;
-        self.value = q.dequantize();
-        self.quantized = Some(q);
-        Ok(())
-    }
-
-    /// Drops the quantized form, keeping the decoded values.
-    pub fn take_quantized(&mut self) -> Option<QuantizedTensor> {
-        self.quantized.take()
-    }
-
-    /// Replaces the values (of any shape that fits the kind) and drops the mask, e.g.
-    /// when a layer changes shape.
-    pub fn replace_value(&mut self, value: ArrayD<f32>) -> Result<()> {
-        if let Some(n) = self.kind.ndim()
-            && n != value.ndim()
-        {
-            return Err(Error::bad_shape(
-                format!("new value of `{}`", self.name),
-                value.shape(),
-                format!("{} parameters have {n} dimensions", self.kind),
-            ));
-        }
-        self.value = value;
-        self.mask = None;
-        self.quantized = None;
-        Ok(())
-    }
-
-    /// Replaces values and mask together (shapes already consistent).
-    pub(crate) fn replace_with_mask(&mut self, value: ArrayD<f32>, mask: Option<Mask>) {
-        debug_assert!(mask.as_ref().is_none_or(|m| m.shape() == value.shape()));
-        self.value = value;
-        self.mask = mask;
-        self.quantized = None;
-    }
-
-    /// The mask, if the parameter has been pruned and not yet made permanent.
-    pub fn mask(&self) -> Option<&Mask> {
-        self.mask.as_ref()
-    }
-
-    /// Sets (or replaces) the mask; its shape must equal the parameter's.
-    /// A quantized form gets the mask too, so that it decodes pruned weights to 0.
-    pub fn set_mask(&mut self, mask: Mask) -> Result<()> {
-        check_same_shape(self.value.shape(), mask.shape(), || {
-            format!("mask of `{}`", self.name)
-        })?;
-        if let Some(q) = self.quantized.take() {
-            self.quantized = Some(q.with_mask(mask.clone())?);
-        }
-        self.mask = Some(mask);
-        Ok(())
-    }
-
-    /// Removes and returns the mask without applying it.
-    pub fn take_mask(&mut self) -> Option<Mask> {
-        self.mask.take()
-    }
-
-    /// The values with the mask applied (a copy; pruned weights are zero).
-    pub fn effective(&self) -> ArrayD<f32> {
-        let mut v = self.value.clone();
-        if let Some(m) = &self.mask {
-            m.apply(&mut v).expect("mask shape is checked when set");
-        }
-        v
-    }
-
-    /// Applies the mask to the values and drops it, making pruning permanent.
-    /// A quantized form keeps the mask, which its codes need to decode the zeros.
-    pub fn make_permanent(&mut self) {
-        if let Some(m) = self.mask.take() {
-            m.apply(&mut self.value)
-                .expect("mask shape is checked when set");
-            if let Some(q) = self.quantized.take() {
-                self.quantized = Some(q.with_mask(m).expect("mask shape is checked when set"));
-            }
-        }
-    }
-
-    /// The number of elements the mask prunes (0 without a mask).
-    pub fn masked_count(&self) -> usize {
-        self.mask.as_ref().map_or(0, Mask::count_pruned)
-    }
-
-    /// The number of zero elements in the effective values (masked or zero-valued).
-    pub fn zeros(&self) -> usize {
-        let zero = |v: &f32| *v == 0.0;
-        match (&self.mask, self.value.as_slice()) {
-            (None, _) => self.value.iter().filter(|v| zero(v)).count(),
-            (Some(m), Some(values)) => {
-                // Masked weights, plus the zero-valued ones among the kept, a word at a time.
-                let kept_zeros: usize = values
-                    .chunks(64)
-                    .zip(m.words())
-                    .map(|(chunk, &word)| {
-                        chunk
-                            .iter()
-                            .enumerate()
-                            .filter(|&(j, v)| word >> j & 1 == 1 && zero(v))
-                            .count()
-                    })
-                    .sum();
-                m.count_pruned() + kept_zeros
-            }
-            (Some(m), None) => self
-                .value
-                .iter()
-                .enumerate()
-                .filter(|&(i, v)| zero(v) || !m.get(i))
-                .count(),
-        }
     }
 }
 
@@ -312,14 +131,7 @@ impl Model {
             ));
         }
         self.index.insert(name.clone(), self.params.len());
-        self.params.push(Param {
-            name,
-            kind,
-            dtype,
-            value,
-            mask: None,
-            quantized: None,
-        });
+        self.params.push(Param::new(name, kind, dtype, value));
         Ok(self.params.last_mut().expect("just pushed"))
     }
 

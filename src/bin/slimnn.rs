@@ -1,0 +1,276 @@
+//! `slimnn`: inspect, compress, decompress and report on model files.
+//!
+//! ```text
+//! slimnn inspect model.safetensors
+//! slimnn compress model.safetensors -o model.slim --prune global:0.9 --quantize kmeans:32 --encode relative:4+huffman --report report.json
+//! slimnn compress model.safetensors -o pruned.safetensors --prune nm:2:4
+//! slimnn decompress model.slim -o model.safetensors
+//! slimnn report model.slim --original model.safetensors
+//! ```
+//!
+//! Step specifications are those of `slimnn::pipeline::spec`. Errors are one line on
+//! stderr and a non-zero exit; outputs are written atomically, never half.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use slimnn::io::safetensors::SaveOptions;
+use slimnn::pipeline::{Pipeline, Report, spec};
+use slimnn::{Error, Model, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "slimnn",
+    version,
+    about = "Make trained neural networks smaller and faster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List a model's parameters: kinds, shapes, dtypes, sparsity and compressed forms.
+    Inspect {
+        /// A safetensors file or a slimnn compressed file.
+        model: PathBuf,
+    },
+    /// Compress a model: steps run in the order prune, lowrank, quantize, encode.
+    Compress {
+        /// The model to compress (safetensors or slimnn compressed).
+        model: PathBuf,
+        /// Where to write the result.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Pruning steps, e.g. `global:0.9`, `nm:2:4`, `magnitude:0.5@fc1.*`.
+        #[arg(long, value_name = "SPEC")]
+        prune: Vec<String>,
+        /// Low-rank steps, e.g. `svd:0.95`, `svd:64@fc*`, `tucker2:vbmf`, `budget:100000`.
+        #[arg(long, value_name = "SPEC")]
+        lowrank: Vec<String>,
+        /// Quantization steps, e.g. `kmeans:32`, `int8`, `int4-group128`, `q4_0`.
+        #[arg(long, value_name = "SPEC")]
+        quantize: Vec<String>,
+        /// Storage of the compressed format, e.g. `relative:4+huffman`, `csr`, `auto`.
+        #[arg(long, value_name = "SPEC")]
+        encode: Vec<String>,
+        /// Output format (default: safetensors if the output ends in `.safetensors`).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Also write the report as JSON.
+        #[arg(long, value_name = "FILE.json")]
+        report: Option<PathBuf>,
+        /// No progress bar and no report table.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a compressed model as a dense safetensors file.
+    Decompress {
+        /// The compressed model.
+        model: PathBuf,
+        /// The safetensors file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// The report of a compressed model: storage per parameter, and against the
+    /// original, errors and compression rate.
+    Report {
+        /// The compressed model.
+        model: PathBuf,
+        /// The model it was compressed from.
+        #[arg(long)]
+        original: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// slimnn's compressed model file.
+    Compressed,
+    /// A dense safetensors file with the compression applied.
+    Safetensors,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect { model } => inspect(&load(&model)?),
+        Command::Compress {
+            model,
+            output,
+            prune,
+            lowrank,
+            quantize,
+            encode,
+            format,
+            report,
+            quiet,
+        } => {
+            let format =
+                format.unwrap_or(if output.extension().is_some_and(|e| e == "safetensors") {
+                    Format::Safetensors
+                } else {
+                    Format::Compressed
+                });
+            if format == Format::Safetensors && !encode.is_empty() {
+                return Err(Error::InvalidParameter {
+                    name: "--encode",
+                    value: encode.join(" "),
+                    expected: "no encoding with a safetensors output (encodings are of the \
+                               compressed format)"
+                        .into(),
+                });
+            }
+            let mut pipeline = Pipeline::new();
+            for s in &prune {
+                pipeline.push(spec::prune_step(s)?);
+            }
+            for s in &lowrank {
+                pipeline.push(spec::lowrank_step(s)?);
+            }
+            for s in &quantize {
+                pipeline.push(spec::quantize_step(s)?);
+            }
+            for s in &encode {
+                pipeline.push(spec::encode_step(s)?);
+            }
+            let mut model = load(&model)?;
+            let bar = progress(quiet, pipeline.describe_steps().len());
+            let result = pipeline.run_with(&mut model, |i, description| {
+                bar.set_position(i as u64);
+                bar.set_message(description.to_string());
+            });
+            bar.finish_and_clear();
+            let result = result?;
+            match format {
+                Format::Compressed => model.save_compressed(&output)?,
+                Format::Safetensors => model.save(&output, &SaveOptions::default())?,
+            }
+            if let Some(path) = report {
+                write_json(&path, &result)?;
+            }
+            if !quiet {
+                print!("{result}");
+                println!("wrote {}", output.display());
+            }
+            Ok(())
+        }
+        Command::Decompress { model, output } => {
+            load(&model)?.save(&output, &SaveOptions::default())
+        }
+        Command::Report {
+            model,
+            original,
+            json,
+        } => {
+            let compressed = load(&model)?;
+            let original = match original {
+                Some(p) => load(&p)?,
+                None => compressed.clone(),
+            };
+            let report = Report::compare(&original, &compressed, Vec::new())?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A safetensors or compressed model, told apart by the compressed format's magic.
+fn load(path: &Path) -> Result<Model> {
+    let mut magic = [0u8; 8];
+    let compressed = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"SLIMNNCM";
+    if compressed {
+        Model::load_compressed(path)
+    } else {
+        Model::load(path)
+    }
+}
+
+fn progress(quiet: bool, steps: usize) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps as u64);
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn write_json(path: &Path, report: &Report) -> Result<()> {
+    let json = report.to_json() + "\n";
+    slimnn::io::write_atomically(path, |tmp| {
+        std::fs::write(tmp, &json).map_err(|e| Error::Io {
+            path: tmp.into(),
+            source: e,
+        })
+    })
+}
+
+fn inspect(model: &Model) -> Result<()> {
+    let width = model
+        .params()
+        .iter()
+        .map(|p| p.name().len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:<width$}  {:<9}  {:<5}  {:<18}  {:>11}  {:>8}  form",
+        "name", "kind", "dtype", "shape", "elements", "sparsity"
+    );
+    for p in model.params() {
+        let form = if let Some(f) = p.factorization() {
+            format!("factorized, ranks {:?}", f.ranks())
+        } else if let Some(q) = p.quantized() {
+            format!("quantized, {}-bit codes", q.codes().bits())
+        } else if p.mask().is_some() {
+            "masked".to_string()
+        } else {
+            "dense".to_string()
+        };
+        println!(
+            "{:<width$}  {:<9}  {:<5}  {:<18}  {:>11}  {:>7.2}%  {form}",
+            p.name(),
+            p.kind().to_string(),
+            format!("{:?}", p.dtype()),
+            format!("{:?}", p.shape()),
+            p.numel(),
+            100.0 * p.zeros() as f64 / p.numel().max(1) as f64,
+        );
+    }
+    for t in model.raw_tensors() {
+        println!(
+            "{:<width$}  {:<9}  {:<5}  {:<18}  {:>11}  {:>8}  kept as is",
+            t.name,
+            "raw",
+            t.dtype,
+            format!("{:?}", t.shape),
+            t.shape.iter().product::<usize>(),
+            "",
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! [`Report`]: what a pipeline gained and cost, per parameter and in total.
+
+use std::fmt;
+
+use crate::error::Result;
+use crate::model::{LayerKind, Model, Param};
+use crate::quant::{Decoding, Levels};
+use crate::store::{Positions, StoredBytes, encode_model};
+
+/// One step of a pipeline run.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct StepRecord {
+    /// The step's description.
+    pub description: String,
+    /// Wall-clock time it took.
+    pub seconds: f64,
+}
+
+/// Where a speed-up figure comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum SpeedupSource {
+    /// Dense multiply-adds over effective ones (non-zeros, or the factorized layers'):
+    /// what a kernel that skips zeros could reach, not a measurement.
+    EstimatedFromFlops,
+}
+
+/// One parameter of a [`Report`].
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ParamReport {
+    /// The parameter's name.
+    pub name: String,
+    /// Its kind, e.g. `"Linear"`.
+    pub kind: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// How it is held and stored, e.g. `"16-entry codebook, 4-bit codes; CSR + Huffman"`.
+    pub form: String,
+    /// Elements.
+    pub params: usize,
+    /// Non-zero elements after compression.
+    pub nonzeros: usize,
+    /// Bytes before compression (elements × the original dtype's size).
+    pub original_bytes: usize,
+    /// Bytes in the compressed file, by part.
+    pub stored: StoredBytes,
+    /// `‖W − Ŵ‖_F / ‖W‖_F` against the values before the pipeline (pruned weights of
+    /// the original count as zero).
+    pub relative_error: f64,
+    /// Multiply-adds per output position of the dense layer (0 for non-weights).
+    pub dense_flops: usize,
+    /// Multiply-adds per output position after compression: non-zeros, or the
+    /// factorized layers'.
+    pub effective_flops: usize,
+}
+
+impl ParamReport {
+    /// Stored bits per element, everything needed to decode included.
+    pub fn bits_per_weight(&self) -> f64 {
+        8.0 * self.stored.total() as f64 / self.params.max(1) as f64
+    }
+
+    /// Original bytes over stored bytes.
+    pub fn compression_rate(&self) -> f64 {
+        self.original_bytes as f64 / self.stored.total().max(1) as f64
+    }
+}
+
+/// What a pipeline gained and cost: per parameter and in total, the survey's
+/// compression rate and speed-up rate.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Report {
+    /// The steps run, in order.
+    pub steps: Vec<StepRecord>,
+    /// Every parameter of the model.
+    pub params: Vec<ParamReport>,
+    /// Bytes of the uncompressed parameters and kept raw tensors.
+    pub original_bytes: usize,
+    /// Bytes of the compressed model file, headers and checksums included.
+    pub file_bytes: usize,
+    /// Where [`Report::speedup_rate`] comes from.
+    pub speedup_source: SpeedupSource,
+}
+
+impl Report {
+    /// The report of `compressed` against `original` (the same parameters, by name).
+    pub fn compare(original: &Model, compressed: &Model, steps: Vec<StepRecord>) -> Result<Report> {
+        let (file, stored) = encode_model(compressed)?;
+        let mut params = Vec::with_capacity(compressed.len());
+        for (p, s) in compressed.params().iter().zip(stored) {
+            let before = original.get(p.name())?;
+            let after = p.effective();
+            let reference = before.effective();
+            crate::tensor::check_same_shape(reference.shape(), after.shape(), || {
+                format!("`{}` before and after compression", p.name())
+            })?;
+            let (diff, norm) = reference
+                .iter()
+                .zip(after.iter())
+                .fold((0f64, 0f64), |(d, n), (&a, &b)| {
+                    (d + (a as f64 - b as f64).powi(2), n + (a as f64).powi(2))
+                });
+            let relative_error = if diff == 0.0 {
+                0.0
+            } else {
+                (diff / norm).sqrt()
+            };
+            let nonzeros = after.iter().filter(|&&v| v != 0.0).count();
+            let weight = matches!(p.kind(), LayerKind::Linear | LayerKind::Conv2d);
+            let dense_flops = if weight { p.numel() } else { 0 };
+            let effective_flops = match (weight, p.factorization()) {
+                (false, _) => 0,
+                (true, Some(f)) => f.flops(),
+                (true, None) => nonzeros,
+            };
+            params.push(ParamReport {
+                name: p.name().to_string(),
+                kind: p.kind().to_string(),
+                shape: p.shape().to_vec(),
+                form: form(p, s.positions),
+                params: p.numel(),
+                nonzeros,
+                original_bytes: before.numel() * before.dtype().size(),
+                stored: s.bytes,
+                relative_error,
+                dense_flops,
+                effective_flops,
+            });
+        }
+        let raw: usize = original.raw_tensors().iter().map(|t| t.bytes.len()).sum();
+        Ok(Report {
+            steps,
+            original_bytes: params.iter().map(|p| p.original_bytes).sum::<usize>() + raw,
+            params,
+            file_bytes: file.len(),
+            speedup_source: SpeedupSource::EstimatedFromFlops,
+        })
+    }
+
+    /// Original bytes over the compressed file's bytes (the survey's compression rate).
+    pub fn compression_rate(&self) -> f64 {
+        self.original_bytes as f64 / self.file_bytes.max(1) as f64
+    }
+
+    /// Dense multiply-adds over effective ones, over all weights (the survey's
+    /// speed-up rate; see [`Report::speedup_source`]).
+    pub fn speedup_rate(&self) -> f64 {
+        let dense: usize = self.params.iter().map(|p| p.dense_flops).sum();
+        let effective: usize = self.params.iter().map(|p| p.effective_flops).sum();
+        dense as f64 / effective.max(1) as f64
+    }
+
+    /// Elements over all parameters.
+    pub fn total_params(&self) -> usize {
+        self.params.iter().map(|p| p.params).sum()
+    }
+
+    /// Non-zero elements over all parameters.
+    pub fn total_nonzeros(&self) -> usize {
+        self.params.iter().map(|p| p.nonzeros).sum()
+    }
+
+    /// The report as one JSON object.
+    #[cfg(feature = "serde")]
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a report is plain data")
+    }
+}
+
+/// How a parameter is held and stored, in a few words.
+fn form(p: &Param, positions: Option<Positions>) -> String {
+    let held = if let Some(f) = p.factorization() {
+        format!("factorized, ranks {:?}", f.ranks())
+    } else if let Some(q) = p.quantized() {
+        let bits = q.codes().bits();
+        match q.decoding() {
+            Decoding::Scalar {
+                levels: Levels::Table(t),
+                ..
+            } => format!("{}-entry codebook, {bits}-bit codes", t.len()),
+            Decoding::Scalar { .. } => format!("{bits}-bit integers"),
+            Decoding::Product { codewords, .. } => {
+                format!("product quantized, {codewords} codewords")
+            }
+        }
+    } else {
+        format!("{:?}", p.dtype())
+    };
+    let index = match positions {
+        None => String::new(),
+        Some(Positions::Bitmask) | Some(Positions::Dense) | Some(Positions::Auto) => {
+            "; bitmask".into()
+        }
+        Some(Positions::Csr) => "; CSR".into(),
+        Some(Positions::RelativeIndex { bits }) => format!("; {bits}-bit relative index"),
+    };
+    let huffman = if p.encoding().huffman && (p.quantized().is_some() || positions.is_some()) {
+        " + Huffman"
+    } else {
+        ""
+    };
+    format!("{held}{index}{huffman}")
+}
+
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.steps.iter().enumerate() {
+            writeln!(f, "step {}: {} ({:.2} s)", i + 1, s.description, s.seconds)?;
+        }
+        if !self.steps.is_empty() {
+            writeln!(f)?;
+        }
+        let name_w = self
+            .params
+            .iter()
+            .map(|p| p.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(9);
+        let form_w = self
+            .params
+            .iter()
+            .map(|p| p.form.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        writeln!(
+            f,
+            "{:<name_w$}  {:<form_w$}  {:>11}  {:>11}  {:>7}  {:>11}  {:>7}  {:>10}",
+            "parameter", "form", "elements", "non-zeros", "bits/w", "bytes", "ratio", "rel. error"
+        )?;
+        for p in &self.params {
+            writeln!(
+                f,
+                "{:<name_w$}  {:<form_w$}  {:>11}  {:>11}  {:>7.3}  {:>11}  {:>6.1}x  {:>10.4}",
+                p.name,
+                p.form,
+                group(p.params),
+                group(p.nonzeros),
+                p.bits_per_weight(),
+                group(p.stored.total()),
+                p.compression_rate(),
+                p.relative_error
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<name_w$}  {:<form_w$}  {:>11}  {:>11}  {:>7.3}  {:>11}  {:>6.1}x",
+            "total (file)",
+            "",
+            group(self.total_params()),
+            group(self.total_nonzeros()),
+            8.0 * self.file_bytes as f64 / self.total_params().max(1) as f64,
+            group(self.file_bytes),
+            self.compression_rate()
+        )?;
+        writeln!(
+            f,
+            "\ncompression rate {:.1}x ({} → {} bytes); speed-up rate {:.1}x (estimated from FLOPs)",
+            self.compression_rate(),
+            group(self.original_bytes),
+            group(self.file_bytes),
+            self.speedup_rate()
+        )
+    }
+}

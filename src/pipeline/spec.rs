@@ -1,0 +1,281 @@
+//! Steps from short text specifications, as the command line and configuration files
+//! give them: `global:0.9`, `kmeans:32`, `svd:0.95`, `relative:4+huffman`, each with an
+//! optional `@glob` choosing the parameters (`global:0.9@fc*.weight`).
+//!
+//! | family | spec | step |
+//! | --- | --- | --- |
+//! | prune | `magnitude:F` | per-layer magnitude pruning of a fraction `F` |
+//! | prune | `global:F` | global magnitude pruning (one threshold) |
+//! | prune | `random:F[:SEED]` | random pruning |
+//! | prune | `nm:N:M` | N:M semi-structured pruning along the input axis |
+//! | prune | `structured:F` | remove (mask) the fraction `F` of output channels by L1 norm |
+//! | quantize | `int8`, `int4`, … `int2` | symmetric, per output channel |
+//! | quantize | `int4-group128` (any bits, any group) | affine, per group along rows |
+//! | quantize | `kmeans:K`, `kmeans-optimal:K` | weight sharing, Lloyd (linear init) or exact |
+//! | quantize | `pow2:B`, `ternary`, `binary` | logarithmic, TWN, XNOR (per channel) |
+//! | quantize | `q8_0`, `q4_0` | llama.cpp block formats |
+//! | lowrank | `svd:R` or `svd:E` | truncated SVD, rank `R` (integer) or energy `E` (< 1) |
+//! | lowrank | `svd:vbmf`, `rsvd:R` | VBMF rank; randomized SVD |
+//! | lowrank | `tucker2:R` or `tucker2:E`, `cp:R`, `separable:R` | convolutions |
+//! | lowrank | `budget:P` | SVD ranks for all Linear weights within `P` parameters |
+//! | encode | `auto`, `dense`, `bitmask`, `csr`, `relative:B`, each `+huffman` | storage |
+//!
+//! Without `@glob`, prune and quantize steps select every Linear and Conv2d weight, SVD
+//! methods the Linear weights, convolution methods the Conv2d weights, and encode steps
+//! every parameter.
+
+use super::{Compressor, Encode, Factorize, FactorizeWithin, Prune, PruneGlobal, Quantize};
+use crate::error::{Error, Result};
+use crate::lowrank::{Budget, CpAls, RandomizedSvd, Rank, SpatialSeparable, TruncatedSvd, Tucker2};
+use crate::model::{LayerKind, Selector};
+use crate::prune::{
+    ChannelCriterion, GlobalPruner, MagnitudePruner, NmPruner, StructuredPruner, UnstructuredPruner,
+};
+use crate::quant::{
+    BinaryQuantizer, GgmlFormat, GgmlQuantizer, Granularity, KMeansInit, KMeansQuantizer,
+    PowerOfTwoQuantizer, Scheme, TernaryQuantizer, UniformQuantizer,
+};
+use crate::store::{Encoding, Positions};
+
+fn bad(family: &'static str, spec: &str, expected: &str) -> Error {
+    Error::invalid(family, spec, expected.to_string())
+}
+
+/// The spec without its `@glob`, and the selector (or `default`).
+fn split(spec: &str, default: Selector) -> (&str, Selector) {
+    match spec.split_once('@') {
+        Some((s, glob)) => (s, Selector::glob(glob)),
+        None => (spec, default),
+    }
+}
+
+fn number<T: std::str::FromStr>(
+    family: &'static str,
+    spec: &str,
+    field: Option<&str>,
+    what: &str,
+) -> Result<T> {
+    field
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| bad(family, spec, what))
+}
+
+/// A pruning step from its spec (see the module's table).
+pub fn prune_step(spec: &str) -> Result<Box<dyn Compressor>> {
+    const FAMILY: &str = "prune";
+    let (s, selector) = split(spec, Selector::prunable());
+    let mut parts = s.split(':');
+    let method = parts.next().unwrap_or("");
+    let fraction =
+        |p: Option<&str>| -> Result<f64> { number(FAMILY, spec, p, "a fraction, e.g. global:0.9") };
+    let step: Box<dyn Compressor> = match method {
+        "magnitude" => {
+            let f = fraction(parts.next())?;
+            Box::new(
+                Prune::new(selector, MagnitudePruner::magnitude(f)?)
+                    .with_label(format!("prune: magnitude {f}")),
+            )
+        }
+        "global" => {
+            let f = fraction(parts.next())?;
+            Box::new(
+                PruneGlobal::new(selector, GlobalPruner::magnitude(f)?)
+                    .with_label(format!("prune: global magnitude {f}")),
+            )
+        }
+        "random" => {
+            let f = fraction(parts.next())?;
+            let seed = match parts.next() {
+                Some(s) => number(FAMILY, spec, Some(s), "random:FRACTION[:SEED]")?,
+                None => 0,
+            };
+            Box::new(
+                Prune::new(selector, UnstructuredPruner::random(seed, f)?)
+                    .with_label(format!("prune: random {f}")),
+            )
+        }
+        "nm" => {
+            let n: usize = number(FAMILY, spec, parts.next(), "nm:N:M, e.g. nm:2:4")?;
+            let m: usize = number(FAMILY, spec, parts.next(), "nm:N:M, e.g. nm:2:4")?;
+            Box::new(
+                Prune::new(selector, NmPruner::magnitude(n, m)?)
+                    .with_label(format!("prune: {n}:{m}")),
+            )
+        }
+        "structured" => {
+            let f = fraction(parts.next())?;
+            Box::new(
+                Prune::new(selector, StructuredPruner::new(ChannelCriterion::L1, f)?)
+                    .with_label(format!("prune: {f} of output channels by L1")),
+            )
+        }
+        _ => {
+            return Err(bad(
+                FAMILY,
+                spec,
+                "magnitude:F, global:F, random:F[:SEED], nm:N:M or structured:F",
+            ));
+        }
+    };
+    if parts.next().is_some() {
+        return Err(bad(FAMILY, spec, "no more fields"));
+    }
+    Ok(step)
+}
+
+/// A quantization step from its spec (see the module's table).
+pub fn quantize_step(spec: &str) -> Result<Box<dyn Compressor>> {
+    const FAMILY: &str = "quantize";
+    let (s, selector) = split(spec, Selector::prunable());
+    let per_row = Granularity::PerChannel { axis: 0 };
+    let label = format!("quantize: {s}");
+    let expected = "int8..int2, intB-groupG, kmeans:K, kmeans-optimal:K, pow2:B, ternary, binary, q8_0 or q4_0";
+    macro_rules! step {
+        ($q:expr) => {
+            Box::new(Quantize::new(selector, $q).with_label(label)) as Box<dyn Compressor>
+        };
+    }
+    let (method, arg) = match s.split_once(':') {
+        Some((m, a)) => (m, Some(a)),
+        None => (s, None),
+    };
+    Ok(match (method, arg) {
+        ("kmeans", a) => step!(KMeansQuantizer::lloyd(
+            number(FAMILY, spec, a, "kmeans:K")?,
+            KMeansInit::Linear
+        )?),
+        ("kmeans-optimal", a) => step!(KMeansQuantizer::optimal(number(
+            FAMILY,
+            spec,
+            a,
+            "kmeans-optimal:K"
+        )?)?),
+        ("pow2", a) => step!(PowerOfTwoQuantizer::new(
+            number(FAMILY, spec, a, "pow2:BITS")?,
+            per_row
+        )?),
+        ("ternary", None) => step!(TernaryQuantizer::new(per_row)),
+        ("binary", None) => step!(BinaryQuantizer::new(per_row)),
+        ("q8_0", None) => step!(GgmlQuantizer::new(GgmlFormat::Q8_0)),
+        ("q4_0", None) => step!(GgmlQuantizer::new(GgmlFormat::Q4_0)),
+        (m, None) if m.starts_with("int") => {
+            let rest = &m[3..];
+            match rest.split_once("-group") {
+                Some((bits, group)) => {
+                    let bits = number(FAMILY, spec, Some(bits), expected)?;
+                    let size = number(FAMILY, spec, Some(group), expected)?;
+                    step!(UniformQuantizer::new(
+                        bits,
+                        Scheme::Affine,
+                        Granularity::PerGroup { size }
+                    )?)
+                }
+                None => {
+                    let bits = number(FAMILY, spec, Some(rest), expected)?;
+                    step!(UniformQuantizer::new(bits, Scheme::Symmetric, per_row)?)
+                }
+            }
+        }
+        _ => return Err(bad(FAMILY, spec, expected)),
+    })
+}
+
+/// A rank: an integer is a fixed rank, a number in (0, 1) an energy fraction, `vbmf` VBMF.
+fn rank(spec: &str, field: Option<&str>) -> Result<Rank> {
+    let f = field.ok_or_else(|| bad("lowrank", spec, "a rank, an energy fraction or vbmf"))?;
+    if f == "vbmf" {
+        return Ok(Rank::Vbmf);
+    }
+    if let Ok(r) = f.parse::<usize>() {
+        return Rank::Fixed(r).check();
+    }
+    match f.parse::<f64>() {
+        Ok(e) => Rank::Energy(e).check(),
+        Err(_) => Err(bad("lowrank", spec, "a rank, an energy fraction or vbmf")),
+    }
+}
+
+/// A low-rank step from its spec (see the module's table).
+pub fn lowrank_step(spec: &str) -> Result<Box<dyn Compressor>> {
+    const FAMILY: &str = "lowrank";
+    let linear = Selector::kinds(&[LayerKind::Linear]);
+    let conv = Selector::kinds(&[LayerKind::Conv2d]);
+    let (method, arg) = spec
+        .split('@')
+        .next()
+        .unwrap_or("")
+        .split_once(':')
+        .unwrap_or((spec, ""));
+    let arg = (!arg.is_empty()).then_some(arg);
+    let label = format!("factorize: {}", spec.split('@').next().unwrap_or(spec));
+    Ok(match method {
+        "svd" => {
+            let (_, sel) = split(spec, linear);
+            Box::new(Factorize::new(sel, TruncatedSvd::new(rank(spec, arg)?)?).with_label(label))
+        }
+        "rsvd" => {
+            let (_, sel) = split(spec, linear);
+            Box::new(Factorize::new(sel, RandomizedSvd::new(rank(spec, arg)?)?).with_label(label))
+        }
+        "tucker2" => {
+            let (_, sel) = split(spec, conv);
+            let r = rank(spec, arg)?;
+            Box::new(Factorize::new(sel, Tucker2::new(r, r)?).with_label(label))
+        }
+        "cp" => {
+            let (_, sel) = split(spec, conv);
+            let r: usize = number(FAMILY, spec, arg, "cp:RANK")?;
+            Box::new(Factorize::new(sel, CpAls::new(r)?).with_label(label))
+        }
+        "separable" => {
+            let (_, sel) = split(spec, conv);
+            Box::new(
+                Factorize::new(sel, SpatialSeparable::new(rank(spec, arg)?)?).with_label(label),
+            )
+        }
+        "budget" => {
+            let (_, sel) = split(spec, linear);
+            let p: usize = number(FAMILY, spec, arg, "budget:PARAMETERS")?;
+            Box::new(FactorizeWithin::new(sel, Budget::Params(p)))
+        }
+        _ => {
+            return Err(bad(
+                FAMILY,
+                spec,
+                "svd:R|E|vbmf, rsvd:R, tucker2:R|E, cp:R, separable:R or budget:P",
+            ));
+        }
+    })
+}
+
+/// An encoding step from its spec (see the module's table).
+pub fn encode_step(spec: &str) -> Result<Box<dyn Compressor>> {
+    let (s, selector) = split(spec, Selector::all());
+    let (s, huffman) = match s.strip_suffix("+huffman") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    };
+    let positions = match s.split_once(':') {
+        None => match s {
+            "auto" => Some(Positions::Auto),
+            "dense" => Some(Positions::Dense),
+            "bitmask" => Some(Positions::Bitmask),
+            "csr" => Some(Positions::Csr),
+            _ => None,
+        },
+        Some(("relative", b)) => Some(Positions::RelativeIndex {
+            bits: number("encode", spec, Some(b), "relative:BITS")?,
+        }),
+        Some(_) => None,
+    };
+    let positions = positions.ok_or_else(|| {
+        bad(
+            "encode",
+            spec,
+            "auto, dense, bitmask, csr or relative:BITS, optionally +huffman",
+        )
+    })?;
+    let encoding = Encoding { positions, huffman };
+    encoding.check()?;
+    Ok(Box::new(Encode::new(selector, encoding)))
+}

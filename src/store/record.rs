@@ -1,0 +1,344 @@
+//! One parameter as bytes: its header, where its stored values are, and the values in
+//! its form (dense, sparse, quantized codes, factors).
+
+use half::{bf16, f16};
+use ndarray::{ArrayD, IxDyn};
+
+use super::bytes::{Reader, Writer};
+use super::decoding::{read_decoding, read_factorization, write_decoding, write_factorization};
+use super::positions::{read_codes, read_positions, write_codes, write_positions};
+use super::{Encoding, Positions, StoredBytes};
+use crate::error::{Error, Result};
+use crate::mask::Mask;
+use crate::model::{DType, LayerKind, Param};
+use crate::quant::{PackedCodes, QuantizedTensor};
+
+const KINDS: [LayerKind; 6] = [
+    LayerKind::Linear,
+    LayerKind::Conv2d,
+    LayerKind::Embedding,
+    LayerKind::Norm,
+    LayerKind::Bias,
+    LayerKind::Other,
+];
+const DTYPES: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
+
+const DENSE: u8 = 0;
+const SPARSE: u8 = 1;
+const QUANTIZED: u8 = 2;
+const FACTORIZED: u8 = 3;
+
+/// A parameter's record and the breakdown of its bytes.
+pub(crate) struct Encoded {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) stored: StoredBytes,
+    /// The positions format used, if the values are stored sparsely.
+    pub(crate) positions: Option<Positions>,
+}
+
+/// Counts the bytes each part of a record adds.
+struct Sections {
+    w: Writer,
+    stored: StoredBytes,
+}
+
+impl Sections {
+    fn section(
+        &mut self,
+        part: fn(&mut StoredBytes) -> &mut usize,
+        write: impl FnOnce(&mut Writer),
+    ) {
+        let before = self.w.bytes.len();
+        write(&mut self.w);
+        *part(&mut self.stored) += self.w.bytes.len() - before;
+    }
+
+    /// A section that may hold Huffman tables: `write` returns their bytes, counted as
+    /// tables rather than as `part`.
+    fn coded_section(
+        &mut self,
+        part: fn(&mut StoredBytes) -> &mut usize,
+        write: impl FnOnce(&mut Writer) -> Result<usize>,
+    ) -> Result<()> {
+        let before = self.w.bytes.len();
+        let tables = write(&mut self.w)?;
+        *part(&mut self.stored) += self.w.bytes.len() - before - tables;
+        self.stored.tables += tables;
+        Ok(())
+    }
+}
+
+/// The positions a parameter's stored values sit at: its mask (`true`: restore it as
+/// the parameter's mask), or, when asked to store sparsely, its non-zeros (`false`).
+fn positions_of(p: &Param, positions: Positions) -> Option<(Mask, bool)> {
+    if let Some(m) = p.mask().or_else(|| p.quantized().and_then(|q| q.mask())) {
+        return Some((m.clone(), p.mask().is_some()));
+    }
+    if positions == Positions::Dense {
+        return None;
+    }
+    // Only +0.0 is left out, so that a stored −0.0 comes back bit for bit.
+    let values = p.value();
+    let stored = |v: f32| v.to_bits() != 0;
+    let has_zero = values.iter().any(|&v| !stored(v));
+    has_zero.then(|| {
+        let flat: Vec<f32> = values.iter().copied().collect();
+        (Mask::from_fn(values.shape(), |i| stored(flat[i])), false)
+    })
+}
+
+/// The record of `p` with `encoding`; [`Positions::Auto`] tries every concrete choice
+/// and keeps the smallest.
+pub(crate) fn encode(p: &Param, encoding: Encoding) -> Result<Encoded> {
+    if encoding.positions != Positions::Auto {
+        return encode_with(p, encoding);
+    }
+    let mut best: Option<Encoded> = None;
+    for positions in Positions::CONCRETE {
+        let e = encode_with(
+            p,
+            Encoding {
+                positions,
+                ..encoding
+            },
+        )?;
+        if best.as_ref().is_none_or(|b| e.bytes.len() < b.bytes.len()) {
+            best = Some(e);
+        }
+    }
+    best.ok_or_else(|| Error::invalid("positions", "Auto", "a concrete choice"))
+}
+
+fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
+    encoding.check()?;
+    let mut s = Sections {
+        w: Writer::default(),
+        stored: StoredBytes::default(),
+    };
+    let kind = KINDS.iter().position(|&k| k == p.kind()).unwrap_or(5) as u8;
+    let dtype = DTYPES.iter().position(|&d| d == p.dtype()).unwrap_or(0) as u8;
+    s.section(StoredBytes::header, |w| {
+        w.u8(kind);
+        w.u8(dtype);
+        w.dims(p.shape());
+    });
+    if let Some(f) = p.factorization() {
+        s.section(StoredBytes::header, |w| w.u8(FACTORIZED));
+        s.section(StoredBytes::values, |w| write_factorization(w, f));
+        return Ok(Encoded {
+            bytes: s.w.bytes,
+            stored: s.stored,
+            positions: None,
+        });
+    }
+    // A mask never goes away: a masked parameter asked to be stored densely keeps a
+    // bitmask (its quantized codes may not decode the pruned weights to zero).
+    let positions = match encoding.positions {
+        Positions::Dense
+            if p.mask().is_some() || p.quantized().is_some_and(|q| q.mask().is_some()) =>
+        {
+            Positions::Bitmask
+        }
+        other => other,
+    };
+    let kept = positions_of(p, positions);
+    let form = match (p.quantized(), &kept) {
+        (Some(_), _) => QUANTIZED,
+        (None, Some(_)) => SPARSE,
+        (None, None) => DENSE,
+    };
+    s.section(StoredBytes::header, |w| {
+        w.u8(form);
+        w.u8(kept.as_ref().map_or(0, |(_, restore)| 1 + *restore as u8));
+    });
+    if let Some((mask, _)) = &kept {
+        s.coded_section(StoredBytes::indices, |w| {
+            write_positions(w, mask, positions, encoding.huffman)
+        })?;
+    }
+    let value = p.value();
+    let flat = value
+        .as_slice()
+        .map(std::borrow::Cow::Borrowed)
+        .unwrap_or_else(|| std::borrow::Cow::Owned(value.iter().copied().collect()));
+    match p.quantized() {
+        Some(q) => {
+            s.section(StoredBytes::decoding, |w| write_decoding(w, q.decoding()));
+            // Element-wise codes are stored at the kept positions only; product codes
+            // (one per subvector) all.
+            let codes = q.codes().unpack();
+            let (per_position, stored_codes): (bool, Vec<u8>) = match &kept {
+                Some((mask, _)) if codes.len() == mask.len() => {
+                    (true, mask.iter_kept().map(|i| codes[i]).collect())
+                }
+                _ => (false, codes),
+            };
+            s.coded_section(StoredBytes::values, |w| {
+                w.u8(per_position as u8);
+                w.usize(stored_codes.len());
+                write_codes(w, &stored_codes, q.codes().bits(), encoding.huffman)
+            })?;
+        }
+        None => {
+            let dtype = p.dtype();
+            s.section(StoredBytes::values, |w| match &kept {
+                Some((mask, _)) => write_values(w, dtype, mask.iter_kept().map(|i| flat[i])),
+                None => write_values(w, dtype, flat.iter().copied()),
+            });
+        }
+    }
+    Ok(Encoded {
+        bytes: s.w.bytes,
+        stored: s.stored,
+        positions: kept.map(|_| positions),
+    })
+}
+
+fn write_values(w: &mut Writer, dtype: DType, values: impl Iterator<Item = f32>) {
+    for v in values {
+        match dtype {
+            DType::F32 => w.bytes.extend_from_slice(&v.to_le_bytes()),
+            DType::F64 => w.bytes.extend_from_slice(&(v as f64).to_le_bytes()),
+            DType::F16 => w.bytes.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
+            DType::BF16 => w.bytes.extend_from_slice(&bf16::from_f32(v).to_le_bytes()),
+        }
+    }
+}
+
+fn read_values(r: &mut Reader<'_>, dtype: DType, n: usize) -> Result<Vec<f32>> {
+    let size = dtype.size();
+    if n.saturating_mul(size) > r.remaining() {
+        return Err(r.error(format!("{n} values do not fit in the record")));
+    }
+    let raw = r.take(n * size)?;
+    Ok(raw
+        .chunks_exact(size)
+        .map(|c| match dtype {
+            DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            DType::F64 => {
+                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+            }
+            DType::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
+            DType::BF16 => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+        })
+        .collect())
+}
+
+/// A decoded record: the parameter's parts, for the model to take.
+pub(crate) struct Decoded {
+    pub(crate) kind: LayerKind,
+    pub(crate) dtype: DType,
+    pub(crate) value: ArrayD<f32>,
+    pub(crate) mask: Option<Mask>,
+    pub(crate) quantized: Option<QuantizedTensor>,
+    pub(crate) factorization: Option<crate::lowrank::Factorization>,
+    /// How the record was encoded: encoding the parameter again gives the same bytes.
+    pub(crate) encoding: Encoding,
+}
+
+/// A record decodes to at most this many elements per byte it holds (or 2²⁴ elements,
+/// whichever is more): bounds what a hostile header can make the reader allocate while
+/// leaving room for sparse and low-rank forms (a rank-1 4096×4096 layer is 512
+/// elements per byte).
+const ELEMENTS_PER_BYTE: usize = 1 << 12;
+
+pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Decoded> {
+    let budget = r.remaining().saturating_mul(ELEMENTS_PER_BYTE).max(1 << 24);
+    let kind = *KINDS
+        .get(r.u8()? as usize)
+        .ok_or_else(|| r.error("unknown layer kind"))?;
+    let dtype = *DTYPES
+        .get(r.u8()? as usize)
+        .ok_or_else(|| r.error("unknown dtype"))?;
+    let shape = r.dims()?;
+    let n: usize = shape.iter().product();
+    if n > budget {
+        return Err(r.error(format!(
+            "shape {shape:?} is too large for a record of {} bytes",
+            r.remaining()
+        )));
+    }
+    let form = r.u8()?;
+    let mut out = Decoded {
+        kind,
+        dtype,
+        value: ArrayD::zeros(IxDyn(&[0])),
+        mask: None,
+        quantized: None,
+        factorization: None,
+        encoding: Encoding {
+            positions: Positions::Dense,
+            huffman: false,
+        },
+    };
+    if form == FACTORIZED {
+        let f = read_factorization(r, &shape)?;
+        out.value = f.reconstruct();
+        out.factorization = Some(f);
+        return Ok(out);
+    }
+    let positions = r.u8()?;
+    let kept = match positions {
+        0 => None,
+        1 | 2 => {
+            let (mask, encoding) = read_positions(r, &shape)?;
+            out.encoding = encoding;
+            Some((mask, positions == 2))
+        }
+        t => return Err(r.error(format!("unknown positions flag {t}"))),
+    };
+    let stored = kept.as_ref().map_or(n, |(m, _)| m.count_kept());
+    match form {
+        DENSE | SPARSE => {
+            if (form == SPARSE) != kept.is_some() {
+                return Err(r.error("a sparse record without positions, or the reverse"));
+            }
+            let values = read_values(r, dtype, stored)?;
+            let dense = match &kept {
+                Some((mask, _)) => {
+                    let mut dense = vec![0f32; n];
+                    for (i, v) in mask.iter_kept().zip(values) {
+                        dense[i] = v;
+                    }
+                    dense
+                }
+                None => values,
+            };
+            out.value =
+                ArrayD::from_shape_vec(IxDyn(&shape), dense).map_err(|e| r.error(e.to_string()))?;
+        }
+        QUANTIZED => {
+            let decoding = read_decoding(r)?;
+            let per_position = r.u8()? == 1;
+            let count = r.usize()?;
+            if count > n || (per_position && (kept.is_none() || count != stored)) {
+                return Err(r.error(format!("{count} codes for {n} elements")));
+            }
+            let (codes, bits, huffman) = read_codes(r, count)?;
+            out.encoding.huffman |= huffman;
+            let all = match &kept {
+                Some((mask, _)) if per_position => {
+                    let mut all = vec![0u8; n];
+                    for (i, c) in mask.iter_kept().zip(codes) {
+                        all[i] = c;
+                    }
+                    all
+                }
+                _ => codes,
+            };
+            let packed = PackedCodes::pack(&all, bits).map_err(|e| r.error(e.to_string()))?;
+            let mut q = QuantizedTensor::new(&shape, packed, decoding)
+                .map_err(|e| r.error(format!("inconsistent quantized tensor: {e}")))?;
+            if let Some((mask, _)) = &kept {
+                q = q
+                    .with_mask(mask.clone())
+                    .map_err(|e| r.error(e.to_string()))?;
+            }
+            out.value = q.dequantize();
+            out.quantized = Some(q);
+        }
+        t => return Err(r.error(format!("unknown record form {t}"))),
+    }
+    out.mask = kept.and_then(|(m, restore)| restore.then_some(m));
+    Ok(out)
+}

@@ -1,0 +1,154 @@
+//! The `slimnn` binary, driven as a user would.
+#![cfg(feature = "cli")]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ndarray::{Array, IxDyn};
+use slimnn::io::safetensors::SaveOptions;
+use slimnn::{Model, Selector};
+
+fn slimnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_slimnn"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn model_file(dir: &Path) -> String {
+    let mut m = Model::new();
+    m.add(
+        "fc1.weight",
+        Array::from_shape_fn(IxDyn(&[64, 96]), |i| {
+            ((i[0] * 96 + i[1]) as f32 * 0.37).sin()
+        }),
+    )
+    .unwrap();
+    m.add("fc1.bias", Array::from_elem(IxDyn(&[64]), 0.5))
+        .unwrap();
+    m.add(
+        "fc2.weight",
+        Array::from_shape_fn(IxDyn(&[10, 64]), |i| {
+            ((i[0] * 64 + i[1]) as f32 * 0.11).cos()
+        }),
+    )
+    .unwrap();
+    let path = dir.join("model.safetensors");
+    m.save(&path, &SaveOptions::default()).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn compress_report_decompress() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let slim = dir.path().join("model.slim").display().to_string();
+    let json = dir.path().join("report.json").display().to_string();
+    let out = slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &slim,
+        "--prune",
+        "global:0.9",
+        "--quantize",
+        "kmeans:16",
+        "--encode",
+        "relative:4+huffman",
+        "--report",
+        &json,
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let file_bytes = std::fs::metadata(&slim).unwrap().len();
+    assert_eq!(report["file_bytes"].as_u64().unwrap(), file_bytes);
+    assert!(report["original_bytes"].as_u64().unwrap() > 10 * file_bytes);
+
+    let out = slimnn(&["inspect", &slim]);
+    assert!(out.status.success());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("fc1.weight") && listing.contains("quantized"),
+        "{listing}"
+    );
+
+    let dense = dir.path().join("dense.safetensors").display().to_string();
+    let out = slimnn(&["decompress", &slim, "-o", &dense]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (
+        Model::load_compressed(&slim).unwrap(),
+        Model::load(&dense).unwrap(),
+    );
+    for p in a.params() {
+        assert_eq!(p.effective(), b.get(p.name()).unwrap().effective());
+    }
+
+    let out = slimnn(&["report", &slim, "--original", &input, "--json"]);
+    assert!(out.status.success());
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["file_bytes"], report["file_bytes"]);
+}
+
+#[test]
+fn a_safetensors_output_has_the_compression_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let output = dir.path().join("pruned.safetensors").display().to_string();
+    let out = slimnn(&[
+        "compress", &input, "-o", &output, "--prune", "nm:2:4", "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Model::load(&output).unwrap();
+    let report = m.sparsity(&Selector::prunable()).unwrap();
+    assert_eq!(report.sparsity(), 0.5);
+}
+
+#[test]
+fn bad_requests_fail_with_one_line_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let out_path = dir.path().join("out.slim");
+    let output = out_path.display().to_string();
+    for args in [
+        vec!["compress", &input, "-o", &output, "--prune", "magic:0.5"],
+        vec!["compress", &input, "-o", &output, "--quantize", "int9"],
+        vec!["compress", &input, "-o", &output, "--encode", "relative:9"],
+        vec!["compress", &input, "-o", &output, "--prune", "global:1.5"],
+        vec!["compress", "missing.safetensors", "-o", &output],
+        vec!["compress", &input, "-o", "x.safetensors", "--encode", "csr"],
+        vec![
+            "compress",
+            &input,
+            "-o",
+            &output,
+            "--quantize",
+            "kmeans:100000",
+        ],
+    ] {
+        let out = slimnn(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(!out_path.exists(), "{args:?} left a file");
+    }
+    let garbage = dir.path().join("garbage.slim");
+    std::fs::write(&garbage, b"SLIMNNCM\x01\0\0\0garbage").unwrap();
+    let out = slimnn(&["inspect", &garbage.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("slimnn compressed model"));
+}
