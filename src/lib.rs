@@ -35,6 +35,7 @@ pub mod model;
 pub mod nn;
 pub mod prune;
 pub mod quant;
+pub mod sparse_ops;
 pub mod tensor;
 
 pub mod guide {
