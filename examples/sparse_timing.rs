@@ -1,7 +1,7 @@
 //! Sparse and compressed products against the dense f32 product of the same weight.
 //!
 //! ```text
-//! cargo run --release --example sparse_timing [-- --repeats 7]
+//! cargo run --release --example sparse_timing [-- --repeats 7] [--only NAME_PART]
 //! ```
 //!
 //! A 4096×4096 weight, entries N(0, 0.02²), activations N(0, 1) at batch 1 and 64:
@@ -30,6 +30,12 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|r| r.parse().ok())
         .unwrap_or(7);
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_default();
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
     let normal = Normal::new(0.0f32, 0.02).unwrap();
 
@@ -79,6 +85,9 @@ fn main() {
         let xt = x.t().as_standard_layout().into_owned();
         println!("-- batch {batch}");
         let line = |name: &str, w: &Array2<f32>, run: &mut dyn FnMut() -> Array2<f32>| {
+            if !name.contains(&only) {
+                return;
+            }
             let mut times: Vec<f64> = Vec::new();
             let mut y = run();
             for _ in 0..repeats {

@@ -22,6 +22,7 @@
 use std::borrow::Cow;
 
 use ndarray::{Array2, ArrayRef, Ix2};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::sparse::{Codebook, Codes, Csr, NM, matmul};
@@ -320,6 +321,19 @@ fn product_into<R: crate::kernels::sparse::Rows>(
     Ok(())
 }
 
+/// The largest element: a vectorized scan, on both cores for long slices (the slow
+/// search for the offending position runs only on failure).
+fn max_of<T: Ord + Copy + Send + Sync>(s: &[T]) -> Option<T> {
+    const CHUNK: usize = 1 << 16;
+    if s.len() >= 4 * CHUNK {
+        s.par_chunks(CHUNK)
+            .filter_map(|c| c.iter().copied().max())
+            .max()
+    } else {
+        s.iter().copied().max()
+    }
+}
+
 fn check_shape(shape: [usize; 2]) -> Result<()> {
     check_nonempty(&shape, || format!("weight of shape {shape:?}"))?;
     shape[0]
@@ -367,8 +381,7 @@ fn check_csr<'a>(
             format!("the number of stored values, {}", col_idx.len()),
         ));
     }
-    // A branch-free fold vectorizes; the position is searched only on failure.
-    if col_idx.iter().fold(false, |bad, &c| bad | (c as usize >= inputs)) {
+    if max_of(col_idx).is_some_and(|c| c as usize >= inputs) {
         let k = col_idx.iter().position(|&c| c as usize >= inputs).unwrap_or(0);
         return Err(Error::invalid(
             "col_idx",
@@ -408,7 +421,7 @@ fn check_nm<'a>(
     let stored = out * (inputs / m) * n;
     check_len("values", values.len(), stored, "out · in / m · n")?;
     check_len("idx", idx.len(), stored, "out · in / m · n")?;
-    if idx.iter().fold(false, |bad, &i| bad | (i as usize >= m)) {
+    if max_of(idx).is_some_and(|i| i as usize >= m) {
         let k = idx.iter().position(|&i| i as usize >= m).unwrap_or(0);
         return Err(Error::invalid(
             "idx",
@@ -439,7 +452,7 @@ fn check_codebook_len(codebook: &[f32]) -> Result<()> {
 /// Fails unless every code (the `start`-th of the matrix first) is below the codebook's
 /// length.
 fn check_codes(codes: &[u8], start: usize, entries: usize) -> Result<()> {
-    if codes.iter().fold(false, |bad, &c| bad | (c as usize >= entries)) {
+    if max_of(codes).is_some_and(|c| c as usize >= entries) {
         let k = codes.iter().position(|&c| c as usize >= entries).unwrap_or(0);
         return Err(Error::invalid(
             "codes",

@@ -34,13 +34,8 @@ const PARALLEL_WORK: usize = 1 << 18;
 /// Pieces of work per rayon thread, so uneven pieces still balance.
 const PIECES_PER_THREAD: usize = 4;
 
-/// One weight row, as a format decodes it.
-pub(crate) enum Row<'a> {
-    /// Stored values at the given columns.
-    Sparse { cols: &'a [u32], vals: &'a [f32] },
-    /// Every column's value, in order.
-    Dense(&'a [f32]),
-}
+/// Bytes of `Xᵀ` a column block may take: most of L1d.
+const BLOCK_BYTES: usize = 32 << 10;
 
 /// A weight matrix read row by row.
 pub(crate) trait Rows: Sync {
@@ -53,8 +48,24 @@ pub(crate) trait Rows: Sync {
     /// Stored weights in rows `0..r` (monotone in `r`): the work of the rows before `r`.
     fn work_before(&self, r: usize) -> usize;
 
-    /// Row `r`, decoded into `scratch` where needed.
-    fn row<'a>(&'a self, r: usize, scratch: &'a mut Self::Scratch) -> Row<'a>;
+    /// Columns per block of the batched product, for panels `width` lanes wide:
+    /// formats whose rows can be cut at any column read one block of `Xᵀ` (kept in L1)
+    /// for all rows before the next.
+    fn block(&self, width: usize) -> usize;
+
+    /// `Σ_c W[r, c]·x[c]`.
+    fn dot(&self, r: usize, x: &[f32], scratch: &mut Self::Scratch) -> f32;
+
+    /// `out[l] += Σ_{c ∈ cols} W[r, c]·panel[(c − cols.start)·width + l]` for a panel of
+    /// `width = out.len()` lanes starting at column `cols.start`, `cols` a block.
+    fn add_lanes(
+        &self,
+        r: usize,
+        cols: Range<usize>,
+        panel: &[f32],
+        out: &mut [f32],
+        scratch: &mut Self::Scratch,
+    );
 }
 
 /// `y = x·Wᵀ` for `x` `[batch, cols]` and `y` `[batch, rows]` (lengths must agree).
@@ -70,10 +81,7 @@ pub(crate) fn matmul<R: Rows>(w: &R, rows: usize, cols: usize, x: &[f32], y: &mu
         run_pieces(y, &pieces, 1, |part, range| {
             let mut scratch = w.scratch();
             for (out, r) in part.iter_mut().zip(range) {
-                *out = match w.row(r, &mut scratch) {
-                    Row::Sparse { cols, vals } => sparse_dot(cols, vals, x),
-                    Row::Dense(vals) => dense_dot(vals, x),
-                };
+                *out = w.dot(r, x, &mut scratch);
             }
         });
         return;
@@ -83,15 +91,18 @@ pub(crate) fn matmul<R: Rows>(w: &R, rows: usize, cols: usize, x: &[f32], y: &mu
     let mut yt = vec![0.0f32; rows * lanes];
     run_pieces(&mut yt, &pieces, lanes, |part, range| {
         let mut scratch = w.scratch();
-        // Panels outermost: one panel of Xᵀ stays in cache while the rows pass.
+        // Panels and column blocks outermost: one block of Xᵀ stays in cache while the
+        // rows pass.
         for (p, start) in (0..lanes).step_by(PANEL).enumerate() {
             let width = (lanes - start).min(PANEL);
             let panel = &xt[p * PANEL * cols..][..width * cols];
-            for (out, r) in part.chunks_exact_mut(lanes).zip(range.clone()) {
-                let out = &mut out[start..start + width];
-                match w.row(r, &mut scratch) {
-                    Row::Sparse { cols, vals } => sparse_lanes(cols, vals, panel, out),
-                    Row::Dense(vals) => dense_lanes(vals, panel, out),
+            let block = w.block(width);
+            for c0 in (0..cols).step_by(block) {
+                let c1 = c0.saturating_add(block).min(cols);
+                let panel = &panel[c0 * width..c1 * width];
+                for (out, r) in part.chunks_exact_mut(lanes).zip(range.clone()) {
+                    let out = &mut out[start..start + width];
+                    w.add_lanes(r, c0..c1, panel, out, &mut scratch);
                 }
             }
         }
@@ -241,8 +252,8 @@ kernel! {
     fn dense_dot(vals: &[f32], x: &[f32]) -> f32 => dense_dot_body
 }
 
-/// Adds `vals[k]·panel[cols[k], off .. off + W]` over `k` into `out` (`W` lanes), with
-/// the accumulators in registers.
+/// Adds `Σ_k vals[k]·panel[cols[k], off .. off + W]` to `out[off .. off + W]`, with the
+/// accumulators in registers.
 #[inline(always)]
 fn lanes_block<const W: usize>(
     cols: impl Iterator<Item = usize>,
@@ -260,10 +271,12 @@ fn lanes_block<const W: usize>(
             acc[l] += v * xr[l];
         }
     }
-    out[off..off + W].copy_from_slice(&acc);
+    for (o, a) in out[off..off + W].iter_mut().zip(acc) {
+        *o += a;
+    }
 }
 
-/// `out[l] = Σ_k vals[k]·panel[cols(k), l]` for a panel `[·, out.len()]` and a width
+/// `out[l] += Σ_k vals[k]·panel[cols(k), l]` for a panel `[·, out.len()]` and a width
 /// that is a multiple of 8 and at most [`PANEL`]: blocks of 64, 32, 16 and 8 lanes.
 #[inline(always)]
 fn lanes_body<C: Iterator<Item = usize> + Clone>(
@@ -297,7 +310,7 @@ fn sparse_lanes_body(cols: &[u32], vals: &[f32], panel: &[f32], out: &mut [f32])
 }
 
 kernel! {
-    /// `out[l] = Σ_k vals[k]·panel[cols[k]·out.len() + l]` (see [`lanes_body`]).
+    /// `out[l] += Σ_k vals[k]·panel[cols[k]·out.len() + l]` (see [`lanes_body`]).
     fn sparse_lanes(cols: &[u32], vals: &[f32], panel: &[f32], out: &mut [f32]) => sparse_lanes_body
 }
 
@@ -307,7 +320,7 @@ fn dense_lanes_body(vals: &[f32], panel: &[f32], out: &mut [f32]) {
 }
 
 kernel! {
-    /// `out[l] = Σ_k vals[k]·panel[k·out.len() + l]` (see [`lanes_body`]).
+    /// `out[l] += Σ_k vals[k]·panel[k·out.len() + l]` (see [`lanes_body`]).
     fn dense_lanes(vals: &[f32], panel: &[f32], out: &mut [f32]) => dense_lanes_body
 }
 
@@ -319,6 +332,12 @@ pub(crate) struct Csr<'a> {
     pub values: &'a [f32],
 }
 
+impl Csr<'_> {
+    fn range(&self, r: usize) -> Range<usize> {
+        self.row_ptr[r] as usize..self.row_ptr[r + 1] as usize
+    }
+}
+
 impl Rows for Csr<'_> {
     type Scratch = ();
 
@@ -328,12 +347,19 @@ impl Rows for Csr<'_> {
         self.row_ptr[r] as usize
     }
 
-    fn row<'a>(&'a self, r: usize, _: &'a mut ()) -> Row<'a> {
-        let range = self.row_ptr[r] as usize..self.row_ptr[r + 1] as usize;
-        Row::Sparse {
-            cols: &self.col_idx[range.clone()],
-            vals: &self.values[range],
-        }
+    /// No blocks: the columns of a row are in no known order.
+    fn block(&self, _: usize) -> usize {
+        usize::MAX
+    }
+
+    fn dot(&self, r: usize, x: &[f32], _: &mut ()) -> f32 {
+        let k = self.range(r);
+        sparse_dot(&self.col_idx[k.clone()], &self.values[k], x)
+    }
+
+    fn add_lanes(&self, r: usize, _: Range<usize>, panel: &[f32], out: &mut [f32], _: &mut ()) {
+        let k = self.range(r);
+        sparse_lanes(&self.col_idx[k.clone()], &self.values[k], panel, out)
     }
 }
 
@@ -348,8 +374,57 @@ fn nm_cols_body(idx: &[u8], n: usize, m: usize, out: &mut [u32]) {
 }
 
 kernel! {
-    /// Column indices of one N:M row: `out[g·n + j] = g·m + idx[g·n + j]`.
+    /// Column indices of N:M groups: `out[g·n + j] = g·m + idx[g·n + j]`.
     fn nm_cols(idx: &[u8], n: usize, m: usize, out: &mut [u32]) => nm_cols_body
+}
+
+/// `Σ vals[k]·x[(k / n)·m + idx[k]]`, group by group.
+#[inline(always)]
+fn nm_dot_general(vals: &[f32], idx: &[u8], n: usize, m: usize, x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 4];
+    let groups = vals.chunks_exact(n).zip(idx.chunks_exact(n)).zip(x.chunks_exact(m));
+    for (g, ((v, i), xg)) in groups.enumerate() {
+        let s: f32 = v.iter().zip(i).map(|(&v, &i)| v * xg[i as usize]).sum();
+        acc[g % 4] += s;
+    }
+    acc.iter().sum()
+}
+
+/// [`nm_dot_general`] for a fixed `N:M`, four groups a step: no bounds checks, eight
+/// independent sums for 2:4.
+#[inline(always)]
+fn nm_dot_fixed<const N: usize, const M: usize>(vals: &[f32], idx: &[u8], x: &[f32]) -> f32 {
+    const G: usize = 4;
+    let mut acc = [[0.0f32; N]; G];
+    let (vb, ib, xb) = (
+        vals.chunks_exact(N * G),
+        idx.chunks_exact(N * G),
+        x.chunks_exact(M * G),
+    );
+    let tail = nm_dot_general(vb.remainder(), ib.remainder(), N, M, xb.remainder());
+    for ((v, i), xg) in vb.zip(ib).zip(xb) {
+        for g in 0..G {
+            for j in 0..N {
+                let k = g * N + j;
+                // `% M` keeps the index in the group (positions are below M already).
+                acc[g][j] += v[k] * xg[g * M + i[k] as usize % M];
+            }
+        }
+    }
+    acc.iter().flatten().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn nm_dot_body(vals: &[f32], idx: &[u8], n: usize, m: usize, x: &[f32]) -> f32 {
+    match (n, m) {
+        (2, 4) => nm_dot_fixed::<2, 4>(vals, idx, x),
+        _ => nm_dot_general(vals, idx, n, m, x),
+    }
+}
+
+kernel! {
+    /// `Σ vals[k]·x[(k / n)·m + idx[k]]` for the `x.len() / m` groups of an N:M row.
+    fn nm_dot(vals: &[f32], idx: &[u8], n: usize, m: usize, x: &[f32]) -> f32 => nm_dot_body
 }
 
 /// N:M rows: each group of `m` consecutive columns stores `n` values; `values` and
@@ -364,29 +439,47 @@ pub(crate) struct NM<'a> {
 }
 
 impl NM<'_> {
-    fn per_row(&self) -> usize {
-        self.cols / self.m * self.n
+    /// The stored values and positions of row `r`'s groups covering `cols`.
+    fn groups(&self, r: usize, cols: Range<usize>) -> (&[f32], &[u8]) {
+        let per_row = self.cols / self.m * self.n;
+        let k = r * per_row + cols.start / self.m * self.n..r * per_row + cols.end / self.m * self.n;
+        (&self.values[k.clone()], &self.idx[k])
     }
 }
 
 impl Rows for NM<'_> {
+    /// Column indices of a block's stored values.
     type Scratch = Vec<u32>;
 
     fn scratch(&self) -> Vec<u32> {
-        vec![0; self.per_row()]
+        Vec::new()
     }
 
     fn work_before(&self, r: usize) -> usize {
-        r * self.per_row()
+        r * (self.cols / self.m * self.n)
     }
 
-    fn row<'a>(&'a self, r: usize, cols: &'a mut Vec<u32>) -> Row<'a> {
-        let k = self.per_row();
-        nm_cols(&self.idx[r * k..][..k], self.n, self.m, cols);
-        Row::Sparse {
-            cols,
-            vals: &self.values[r * k..][..k],
-        }
+    fn block(&self, width: usize) -> usize {
+        (BLOCK_BYTES / (4 * width)).next_multiple_of(self.m)
+    }
+
+    fn dot(&self, r: usize, x: &[f32], _: &mut Vec<u32>) -> f32 {
+        let (vals, idx) = self.groups(r, 0..self.cols);
+        nm_dot(vals, idx, self.n, self.m, x)
+    }
+
+    fn add_lanes(
+        &self,
+        r: usize,
+        cols: Range<usize>,
+        panel: &[f32],
+        out: &mut [f32],
+        scratch: &mut Vec<u32>,
+    ) {
+        let (vals, idx) = self.groups(r, cols);
+        scratch.resize(vals.len(), 0);
+        nm_cols(idx, self.n, self.m, scratch);
+        sparse_lanes(scratch, vals, panel, out)
     }
 }
 
@@ -424,33 +517,57 @@ impl<'a> Codebook<'a> {
         table[..codebook.len()].copy_from_slice(codebook);
         Codebook { codes, table, cols }
     }
+
+    /// The values of row `r` at `cols`, decoded into `vals`.
+    fn decode<'s>(
+        &self,
+        r: usize,
+        cols: Range<usize>,
+        (codes, vals): &'s mut (Vec<u8>, Vec<f32>),
+    ) -> &'s [f32] {
+        let (start, len) = (r * self.cols + cols.start, cols.len());
+        let codes: &[u8] = match self.codes {
+            Codes::Bytes(all) => &all[start..start + len],
+            Codes::Packed { bytes, bits } => {
+                codes.resize(len, 0);
+                unpack_codes(bytes, bits, start, codes);
+                codes
+            }
+        };
+        vals.resize(len, 0.0);
+        decode(codes, &self.table, vals);
+        vals
+    }
 }
 
 impl Rows for Codebook<'_> {
-    /// A row of unpacked codes (for packed codes) and a row of values.
+    /// A block of unpacked codes (for packed codes) and of decoded values.
     type Scratch = (Vec<u8>, Vec<f32>);
 
     fn scratch(&self) -> Self::Scratch {
-        let unpacked = match self.codes {
-            Codes::Bytes(_) => 0,
-            Codes::Packed { .. } => self.cols,
-        };
-        (vec![0; unpacked], vec![0.0; self.cols])
+        (Vec::new(), Vec::new())
     }
 
     fn work_before(&self, r: usize) -> usize {
         r * self.cols
     }
 
-    fn row<'a>(&'a self, r: usize, (codes, vals): &'a mut Self::Scratch) -> Row<'a> {
-        let codes: &[u8] = match self.codes {
-            Codes::Bytes(all) => &all[r * self.cols..][..self.cols],
-            Codes::Packed { bytes, bits } => {
-                unpack_codes(bytes, bits, r * self.cols, codes);
-                codes
-            }
-        };
-        decode(codes, &self.table, vals);
-        Row::Dense(vals)
+    fn block(&self, width: usize) -> usize {
+        BLOCK_BYTES / (4 * width)
+    }
+
+    fn dot(&self, r: usize, x: &[f32], scratch: &mut Self::Scratch) -> f32 {
+        dense_dot(self.decode(r, 0..self.cols, scratch), x)
+    }
+
+    fn add_lanes(
+        &self,
+        r: usize,
+        cols: Range<usize>,
+        panel: &[f32],
+        out: &mut [f32],
+        scratch: &mut Self::Scratch,
+    ) {
+        dense_lanes(self.decode(r, cols, scratch), panel, out)
     }
 }
