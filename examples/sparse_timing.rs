@@ -129,8 +129,7 @@ fn main() {
             sparse_ops::codebook_matmul([N, N], &codes, &codebook, &x).unwrap()
         });
         line("codebook 16 entries, 4-bit codes", &shared, &mut || {
-            sparse_ops::packed_codebook_matmul([N, N], packed.bytes(), 4, &codebook, &x)
-                .unwrap()
+            sparse_ops::packed_codebook_matmul([N, N], packed.bytes(), 4, &codebook, &x).unwrap()
         });
     }
 }

@@ -26,7 +26,6 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::sparse::{Codebook, Codes, Csr, NM, matmul};
-use crate::tensor::check_nonempty;
 
 /// `Y = X·Wᵀ` for a CSR weight `W` of `shape = [out, in]`.
 ///
@@ -335,10 +334,14 @@ fn max_of<T: Ord + Copy + Send + Sync>(s: &[T]) -> Option<T> {
 }
 
 fn check_shape(shape: [usize; 2]) -> Result<()> {
-    check_nonempty(&shape, || format!("weight of shape {shape:?}"))?;
-    shape[0]
+    let numel = shape[0]
         .checked_mul(shape[1])
         .ok_or_else(|| Error::bad_shape("weight", &shape, "the element count overflows usize"))?;
+    if numel == 0 {
+        return Err(Error::Empty {
+            what: format!("weight of shape {shape:?}"),
+        });
+    }
     Ok(())
 }
 
@@ -362,14 +365,24 @@ fn check_csr<'a>(
     check_shape(shape)?;
     let [out, inputs] = shape;
     check_len("row_ptr", row_ptr.len(), out.saturating_add(1), "out + 1")?;
-    check_len("values", values.len(), col_idx.len(), "one per column index")?;
+    check_len(
+        "values",
+        values.len(),
+        col_idx.len(),
+        "one per column index",
+    )?;
     if row_ptr[0] != 0 {
         return Err(Error::invalid("row_ptr[0]", row_ptr[0], "0"));
     }
     if let Some(r) = row_ptr.windows(2).position(|p| p[1] < p[0]) {
         return Err(Error::invalid(
             "row_ptr",
-            format!("{} then {} at rows {r} and {}", row_ptr[r], row_ptr[r + 1], r + 1),
+            format!(
+                "{} then {} at rows {r} and {}",
+                row_ptr[r],
+                row_ptr[r + 1],
+                r + 1
+            ),
             "non-decreasing offsets",
         ));
     }
@@ -382,7 +395,10 @@ fn check_csr<'a>(
         ));
     }
     if max_of(col_idx).is_some_and(|c| c as usize >= inputs) {
-        let k = col_idx.iter().position(|&c| c as usize >= inputs).unwrap_or(0);
+        let k = col_idx
+            .iter()
+            .position(|&c| c as usize >= inputs)
+            .unwrap_or(0);
         return Err(Error::invalid(
             "col_idx",
             format!("{} at position {k}", col_idx[k]),
@@ -453,7 +469,10 @@ fn check_codebook_len(codebook: &[f32]) -> Result<()> {
 /// length.
 fn check_codes(codes: &[u8], start: usize, entries: usize) -> Result<()> {
     if max_of(codes).is_some_and(|c| c as usize >= entries) {
-        let k = codes.iter().position(|&c| c as usize >= entries).unwrap_or(0);
+        let k = codes
+            .iter()
+            .position(|&c| c as usize >= entries)
+            .unwrap_or(0);
         return Err(Error::invalid(
             "codes",
             format!("{} at position {}", codes[k], start + k),

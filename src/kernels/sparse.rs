@@ -28,14 +28,28 @@ use super::quant::unpack_codes;
 /// Lanes of one panel of `Xᵀ`: the widest register accumulator of a row.
 const PANEL: usize = 64;
 
-/// Multiply-adds below which the product runs on the calling thread.
-const PARALLEL_WORK: usize = 1 << 18;
-
 /// Pieces of work per rayon thread, so uneven pieces still balance.
 const PIECES_PER_THREAD: usize = 4;
 
-/// Bytes of `Xᵀ` a column block may take: most of L1d.
-const BLOCK_BYTES: usize = 32 << 10;
+/// Sizes that decide how the product is split (tests shrink them so small products take
+/// every path).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tuning {
+    /// Multiply-adds below which the product runs on the calling thread.
+    pub parallel_work: usize,
+    /// Bytes of `Xᵀ` a column block may take.
+    pub block_bytes: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            parallel_work: 1 << 18,
+            // Most of L1d.
+            block_bytes: 32 << 10,
+        }
+    }
+}
 
 /// A weight matrix read row by row.
 pub(crate) trait Rows: Sync {
@@ -48,10 +62,10 @@ pub(crate) trait Rows: Sync {
     /// Stored weights in rows `0..r` (monotone in `r`): the work of the rows before `r`.
     fn work_before(&self, r: usize) -> usize;
 
-    /// Columns per block of the batched product, for panels `width` lanes wide:
-    /// formats whose rows can be cut at any column read one block of `Xᵀ` (kept in L1)
-    /// for all rows before the next.
-    fn block(&self, width: usize) -> usize;
+    /// What column blocks must be a multiple of, for formats whose rows can be cut into
+    /// blocks of columns (the batched product then reads one block of `Xᵀ`, kept in
+    /// L1, for all rows before the next); `None` for one block of all columns.
+    fn block_unit(&self) -> Option<usize>;
 
     /// `Σ_c W[r, c]·x[c]`.
     fn dot(&self, r: usize, x: &[f32], scratch: &mut Self::Scratch) -> f32;
@@ -70,13 +84,25 @@ pub(crate) trait Rows: Sync {
 
 /// `y = x·Wᵀ` for `x` `[batch, cols]` and `y` `[batch, rows]` (lengths must agree).
 pub(crate) fn matmul<R: Rows>(w: &R, rows: usize, cols: usize, x: &[f32], y: &mut [f32]) {
+    matmul_tuned(w, rows, cols, x, y, Tuning::default())
+}
+
+/// [`matmul`] split as `tuning` says.
+pub(crate) fn matmul_tuned<R: Rows>(
+    w: &R,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &mut [f32],
+    tuning: Tuning,
+) {
     assert!(cols > 0 && x.len().is_multiple_of(cols));
     let batch = x.len() / cols;
     assert_eq!(y.len(), batch * rows);
     if batch == 0 || rows == 0 {
         return;
     }
-    let pieces = pieces(w, rows, batch);
+    let pieces = pieces(w, rows, batch, tuning.parallel_work);
     if batch == 1 {
         run_pieces(y, &pieces, 1, |part, range| {
             let mut scratch = w.scratch();
@@ -96,9 +122,14 @@ pub(crate) fn matmul<R: Rows>(w: &R, rows: usize, cols: usize, x: &[f32], y: &mu
         for (p, start) in (0..lanes).step_by(PANEL).enumerate() {
             let width = (lanes - start).min(PANEL);
             let panel = &xt[p * PANEL * cols..][..width * cols];
-            let block = w.block(width);
+            let block = match w.block_unit() {
+                Some(unit) => (tuning.block_bytes / (4 * width))
+                    .max(1)
+                    .next_multiple_of(unit),
+                None => cols,
+            };
             for c0 in (0..cols).step_by(block) {
-                let c1 = c0.saturating_add(block).min(cols);
+                let c1 = (c0 + block).min(cols);
                 let panel = &panel[c0 * width..c1 * width];
                 for (out, r) in part.chunks_exact_mut(lanes).zip(range.clone()) {
                     let out = &mut out[start..start + width];
@@ -111,9 +142,9 @@ pub(crate) fn matmul<R: Rows>(w: &R, rows: usize, cols: usize, x: &[f32], y: &mu
 }
 
 /// Row ranges of about equal work; one range when the product is small.
-fn pieces<R: Rows>(w: &R, rows: usize, batch: usize) -> Vec<Range<usize>> {
+fn pieces<R: Rows>(w: &R, rows: usize, batch: usize, parallel_work: usize) -> Vec<Range<usize>> {
     let total = w.work_before(rows);
-    let count = if total.saturating_mul(batch) < PARALLEL_WORK {
+    let count = if total.saturating_mul(batch) < parallel_work {
         1
     } else {
         (rayon::current_num_threads() * PIECES_PER_THREAD).min(rows)
@@ -196,7 +227,7 @@ fn transpose_out(yt: &[f32], lanes: usize, batch: usize, y: &mut [f32]) {
             *dst = *src;
         }
     };
-    if rows * batch >= PARALLEL_WORK {
+    if rows * batch >= Tuning::default().parallel_work {
         y.par_chunks_exact_mut(rows).enumerate().for_each(copy);
     } else {
         y.chunks_exact_mut(rows).enumerate().for_each(copy);
@@ -348,8 +379,8 @@ impl Rows for Csr<'_> {
     }
 
     /// No blocks: the columns of a row are in no known order.
-    fn block(&self, _: usize) -> usize {
-        usize::MAX
+    fn block_unit(&self) -> Option<usize> {
+        None
     }
 
     fn dot(&self, r: usize, x: &[f32], _: &mut ()) -> f32 {
@@ -382,7 +413,10 @@ kernel! {
 #[inline(always)]
 fn nm_dot_general(vals: &[f32], idx: &[u8], n: usize, m: usize, x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 4];
-    let groups = vals.chunks_exact(n).zip(idx.chunks_exact(n)).zip(x.chunks_exact(m));
+    let groups = vals
+        .chunks_exact(n)
+        .zip(idx.chunks_exact(n))
+        .zip(x.chunks_exact(m));
     for (g, ((v, i), xg)) in groups.enumerate() {
         let s: f32 = v.iter().zip(i).map(|(&v, &i)| v * xg[i as usize]).sum();
         acc[g % 4] += s;
@@ -403,11 +437,11 @@ fn nm_dot_fixed<const N: usize, const M: usize>(vals: &[f32], idx: &[u8], x: &[f
     );
     let tail = nm_dot_general(vb.remainder(), ib.remainder(), N, M, xb.remainder());
     for ((v, i), xg) in vb.zip(ib).zip(xb) {
-        for g in 0..G {
-            for j in 0..N {
+        for (g, acc) in acc.iter_mut().enumerate() {
+            for (j, a) in acc.iter_mut().enumerate() {
                 let k = g * N + j;
                 // `% M` keeps the index in the group (positions are below M already).
-                acc[g][j] += v[k] * xg[g * M + i[k] as usize % M];
+                *a += v[k] * xg[g * M + i[k] as usize % M];
             }
         }
     }
@@ -442,7 +476,8 @@ impl NM<'_> {
     /// The stored values and positions of row `r`'s groups covering `cols`.
     fn groups(&self, r: usize, cols: Range<usize>) -> (&[f32], &[u8]) {
         let per_row = self.cols / self.m * self.n;
-        let k = r * per_row + cols.start / self.m * self.n..r * per_row + cols.end / self.m * self.n;
+        let k =
+            r * per_row + cols.start / self.m * self.n..r * per_row + cols.end / self.m * self.n;
         (&self.values[k.clone()], &self.idx[k])
     }
 }
@@ -459,8 +494,8 @@ impl Rows for NM<'_> {
         r * (self.cols / self.m * self.n)
     }
 
-    fn block(&self, width: usize) -> usize {
-        (BLOCK_BYTES / (4 * width)).next_multiple_of(self.m)
+    fn block_unit(&self) -> Option<usize> {
+        Some(self.m)
     }
 
     fn dot(&self, r: usize, x: &[f32], _: &mut Vec<u32>) -> f32 {
@@ -552,8 +587,8 @@ impl Rows for Codebook<'_> {
         r * self.cols
     }
 
-    fn block(&self, width: usize) -> usize {
-        BLOCK_BYTES / (4 * width)
+    fn block_unit(&self) -> Option<usize> {
+        Some(1)
     }
 
     fn dot(&self, r: usize, x: &[f32], scratch: &mut Self::Scratch) -> f32 {
@@ -569,5 +604,183 @@ impl Rows for Codebook<'_> {
         scratch: &mut Self::Scratch,
     ) {
         dense_lanes(self.decode(r, cols, scratch), panel, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{Level, detected};
+    use proptest::prelude::*;
+
+    /// Deterministic data from a seed (xorshift64).
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn value(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+        fn values(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.value()).collect()
+        }
+    }
+
+    /// `|got − Σ w·x| ≤ tol·Σ |w·x|` for every element, with the sums in f64.
+    fn assert_close(got: &[f32], terms: impl Fn(usize) -> Vec<(f64, f64)>) {
+        for (i, &g) in got.iter().enumerate() {
+            let t = terms(i);
+            let exact: f64 = t.iter().map(|(w, x)| w * x).sum();
+            let scale: f64 = t.iter().map(|(w, x)| (w * x).abs()).sum();
+            assert!(
+                (g as f64 - exact).abs() <= 1e-5 * scale + 1e-30,
+                "element {i}: {g} vs {exact}"
+            );
+        }
+    }
+
+    /// A random CSR matrix: each row empty, full or random.
+    fn csr(g: &mut Gen, rows: usize, cols: usize) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+        let (mut row_ptr, mut col_idx) = (vec![0u32], vec![]);
+        for _ in 0..rows {
+            let keep = [0, 1000, 1 + g.below(999)][g.below(3)];
+            col_idx.extend((0..cols as u32).filter(|_| g.below(1000) < keep));
+            row_ptr.push(col_idx.len() as u32);
+        }
+        let values = g.values(col_idx.len());
+        (row_ptr, col_idx, values)
+    }
+
+    /// The dense `[rows, cols]` matrix of a format, in f64.
+    fn dense<R: Rows>(w: &R, rows: usize, cols: usize) -> Vec<f64> {
+        let mut out = vec![0.0; rows * cols];
+        let mut scratch = w.scratch();
+        for r in 0..rows {
+            for c in 0..cols {
+                let mut e = vec![0.0f32; cols];
+                e[c] = 1.0;
+                out[r * cols + c] = w.dot(r, &e, &mut scratch) as f64;
+            }
+        }
+        out
+    }
+
+    /// `matmul_tuned` against the f64 product, with tunings small enough to split small
+    /// products into pieces and column blocks.
+    fn check_driver<R: Rows>(w: &R, rows: usize, cols: usize, batch: usize, g: &mut Gen) {
+        let wd = dense(w, rows, cols);
+        let x = g.values(batch * cols);
+        for tuning in [
+            Tuning::default(),
+            Tuning {
+                parallel_work: 0,
+                block_bytes: 4 * 8 * (1 + g.below(20)),
+            },
+        ] {
+            let mut y = vec![f32::NAN; batch * rows];
+            matmul_tuned(w, rows, cols, &x, &mut y, tuning);
+            assert_close(&y, |i| {
+                let (b, r) = (i / rows, i % rows);
+                (0..cols)
+                    .map(|c| (wd[r * cols + c], x[b * cols + c] as f64))
+                    .collect()
+            });
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Both copies of every row kernel against f64 sums.
+        #[test]
+        fn row_kernel_twins_agree_with_f64(cols in 1usize..200, w8 in 1usize..=8, seed in any::<u64>()) {
+            prop_assume!(detected() >= Level::Avx2);
+            let mut g = Gen(seed | 1);
+            let width = 8 * w8;
+            let (_, idx, vals) = csr(&mut g, 1, cols);
+            let x = g.values(cols);
+            let panel = g.values(cols * width);
+            let dense_vals = g.values(cols);
+            let dot_terms = |c: &[u32], v: &[f32]| -> Vec<(f64, f64)> {
+                c.iter().zip(v).map(|(&c, &v)| (v as f64, x[c as usize] as f64)).collect()
+            };
+            let iota: Vec<u32> = (0..cols as u32).collect();
+            // SAFETY (all `avx2` calls below): the CPU reported AVX2 and FMA.
+            let got = [sparse_dot::scalar(&idx, &vals, &x), unsafe { sparse_dot::avx2(&idx, &vals, &x) }];
+            assert_close(&got, |_| dot_terms(&idx, &vals));
+            let got = [dense_dot::scalar(&dense_vals, &x), unsafe { dense_dot::avx2(&dense_vals, &x) }];
+            assert_close(&got, |_| dot_terms(&iota, &dense_vals));
+            let lanes_terms = |c: &[u32], v: &[f32], l: usize| -> Vec<(f64, f64)> {
+                c.iter().zip(v).map(|(&c, &v)| (v as f64, panel[c as usize * width + l] as f64)).collect()
+            };
+            let (mut a, mut b) = (vec![0.0f32; width], vec![0.0f32; width]);
+            sparse_lanes::scalar(&idx, &vals, &panel, &mut a);
+            unsafe { sparse_lanes::avx2(&idx, &vals, &panel, &mut b) };
+            assert_close(&a, |l| lanes_terms(&idx, &vals, l));
+            assert_close(&b, |l| lanes_terms(&idx, &vals, l));
+            let (mut a, mut b) = (vec![0.0f32; width], vec![0.0f32; width]);
+            dense_lanes::scalar(&dense_vals, &panel, &mut a);
+            unsafe { dense_lanes::avx2(&dense_vals, &panel, &mut b) };
+            assert_close(&a, |l| lanes_terms(&iota, &dense_vals, l));
+            assert_close(&b, |l| lanes_terms(&iota, &dense_vals, l));
+        }
+
+        /// N:M dots (the 2:4 fast path and the general one), column decoding and code
+        /// decoding: both copies.
+        #[test]
+        fn grouped_twins_agree_with_f64(groups in 0usize..40, nm in prop_oneof![Just((2usize, 4usize)), (1usize..=8, 1usize..=8)], seed in any::<u64>()) {
+            prop_assume!(detected() >= Level::Avx2);
+            let (n, m) = (nm.0.min(nm.1), nm.0.max(nm.1));
+            let mut g = Gen(seed | 1);
+            let idx: Vec<u8> = (0..groups * n).map(|_| g.below(m) as u8).collect();
+            let vals = g.values(groups * n);
+            let x = g.values(groups * m);
+            let (mut ca, mut cb) = (vec![0u32; idx.len()], vec![0u32; idx.len()]);
+            nm_cols::scalar(&idx, n, m, &mut ca);
+            // SAFETY (all `avx2` calls below): the CPU reported AVX2 and FMA.
+            unsafe { nm_cols::avx2(&idx, n, m, &mut cb) };
+            prop_assert_eq!(&ca, &cb);
+            prop_assert!(ca.iter().enumerate().all(|(k, &c)| c as usize == k / n * m + idx[k] as usize));
+            let got = [nm_dot::scalar(&vals, &idx, n, m, &x), unsafe { nm_dot::avx2(&vals, &idx, n, m, &x) }];
+            assert_close(&got, |_| ca.iter().zip(&vals).map(|(&c, &v)| (v as f64, x[c as usize] as f64)).collect());
+            let table: [f32; 256] = std::array::from_fn(|i| i as f32 * 0.5 - 3.0);
+            let codes: Vec<u8> = (0..groups * m).map(|_| g.next() as u8).collect();
+            let (mut da, mut db) = (vec![0.0f32; codes.len()], vec![0.0f32; codes.len()]);
+            decode::scalar(&codes, &table, &mut da);
+            unsafe { decode::avx2(&codes, &table, &mut db) };
+            prop_assert_eq!(&da, &db);
+            prop_assert!(codes.iter().zip(&da).all(|(&c, &v)| v == table[c as usize]));
+        }
+
+        /// The driver on every format, at batch 1 and batched (one panel or more), split
+        /// into pieces and column blocks or not.
+        #[test]
+        fn driver_matches_f64(rows in 1usize..20, groups in 1usize..12, m in 1usize..=5, batch in 1usize..=70, seed in any::<u64>()) {
+            let mut g = Gen(seed | 1);
+            let cols = groups * m;
+            let (row_ptr, col_idx, values) = csr(&mut g, rows, cols);
+            check_driver(&Csr { row_ptr: &row_ptr, col_idx: &col_idx, values: &values }, rows, cols, batch, &mut g);
+            let n = 1 + g.below(m);
+            let idx: Vec<u8> = (0..rows * groups * n).map(|_| g.below(m) as u8).collect();
+            let vals = g.values(idx.len());
+            check_driver(&NM { values: &vals, idx: &idx, n, m, cols }, rows, cols, batch, &mut g);
+            let entries = 1 + g.below(256);
+            let book = g.values(entries);
+            let codes: Vec<u8> = (0..rows * cols).map(|_| g.below(book.len()) as u8).collect();
+            check_driver(&Codebook::new(Codes::Bytes(&codes), &book, cols), rows, cols, batch, &mut g);
+            let bits = 1 + g.below(8) as u8;
+            let small: Vec<u8> = codes.iter().map(|&c| (c as usize % (1 << bits)) as u8).collect();
+            let mut bytes = vec![0u8; (small.len() * bits as usize).div_ceil(8)];
+            crate::kernels::quant::pack_codes(&small, bits, &mut bytes);
+            check_driver(&Codebook::new(Codes::Packed { bytes: &bytes, bits }, &book, cols), rows, cols, batch, &mut g);
+        }
     }
 }
