@@ -10,8 +10,17 @@
 //! - [`Model`]: named parameters with their [`LayerKind`], loaded from and saved to
 //!   safetensors ([`io`]), selected by name glob and kind ([`Selector`]).
 //! - [`Mask`]: bit-packed pruning masks.
+//! - [`quant`]: uniform, k-means (Lloyd and exact optimal), power-of-two, binary,
+//!   ternary, product quantization, llama.cpp blocks, int8 kernels.
+//! - [`lowrank`]: truncated and randomized SVD, Tucker-2, CP, separable filters, tensor
+//!   trains, rank selection and global budgets.
 //! - [`encode`]: storage formats of compressed weights (CSR/CSC, bitmask, N:M, Deep
-//!   Compression's relative index) and canonical Huffman coding.
+//!   Compression's relative index) and canonical Huffman coding; [`sparse_ops`]: products
+//!   straight from CSR, N:M and weight-shared codes.
+//! - [`pipeline`]: steps of every family chained over a model, and the [`Report`] of
+//!   what they gained; [`store`]: the compressed model file.
+//!
+//! [`Report`]: pipeline::Report
 //!
 //! ```
 //! use ndarray::{ArrayD, IxDyn};
@@ -39,6 +48,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod prune;
 pub mod quant;
+pub mod sparse_ops;
 pub mod store;
 pub mod tensor;
 

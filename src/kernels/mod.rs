@@ -13,6 +13,7 @@
 pub(crate) mod gemm;
 pub(crate) mod quant;
 pub(crate) mod select;
+pub(crate) mod sparse;
 
 use std::sync::OnceLock;
 

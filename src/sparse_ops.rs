@@ -1,0 +1,529 @@
+//! Products of a sparse or compressed Linear weight with dense activations, without
+//! making the weight dense: `Y = X·Wᵀ` for a weight `W` `[out, in]`, activations `X`
+//! `[batch, in]` and a result `Y` `[batch, out]`, all row-major.
+//!
+//! Three weight formats, given as raw slices:
+//! - CSR ([`csr_matmul`]): `row_ptr` `[out + 1]`, `col_idx` and `values` `[nnz]`;
+//! - N:M ([`nm_matmul`]): every group of `m` consecutive inputs of a row stores `n`
+//!   values (2:4 is the common case), with their in-group positions;
+//! - weight sharing ([`codebook_matmul`], [`packed_codebook_matmul`]): one code per
+//!   weight, indexing a codebook of at most 256 values.
+//!
+//! Each function checks its inputs once (lengths, index ranges, shapes) and returns a
+//! typed [`Error`] for bad ones, then runs the crate's kernels: AVX2 where the CPU has
+//! it, both cores for large products. The `_into` forms write into a caller's buffer
+//! (`&mut [f32]` of `batch · out` values) and take `x` as a row-major slice.
+//!
+//! Zero-sized weights (`out` or `in` zero) are rejected; a batch of zero rows gives an
+//! empty result. NaN and infinities are not rejected: like in a dense product they
+//! propagate, through the stored weights (a non-finite `x[b, c]` reaches `y[b, r]` when
+//! row `r` stores a weight in column `c`; for codebook weights every weight is stored).
+
+use std::borrow::Cow;
+
+use ndarray::{Array2, ArrayRef, Ix2};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::kernels::sparse::{Codebook, Codes, Csr, NM, matmul};
+
+/// `Y = X·Wᵀ` for a CSR weight `W` of `shape = [out, in]`.
+///
+/// Row `r` of `W` stores `values[k]` at column `col_idx[k]` for `k` in
+/// `row_ptr[r]..row_ptr[r + 1]`. Columns need not be sorted; repeated columns add up.
+///
+/// # Errors
+/// [`Error::Empty`] for a zero-sized shape; [`Error::InvalidParameter`] if `row_ptr`
+/// does not have `out + 1` entries, does not start at 0, decreases, or does not end at
+/// the length of `col_idx` and `values`, or if a column index is not below `in`;
+/// [`Error::ShapeMismatch`] if `x` does not have `in` columns.
+///
+/// ```
+/// use ndarray::array;
+/// use slimnn::sparse_ops::csr_matmul;
+///
+/// // W = [[1, 0, 2],
+/// //      [0, 0, 0],
+/// //      [0, 3, 0]]
+/// let (row_ptr, col_idx, values) = ([0u32, 2, 2, 3], [0u32, 2, 1], [1.0f32, 2.0, 3.0]);
+/// let x = array![[1.0f32, 10.0, 100.0], [2.0, 20.0, 200.0]];
+/// let y = csr_matmul([3, 3], &row_ptr, &col_idx, &values, &x)?;
+/// assert_eq!(y, array![[201.0, 0.0, 30.0], [402.0, 0.0, 60.0]]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn csr_matmul(
+    shape: [usize; 2],
+    row_ptr: &[u32],
+    col_idx: &[u32],
+    values: &[f32],
+    x: &ArrayRef<f32, Ix2>,
+) -> Result<Array2<f32>> {
+    let csr = check_csr(shape, row_ptr, col_idx, values)?;
+    product(&csr, shape, x)
+}
+
+/// [`csr_matmul`] into `y` `[batch, out]`, for `x` `[batch, in]` given as a row-major
+/// slice (`batch` is `x.len() / in`).
+///
+/// # Errors
+/// As [`csr_matmul`], and [`Error::BadShape`] if `x.len()` is not a multiple of `in` or
+/// `y.len()` is not `batch · out`.
+///
+/// ```
+/// use slimnn::sparse_ops::csr_matmul_into;
+///
+/// // W = [[0, 2], [1, 0]] at batch 1.
+/// let mut y = [0.0f32; 2];
+/// csr_matmul_into([2, 2], &[0, 1, 2], &[1, 0], &[2.0, 1.0], &[3.0, 4.0], &mut y)?;
+/// assert_eq!(y, [8.0, 3.0]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn csr_matmul_into(
+    shape: [usize; 2],
+    row_ptr: &[u32],
+    col_idx: &[u32],
+    values: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let csr = check_csr(shape, row_ptr, col_idx, values)?;
+    product_into(&csr, shape, x, y)
+}
+
+/// `Y = X·Wᵀ` for an N:M sparse weight `W` of `shape = [out, in]`: every group of `m`
+/// consecutive inputs of a row holds `n` stored values.
+///
+/// `values` and `idx` are `[out, in / m · n]`: the stored values of each group in
+/// turn, and each value's position in its group (below `m`, one byte each, unpacked).
+/// Repeated positions in a group add up.
+///
+/// # Errors
+/// [`Error::Empty`] for a zero-sized shape; [`Error::InvalidParameter`] unless
+/// `1 ≤ n ≤ m ≤ 256`, if `in` is not a multiple of `m`, if `values` or `idx` do not
+/// have `out · in / m · n` entries, or if a position is not below `m`;
+/// [`Error::ShapeMismatch`] if `x` does not have `in` columns.
+///
+/// ```
+/// use ndarray::array;
+/// use slimnn::sparse_ops::nm_matmul;
+///
+/// // 2:4, one row: W = [0, 5, 0, 7,  1, 0, 2, 0].
+/// let (values, idx) = ([5.0f32, 7.0, 1.0, 2.0], [1u8, 3, 0, 2]);
+/// let x = array![[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]];
+/// let y = nm_matmul([1, 8], 2, 4, &values, &idx, &x)?;
+/// assert_eq!(y, array![[5.0 * 2.0 + 7.0 * 4.0 + 5.0 + 2.0 * 7.0]]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn nm_matmul(
+    shape: [usize; 2],
+    n: usize,
+    m: usize,
+    values: &[f32],
+    idx: &[u8],
+    x: &ArrayRef<f32, Ix2>,
+) -> Result<Array2<f32>> {
+    let nm = check_nm(shape, n, m, values, idx)?;
+    product(&nm, shape, x)
+}
+
+/// [`nm_matmul`] into `y` `[batch, out]`, for `x` `[batch, in]` given as a row-major
+/// slice (`batch` is `x.len() / in`).
+///
+/// # Errors
+/// As [`nm_matmul`], and [`Error::BadShape`] if `x.len()` is not a multiple of `in` or
+/// `y.len()` is not `batch · out`.
+///
+/// ```
+/// use slimnn::sparse_ops::nm_matmul_into;
+///
+/// // 1:2, two rows: W = [[3, 0], [0, 4]], batch 1.
+/// let mut y = [0.0f32; 2];
+/// nm_matmul_into([2, 2], 1, 2, &[3.0, 4.0], &[0, 1], &[1.0, 10.0], &mut y)?;
+/// assert_eq!(y, [3.0, 40.0]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn nm_matmul_into(
+    shape: [usize; 2],
+    n: usize,
+    m: usize,
+    values: &[f32],
+    idx: &[u8],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let nm = check_nm(shape, n, m, values, idx)?;
+    product_into(&nm, shape, x, y)
+}
+
+/// `Y = X·Wᵀ` for a weight-shared `W` of `shape = [out, in]`:
+/// `W[r, c] = codebook[codes[r · in + c]]`, one code byte per weight.
+///
+/// The weight is never made dense: each worker decodes one row at a time.
+///
+/// # Errors
+/// [`Error::Empty`] for a zero-sized shape; [`Error::InvalidParameter`] if the
+/// codebook is empty or has more than 256 entries, if `codes` does not have
+/// `out · in` entries, or if a code is not below the codebook's length;
+/// [`Error::ShapeMismatch`] if `x` does not have `in` columns.
+///
+/// ```
+/// use ndarray::array;
+/// use slimnn::sparse_ops::codebook_matmul;
+///
+/// let codebook = [-0.5f32, 0.0, 2.0];
+/// let codes = [0u8, 2, 1, 2]; // W = [[-0.5, 2], [0, 2]]
+/// let y = codebook_matmul([2, 2], &codes, &codebook, &array![[2.0f32, 1.0]])?;
+/// assert_eq!(y, array![[1.0, 2.0]]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn codebook_matmul(
+    shape: [usize; 2],
+    codes: &[u8],
+    codebook: &[f32],
+    x: &ArrayRef<f32, Ix2>,
+) -> Result<Array2<f32>> {
+    let w = check_codebook(shape, codes, codebook)?;
+    product(&w, shape, x)
+}
+
+/// [`codebook_matmul`] into `y` `[batch, out]`, for `x` `[batch, in]` given as a
+/// row-major slice (`batch` is `x.len() / in`).
+///
+/// # Errors
+/// As [`codebook_matmul`], and [`Error::BadShape`] if `x.len()` is not a multiple of
+/// `in` or `y.len()` is not `batch · out`.
+///
+/// ```
+/// use slimnn::sparse_ops::codebook_matmul_into;
+///
+/// let mut y = [0.0f32; 1];
+/// codebook_matmul_into([1, 3], &[1, 1, 0], &[10.0, 1.0], &[1.0, 2.0, 3.0], &mut y)?;
+/// assert_eq!(y, [33.0]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn codebook_matmul_into(
+    shape: [usize; 2],
+    codes: &[u8],
+    codebook: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let w = check_codebook(shape, codes, codebook)?;
+    product_into(&w, shape, x, y)
+}
+
+/// [`codebook_matmul`] with the codes packed at `bits` per code (1 to 8), as
+/// [`crate::quant::PackedCodes`] packs them: code `i` in bits `i·bits .. (i+1)·bits` of
+/// a little-endian bit stream.
+///
+/// # Errors
+/// As [`codebook_matmul`], and [`Error::InvalidParameter`] if `bits` is not in 1..=8 or
+/// `bytes` does not have `ceil(out · in · bits / 8)` bytes.
+///
+/// ```
+/// use ndarray::array;
+/// use slimnn::quant::PackedCodes;
+/// use slimnn::sparse_ops::packed_codebook_matmul;
+///
+/// let codebook = [0.0f32, 1.0, 2.0, 3.0];
+/// let codes = PackedCodes::pack(&[3, 0, 1, 2, 2, 1], 2)?; // W = [[3, 0, 1], [2, 2, 1]]
+/// let x = array![[1.0f32, 1.0, 1.0]];
+/// let y = packed_codebook_matmul([2, 3], codes.bytes(), codes.bits(), &codebook, &x)?;
+/// assert_eq!(y, array![[4.0, 5.0]]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn packed_codebook_matmul(
+    shape: [usize; 2],
+    bytes: &[u8],
+    bits: u8,
+    codebook: &[f32],
+    x: &ArrayRef<f32, Ix2>,
+) -> Result<Array2<f32>> {
+    let w = check_packed_codebook(shape, bytes, bits, codebook)?;
+    product(&w, shape, x)
+}
+
+/// [`packed_codebook_matmul`] into `y` `[batch, out]`, for `x` `[batch, in]` given as
+/// a row-major slice (`batch` is `x.len() / in`).
+///
+/// # Errors
+/// As [`packed_codebook_matmul`], and [`Error::BadShape`] if `x.len()` is not a
+/// multiple of `in` or `y.len()` is not `batch · out`.
+///
+/// ```
+/// use slimnn::sparse_ops::packed_codebook_matmul_into;
+///
+/// // 4-bit codes 1, 2 (one byte: low nibble first), codebook [0, 0.5, 4].
+/// let mut y = [0.0f32; 1];
+/// packed_codebook_matmul_into([1, 2], &[0x21], 4, &[0.0, 0.5, 4.0], &[2.0, 1.0], &mut y)?;
+/// assert_eq!(y, [5.0]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn packed_codebook_matmul_into(
+    shape: [usize; 2],
+    bytes: &[u8],
+    bits: u8,
+    codebook: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let w = check_packed_codebook(shape, bytes, bits, codebook)?;
+    product_into(&w, shape, x, y)
+}
+
+/// Runs the checked weight `w` on an ndarray batch.
+fn product<R: crate::kernels::sparse::Rows>(
+    w: &R,
+    [out, inputs]: [usize; 2],
+    x: &ArrayRef<f32, Ix2>,
+) -> Result<Array2<f32>> {
+    let (batch, cols) = x.dim();
+    if cols != inputs {
+        return Err(Error::ShapeMismatch {
+            what: "activations `x` [batch, in]".into(),
+            expected: vec![batch, inputs],
+            got: vec![batch, cols],
+        });
+    }
+    let xs: Cow<'_, [f32]> = match x.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(x.iter().copied().collect()),
+    };
+    let mut y = vec![0.0f32; batch * out];
+    matmul(w, out, inputs, &xs, &mut y);
+    Ok(Array2::from_shape_vec((batch, out), y).expect("batch · out values"))
+}
+
+/// Runs the checked weight `w` on a row-major batch, into `y`.
+fn product_into<R: crate::kernels::sparse::Rows>(
+    w: &R,
+    [out, inputs]: [usize; 2],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    if !x.len().is_multiple_of(inputs) {
+        return Err(Error::bad_shape(
+            "activations `x`",
+            &[x.len()],
+            format!("a row-major [batch, in] buffer needs a multiple of in = {inputs} values"),
+        ));
+    }
+    let batch = x.len() / inputs;
+    if y.len() != batch * out {
+        return Err(Error::bad_shape(
+            "output `y`",
+            &[y.len()],
+            format!("needs batch · out = {batch} · {out} values"),
+        ));
+    }
+    matmul(w, out, inputs, x, y);
+    Ok(())
+}
+
+/// The largest element: a vectorized scan, on both cores for long slices (the slow
+/// search for the offending position runs only on failure).
+fn max_of<T: Ord + Copy + Send + Sync>(s: &[T]) -> Option<T> {
+    const CHUNK: usize = 1 << 16;
+    if s.len() >= 4 * CHUNK {
+        s.par_chunks(CHUNK)
+            .filter_map(|c| c.iter().copied().max())
+            .max()
+    } else {
+        s.iter().copied().max()
+    }
+}
+
+fn check_shape(shape: [usize; 2]) -> Result<()> {
+    let numel = shape[0]
+        .checked_mul(shape[1])
+        .ok_or_else(|| Error::bad_shape("weight", &shape, "the element count overflows usize"))?;
+    if numel == 0 {
+        return Err(Error::Empty {
+            what: format!("weight of shape {shape:?}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_len(name: &'static str, len: usize, expected: usize, what: &str) -> Result<()> {
+    if len != expected {
+        return Err(Error::invalid(
+            name,
+            format!("{len} entries"),
+            format!("{expected} entries ({what})"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_csr<'a>(
+    shape: [usize; 2],
+    row_ptr: &'a [u32],
+    col_idx: &'a [u32],
+    values: &'a [f32],
+) -> Result<Csr<'a>> {
+    check_shape(shape)?;
+    let [out, inputs] = shape;
+    check_len("row_ptr", row_ptr.len(), out.saturating_add(1), "out + 1")?;
+    check_len(
+        "values",
+        values.len(),
+        col_idx.len(),
+        "one per column index",
+    )?;
+    if row_ptr[0] != 0 {
+        return Err(Error::invalid("row_ptr[0]", row_ptr[0], "0"));
+    }
+    if let Some(r) = row_ptr.windows(2).position(|p| p[1] < p[0]) {
+        return Err(Error::invalid(
+            "row_ptr",
+            format!(
+                "{} then {} at rows {r} and {}",
+                row_ptr[r],
+                row_ptr[r + 1],
+                r + 1
+            ),
+            "non-decreasing offsets",
+        ));
+    }
+    let nnz = row_ptr[out] as usize;
+    if nnz != col_idx.len() {
+        return Err(Error::invalid(
+            "row_ptr",
+            format!("last offset {nnz}"),
+            format!("the number of stored values, {}", col_idx.len()),
+        ));
+    }
+    if max_of(col_idx).is_some_and(|c| c as usize >= inputs) {
+        let k = col_idx
+            .iter()
+            .position(|&c| c as usize >= inputs)
+            .unwrap_or(0);
+        return Err(Error::invalid(
+            "col_idx",
+            format!("{} at position {k}", col_idx[k]),
+            format!("column indices below in = {inputs}"),
+        ));
+    }
+    Ok(Csr {
+        row_ptr,
+        col_idx,
+        values,
+    })
+}
+
+fn check_nm<'a>(
+    shape: [usize; 2],
+    n: usize,
+    m: usize,
+    values: &'a [f32],
+    idx: &'a [u8],
+) -> Result<NM<'a>> {
+    check_shape(shape)?;
+    let [out, inputs] = shape;
+    if !(1..=256).contains(&m) {
+        return Err(Error::invalid("m", m, "a group size in 1..=256"));
+    }
+    if !(1..=m).contains(&n) {
+        return Err(Error::invalid("n", n, format!("1 ≤ n ≤ m = {m}")));
+    }
+    if !inputs.is_multiple_of(m) {
+        return Err(Error::invalid(
+            "m",
+            m,
+            format!("a divisor of the input count {inputs}"),
+        ));
+    }
+    let stored = out * (inputs / m) * n;
+    check_len("values", values.len(), stored, "out · in / m · n")?;
+    check_len("idx", idx.len(), stored, "out · in / m · n")?;
+    if max_of(idx).is_some_and(|i| i as usize >= m) {
+        let k = idx.iter().position(|&i| i as usize >= m).unwrap_or(0);
+        return Err(Error::invalid(
+            "idx",
+            format!("{} at position {k}", idx[k]),
+            format!("positions below m = {m}"),
+        ));
+    }
+    Ok(NM {
+        values,
+        idx,
+        n,
+        m,
+        cols: inputs,
+    })
+}
+
+fn check_codebook_len(codebook: &[f32]) -> Result<()> {
+    if !(1..=256).contains(&codebook.len()) {
+        return Err(Error::invalid(
+            "codebook",
+            format!("{} entries", codebook.len()),
+            "1 to 256 entries",
+        ));
+    }
+    Ok(())
+}
+
+/// Fails unless every code (the `start`-th of the matrix first) is below the codebook's
+/// length.
+fn check_codes(codes: &[u8], start: usize, entries: usize) -> Result<()> {
+    if max_of(codes).is_some_and(|c| c as usize >= entries) {
+        let k = codes
+            .iter()
+            .position(|&c| c as usize >= entries)
+            .unwrap_or(0);
+        return Err(Error::invalid(
+            "codes",
+            format!("{} at position {}", codes[k], start + k),
+            format!("codes below the codebook's length {entries}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_codebook<'a>(
+    shape: [usize; 2],
+    codes: &'a [u8],
+    codebook: &[f32],
+) -> Result<Codebook<'a>> {
+    check_shape(shape)?;
+    check_codebook_len(codebook)?;
+    check_len("codes", codes.len(), shape[0] * shape[1], "out · in")?;
+    check_codes(codes, 0, codebook.len())?;
+    Ok(Codebook::new(Codes::Bytes(codes), codebook, shape[1]))
+}
+
+fn check_packed_codebook<'a>(
+    shape: [usize; 2],
+    bytes: &'a [u8],
+    bits: u8,
+    codebook: &[f32],
+) -> Result<Codebook<'a>> {
+    check_shape(shape)?;
+    check_codebook_len(codebook)?;
+    if !(1..=8).contains(&bits) {
+        return Err(Error::invalid("bits", bits, "1 to 8 bits per code"));
+    }
+    let len = shape[0] * shape[1];
+    let need = len
+        .checked_mul(bits as usize)
+        .map(|b| b.div_ceil(8))
+        .ok_or_else(|| Error::bad_shape("weight", &shape, "the bit count overflows usize"))?;
+    check_len("bytes", bytes.len(), need, "ceil(out · in · bits / 8)")?;
+    // Codes of `bits` bits below the codebook's length need no check.
+    if codebook.len() < 1 << bits {
+        const CHUNK: usize = 1 << 14;
+        let mut buf = vec![0u8; CHUNK.min(len)];
+        for start in (0..len).step_by(CHUNK) {
+            let part = &mut buf[..CHUNK.min(len - start)];
+            crate::kernels::quant::unpack_codes(bytes, bits, start, part);
+            check_codes(part, start, codebook.len())?;
+        }
+    }
+    Ok(Codebook::new(
+        Codes::Packed { bytes, bits },
+        codebook,
+        shape[1],
+    ))
+}
