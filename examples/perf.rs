@@ -18,13 +18,18 @@ use ndarray::{Array, ArrayD, IxDyn};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, Normal, Uniform};
+use slimnn::encode::huffman::{HuffmanCode, entropy_bits, symbol_counts};
+use slimnn::encode::{Csr, NmSparse};
 use slimnn::lowrank::{LowRank, LowRankContext, RandomizedSvd, Rank, TruncatedSvd, Tucker2};
 use slimnn::nn::{ConvSpec, conv2d};
-use slimnn::prune::{ChannelCriterion, GlobalPruner, PruneContext, Pruner, StructuredPruner};
+use slimnn::prune::{
+    ChannelCriterion, GlobalPruner, NmPruner, PruneContext, Pruner, StructuredPruner,
+};
 use slimnn::quant::{
     Granularity, KMeansInit, KMeansQuantizer, QuantContext, QuantizedLinear, Quantizer, Scheme,
     UniformQuantizer,
 };
+use slimnn::sparse_ops;
 
 struct Opts {
     json: bool,
@@ -111,6 +116,10 @@ const OPS: &[(&str, Op)] = &[
     ("tucker2", tucker2),
     ("lowrank_linear", lowrank_linear),
     ("lowrank_conv", lowrank_conv),
+    ("spmm", spmm),
+    ("nm_matmul", nm_matmul),
+    ("codebook_matmul", codebook_matmul),
+    ("huffman", huffman),
 ];
 
 fn print(opts: &Opts, l: &Line) {
@@ -632,6 +641,180 @@ fn lowrank_conv(opts: &Opts) -> Vec<Line> {
             times: factorized_times,
             quality: diff / scale,
             metric: "max abs difference / max |output|",
+        },
+    ]
+}
+
+/// `y = x·wᵀ` in f64, the reference of the product ops.
+fn exact_product(x: &ndarray::Array2<f32>, w: &ndarray::Array2<f32>) -> ndarray::Array2<f64> {
+    x.mapv(f64::from).dot(&w.mapv(f64::from).t())
+}
+
+fn max_abs_diff(y: &[f32], reference: &ndarray::Array2<f64>) -> f64 {
+    y.iter()
+        .zip(reference.iter())
+        .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()))
+}
+
+/// One compressed product against the dense f32 product of the same weights, at batch 1
+/// and 64: two lines per batch (`dense`, then `label`), from the same run.
+fn product_lines(
+    opts: &Opts,
+    op: &'static str,
+    label: &str,
+    w: &ndarray::Array2<f32>,
+    run: &dyn Fn(&[f32], &mut [f32]),
+) -> Vec<Line> {
+    let n = w.nrows();
+    let mut lines = Vec::new();
+    for batch in [1usize, 64] {
+        let x = normal(&[batch, w.ncols()], 1.0, 100 + batch as u64)
+            .into_dimensionality::<ndarray::Ix2>()
+            .unwrap();
+        let exact = exact_product(&x, w);
+        let mut dense = ndarray::Array2::<f32>::zeros((batch, n));
+        let dense_times = repeat(opts.repeats, || {
+            timed(|| ndarray::linalg::general_mat_mul(1.0, &x, &w.t(), 0.0, &mut dense))
+        });
+        let xs = x.as_slice().unwrap();
+        let mut y = vec![0f32; batch * n];
+        let times = repeat(opts.repeats, || timed(|| run(xs, &mut y)));
+        let size = format!("{n}x{} @ batch {batch}", w.ncols());
+        lines.push(Line {
+            op,
+            size: format!("{size} dense"),
+            times: dense_times,
+            quality: max_abs_diff(dense.as_slice().unwrap(), &exact),
+            metric: "max abs difference to f64",
+        });
+        lines.push(Line {
+            op,
+            size: format!("{size} {label}"),
+            times,
+            quality: max_abs_diff(&y, &exact),
+            metric: "max abs difference to f64",
+        });
+    }
+    lines
+}
+
+/// A 4096×4096 weight N(0, 0.02²) at 90% random unstructured sparsity as CSR (built
+/// once, untimed), against the dense product of the same weights.
+fn spmm(opts: &Opts) -> Vec<Line> {
+    let n = 4096;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(110);
+    let keep = Uniform::new(0.0f32, 1.0).unwrap();
+    let w = normal(&[n, n], 0.02, 111)
+        .mapv(|v| if keep.sample(&mut rng) < 0.1 { v } else { 0.0 })
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let csr = Csr::from_dense(w.as_slice().unwrap(), [n, n], None).unwrap();
+    product_lines(opts, "spmm", "CSR 90% sparse", &w, &|x, y| {
+        sparse_ops::csr_matmul_into([n, n], csr.row_ptr(), csr.col_idx(), csr.values(), x, y)
+            .unwrap()
+    })
+}
+
+/// A 4096×4096 weight N(0, 0.02²) with random 2:4 sparsity, against the dense product.
+fn nm_matmul(opts: &Opts) -> Vec<Line> {
+    let n = 4096;
+    let w = normal(&[n, n], 0.02, 120);
+    let mask = NmPruner::magnitude(2, 4)
+        .unwrap()
+        .mask(&w, &PruneContext::new())
+        .unwrap();
+    let mut w = w.into_dimensionality::<ndarray::Ix2>().unwrap();
+    mask.apply(&mut w).unwrap();
+    let nm = NmSparse::from_dense(w.as_slice().unwrap(), [n, n], Some(&mask), 2, 4).unwrap();
+    product_lines(opts, "nm_matmul", "2:4", &w, &|x, y| {
+        sparse_ops::nm_matmul_into([n, n], 2, 4, nm.values(), nm.indices(), x, y).unwrap()
+    })
+}
+
+/// A 4096×4096 weight of 16 shared values (4-bit k-means codes of N(0, 0.02²) weights,
+/// packed two per byte), against the dense product of the decoded weights.
+fn codebook_matmul(opts: &Opts) -> Vec<Line> {
+    let n = 4096;
+    let w = normal(&[n, n], 0.02, 130);
+    let q = KMeansQuantizer::lloyd(16, KMeansInit::Linear)
+        .unwrap()
+        .quantize(&w, &QuantContext::new())
+        .unwrap();
+    let codebook = q.table().unwrap().to_vec();
+    let dense = q
+        .dequantize::<f32>()
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let bytes = q.codes().bytes().to_vec();
+    product_lines(
+        opts,
+        "codebook_matmul",
+        "16 shared values, 4-bit codes",
+        &dense,
+        &|x, y| {
+            sparse_ops::packed_codebook_matmul_into([n, n], &bytes, 4, &codebook, x, y).unwrap()
+        },
+    )
+}
+
+/// Canonical Huffman coding of 4,194,304 symbols drawn from a 32-symbol Laplace-like
+/// distribution (P(k) ∝ exp(−|k − 15.5|/3)): encode, then decode; quality is bits per
+/// symbol, table included, beside the entropy.
+fn huffman(opts: &Opts) -> Vec<Line> {
+    let n = 4 << 20;
+    let weights: Vec<f64> = (0..32)
+        .map(|k| (-(k as f64 - 15.5).abs() / 3.0).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(140);
+    let u = Uniform::new(0.0f64, 1.0).unwrap();
+    let symbols: Vec<u16> = (0..n)
+        .map(|_| {
+            let mut t = u.sample(&mut rng) * total;
+            let mut k = 0;
+            while k < 31 && t >= weights[k] {
+                t -= weights[k];
+                k += 1;
+            }
+            k as u16
+        })
+        .collect();
+    let counts = symbol_counts(&symbols);
+    let entropy = entropy_bits(&counts) / n as f64;
+    let mut code = None;
+    let mut stream = None;
+    let encode_times = repeat(opts.repeats, || {
+        timed(|| {
+            let c = HuffmanCode::from_counts(&counts).unwrap();
+            stream = Some(c.encode(&symbols).unwrap());
+            code = Some(c);
+        })
+    });
+    let (code, stream) = (code.unwrap(), stream.unwrap());
+    let mut decoded = Vec::new();
+    let decode_times = repeat(opts.repeats, || {
+        timed(|| decoded = code.decode(&stream, n).unwrap())
+    });
+    assert_eq!(
+        decoded, symbols,
+        "Huffman decoding must give the symbols back"
+    );
+    let bits = (code.storage_bits() + stream.storage_bits()) as f64 / n as f64;
+    let size = format!("{n} symbols of 32 (entropy {entropy:.4} bits)");
+    vec![
+        Line {
+            op: "huffman",
+            size: format!("{size} encode"),
+            times: encode_times,
+            quality: bits,
+            metric: "bits per symbol, table included",
+        },
+        Line {
+            op: "huffman",
+            size: format!("{size} decode"),
+            times: decode_times,
+            quality: bits,
+            metric: "bits per symbol, table included",
         },
     ]
 }

@@ -142,7 +142,7 @@ pub(crate) fn check_finite<T: Scalar>(data: &[T], what: impl FnOnce() -> String)
 
 /// Fails with [`Error::Empty`] if the tensor has no elements.
 pub(crate) fn check_nonempty(shape: &[usize], what: impl FnOnce() -> String) -> Result<()> {
-    if shape.iter().product::<usize>() == 0 {
+    if shape.contains(&0) {
         return Err(Error::Empty { what: what() });
     }
     Ok(())

@@ -269,6 +269,43 @@ fn corrupt_files_are_typed_errors() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Whatever the pipeline, the report's sizes are the bytes written.
+    #[test]
+    fn report_bytes_are_the_bytes_written(
+        sparsity in 0.0f64..0.97,
+        levels in 2usize..12,
+        positions in 0usize..ENCODINGS.len(),
+        huffman in any::<bool>(),
+        quantize in any::<bool>(),
+    ) {
+        let mut m = model();
+        let weights = Selector::prunable();
+        let mut pipeline = Pipeline::new()
+            .then(PruneGlobal::new(weights.clone(), GlobalPruner::magnitude(sparsity).unwrap()));
+        if quantize {
+            pipeline = pipeline.then(Quantize::new(
+                Selector::glob("fc1.weight"),
+                KMeansQuantizer::lloyd(levels, KMeansInit::Linear).unwrap(),
+            ));
+        }
+        let encoding = Encoding { positions: ENCODINGS[positions], huffman };
+        let report = pipeline.then(Encode::new(Selector::all(), encoding)).run(&mut m).unwrap();
+        let bytes = store::to_bytes(&m).unwrap();
+        prop_assert_eq!(report.file_bytes, bytes.len());
+        let per_param: usize = report.params.iter().map(|p| p.stored.total()).sum();
+        prop_assert!(per_param <= bytes.len() && bytes.len() - per_param < 200);
+        for p in &report.params {
+            // A Huffman-coded stream is within a bit per symbol of its entropy, and
+            // never below it.
+            prop_assert!(p.huffman_bits as f64 + 1e-6 >= p.entropy_bits);
+        }
+        assert_same(&m, &store::from_bytes(&bytes).unwrap());
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Hostile bytes never panic or allocate without bound.

@@ -3,6 +3,8 @@
 
 use super::wire::{Reader, put_f32s, put_u32s};
 use super::{SHAPE_BITS, SparseFormat, read_shape, stored_positions, write_shape};
+use ndarray::{Array2, ArrayRef, Ix2};
+
 use crate::error::Result;
 use crate::mask::Mask;
 
@@ -210,6 +212,28 @@ impl Csr {
     /// The stored values, row by row.
     pub fn values(&self) -> &[f32] {
         &self.0.values
+    }
+
+    /// `x·Wᵀ` for activations `x` `[batch, cols]`, skipping the pruned weights
+    /// ([`sparse_ops::csr_matmul`](crate::sparse_ops::csr_matmul), on both cores).
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use slimnn::encode::Csr;
+    ///
+    /// let w = Csr::from_dense(&[0.0, 2.0, 0.0, 1.0, 0.0, -1.0], [2, 3], None)?;
+    /// let y = w.matmul(&array![[1.0f32, 1.0, 1.0]])?;
+    /// assert_eq!(y, array![[2.0f32, 0.0]]);
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn matmul(&self, x: &ArrayRef<f32, Ix2>) -> Result<Array2<f32>> {
+        crate::sparse_ops::csr_matmul(
+            [self.rows(), self.cols()],
+            self.row_ptr(),
+            self.col_idx(),
+            self.values(),
+            x,
+        )
     }
 }
 

@@ -2,6 +2,8 @@
 
 use super::wire::{Reader, put_f32s, put_packed};
 use super::{SHAPE_BITS, SparseFormat, read_shape, stored_positions, write_shape};
+use ndarray::{Array2, ArrayRef, Ix2};
+
 use crate::error::{Error, Result};
 use crate::mask::Mask;
 
@@ -137,6 +139,13 @@ impl NmSparse {
     /// Bits per stored in-group index: `ceil(log2 m)`.
     pub fn index_bits(&self) -> u8 {
         index_bits(self.m)
+    }
+
+    /// `x·Wᵀ` for activations `x` `[batch, cols]`, from the N values of each group
+    /// ([`sparse_ops::nm_matmul`](crate::sparse_ops::nm_matmul)).
+    pub fn matmul(&self, x: &ArrayRef<f32, Ix2>) -> Result<Array2<f32>> {
+        let [rows, cols] = self.shape();
+        crate::sparse_ops::nm_matmul([rows, cols], self.n, self.m, &self.values, &self.indices, x)
     }
 
     /// The flat row-major position of every stored slot.

@@ -54,6 +54,12 @@ pub struct ParamReport {
     /// Multiply-adds per output position after compression: non-zeros, or the
     /// factorized layers'.
     pub effective_flops: usize,
+    /// Bits of its Huffman-coded streams (codes, index gaps), tables excluded; 0 when
+    /// nothing is Huffman-coded.
+    pub huffman_bits: u64,
+    /// The Shannon entropy of those streams' symbols, in bits: the bound a symbol-wise
+    /// code approaches.
+    pub entropy_bits: f64,
 }
 
 impl ParamReport {
@@ -128,6 +134,8 @@ impl Report {
                 relative_error,
                 dense_flops,
                 effective_flops,
+                huffman_bits: s.coded.stream_bits,
+                entropy_bits: s.coded.entropy_bits,
             });
         }
         let raw: usize = original.raw_tensors().iter().map(|t| t.bytes.len()).sum();
@@ -269,6 +277,17 @@ impl fmt::Display for Report {
             group(self.file_bytes),
             self.compression_rate()
         )?;
+        let coded: u64 = self.params.iter().map(|p| p.huffman_bits).sum();
+        if coded > 0 {
+            let entropy: f64 = self.params.iter().map(|p| p.entropy_bits).sum();
+            writeln!(
+                f,
+                "\nHuffman-coded streams: {} bits, their entropy {} bits (+{:.2}%)",
+                group(coded as usize),
+                group(entropy.round() as usize),
+                100.0 * (coded as f64 / entropy.max(1.0) - 1.0)
+            )?;
+        }
         writeln!(
             f,
             "\ncompression rate {:.1}x ({} → {} bytes); speed-up rate {:.1}x (estimated from FLOPs)",

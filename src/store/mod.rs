@@ -160,6 +160,23 @@ const FIXED: usize = 8 + 4 + 8;
 /// Bytes per directory entry besides the name: length prefix, offset, length, CRC-32.
 const ENTRY: usize = 8 + 8 + 8 + 4;
 
+/// What a record Huffman-coded: the tables' bytes, the streams' bits, and the Shannon
+/// entropy of the streams' symbols in bits.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Coded {
+    pub(crate) table_bytes: usize,
+    pub(crate) stream_bits: u64,
+    pub(crate) entropy_bits: f64,
+}
+
+impl Coded {
+    fn add(&mut self, other: Coded) {
+        self.table_bytes += other.table_bytes;
+        self.stream_bits += other.stream_bits;
+        self.entropy_bits += other.entropy_bits;
+    }
+}
+
 /// How one parameter was stored.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Stored {
@@ -167,6 +184,8 @@ pub(crate) struct Stored {
     pub(crate) bytes: StoredBytes,
     /// The positions format, if its values are stored sparsely.
     pub(crate) positions: Option<Positions>,
+    /// What it Huffman-coded.
+    pub(crate) coded: Coded,
 }
 
 /// The file's bytes and how each parameter was stored.
@@ -181,6 +200,7 @@ pub(crate) fn encode_model(model: &Model) -> Result<(Vec<u8>, Vec<Stored>)> {
         stored.push(Stored {
             bytes,
             positions: e.positions,
+            coded: e.coded,
         });
     }
     let mut h = Writer::default();
@@ -270,17 +290,7 @@ fn parse(bytes: &[u8], source: &str) -> Result<Model> {
         if !rec.is_empty() {
             return Err(h.error(format!("`{name}` has {} stray bytes", rec.remaining())));
         }
-        let p = model.add_param(name, d.kind, d.dtype, d.value)?;
-        if let Some(q) = d.quantized {
-            p.set_quantized(q)?;
-        }
-        if let Some(f) = d.factorization {
-            p.set_factorization(f)?;
-        }
-        if let Some(m) = d.mask {
-            p.set_mask(m)?;
-        }
-        p.set_encoding(d.encoding);
+        add_decoded(&mut model, name, d)?;
     }
     let n_raw = h.count(ENTRY)?;
     for _ in 0..n_raw {
@@ -299,6 +309,32 @@ fn parse(bytes: &[u8], source: &str) -> Result<Model> {
         return Err(r.error("stray bytes after the last tensor"));
     }
     Ok(model)
+}
+
+/// Adds a decoded record to `model` as the parameter `name`.
+fn add_decoded(model: &mut Model, name: String, d: record::Decoded) -> Result<()> {
+    let p = model.add_param(name, d.kind, d.dtype, d.value)?;
+    if let Some(q) = d.quantized {
+        p.set_quantized(q)?;
+    }
+    if let Some(f) = d.factorization {
+        p.set_factorization(f)?;
+    }
+    if let Some(m) = d.mask {
+        p.set_mask(m)?;
+    }
+    p.set_encoding(d.encoding);
+    Ok(())
+}
+
+/// Decodes one parameter record as the file reader would, without the file around it
+/// (for the fuzz target `decode_record`).
+#[cfg(fuzzing)]
+pub fn decode_record_for_fuzzing(bytes: &[u8]) -> Result<()> {
+    let mut r = Reader::new(bytes, "<fuzz>");
+    let mut model = Model::new();
+    add_decoded(&mut model, "p".into(), record::decode(&mut r)?)?;
+    to_bytes(&model).map(|_| ())
 }
 
 /// The next section of the body, as the directory entry at `h` describes it: it must

@@ -2,9 +2,9 @@
 //! as bytes; the relative index's gaps and the codes optionally Huffman-coded.
 
 use super::bytes::{Reader, Writer};
-use super::{Encoding, Positions};
+use super::{Coded, Encoding, Positions};
 use crate::encode::RelativeIndex;
-use crate::encode::huffman::{BitStream, HuffmanCode, symbol_counts};
+use crate::encode::huffman::{BitStream, HuffmanCode, entropy_bits, symbol_counts};
 use crate::error::Result;
 use crate::mask::Mask;
 use crate::quant::PackedCodes;
@@ -13,14 +13,20 @@ const BITMASK: u8 = 1;
 const CSR: u8 = 2;
 const RELATIVE: u8 = 3;
 
-/// Writes `symbols` as a Huffman table and bit stream; returns the table's bytes.
-fn write_huffman(w: &mut Writer, symbols: &[u16]) -> Result<usize> {
-    let code = HuffmanCode::from_counts(&symbol_counts(symbols))?;
+/// Writes `symbols` as a Huffman table and bit stream.
+fn write_huffman(w: &mut Writer, symbols: &[u16]) -> Result<Coded> {
+    let counts = symbol_counts(symbols);
+    let code = HuffmanCode::from_counts(&counts)?;
     let before = w.bytes.len();
     code.write_to(&mut w.bytes);
-    let table = w.bytes.len() - before;
-    code.encode(symbols)?.write_to(&mut w.bytes);
-    Ok(table)
+    let table_bytes = w.bytes.len() - before;
+    let stream = code.encode(symbols)?;
+    stream.write_to(&mut w.bytes);
+    Ok(Coded {
+        table_bytes,
+        stream_bits: stream.bit_len(),
+        entropy_bits: entropy_bits(&counts),
+    })
 }
 
 /// Reads `count` symbols [`write_huffman`] wrote.
@@ -30,14 +36,14 @@ fn read_huffman(r: &mut Reader<'_>, count: usize) -> Result<Vec<u16>> {
     code.decode(&stream, count)
 }
 
-/// Writes the kept positions of `mask` in the format `positions` names; returns the
-/// bytes of Huffman tables among those written.
+/// Writes the kept positions of `mask` in the format `positions` names; returns what
+/// was Huffman-coded.
 pub(crate) fn write_positions(
     w: &mut Writer,
     mask: &Mask,
     positions: Positions,
     huffman: bool,
-) -> Result<usize> {
+) -> Result<Coded> {
     match positions {
         Positions::Bitmask | Positions::Dense | Positions::Auto => {
             w.u8(BITMASK);
@@ -46,7 +52,7 @@ pub(crate) fn write_positions(
                 let take = (bytes - 8 * i).min(8);
                 w.bytes.extend_from_slice(&word.to_le_bytes()[..take]);
             }
-            Ok(0)
+            Ok(Coded::default())
         }
         Positions::Csr => {
             // Rows of the weight seen as [shape[0], rest]: u32 row pointers, then each
@@ -74,7 +80,7 @@ pub(crate) fn write_positions(
                     w.bytes.extend_from_slice(&(c as u16).to_le_bytes());
                 }
             }
-            Ok(0)
+            Ok(Coded::default())
         }
         Positions::RelativeIndex { bits } => {
             w.u8(RELATIVE);
@@ -87,7 +93,7 @@ pub(crate) fn write_positions(
                 write_huffman(w, &symbols)
             } else {
                 index.write_to(&mut w.bytes);
-                Ok(0)
+                Ok(Coded::default())
             }
         }
     }
@@ -184,9 +190,9 @@ pub(crate) fn read_positions(r: &mut Reader<'_>, shape: &[usize]) -> Result<(Mas
     }
 }
 
-/// Writes quantization codes of `bits` bits, packed or Huffman-coded; returns the bytes
-/// of Huffman tables among those written.
-pub(crate) fn write_codes(w: &mut Writer, codes: &[u8], bits: u8, huffman: bool) -> Result<usize> {
+/// Writes quantization codes of `bits` bits, packed or Huffman-coded; returns what was
+/// Huffman-coded.
+pub(crate) fn write_codes(w: &mut Writer, codes: &[u8], bits: u8, huffman: bool) -> Result<Coded> {
     w.u8(bits);
     w.u8(huffman as u8);
     if huffman && !codes.is_empty() {
@@ -195,7 +201,7 @@ pub(crate) fn write_codes(w: &mut Writer, codes: &[u8], bits: u8, huffman: bool)
     }
     let packed = PackedCodes::pack(codes, bits)?;
     w.bytes.extend_from_slice(packed.bytes());
-    Ok(0)
+    Ok(Coded::default())
 }
 
 /// Reads `n` codes [`write_codes`] wrote, their bit width, and whether they were

@@ -7,7 +7,7 @@ use ndarray::{ArrayD, IxDyn};
 use super::bytes::{Reader, Writer};
 use super::decoding::{read_decoding, read_factorization, write_decoding, write_factorization};
 use super::positions::{read_codes, read_positions, write_codes, write_positions};
-use super::{Encoding, Positions, StoredBytes};
+use super::{Coded, Encoding, Positions, StoredBytes};
 use crate::error::{Error, Result};
 use crate::mask::Mask;
 use crate::model::{DType, LayerKind, Param};
@@ -34,12 +34,15 @@ pub(crate) struct Encoded {
     pub(crate) stored: StoredBytes,
     /// The positions format used, if the values are stored sparsely.
     pub(crate) positions: Option<Positions>,
+    /// What was Huffman-coded.
+    pub(crate) coded: Coded,
 }
 
 /// Counts the bytes each part of a record adds.
 struct Sections {
     w: Writer,
     stored: StoredBytes,
+    coded: Coded,
 }
 
 impl Sections {
@@ -53,17 +56,18 @@ impl Sections {
         *part(&mut self.stored) += self.w.bytes.len() - before;
     }
 
-    /// A section that may hold Huffman tables: `write` returns their bytes, counted as
+    /// A section that may hold Huffman-coded streams: their tables are counted as
     /// tables rather than as `part`.
     fn coded_section(
         &mut self,
         part: fn(&mut StoredBytes) -> &mut usize,
-        write: impl FnOnce(&mut Writer) -> Result<usize>,
+        write: impl FnOnce(&mut Writer) -> Result<Coded>,
     ) -> Result<()> {
         let before = self.w.bytes.len();
-        let tables = write(&mut self.w)?;
-        *part(&mut self.stored) += self.w.bytes.len() - before - tables;
-        self.stored.tables += tables;
+        let coded = write(&mut self.w)?;
+        *part(&mut self.stored) += self.w.bytes.len() - before - coded.table_bytes;
+        self.stored.tables += coded.table_bytes;
+        self.coded.add(coded);
         Ok(())
     }
 }
@@ -114,6 +118,7 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
     let mut s = Sections {
         w: Writer::default(),
         stored: StoredBytes::default(),
+        coded: Coded::default(),
     };
     let kind = KINDS.iter().position(|&k| k == p.kind()).unwrap_or(5) as u8;
     let dtype = DTYPES.iter().position(|&d| d == p.dtype()).unwrap_or(0) as u8;
@@ -129,6 +134,7 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
             bytes: s.w.bytes,
             stored: s.stored,
             positions: None,
+            coded: s.coded,
         });
     }
     // A mask never goes away: a masked parameter asked to be stored densely keeps a
@@ -191,6 +197,7 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
         bytes: s.w.bytes,
         stored: s.stored,
         positions: kept.map(|_| positions),
+        coded: s.coded,
     })
 }
 
