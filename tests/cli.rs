@@ -93,10 +93,25 @@ fn compress_report_decompress() {
         assert_eq!(p.effective(), b.get(p.name()).unwrap().effective());
     }
 
-    let out = slimnn(&["report", &slim, "--original", &input, "--json"]);
+    let out = slimnn(&[
+        "report",
+        &slim,
+        "--original",
+        &input,
+        "--json",
+        "--measure",
+        "4",
+    ]);
     assert!(out.status.success());
     let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["file_bytes"], report["file_bytes"]);
+    // The pruned Linear weights were timed as CSR against the dense product.
+    let timed = again["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !p["measured"].is_null());
+    assert_eq!(timed.count(), 2);
 }
 
 #[test]

@@ -66,6 +66,10 @@ enum Command {
         /// No progress bar and no report table.
         #[arg(short, long)]
         quiet: bool,
+        /// Also time the sparse and factorized Linear layers against the dense ones, at
+        /// this batch size.
+        #[arg(long, value_name = "BATCH")]
+        measure: Option<usize>,
     },
     /// Write a compressed model as a dense safetensors file.
     Decompress {
@@ -86,6 +90,10 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also time the sparse and factorized Linear layers against the dense ones, at
+        /// this batch size.
+        #[arg(long, value_name = "BATCH")]
+        measure: Option<usize>,
     },
 }
 
@@ -120,6 +128,7 @@ fn run(cli: Cli) -> Result<()> {
             format,
             report,
             quiet,
+            measure,
         } => {
             let format =
                 format.unwrap_or(if output.extension().is_some_and(|e| e == "safetensors") {
@@ -156,7 +165,10 @@ fn run(cli: Cli) -> Result<()> {
                 bar.set_message(description.to_string());
             });
             bar.finish_and_clear();
-            let result = result?;
+            let mut result = result?;
+            if let Some(batch) = measure {
+                result.measure(&model, batch)?;
+            }
             match format {
                 Format::Compressed => model.save_compressed(&output)?,
                 Format::Safetensors => model.save(&output, &SaveOptions::default())?,
@@ -177,13 +189,17 @@ fn run(cli: Cli) -> Result<()> {
             model,
             original,
             json,
+            measure,
         } => {
             let compressed = load(&model)?;
             let original = match original {
                 Some(p) => load(&p)?,
                 None => compressed.clone(),
             };
-            let report = Report::compare(&original, &compressed, Vec::new())?;
+            let mut report = Report::compare(&original, &compressed, Vec::new())?;
+            if let Some(batch) = measure {
+                report.measure(&compressed, batch)?;
+            }
             if json {
                 println!("{}", report.to_json());
             } else {

@@ -41,7 +41,7 @@ use std::time::Instant;
 use crate::error::Result;
 use crate::model::Model;
 
-pub use report::{ParamReport, Report, SpeedupSource, StepRecord};
+pub use report::{ParamReport, Report, SpeedupSource, StepRecord, Timing};
 pub use steps::{Encode, Factorize, FactorizeWithin, Prune, PruneGlobal, Quantize};
 
 /// One model-level compression step. Implement it for your own method and put it in a

@@ -22,7 +22,8 @@ pub struct StepRecord {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum SpeedupSource {
     /// Dense multiply-adds over effective ones (non-zeros, or the factorized layers'):
-    /// what a kernel that skips zeros could reach, not a measurement.
+    /// what a kernel that skips zeros could reach, not a measurement. Measured times are
+    /// beside it, per parameter, after [`Report::measure`].
     EstimatedFromFlops,
 }
 
@@ -60,6 +61,21 @@ pub struct ParamReport {
     /// The Shannon entropy of those streams' symbols, in bits: the bound a symbol-wise
     /// code approaches.
     pub entropy_bits: f64,
+    /// Seconds of the dense product and of the compressed one, measured by
+    /// [`Report::measure`] where a kernel runs the compressed form.
+    pub measured: Option<Timing>,
+}
+
+/// A measured product: the dense layer's time and the compressed layer's, at one batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Timing {
+    /// Rows of the activation batch.
+    pub batch: usize,
+    /// Median seconds of the dense f32 product.
+    pub dense_seconds: f64,
+    /// Median seconds of the compressed product (CSR, or the factorized layers).
+    pub compressed_seconds: f64,
 }
 
 impl ParamReport {
@@ -136,6 +152,7 @@ impl Report {
                 effective_flops,
                 huffman_bits: s.coded.stream_bits,
                 entropy_bits: s.coded.entropy_bits,
+                measured: None,
             });
         }
         let raw: usize = original.raw_tensors().iter().map(|t| t.bytes.len()).sum();
@@ -161,6 +178,68 @@ impl Report {
         dense as f64 / effective.max(1) as f64
     }
 
+    /// Times the Linear weights of `model` (the compressed model this report describes)
+    /// whose compressed form a kernel runs: sparse ones (at most half kept) as CSR
+    /// ([`sparse_ops::csr_matmul`](crate::sparse_ops::csr_matmul)), factorized ones as
+    /// their factor layers, each against the dense product, on a seeded activation batch
+    /// of `batch` rows (median of 5 runs after a warm-up).
+    pub fn measure(&mut self, model: &Model, batch: usize) -> Result<()> {
+        for row in &mut self.params {
+            let p = model.get(&row.name)?;
+            if p.kind() != LayerKind::Linear || p.shape().len() != 2 {
+                continue;
+            }
+            let (out, inp) = (p.shape()[0], p.shape()[1]);
+            let w = p
+                .effective()
+                .into_dimensionality::<ndarray::Ix2>()
+                .map_err(|_| {
+                    crate::error::Error::bad_shape(&row.name, p.shape(), "a Linear weight is 2-D")
+                })?;
+            let x = ndarray::Array2::from_shape_fn((batch.max(1), inp), |(i, j)| {
+                ((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0
+            });
+            let compressed: Box<dyn Fn() -> Result<()>> = if let Some(f) = p.factorization() {
+                let xd = x.clone().into_dyn();
+                Box::new(move || f.forward(&xd).map(|_| ()))
+            } else if 2 * row.nonzeros <= row.params {
+                let flat: Vec<f32> = w.iter().copied().collect();
+                let csr = crate::encode::Csr::from_dense(&flat, [out, inp], None)?;
+                let x = x.clone();
+                Box::new(move || csr.matmul(&x).map(|_| ()))
+            } else {
+                continue;
+            };
+            let dense_seconds = median_seconds(|| {
+                let _ = x.dot(&w.t());
+                Ok(())
+            })?;
+            let compressed_seconds = median_seconds(|| compressed())?;
+            row.measured = Some(Timing {
+                batch: batch.max(1),
+                dense_seconds,
+                compressed_seconds,
+            });
+        }
+        Ok(())
+    }
+
+    /// Dense over compressed seconds, summed over the measured parameters (`None` if
+    /// [`Report::measure`] measured none).
+    pub fn measured_speedup(&self) -> Option<f64> {
+        let timed: Vec<&Timing> = self
+            .params
+            .iter()
+            .filter_map(|p| p.measured.as_ref())
+            .collect();
+        if timed.is_empty() {
+            return None;
+        }
+        let dense: f64 = timed.iter().map(|t| t.dense_seconds).sum();
+        let compressed: f64 = timed.iter().map(|t| t.compressed_seconds).sum();
+        Some(dense / compressed.max(f64::MIN_POSITIVE))
+    }
+
     /// Elements over all parameters.
     pub fn total_params(&self) -> usize {
         self.params.iter().map(|p| p.params).sum()
@@ -176,6 +255,19 @@ impl Report {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a report is plain data")
     }
+}
+
+/// The median seconds of 5 runs of `run`, after one untimed warm-up.
+fn median_seconds(run: impl Fn() -> Result<()>) -> Result<f64> {
+    run()?;
+    let mut times = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        run()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[2])
 }
 
 /// How a parameter is held and stored, in a few words.
@@ -288,6 +380,19 @@ impl fmt::Display for Report {
                 100.0 * (coded as f64 / entropy.max(1.0) - 1.0)
             )?;
         }
+        for p in &self.params {
+            if let Some(t) = p.measured {
+                writeln!(
+                    f,
+                    "measured {}: dense {:.3} ms, compressed {:.3} ms at batch {} ({:.1}x)",
+                    p.name,
+                    1e3 * t.dense_seconds,
+                    1e3 * t.compressed_seconds,
+                    t.batch,
+                    t.dense_seconds / t.compressed_seconds.max(f64::MIN_POSITIVE)
+                )?;
+            }
+        }
         writeln!(
             f,
             "\ncompression rate {:.1}x ({} → {} bytes); speed-up rate {:.1}x (estimated from FLOPs)",
@@ -295,6 +400,10 @@ impl fmt::Display for Report {
             group(self.original_bytes),
             group(self.file_bytes),
             self.speedup_rate()
-        )
+        )?;
+        if let Some(s) = self.measured_speedup() {
+            writeln!(f, "measured speed-up of the timed layers: {s:.1}x")?;
+        }
+        Ok(())
     }
 }
