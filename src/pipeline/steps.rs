@@ -15,153 +15,78 @@ fn short_type_name<T: ?Sized>() -> &'static str {
     base.rsplit("::").next().unwrap_or(base)
 }
 
-/// Prunes each selected parameter with a [`Pruner`] ([`Model::prune`]; data-free, so
-/// with no statistics).
-pub struct Prune<P> {
-    selector: Selector,
-    pruner: P,
-    label: Option<String>,
-}
-
-impl<P: Pruner<f32>> Prune<P> {
-    /// The step.
-    pub fn new(selector: Selector, pruner: P) -> Self {
-        Prune {
-            selector,
-            pruner,
-            label: None,
+/// A step that applies one method to the selected parameters: the struct, `new`,
+/// `with_label` and its [`Compressor`] impl, given how to apply the method.
+macro_rules! method_step {
+    (
+        $(#[$doc:meta])*
+        $name:ident<$m:ident: $bound:path>, $field:ident: $fty:ty, $verb:literal,
+        |$model:ident, $selector:ident, $method:ident| $apply:expr
+    ) => {
+        $(#[$doc])*
+        pub struct $name<$m> {
+            selector: Selector,
+            $field: $fty,
+            label: Option<String>,
         }
-    }
 
-    /// Sets the description shown in reports.
-    pub fn with_label(mut self, label: impl Into<String>) -> Self {
-        self.label = Some(label.into());
-        self
-    }
-}
+        impl<$m: $bound> $name<$m> {
+            /// The step.
+            pub fn new(selector: Selector, $field: $fty) -> Self {
+                $name {
+                    selector,
+                    $field,
+                    label: None,
+                }
+            }
 
-impl<P: Pruner<f32>> Compressor for Prune<P> {
-    fn describe(&self) -> String {
-        self.label
-            .clone()
-            .unwrap_or_else(|| format!("prune: {}", short_type_name::<P>()))
-    }
-
-    fn compress(&self, model: &mut Model) -> Result<()> {
-        model
-            .prune(&self.selector, &self.pruner, &Statistics::new())
-            .map(|_| ())
-    }
-}
-
-/// Prunes the selected parameters together with one threshold ([`Model::prune_global`]).
-pub struct PruneGlobal<S> {
-    selector: Selector,
-    pruner: GlobalPruner<S>,
-    label: Option<String>,
-}
-
-impl<S: Saliency<f32>> PruneGlobal<S> {
-    /// The step.
-    pub fn new(selector: Selector, pruner: GlobalPruner<S>) -> Self {
-        PruneGlobal {
-            selector,
-            pruner,
-            label: None,
+            /// Sets the description shown in reports.
+            pub fn with_label(mut self, label: impl Into<String>) -> Self {
+                self.label = Some(label.into());
+                self
+            }
         }
-    }
 
-    /// Sets the description shown in reports.
-    pub fn with_label(mut self, label: impl Into<String>) -> Self {
-        self.label = Some(label.into());
-        self
-    }
-}
+        impl<$m: $bound> Compressor for $name<$m> {
+            fn describe(&self) -> String {
+                self.label
+                    .clone()
+                    .unwrap_or_else(|| format!("{}: {}", $verb, short_type_name::<$m>()))
+            }
 
-impl<S: Saliency<f32>> Compressor for PruneGlobal<S> {
-    fn describe(&self) -> String {
-        self.label
-            .clone()
-            .unwrap_or_else(|| format!("prune: global {}", short_type_name::<S>()))
-    }
-
-    fn compress(&self, model: &mut Model) -> Result<()> {
-        model
-            .prune_global(&self.selector, &self.pruner, &Statistics::new())
-            .map(|_| ())
-    }
-}
-
-/// Quantizes the selected parameters ([`Model::quantize`]).
-pub struct Quantize<Q> {
-    selector: Selector,
-    quantizer: Q,
-    label: Option<String>,
-}
-
-impl<Q: Quantizer<f32>> Quantize<Q> {
-    /// The step.
-    pub fn new(selector: Selector, quantizer: Q) -> Self {
-        Quantize {
-            selector,
-            quantizer,
-            label: None,
+            fn compress(&self, $model: &mut Model) -> Result<()> {
+                let ($selector, $method) = (&self.selector, &self.$field);
+                $apply.map(|_| ())
+            }
         }
-    }
-
-    /// Sets the description shown in reports.
-    pub fn with_label(mut self, label: impl Into<String>) -> Self {
-        self.label = Some(label.into());
-        self
-    }
+    };
 }
 
-impl<Q: Quantizer<f32>> Compressor for Quantize<Q> {
-    fn describe(&self) -> String {
-        self.label
-            .clone()
-            .unwrap_or_else(|| format!("quantize: {}", short_type_name::<Q>()))
-    }
-
-    fn compress(&self, model: &mut Model) -> Result<()> {
-        model.quantize(&self.selector, &self.quantizer).map(|_| ())
-    }
+method_step! {
+    /// Prunes each selected parameter with a [`Pruner`] ([`Model::prune`]; data-free, so
+    /// with no statistics).
+    Prune<P: Pruner<f32>>, pruner: P, "prune",
+    |model, selector, pruner| model.prune(selector, pruner, &Statistics::new())
 }
 
-/// Factorizes the selected parameters with a [`LowRank`] method ([`Model::factorize`]).
-pub struct Factorize<L> {
-    selector: Selector,
-    method: L,
-    label: Option<String>,
+method_step! {
+    /// Prunes the selected parameters together with one threshold
+    /// ([`Model::prune_global`]); `S` is the [`Saliency`] of the [`GlobalPruner`].
+    PruneGlobal<S: Saliency<f32>>, pruner: GlobalPruner<S>, "prune globally",
+    |model, selector, pruner| model.prune_global(selector, pruner, &Statistics::new())
 }
 
-impl<L: LowRank> Factorize<L> {
-    /// The step.
-    pub fn new(selector: Selector, method: L) -> Self {
-        Factorize {
-            selector,
-            method,
-            label: None,
-        }
-    }
-
-    /// Sets the description shown in reports.
-    pub fn with_label(mut self, label: impl Into<String>) -> Self {
-        self.label = Some(label.into());
-        self
-    }
+method_step! {
+    /// Quantizes the selected parameters ([`Model::quantize`]).
+    Quantize<Q: Quantizer<f32>>, quantizer: Q, "quantize",
+    |model, selector, quantizer| model.quantize(selector, quantizer)
 }
 
-impl<L: LowRank> Compressor for Factorize<L> {
-    fn describe(&self) -> String {
-        self.label
-            .clone()
-            .unwrap_or_else(|| format!("factorize: {}", short_type_name::<L>()))
-    }
-
-    fn compress(&self, model: &mut Model) -> Result<()> {
-        model.factorize(&self.selector, &self.method).map(|_| ())
-    }
+method_step! {
+    /// Factorizes the selected parameters with a [`LowRank`] method
+    /// ([`Model::factorize`]).
+    Factorize<L: LowRank>, method: L, "factorize",
+    |model, selector, method| model.factorize(selector, method)
 }
 
 /// Factorizes the selected Linear weights by truncated SVD under one budget
