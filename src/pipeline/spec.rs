@@ -198,43 +198,36 @@ fn rank(spec: &str, field: Option<&str>) -> Result<Rank> {
 /// A low-rank step from its spec (see the module's table).
 pub fn lowrank_step(spec: &str) -> Result<Box<dyn Compressor>> {
     const FAMILY: &str = "lowrank";
-    let linear = Selector::kinds(&[LayerKind::Linear]);
-    let conv = Selector::kinds(&[LayerKind::Conv2d]);
-    let (method, arg) = spec
-        .split('@')
-        .next()
-        .unwrap_or("")
-        .split_once(':')
-        .unwrap_or((spec, ""));
-    let arg = (!arg.is_empty()).then_some(arg);
-    let label = format!("factorize: {}", spec.split('@').next().unwrap_or(spec));
+    let s = spec.split('@').next().unwrap_or(spec);
+    let (method, arg) = match s.split_once(':') {
+        Some((m, a)) => (m, Some(a)),
+        None => (s, None),
+    };
+    let default = match method {
+        "svd" | "rsvd" | "budget" => Selector::kinds(&[LayerKind::Linear]),
+        _ => Selector::kinds(&[LayerKind::Conv2d]),
+    };
+    let (_, sel) = split(spec, default);
+    let label = format!("factorize: {s}");
     Ok(match method {
         "svd" => {
-            let (_, sel) = split(spec, linear);
             Box::new(Factorize::new(sel, TruncatedSvd::new(rank(spec, arg)?)?).with_label(label))
         }
         "rsvd" => {
-            let (_, sel) = split(spec, linear);
             Box::new(Factorize::new(sel, RandomizedSvd::new(rank(spec, arg)?)?).with_label(label))
         }
         "tucker2" => {
-            let (_, sel) = split(spec, conv);
             let r = rank(spec, arg)?;
             Box::new(Factorize::new(sel, Tucker2::new(r, r)?).with_label(label))
         }
         "cp" => {
-            let (_, sel) = split(spec, conv);
             let r: usize = number(FAMILY, spec, arg, "cp:RANK")?;
             Box::new(Factorize::new(sel, CpAls::new(r)?).with_label(label))
         }
-        "separable" => {
-            let (_, sel) = split(spec, conv);
-            Box::new(
-                Factorize::new(sel, SpatialSeparable::new(rank(spec, arg)?)?).with_label(label),
-            )
-        }
+        "separable" => Box::new(
+            Factorize::new(sel, SpatialSeparable::new(rank(spec, arg)?)?).with_label(label),
+        ),
         "budget" => {
-            let (_, sel) = split(spec, linear);
             let p: usize = number(FAMILY, spec, arg, "budget:PARAMETERS")?;
             Box::new(FactorizeWithin::new(sel, Budget::Params(p)))
         }
@@ -278,4 +271,115 @@ pub fn encode_step(spec: &str) -> Result<Box<dyn Compressor>> {
     let encoding = Encoding { positions, huffman };
     encoding.check()?;
     Ok(Box::new(Encode::new(selector, encoding)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_spec_parses() {
+        for s in [
+            "magnitude:0.5",
+            "global:0.9",
+            "random:0.3",
+            "random:0.3:7",
+            "nm:2:4",
+            "structured:0.25",
+            "global:0.9@fc*.weight",
+        ] {
+            prune_step(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        for s in [
+            "int8",
+            "int2",
+            "int4-group128",
+            "kmeans:32",
+            "kmeans-optimal:16",
+            "pow2:4",
+            "ternary",
+            "binary",
+            "q8_0",
+            "q4_0",
+            "kmeans:16@fc1.*",
+        ] {
+            quantize_step(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        for s in [
+            "svd:64",
+            "svd:0.95",
+            "svd:vbmf",
+            "rsvd:32",
+            "tucker2:8",
+            "tucker2:vbmf",
+            "cp:16",
+            "separable:0.99",
+            "budget:100000",
+            "svd:8@fc1.weight",
+        ] {
+            lowrank_step(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        for s in [
+            "auto",
+            "dense",
+            "bitmask",
+            "csr",
+            "relative:4",
+            "relative:8+huffman",
+            "bitmask+huffman@fc*",
+        ] {
+            encode_step(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_errors() {
+        for s in [
+            "",
+            "magic:0.5",
+            "global",
+            "global:x",
+            "global:1.5",
+            "nm:4:2",
+            "random:0.5:x",
+            "magnitude:0.5:1",
+        ] {
+            assert!(prune_step(s).is_err(), "{s}");
+        }
+        for s in [
+            "int9",
+            "int",
+            "int4-group",
+            "kmeans",
+            "kmeans:0",
+            "ternary:2",
+            "q5_0",
+        ] {
+            assert!(quantize_step(s).is_err(), "{s}");
+        }
+        for s in ["svd", "svd:0", "svd:1.5", "cp:x", "tucker3:4", "budget"] {
+            assert!(lowrank_step(s).is_err(), "{s}");
+        }
+        for s in ["relative:0", "relative:9", "relative", "zip", "csr+gzip"] {
+            assert!(encode_step(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_glob_chooses_the_parameters() {
+        let mut model = crate::Model::new();
+        let w = |n| {
+            ndarray::Array::from_shape_fn(ndarray::IxDyn(&[4, 8]), move |i| {
+                (i[0] * 8 + i[1] + n) as f32
+            })
+        };
+        model.add("fc1.weight", w(1)).unwrap();
+        model.add("fc2.weight", w(2)).unwrap();
+        prune_step("magnitude:0.5@fc2.*")
+            .unwrap()
+            .compress(&mut model)
+            .unwrap();
+        assert!(model.get("fc1.weight").unwrap().mask().is_none());
+        assert!(model.get("fc2.weight").unwrap().mask().is_some());
+    }
 }
