@@ -214,7 +214,7 @@ impl Report {
                 let _ = x.dot(&w.t());
                 Ok(())
             })?;
-            let compressed_seconds = median_seconds(|| compressed())?;
+            let compressed_seconds = median_seconds(&compressed)?;
             row.measured = Some(Timing {
                 batch: batch.max(1),
                 dense_seconds,
