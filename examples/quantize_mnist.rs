@@ -11,12 +11,11 @@
 #[path = "common/mnist.rs"]
 mod mnist;
 
-use ndarray::Axis;
 use slimnn::quant::{
     BinaryQuantizer, Granularity, KMeansInit, KMeansQuantizer, PowerOfTwoQuantizer,
-    ProductQuantizer, Quantizer, Scheme, TernaryQuantizer, UniformQuantizer, centroid_gradients,
+    ProductQuantizer, Quantizer, Scheme, TernaryQuantizer, UniformQuantizer,
 };
-use slimnn::{Model, Result, Selector};
+use slimnn::{Result, Selector};
 
 fn main() -> Result<()> {
     let mnist::Args {
@@ -150,49 +149,10 @@ fn main() -> Result<()> {
         "  after 2-bit weight sharing: {:.2}%",
         100.0 * net.evaluate(&shared, &test, 1000)?.accuracy
     );
-    fine_tune_centroids(&net, &mut shared, &train, 2, 1e-3)?;
+    mnist::fine_tune_centroids(&net, &mut shared, &train, 2, 1e-3)?;
     println!(
         "  after fine-tuning the centroids for 2 epochs: {:.2}%",
         100.0 * net.evaluate(&shared, &test, 1000)?.accuracy
     );
-    Ok(())
-}
-
-/// SGD on the shared values only: each centroid moves by the sum of its weights'
-/// gradients (codes fixed).
-fn fine_tune_centroids(
-    net: &slimnn::nn::Network,
-    model: &mut Model,
-    train: &slimnn::io::idx::Dataset,
-    epochs: usize,
-    lr: f32,
-) -> Result<()> {
-    let names: Vec<String> = model
-        .select(&Selector::prunable())?
-        .into_iter()
-        .map(String::from)
-        .collect();
-    let order: Vec<usize> = (0..train.len()).collect();
-    for _ in 0..epochs {
-        for idx in order.chunks(128) {
-            let x = train.images.select(Axis(0), idx);
-            let y = train.labels.select(Axis(0), idx);
-            let (_, grads) = net.loss_and_gradients(model, x.view(), y.view())?;
-            for name in &names {
-                let p = model.get_mut(name)?;
-                let mut q = p.take_quantized().expect("quantized above");
-                let g = centroid_gradients(&q, &grads[name], p.mask())?;
-                let table = q
-                    .table()
-                    .expect("a codebook")
-                    .iter()
-                    .zip(&g)
-                    .map(|(c, g)| c - lr * g)
-                    .collect();
-                q.set_table(table)?;
-                p.set_quantized(q)?;
-            }
-        }
-    }
     Ok(())
 }

@@ -1,0 +1,297 @@
+//! Deep Compression (Han, Mao & Dally, ICLR 2016) on LeNet-300-100 and MNIST: pruning
+//! with retraining, k-means weight sharing with centroid fine-tuning, and Huffman
+//! coding, with a table in the style of the paper's Tables 1 and 2.
+//!
+//! ```text
+//! cargo run --release --example deep_compression [-- --epochs 10 --seed 1 --sparsity 0.92
+//!     --bits 5 --retrain-epochs 6 --json]
+//! ```
+//!
+//! Reuses the network `prune_mnist` trains (`target/slimnn-examples/lenet300.safetensors`),
+//! or trains it, and writes the compressed model to
+//! `target/slimnn-examples/lenet300-deep-compression.slim`.
+
+#[path = "common/mnist.rs"]
+mod mnist;
+
+use ndarray::{Array1, Axis};
+use slimnn::io::idx::Dataset;
+use slimnn::nn::{Network, Sgd};
+use slimnn::pipeline::{Compressor, Encode, Quantize, Report};
+use slimnn::prune::{GlobalPruner, Magnitude, Schedule, Statistics};
+use slimnn::quant::{KMeansInit, KMeansQuantizer};
+use slimnn::store::{Encoding, Positions};
+use slimnn::{Model, Result, Selector};
+
+struct Args {
+    epochs: usize,
+    retrain_epochs: usize,
+    seed: u64,
+    sparsity: f64,
+    bits: u32,
+    fresh: bool,
+    json: bool,
+}
+
+fn parse() -> Args {
+    let mut a = Args {
+        epochs: 10,
+        retrain_epochs: 6,
+        seed: 1,
+        sparsity: 0.92,
+        bits: 5,
+        fresh: false,
+        json: false,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next().cloned().unwrap_or_else(|| {
+                eprintln!("{flag} needs a value");
+                std::process::exit(2)
+            })
+        };
+        let number = |v: String| -> f64 {
+            v.parse().unwrap_or_else(|_| {
+                eprintln!("{flag} needs a number, not `{v}`");
+                std::process::exit(2)
+            })
+        };
+        match flag.as_str() {
+            "--epochs" => a.epochs = number(value()) as usize,
+            "--retrain-epochs" => a.retrain_epochs = number(value()) as usize,
+            "--seed" => a.seed = number(value()) as u64,
+            "--sparsity" => a.sparsity = number(value()),
+            "--bits" => a.bits = number(value()) as u32,
+            "--retrain-from-scratch" => a.fresh = true,
+            "--json" => a.json = true,
+            "-h" | "--help" => {
+                println!(
+                    "usage: deep_compression [--epochs N] [--retrain-epochs N] [--seed S] \
+                     [--sparsity F] [--bits B] [--retrain-from-scratch] [--json]"
+                );
+                std::process::exit(0)
+            }
+            other => {
+                eprintln!("unknown argument `{other}` (try --help)");
+                std::process::exit(2)
+            }
+        }
+    }
+    if !(1..=8).contains(&a.bits) || !(0.0..1.0).contains(&a.sparsity) {
+        eprintln!("--bits must be 1 to 8 and --sparsity in [0, 1)");
+        std::process::exit(2)
+    }
+    a
+}
+
+fn main() -> Result<()> {
+    let args = parse();
+    let (train, test) = mnist::load()?;
+    let (dense, net) = mnist::trained_lenet300(&train, &test, args.epochs, args.seed, args.fresh)?;
+    let accuracy = |m: &Model| net.evaluate(m, &test, 1000).map(|e| e.accuracy);
+    let dense_accuracy = accuracy(&dense)?;
+    let mut rows = vec![Stage::of(
+        "dense baseline (32-bit)",
+        &dense,
+        &dense,
+        dense_accuracy,
+    )?];
+
+    println!(
+        "\npruning to {:.0}% with retraining ({} epochs, AGP schedule)",
+        100.0 * args.sparsity,
+        args.retrain_epochs
+    );
+    let pruned = prune_and_retrain(&args, &net, &dense, &train, &test)?;
+    rows.push(Stage::of(
+        "pruning + retraining",
+        &dense,
+        &pruned,
+        accuracy(&pruned)?,
+    )?);
+
+    println!(
+        "\nweight sharing: {}-bit k-means per layer (linear init), centroids fine-tuned",
+        args.bits
+    );
+    let mut shared = pruned.clone();
+    Quantize::new(
+        Selector::prunable(),
+        KMeansQuantizer::lloyd(1 << args.bits, KMeansInit::Linear)?,
+    )
+    .compress(&mut shared)?;
+    let before = accuracy(&shared)?;
+    mnist::fine_tune_centroids(&net, &mut shared, &train, 2, 1e-3)?;
+    println!(
+        "  accuracy {:.2}% after sharing, {:.2}% after fine-tuning the centroids",
+        100.0 * before,
+        100.0 * accuracy(&shared)?
+    );
+    rows.push(Stage::of(
+        "+ weight sharing",
+        &dense,
+        &shared,
+        accuracy(&shared)?,
+    )?);
+
+    let mut coded = shared.clone();
+    Encode::new(
+        Selector::all(),
+        Encoding {
+            positions: Positions::Auto,
+            huffman: true,
+        },
+    )
+    .compress(&mut coded)?;
+    let final_accuracy = accuracy(&coded)?;
+    rows.push(Stage::of(
+        "+ Huffman coding",
+        &dense,
+        &coded,
+        final_accuracy,
+    )?);
+
+    println!(
+        "\n{:<26} {:>9} {:>8} {:>12} {:>12} {:>9} {:>10}",
+        "stage", "weights", "bits/w", "bytes", "compression", "accuracy", "top-1 err"
+    );
+    for r in &rows {
+        println!(
+            "{:<26} {:>8.1}% {:>8.2} {:>12} {:>11.1}x {:>8.2}% {:>9.2}%",
+            r.name,
+            100.0 * r.kept,
+            r.bits_per_weight,
+            r.bytes,
+            r.compression,
+            100.0 * r.accuracy,
+            100.0 * (1.0 - r.accuracy)
+        );
+    }
+
+    let report = Report::compare(&dense, &coded, Vec::new())?;
+    println!(
+        "\nper layer (the paper's Table 2):\n{:<12} {:>9} {:>8} {:>10} {:>8} {:>12}",
+        "layer", "weights", "kept", "bytes", "bits/w", "compression"
+    );
+    for p in &report.params {
+        println!(
+            "{:<12} {:>9} {:>7.1}% {:>10} {:>8.2} {:>11.1}x",
+            p.name,
+            p.params,
+            100.0 * p.nonzeros as f64 / p.params as f64,
+            p.stored.total(),
+            p.bits_per_weight(),
+            p.compression_rate()
+        );
+    }
+    let path = mnist::checkpoint().with_file_name("lenet300-deep-compression.slim");
+    coded.save_compressed(&path)?;
+    println!(
+        "\nwrote {} ({} bytes, as the report counts)",
+        path.display(),
+        report.file_bytes
+    );
+    if args.json {
+        println!(
+            "{{\"baseline_accuracy\": {dense_accuracy:.4}, \"final_accuracy\": {final_accuracy:.4}, \"compression\": {:.2}, \"original_bytes\": {}, \"compressed_bytes\": {}}}",
+            report.compression_rate(),
+            report.original_bytes,
+            report.file_bytes
+        );
+    }
+    Ok(())
+}
+
+/// One row of the summary table.
+struct Stage {
+    name: &'static str,
+    kept: f64,
+    bits_per_weight: f64,
+    bytes: usize,
+    compression: f64,
+    accuracy: f64,
+}
+
+impl Stage {
+    /// `model` measured against the dense one: every stored byte counts (values,
+    /// indices, codebooks, biases, Huffman tables, headers).
+    fn of(name: &'static str, dense: &Model, model: &Model, accuracy: f64) -> Result<Stage> {
+        let report = Report::compare(dense, model, Vec::new())?;
+        let weights = Selector::prunable();
+        let names = model.select(&weights)?;
+        let total: usize = names
+            .iter()
+            .map(|n| model.get(n).map(|p| p.numel()))
+            .sum::<Result<_>>()?;
+        let kept: usize = report
+            .params
+            .iter()
+            .filter(|p| names.contains(&p.name.as_str()))
+            .map(|p| p.nonzeros)
+            .sum();
+        Ok(Stage {
+            name,
+            kept: kept as f64 / total as f64,
+            bits_per_weight: 8.0 * report.file_bytes as f64 / report.total_params() as f64,
+            bytes: report.file_bytes,
+            compression: report.compression_rate(),
+            accuracy,
+        })
+    }
+}
+
+/// Global magnitude pruning to `args.sparsity` over the first half of retraining (AGP),
+/// then retraining with the masks fixed (Han et al. 2015).
+fn prune_and_retrain(
+    args: &Args,
+    net: &Network,
+    dense: &Model,
+    train: &Dataset,
+    test: &Dataset,
+) -> Result<Model> {
+    let mut model = dense.clone();
+    let batch = 128;
+    let epochs = args.retrain_epochs.max(1);
+    let total = train.len().div_ceil(batch) * epochs;
+    let prune_steps = 20;
+    let schedule = Schedule::agp(
+        0.5,
+        args.sparsity,
+        0,
+        prune_steps,
+        (total / 2 / prune_steps).max(1),
+    )?;
+    let mut sgd = Sgd::new(0.01, 0.9, 1e-4)?;
+    let mut step = 0;
+    for epoch in 0..epochs {
+        if epoch == epochs * 3 / 4 {
+            sgd.set_lr(0.001)?;
+        }
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        order.shuffle(&mut rand::rngs::Xoshiro256PlusPlus::seed_from_u64(
+            args.seed + 100 + epoch as u64,
+        ));
+        for idx in order.chunks(batch) {
+            if schedule.is_pruning_step(step) {
+                let pruner = GlobalPruner::new(Magnitude, schedule.sparsity_at(step))?;
+                model.prune_global(&Selector::prunable(), &pruner, &Statistics::new())?;
+            }
+            let x = train.images.select(Axis(0), idx);
+            let y: Array1<u8> = train.labels.select(Axis(0), idx);
+            let (_, grads) = net.loss_and_gradients(&model, x.view(), y.view())?;
+            sgd.step(&mut model, &grads)?;
+            step += 1;
+        }
+        println!(
+            "  retrain epoch {}: sparsity {:.1}%, test accuracy {:.2}%",
+            epoch + 1,
+            100.0 * model.sparsity(&Selector::prunable())?.sparsity(),
+            100.0 * net.evaluate(&model, test, 1000)?.accuracy
+        );
+    }
+    Ok(model)
+}
