@@ -9,10 +9,13 @@
 //!
 //! Reuses the network `prune_mnist` trains (`target/slimnn-examples/lenet300.safetensors`),
 //! or trains it, and writes the compressed model to
-//! `target/slimnn-examples/lenet300-deep-compression.slim`.
+//! `target/slimnn-examples/lenet300-deep-compression.slim` and a sweep of accuracy against
+//! compression (without retraining) to `deep_compression_sweep.csv` and `.svg` beside it.
 
 #[path = "common/mnist.rs"]
 mod mnist;
+#[path = "common/plot.rs"]
+mod plot;
 
 use ndarray::{Array1, Axis};
 use slimnn::io::idx::Dataset;
@@ -186,6 +189,47 @@ fn main() -> Result<()> {
             p.compression_rate()
         );
     }
+    println!(
+        "\npruning sweep without retraining (each point: prune, {}-bit sharing, Huffman):",
+        args.bits
+    );
+    let mut points = Vec::new();
+    for sparsity in [0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.95, 0.97] {
+        let mut m = dense.clone();
+        let pruner = GlobalPruner::magnitude(sparsity)?;
+        m.prune_global(&Selector::prunable(), &pruner, &Statistics::new())?;
+        Quantize::new(
+            Selector::prunable(),
+            KMeansQuantizer::lloyd(1 << args.bits, KMeansInit::Linear)?,
+        )
+        .compress(&mut m)?;
+        Encode::new(
+            Selector::all(),
+            Encoding {
+                positions: Positions::Auto,
+                huffman: true,
+            },
+        )
+        .compress(&mut m)?;
+        let r = Report::compare(&dense, &m, Vec::new())?;
+        let acc = accuracy(&m)?;
+        println!(
+            "  {:>4.1}% pruned: {:>5.1}x, {:.2}%",
+            100.0 * sparsity,
+            r.compression_rate(),
+            100.0 * acc
+        );
+        points.push((sparsity, r.compression_rate(), acc, false));
+    }
+    points.push((args.sparsity, rows[3].compression, final_accuracy, true));
+    let dir = mnist::checkpoint().with_file_name("");
+    plot::write(&dir, &points, dense_accuracy)?;
+    println!(
+        "wrote {} and {}",
+        dir.join("deep_compression_sweep.csv").display(),
+        dir.join("deep_compression_sweep.svg").display()
+    );
+
     let path = mnist::checkpoint().with_file_name("lenet300-deep-compression.slim");
     coded.save_compressed(&path)?;
     println!(
