@@ -327,6 +327,61 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Confusion counts on `data`: entry `[true class, predicted class]` counts the
+    /// examples of that class given that prediction (classes are the output units).
+    ///
+    /// ```
+    /// use slimnn::Model;
+    /// use slimnn::io::idx::Dataset;
+    /// use slimnn::nn::Network;
+    ///
+    /// let mut model = Model::new();
+    /// let net = Network::mlp(&mut model, &[4, 3], 1)?;
+    /// let data = Dataset {
+    ///     images: ndarray::Array2::from_elem((5, 4), 0.5),
+    ///     labels: ndarray::array![0u8, 1, 2, 1, 0],
+    ///     image_shape: vec![2, 2],
+    /// };
+    /// let counts = net.confusion(&model, &data, 2)?;
+    /// assert_eq!(counts.dim(), (3, 3));
+    /// assert_eq!(counts.sum(), 5);
+    /// assert_eq!(counts.diag().sum(), net.evaluate(&model, &data, 2)?.correct);
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn confusion(&self, model: &Model, data: &Dataset, batch: usize) -> Result<Array2<usize>> {
+        if data.is_empty() {
+            return Err(Error::Empty {
+                what: "evaluation data set".into(),
+            });
+        }
+        let batch = batch.max(1);
+        let mut counts: Option<Array2<usize>> = None;
+        for start in (0..data.len()).step_by(batch) {
+            let end = (start + batch).min(data.len());
+            let logits = self.forward(model, data.images.slice(s![start..end, ..]))?;
+            let classes = logits.ncols();
+            let counts = counts.get_or_insert_with(|| Array2::zeros((classes, classes)));
+            for (row, &y) in logits
+                .rows()
+                .into_iter()
+                .zip(&data.labels.slice(s![start..end]))
+            {
+                let y = y as usize;
+                if y >= classes {
+                    return Err(Error::invalid(
+                        "labels",
+                        y,
+                        format!("classes below the {classes} outputs"),
+                    ));
+                }
+                counts[[y, argmax(&row)]] += 1;
+            }
+        }
+        Ok(counts.unwrap_or_else(|| Array2::zeros((0, 0))))
+    }
+}
+
 fn argmax(row: &ndarray::ArrayView1<'_, f32>) -> usize {
     row.iter()
         .enumerate()
