@@ -17,11 +17,8 @@ mod mnist;
 #[path = "common/plot.rs"]
 mod plot;
 
-use ndarray::{Array1, Axis};
-use slimnn::io::idx::Dataset;
-use slimnn::nn::{Network, Sgd};
 use slimnn::pipeline::{Compressor, Encode, Quantize, Report};
-use slimnn::prune::{GlobalPruner, Magnitude, Schedule, Statistics};
+use slimnn::prune::{GlobalPruner, Statistics};
 use slimnn::quant::{KMeansInit, KMeansQuantizer};
 use slimnn::store::{Encoding, Positions};
 use slimnn::{Model, Result, Selector};
@@ -107,7 +104,13 @@ fn main() -> Result<()> {
         100.0 * args.sparsity,
         args.retrain_epochs
     );
-    let pruned = prune_and_retrain(&args, &net, &dense, &train, &test)?;
+    let retraining = mnist::Retraining {
+        target: args.sparsity,
+        epochs: args.retrain_epochs,
+        seed: args.seed,
+        final_lr: Some(0.001),
+    };
+    let pruned = mnist::prune_and_retrain(&net, &dense, &train, &test, &retraining)?;
     rows.push(Stage::of(
         "pruning + retraining",
         &dense,
@@ -284,58 +287,4 @@ impl Stage {
             accuracy,
         })
     }
-}
-
-/// Global magnitude pruning to `args.sparsity` over the first half of retraining (AGP),
-/// then retraining with the masks fixed (Han et al. 2015).
-fn prune_and_retrain(
-    args: &Args,
-    net: &Network,
-    dense: &Model,
-    train: &Dataset,
-    test: &Dataset,
-) -> Result<Model> {
-    let mut model = dense.clone();
-    let batch = 128;
-    let epochs = args.retrain_epochs.max(1);
-    let total = train.len().div_ceil(batch) * epochs;
-    let prune_steps = 20;
-    let schedule = Schedule::agp(
-        0.5,
-        args.sparsity,
-        0,
-        prune_steps,
-        (total / 2 / prune_steps).max(1),
-    )?;
-    let mut sgd = Sgd::new(0.01, 0.9, 1e-4)?;
-    let mut step = 0;
-    for epoch in 0..epochs {
-        if epoch == epochs * 3 / 4 {
-            sgd.set_lr(0.001)?;
-        }
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        use rand::SeedableRng;
-        use rand::seq::SliceRandom;
-        order.shuffle(&mut rand::rngs::Xoshiro256PlusPlus::seed_from_u64(
-            args.seed + 100 + epoch as u64,
-        ));
-        for idx in order.chunks(batch) {
-            if schedule.is_pruning_step(step) {
-                let pruner = GlobalPruner::new(Magnitude, schedule.sparsity_at(step))?;
-                model.prune_global(&Selector::prunable(), &pruner, &Statistics::new())?;
-            }
-            let x = train.images.select(Axis(0), idx);
-            let y: Array1<u8> = train.labels.select(Axis(0), idx);
-            let (_, grads) = net.loss_and_gradients(&model, x.view(), y.view())?;
-            sgd.step(&mut model, &grads)?;
-            step += 1;
-        }
-        println!(
-            "  retrain epoch {}: sparsity {:.1}%, test accuracy {:.2}%",
-            epoch + 1,
-            100.0 * model.sparsity(&Selector::prunable())?.sparsity(),
-            100.0 * net.evaluate(&model, test, 1000)?.accuracy
-        );
-    }
-    Ok(model)
 }

@@ -12,12 +12,12 @@
 #[path = "common/mnist.rs"]
 mod mnist;
 
-use ndarray::{Array1, ArrayD, Axis, s};
+use ndarray::{ArrayD, s};
 use slimnn::io::idx::Dataset;
-use slimnn::nn::{Network, Sgd};
+use slimnn::nn::Network;
 use slimnn::prune::{
-    ChannelCriterion, GlobalPruner, Magnitude, NmPruner, Obd, Pruner, Schedule, Statistics,
-    StructuredPruner, Taylor, UnstructuredPruner, Wanda,
+    ChannelCriterion, GlobalPruner, NmPruner, Obd, Pruner, Statistics, StructuredPruner, Taylor,
+    UnstructuredPruner, Wanda,
 };
 use slimnn::{LayerKind, Model, Result, Selector};
 
@@ -203,7 +203,13 @@ fn main() -> Result<()> {
     println!(
         "\nPrune and retrain (Han et al. 2015) with AGP (Zhu & Gupta 2017), global magnitude:"
     );
-    let retrained = prune_and_retrain(&args, &net, &model, &train, &test)?;
+    let retraining = mnist::Retraining {
+        target: args.target,
+        epochs: args.retrain_epochs,
+        seed: args.seed,
+        final_lr: None,
+    };
+    let retrained = mnist::prune_and_retrain(&net, &model, &train, &test, &retraining)?;
     let final_acc = eval(&retrained)?;
     let report = retrained.sparsity(&weights)?;
     println!("{report}");
@@ -258,57 +264,4 @@ fn statistics(net: &Network, model: &Model, calib: &Dataset) -> Result<Statistic
         stats = stats.with_activation_norms(name, norms);
     }
     Ok(stats)
-}
-
-/// Iterative pruning to `args.target` over the first half of retraining, then
-/// fine-tuning with the masks fixed.
-fn prune_and_retrain(
-    args: &Args,
-    net: &Network,
-    dense: &Model,
-    train: &Dataset,
-    test: &Dataset,
-) -> Result<Model> {
-    let mut model = dense.clone();
-    let batch = 128;
-    let steps_per_epoch = train.len().div_ceil(batch);
-    let total = steps_per_epoch * args.retrain_epochs.max(1);
-    let prune_steps = 20;
-    let schedule = Schedule::agp(
-        0.5,
-        args.target,
-        0,
-        prune_steps,
-        (total / 2 / prune_steps).max(1),
-    )?;
-    let mut sgd = Sgd::new(0.01, 0.9, 1e-4)?;
-    let mut step = 0;
-    for epoch in 0..args.retrain_epochs.max(1) {
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        use rand::SeedableRng;
-        use rand::seq::SliceRandom;
-        order.shuffle(&mut rand::rngs::Xoshiro256PlusPlus::seed_from_u64(
-            args.seed + 100 + epoch as u64,
-        ));
-        for idx in order.chunks(batch) {
-            if schedule.is_pruning_step(step) {
-                let pruner = GlobalPruner::new(Magnitude, schedule.sparsity_at(step))?;
-                model.prune_global(&Selector::prunable(), &pruner, &Statistics::new())?;
-            }
-            let x = train.images.select(Axis(0), idx);
-            let y: Array1<u8> = train.labels.select(Axis(0), idx);
-            let (_, grads) = net.loss_and_gradients(&model, x.view(), y.view())?;
-            sgd.step(&mut model, &grads)?;
-            step += 1;
-        }
-        let acc = net.evaluate(&model, test, 1000)?.accuracy;
-        let sp = model.sparsity(&Selector::prunable())?.sparsity();
-        println!(
-            "  retrain epoch {}: sparsity {:.1}%, test accuracy {:.2}%",
-            epoch + 1,
-            100.0 * sp,
-            100.0 * acc
-        );
-    }
-    Ok(model)
 }

@@ -167,3 +167,81 @@ pub fn fine_tune_centroids(
     }
     Ok(())
 }
+
+/// How [`prune_and_retrain`] prunes and retrains.
+#[allow(dead_code)] // quantize_mnist and lowrank_mnist do not prune
+#[derive(Clone, Copy)]
+pub struct Retraining {
+    /// The global sparsity reached.
+    pub target: f64,
+    /// Epochs of retraining (pruning happens over the first half).
+    pub epochs: usize,
+    /// Seed of the batch order.
+    pub seed: u64,
+    /// The learning rate of the last quarter of the epochs (`None`: stays at 0.01).
+    pub final_lr: Option<f32>,
+}
+
+/// Han et al.'s prune and retrain: global magnitude pruning to `r.target` over the first
+/// half of retraining (an AGP schedule from 50%, 20 steps), then retraining with the
+/// masks fixed, by SGD at 0.01.
+#[allow(dead_code)] // quantize_mnist and lowrank_mnist do not prune
+pub fn prune_and_retrain(
+    net: &Network,
+    dense: &Model,
+    train: &Dataset,
+    test: &Dataset,
+    r: &Retraining,
+) -> Result<Model> {
+    let Retraining {
+        target,
+        epochs,
+        seed,
+        final_lr,
+    } = *r;
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    use slimnn::prune::{GlobalPruner, Magnitude, Schedule, Statistics};
+
+    let mut model = dense.clone();
+    let batch = 128;
+    let epochs = epochs.max(1);
+    let total = train.len().div_ceil(batch) * epochs;
+    let prune_steps = 20;
+    let schedule = Schedule::agp(
+        0.5,
+        target,
+        0,
+        prune_steps,
+        (total / 2 / prune_steps).max(1),
+    )?;
+    let mut sgd = Sgd::new(0.01, 0.9, 1e-4)?;
+    let mut step = 0;
+    for epoch in 0..epochs {
+        if let Some(lr) = final_lr.filter(|_| epoch == epochs * 3 / 4) {
+            sgd.set_lr(lr)?;
+        }
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut rand::rngs::Xoshiro256PlusPlus::seed_from_u64(
+            seed + 100 + epoch as u64,
+        ));
+        for idx in order.chunks(batch) {
+            if schedule.is_pruning_step(step) {
+                let pruner = GlobalPruner::new(Magnitude, schedule.sparsity_at(step))?;
+                model.prune_global(&Selector::prunable(), &pruner, &Statistics::new())?;
+            }
+            let x = train.images.select(Axis(0), idx);
+            let y = train.labels.select(Axis(0), idx);
+            let (_, grads) = net.loss_and_gradients(&model, x.view(), y.view())?;
+            sgd.step(&mut model, &grads)?;
+            step += 1;
+        }
+        println!(
+            "  retrain epoch {}: sparsity {:.1}%, test accuracy {:.2}%",
+            epoch + 1,
+            100.0 * model.sparsity(&Selector::prunable())?.sparsity(),
+            100.0 * net.evaluate(&model, test, 1000)?.accuracy
+        );
+    }
+    Ok(model)
+}

@@ -14,7 +14,6 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::path::Path;
 
-use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 
@@ -227,15 +226,7 @@ struct Buffer {
 impl Buffer {
     fn encode(values: &ArrayD<f32>, dtype: DType) -> Buffer {
         let mut bytes = Vec::with_capacity(values.len() * dtype.size());
-        let it = values.iter().copied();
-        match dtype {
-            DType::F32 => it.for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
-            DType::F64 => it.for_each(|v| bytes.extend_from_slice(&(v as f64).to_le_bytes())),
-            DType::F16 => it.for_each(|v| bytes.extend_from_slice(&f16::from_f32(v).to_le_bytes())),
-            DType::BF16 => {
-                it.for_each(|v| bytes.extend_from_slice(&bf16::from_f32(v).to_le_bytes()))
-            }
-        }
+        dtype.write_le(values.iter().copied(), &mut bytes);
         Buffer {
             dtype: match dtype {
                 DType::F32 => Dtype::F32,
@@ -282,25 +273,7 @@ fn float_dtype(d: Dtype) -> Option<DType> {
 
 /// The tensor's values in f32 (the crate validated its byte length against its shape).
 fn decode(view: &TensorView<'_>, dtype: DType) -> ArrayD<f32> {
-    let b = view.data();
-    let values: Vec<f32> = match dtype {
-        DType::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::F64 => b
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32)
-            .collect(),
-        DType::F16 => b
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::BF16 => b
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-    };
+    let values = dtype.read_le(view.data());
     ArrayD::from_shape_vec(IxDyn(view.shape()), values).expect("safetensors checked the size")
 }
 

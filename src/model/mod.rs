@@ -12,6 +12,7 @@ mod selector;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use half::{bf16, f16};
 use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
@@ -41,6 +42,42 @@ impl DType {
             DType::F32 => 4,
             DType::F64 => 8,
             DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// Appends `values` in this type, little-endian (rounded to it, as on save).
+    pub(crate) fn write_le(self, values: impl Iterator<Item = f32>, out: &mut Vec<u8>) {
+        match self {
+            DType::F32 => values.for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+            DType::F64 => values.for_each(|v| out.extend_from_slice(&(v as f64).to_le_bytes())),
+            DType::F16 => {
+                values.for_each(|v| out.extend_from_slice(&f16::from_f32(v).to_le_bytes()))
+            }
+            DType::BF16 => {
+                values.for_each(|v| out.extend_from_slice(&bf16::from_f32(v).to_le_bytes()))
+            }
+        }
+    }
+
+    /// The little-endian values in `bytes`, in f32 (a trailing partial element is
+    /// ignored; callers check the length).
+    pub(crate) fn read_le(self, bytes: &[u8]) -> Vec<f32> {
+        let chunks = bytes.chunks_exact(self.size());
+        match self {
+            DType::F32 => chunks
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::F64 => chunks
+                .map(|c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
+                .collect(),
+            DType::F16 => chunks
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::BF16 => chunks
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
         }
     }
 }

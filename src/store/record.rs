@@ -1,7 +1,6 @@
 //! One parameter as bytes: its header, where its stored values are, and the values in
 //! its form (dense, sparse, quantized codes, factors).
 
-use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 
 use super::bytes::{Reader, Writer};
@@ -12,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::mask::Mask;
 use crate::model::{DType, LayerKind, Param};
 use crate::quant::{PackedCodes, QuantizedTensor};
+use crate::tensor::row_major;
 
 const KINDS: [LayerKind; 6] = [
     LayerKind::Linear,
@@ -82,13 +82,10 @@ fn positions_of(p: &Param, positions: Positions) -> Option<(Mask, bool)> {
         return None;
     }
     // Only +0.0 is left out, so that a stored −0.0 comes back bit for bit.
-    let values = p.value();
+    let flat = row_major(p.value());
     let stored = |v: f32| v.to_bits() != 0;
-    let has_zero = values.iter().any(|&v| !stored(v));
-    has_zero.then(|| {
-        let flat: Vec<f32> = values.iter().copied().collect();
-        (Mask::from_fn(values.shape(), |i| stored(flat[i])), false)
-    })
+    let has_zero = flat.iter().any(|&v| !stored(v));
+    has_zero.then(|| (Mask::from_fn(p.shape(), |i| stored(flat[i])), false))
 }
 
 /// The record of `p` with `encoding`; [`Positions::Auto`] tries every concrete choice
@@ -162,11 +159,6 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
             write_positions(w, mask, positions, encoding.huffman)
         })?;
     }
-    let value = p.value();
-    let flat = value
-        .as_slice()
-        .map(std::borrow::Cow::Borrowed)
-        .unwrap_or_else(|| std::borrow::Cow::Owned(value.iter().copied().collect()));
     match p.quantized() {
         Some(q) => {
             s.section(StoredBytes::decoding, |w| write_decoding(w, q.decoding()));
@@ -186,10 +178,10 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
             })?;
         }
         None => {
-            let dtype = p.dtype();
+            let (dtype, flat) = (p.dtype(), row_major(p.value()));
             s.section(StoredBytes::values, |w| match &kept {
-                Some((mask, _)) => write_values(w, dtype, mask.iter_kept().map(|i| flat[i])),
-                None => write_values(w, dtype, flat.iter().copied()),
+                Some((mask, _)) => dtype.write_le(mask.iter_kept().map(|i| flat[i]), &mut w.bytes),
+                None => dtype.write_le(flat.iter().copied(), &mut w.bytes),
             });
         }
     }
@@ -201,34 +193,11 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
     })
 }
 
-fn write_values(w: &mut Writer, dtype: DType, values: impl Iterator<Item = f32>) {
-    for v in values {
-        match dtype {
-            DType::F32 => w.bytes.extend_from_slice(&v.to_le_bytes()),
-            DType::F64 => w.bytes.extend_from_slice(&(v as f64).to_le_bytes()),
-            DType::F16 => w.bytes.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
-            DType::BF16 => w.bytes.extend_from_slice(&bf16::from_f32(v).to_le_bytes()),
-        }
-    }
-}
-
 fn read_values(r: &mut Reader<'_>, dtype: DType, n: usize) -> Result<Vec<f32>> {
-    let size = dtype.size();
-    if n.saturating_mul(size) > r.remaining() {
+    if n.saturating_mul(dtype.size()) > r.remaining() {
         return Err(r.error(format!("{n} values do not fit in the record")));
     }
-    let raw = r.take(n * size)?;
-    Ok(raw
-        .chunks_exact(size)
-        .map(|c| match dtype {
-            DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-            DType::F64 => {
-                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-            }
-            DType::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
-            DType::BF16 => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-        })
-        .collect())
+    Ok(dtype.read_le(r.take(n * dtype.size())?))
 }
 
 /// A decoded record: the parameter's parts, for the model to take.
