@@ -8,7 +8,6 @@ use ndarray::Axis;
 use slimnn::io::idx::Dataset;
 use slimnn::io::safetensors::SaveOptions;
 use slimnn::nn::{Network, Sgd, train_epoch};
-use slimnn::quant::centroid_gradients;
 use slimnn::{Model, Result, Selector};
 
 /// The options of an example that only needs the trained network: `--epochs N`,
@@ -128,8 +127,9 @@ pub fn trained_lenet300(
     Ok((model, net))
 }
 
-/// SGD on the shared values only: each centroid moves by the sum of its weights'
-/// gradients (codes fixed).
+/// Deep Compression's centroid fine-tuning: plain SGD at `lr`, which for a weight-shared
+/// parameter moves each shared value by the sum of its weights' gradients, codes fixed
+/// (biases, stored in full, train as usual).
 #[allow(dead_code)] // prune_mnist and lowrank_mnist do not share weights
 pub fn fine_tune_centroids(
     net: &Network,
@@ -138,32 +138,9 @@ pub fn fine_tune_centroids(
     epochs: usize,
     lr: f32,
 ) -> Result<()> {
-    let names: Vec<String> = model
-        .select(&Selector::prunable())?
-        .into_iter()
-        .map(String::from)
-        .collect();
-    let order: Vec<usize> = (0..train.len()).collect();
-    for _ in 0..epochs {
-        for idx in order.chunks(128) {
-            let x = train.images.select(Axis(0), idx);
-            let y = train.labels.select(Axis(0), idx);
-            let (_, grads) = net.loss_and_gradients(model, x.view(), y.view())?;
-            for name in &names {
-                let p = model.get_mut(name)?;
-                let Some(mut q) = p.take_quantized() else {
-                    continue;
-                };
-                let g = centroid_gradients(&q, &grads[name], p.mask())?;
-                let Some(table) = q.table() else {
-                    p.set_quantized(q)?;
-                    continue;
-                };
-                let table = table.iter().zip(&g).map(|(c, g)| c - lr * g).collect();
-                q.set_table(table)?;
-                p.set_quantized(q)?;
-            }
-        }
+    let mut sgd = Sgd::new(lr, 0.0, 0.0)?;
+    for epoch in 0..epochs {
+        train_epoch(net, model, &mut sgd, train, 128, 500 + epoch as u64)?;
     }
     Ok(())
 }

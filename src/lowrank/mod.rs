@@ -22,6 +22,7 @@
 mod budget;
 mod cp;
 mod factorization;
+mod gradients;
 pub(crate) mod linalg;
 mod model_ops;
 mod rank;

@@ -6,6 +6,7 @@
 //! as pruned, and [`Sgd`] keeps pruned weights exactly zero while retraining.
 
 mod conv;
+mod qat;
 mod train;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +20,7 @@ use crate::io::idx::Dataset;
 use crate::model::{DType, LayerKind, Model};
 
 pub use conv::{ConvSpec, conv2d};
+pub use qat::QuantAwareTraining;
 pub use train::{Sgd, train_epoch};
 
 /// Gradients by parameter name, each in its parameter's shape.
