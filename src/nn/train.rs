@@ -105,7 +105,8 @@ fn check_lr(lr: f32) -> Result<f32> {
     }
 }
 
-/// One pass over `data` in shuffled mini-batches of `batch` (the order from `seed`).
+/// One pass over `data` in shuffled mini-batches of `batch` (the order from `seed`), in
+/// training mode (each batch's dropout masks from `seed` and the batch's index).
 /// Returns the mean training loss.
 pub fn train_epoch(
     network: &Network,
@@ -126,10 +127,11 @@ pub fn train_epoch(
     let mut order: Vec<usize> = (0..data.len()).collect();
     order.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(seed));
     let mut total = 0.0f64;
-    for idx in order.chunks(batch) {
+    for (b, idx) in order.chunks(batch).enumerate() {
         let x = data.images.select(Axis(0), idx);
         let y = data.labels.select(Axis(0), idx);
-        let (loss, grads) = network.loss_and_gradients(model, x.view(), y.view())?;
+        let batch_seed = super::dropout::mix(seed, b as u64);
+        let (loss, grads) = network.train_gradients(model, x.view(), y.view(), batch_seed)?;
         sgd.step(model, &grads)?;
         total += loss as f64 * idx.len() as f64;
     }
