@@ -22,8 +22,10 @@ pub(super) enum Mode {
 pub(super) enum Saved {
     /// Nothing: the layer is the identity (dropout in evaluation mode).
     Nothing,
-    /// The layer's input (Linear, Conv2d, ReLU).
+    /// The layer's input (ReLU).
     Input(ArrayD<f32>),
+    /// The layer's input and effective weight (Linear, Conv2d).
+    Weighted(ArrayD<f32>, ArrayD<f32>),
     /// The input shape and each output's maximum position (MaxPool2d).
     Pool([usize; 4], Vec<u32>),
     /// The input shape (Flatten).
@@ -78,7 +80,9 @@ impl Network {
         let (_, saved) = self.run(model, x, Mode::Eval, true)?;
         let mut norms = HashMap::new();
         for (layer, saved) in self.layers.iter().zip(saved) {
-            let Saved::Input(input) = saved else { continue };
+            let Saved::Weighted(input, _) = saved else {
+                continue;
+            };
             match layer {
                 Layer::Linear { weight, .. } => {
                     let n =
@@ -180,6 +184,13 @@ fn forward(
     index: usize,
     keep: bool,
 ) -> Result<(ArrayD<f32>, Saved)> {
+    let keep_weighted = |h: ArrayD<f32>, w: ArrayD<f32>| {
+        if keep {
+            Saved::Weighted(h, w)
+        } else {
+            Saved::Nothing
+        }
+    };
     let keep_input = |h: ArrayD<f32>| {
         if keep {
             Saved::Input(h)
@@ -195,7 +206,7 @@ fn forward(
             if let Some(b) = bias {
                 y += &param::<Ix1>(model, b)?;
             }
-            (y.into_dyn(), keep_input(h))
+            (y.into_dyn(), keep_weighted(h, w.into_dyn()))
         }
         Layer::Conv2d { weight, bias, spec } => {
             let w = param::<Ix4>(model, weight)?;
@@ -205,7 +216,7 @@ fn forward(
                 .transpose()?;
             let x = h.view().into_dimensionality::<Ix4>().expect("checked 4-D");
             let y = conv2d(&x, &w, b.as_deref(), *spec)?;
-            (y.into_dyn(), keep_input(h))
+            (y.into_dyn(), keep_weighted(h, w.into_dyn()))
         }
         Layer::MaxPool2d { kernel, stride } => {
             let x = h.view().into_dimensionality::<Ix4>().expect("checked 4-D");
@@ -216,7 +227,7 @@ fn forward(
         Layer::Flatten => {
             let shape = h.shape().to_vec();
             let rest: usize = shape[1..].iter().product();
-            let h = h.as_standard_layout().into_owned();
+            let h = standard(h);
             let y = h
                 .into_shape_with_order(IxDyn(&[shape[0], rest]))
                 .expect("same element count");
@@ -227,7 +238,7 @@ fn forward(
             Mode::Eval => (h, Saved::Nothing),
             Mode::Train { seed } => {
                 let factors = dropout::mask(h.len(), *p, dropout::mix(seed, index as u64));
-                let mut y = h.as_standard_layout().into_owned();
+                let mut y = standard(h);
                 let ys = y.as_slice_mut().expect("standard layout");
                 ys.iter_mut().zip(&factors).for_each(|(v, f)| *v *= f);
                 (y, Saved::Factors(factors))
@@ -248,7 +259,7 @@ fn backward(
 ) -> Result<ArrayD<f32>> {
     let empty = || ArrayD::zeros(IxDyn(&[0]));
     Ok(match (layer, saved) {
-        (Layer::Linear { weight, bias }, Saved::Input(input)) => {
+        (Layer::Linear { weight, bias }, Saved::Weighted(input, w)) => {
             let g = grad.into_dimensionality::<Ix2>().expect("2-D");
             let x = input.into_dimensionality::<Ix2>().expect("2-D");
             store(grads, model, weight, g.t().dot(&x).into_dyn())?;
@@ -256,13 +267,14 @@ fn backward(
                 store(grads, model, b, g.sum_axis(Axis(0)).into_dyn())?;
             }
             if need {
-                g.dot(&param::<Ix2>(model, weight)?).into_dyn()
+                g.dot(&w.into_dimensionality::<Ix2>().expect("2-D"))
+                    .into_dyn()
             } else {
                 empty()
             }
         }
-        (Layer::Conv2d { weight, bias, spec }, Saved::Input(input)) => {
-            let w = param::<Ix4>(model, weight)?;
+        (Layer::Conv2d { weight, bias, spec }, Saved::Weighted(input, w)) => {
+            let w = w.into_dimensionality::<Ix4>().expect("4-D");
             let x = input.into_dimensionality::<Ix4>().expect("4-D");
             let dy = grad.into_dimensionality::<Ix4>().expect("4-D");
             let g = conv2d_backward(&x, &w, &dy, *spec, need)?;
@@ -276,9 +288,7 @@ fn backward(
             let dy = grad.into_dimensionality::<Ix4>().expect("4-D");
             pool::backward(&dy, &arg, (n, c, h, w)).into_dyn()
         }
-        (Layer::Flatten, Saved::Shape(shape)) => grad
-            .as_standard_layout()
-            .into_owned()
+        (Layer::Flatten, Saved::Shape(shape)) => standard(grad)
             .into_shape_with_order(IxDyn(&shape))
             .expect("same element count"),
         (Layer::Relu, Saved::Input(input)) => {
@@ -291,7 +301,7 @@ fn backward(
             grad
         }
         (Layer::Dropout { .. }, Saved::Factors(factors)) => {
-            let mut grad = grad.as_standard_layout().into_owned();
+            let mut grad = standard(grad);
             let gs = grad.as_slice_mut().expect("standard layout");
             gs.iter_mut().zip(&factors).for_each(|(g, f)| *g *= f);
             grad
@@ -320,4 +330,13 @@ fn param<D: ndarray::Dimension>(model: &Model, name: &str) -> Result<ndarray::Ar
             format!("expected {}-D", D::NDIM.unwrap_or(0)),
         )
     })
+}
+
+/// `a` in standard (row-major) layout, copied only if it is not.
+fn standard(a: ArrayD<f32>) -> ArrayD<f32> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
 }
