@@ -1,16 +1,18 @@
-//! Deep Compression (Han, Mao & Dally, ICLR 2016) on LeNet-300-100 and MNIST: pruning
-//! with retraining, k-means weight sharing with centroid fine-tuning, and Huffman
-//! coding, with a table in the style of the paper's Tables 1 and 2.
+//! Deep Compression (Han, Mao & Dally, ICLR 2016) on MNIST with LeNet-300-100 (the
+//! default) or LeNet-5 (`--arch lenet5`): pruning with retraining, k-means weight
+//! sharing with centroid fine-tuning, and Huffman coding, with a table in the style of
+//! the paper's Tables 1 and 2 (LeNet-300-100) and 3 (LeNet-5).
 //!
 //! ```text
-//! cargo run --release --example deep_compression [-- --epochs 10 --seed 1 --sparsity 0.92
-//!     --bits 5 --retrain-epochs 6 --json]
+//! cargo run --release --example deep_compression [-- --arch lenet5 --epochs 10 --seed 1
+//!     --sparsity 0.92 --bits 5 --conv-bits 8 --retrain-epochs 6 --json]
 //! ```
 //!
-//! Reuses the network `prune_mnist` trains (`target/slimnn-examples/lenet300.safetensors`),
-//! or trains it, and writes the compressed model to
-//! `target/slimnn-examples/lenet300-deep-compression.slim` and a sweep of accuracy against
-//! compression (without retraining) to `deep_compression_sweep.csv` and `.svg` beside it.
+//! Reuses the trained network cached in `target/slimnn-examples/` (`lenet300.safetensors`,
+//! which `prune_mnist` also writes, or `lenet5.safetensors`), or trains it, and writes
+//! the compressed model to `target/slimnn-examples/<arch>-deep-compression.slim` and a
+//! sweep of accuracy against compression (without retraining) to
+//! `<arch>-sweep.csv` and `.svg` beside it.
 
 #[path = "common/mnist.rs"]
 mod mnist;
@@ -21,25 +23,29 @@ use slimnn::pipeline::{Compressor, Encode, Quantize, Report};
 use slimnn::prune::{GlobalPruner, Statistics};
 use slimnn::quant::{KMeansInit, KMeansQuantizer};
 use slimnn::store::{Encoding, Positions};
-use slimnn::{Model, Result, Selector};
+use slimnn::{LayerKind, Model, Result, Selector};
 
 struct Args {
+    arch: mnist::Arch,
     epochs: usize,
     retrain_epochs: usize,
     seed: u64,
     sparsity: f64,
     bits: u32,
+    conv_bits: u32,
     fresh: bool,
     json: bool,
 }
 
 fn parse() -> Args {
     let mut a = Args {
+        arch: mnist::Arch::Lenet300,
         epochs: 10,
         retrain_epochs: 6,
         seed: 1,
         sparsity: 0.92,
         bits: 5,
+        conv_bits: 8,
         fresh: false,
         json: false,
     };
@@ -59,17 +65,26 @@ fn parse() -> Args {
             })
         };
         match flag.as_str() {
+            "--arch" => {
+                let v = value();
+                a.arch = mnist::Arch::parse(&v).unwrap_or_else(|| {
+                    eprintln!("--arch is lenet300 or lenet5, not `{v}`");
+                    std::process::exit(2)
+                })
+            }
             "--epochs" => a.epochs = number(value()) as usize,
             "--retrain-epochs" => a.retrain_epochs = number(value()) as usize,
             "--seed" => a.seed = number(value()) as u64,
             "--sparsity" => a.sparsity = number(value()),
             "--bits" => a.bits = number(value()) as u32,
+            "--conv-bits" => a.conv_bits = number(value()) as u32,
             "--retrain-from-scratch" => a.fresh = true,
             "--json" => a.json = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: deep_compression [--epochs N] [--retrain-epochs N] [--seed S] \
-                     [--sparsity F] [--bits B] [--retrain-from-scratch] [--json]"
+                    "usage: deep_compression [--arch lenet300|lenet5] [--epochs N] \
+                     [--retrain-epochs N] [--seed S] [--sparsity F] [--bits B] \
+                     [--conv-bits B] [--retrain-from-scratch] [--json]"
                 );
                 std::process::exit(0)
             }
@@ -79,8 +94,11 @@ fn parse() -> Args {
             }
         }
     }
-    if !(1..=8).contains(&a.bits) || !(0.0..1.0).contains(&a.sparsity) {
-        eprintln!("--bits must be 1 to 8 and --sparsity in [0, 1)");
+    if !(1..=8).contains(&a.bits)
+        || !(1..=8).contains(&a.conv_bits)
+        || !(0.0..1.0).contains(&a.sparsity)
+    {
+        eprintln!("--bits and --conv-bits must be 1 to 8 and --sparsity in [0, 1)");
         std::process::exit(2)
     }
     a
@@ -89,7 +107,8 @@ fn parse() -> Args {
 fn main() -> Result<()> {
     let args = parse();
     let (train, test) = mnist::load()?;
-    let (dense, net) = mnist::trained_lenet300(&train, &test, args.epochs, args.seed, args.fresh)?;
+    let (dense, net) =
+        mnist::trained(args.arch, &train, &test, args.epochs, args.seed, args.fresh)?;
     let accuracy = |m: &Model| net.evaluate(m, &test, 1000).map(|e| e.accuracy);
     let dense_accuracy = accuracy(&dense)?;
     let mut rows = vec![Stage::of(
@@ -118,16 +137,17 @@ fn main() -> Result<()> {
         accuracy(&pruned)?,
     )?);
 
+    let conv = if args.arch == mnist::Arch::Lenet5 {
+        format!(", {}-bit for convolutions", args.conv_bits)
+    } else {
+        String::new()
+    };
     println!(
-        "\nweight sharing: {}-bit k-means per layer (linear init), centroids fine-tuned",
+        "\nweight sharing: {}-bit k-means per layer{conv} (linear init), centroids fine-tuned",
         args.bits
     );
     let mut shared = pruned.clone();
-    Quantize::new(
-        Selector::prunable(),
-        KMeansQuantizer::lloyd(1 << args.bits, KMeansInit::Linear)?,
-    )
-    .compress(&mut shared)?;
+    share(&mut shared, &args)?;
     let before = accuracy(&shared)?;
     mnist::fine_tune_centroids(&net, &mut shared, &train, 2, 1e-3)?;
     println!(
@@ -201,11 +221,7 @@ fn main() -> Result<()> {
         let mut m = dense.clone();
         let pruner = GlobalPruner::magnitude(sparsity)?;
         m.prune_global(&Selector::prunable(), &pruner, &Statistics::new())?;
-        Quantize::new(
-            Selector::prunable(),
-            KMeansQuantizer::lloyd(1 << args.bits, KMeansInit::Linear)?,
-        )
-        .compress(&mut m)?;
+        share(&mut m, &args)?;
         Encode::new(
             Selector::all(),
             Encoding {
@@ -225,15 +241,16 @@ fn main() -> Result<()> {
         points.push((sparsity, r.compression_rate(), acc, false));
     }
     points.push((args.sparsity, rows[3].compression, final_accuracy, true));
-    let dir = mnist::checkpoint().with_file_name("");
-    plot::write(&dir, &points, dense_accuracy)?;
+    let stem = args.arch.file_stem();
+    let dir = args.arch.checkpoint().with_file_name("");
+    plot::write(&dir, stem, args.arch.title(), &points, dense_accuracy)?;
     println!(
         "wrote {} and {}",
-        dir.join("deep_compression_sweep.csv").display(),
-        dir.join("deep_compression_sweep.svg").display()
+        dir.join(format!("{stem}-sweep.csv")).display(),
+        dir.join(format!("{stem}-sweep.svg")).display()
     );
 
-    let path = mnist::checkpoint().with_file_name("lenet300-deep-compression.slim");
+    let path = dir.join(format!("{stem}-deep-compression.slim"));
     coded.save_compressed(&path)?;
     println!(
         "\nwrote {} ({} bytes, as the report counts)",
@@ -247,6 +264,23 @@ fn main() -> Result<()> {
             report.original_bytes,
             report.file_bytes
         );
+    }
+    Ok(())
+}
+
+/// Weight sharing as the paper does it: one k-means codebook per layer (linear
+/// initialisation), `--bits` for fully connected layers and `--conv-bits` for
+/// convolutions.
+fn share(model: &mut Model, args: &Args) -> Result<()> {
+    for (kind, bits) in [
+        (LayerKind::Linear, args.bits),
+        (LayerKind::Conv2d, args.conv_bits),
+    ] {
+        Quantize::new(
+            Selector::kinds(&[kind]),
+            KMeansQuantizer::lloyd(1 << bits, KMeansInit::Linear)?,
+        )
+        .compress(model)?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Quantizing LeNet-300-100 on MNIST: every quantizer of slimnn on one trained network,
 //! measured by bits per weight, compression and test accuracy, then weight sharing with
-//! centroid fine-tuning (Deep Compression's second stage).
+//! centroid fine-tuning (Deep Compression's second stage) and quantization-aware
+//! fine-tuning of 2- and 3-bit grids.
 //!
 //! ```text
 //! cargo run --release --example quantize_mnist [-- --epochs 10 --seed 1]
@@ -11,6 +12,7 @@
 #[path = "common/mnist.rs"]
 mod mnist;
 
+use slimnn::nn::{QuantAwareTraining, Sgd};
 use slimnn::quant::{
     BinaryQuantizer, Granularity, KMeansInit, KMeansQuantizer, PowerOfTwoQuantizer,
     ProductQuantizer, Quantizer, Scheme, TernaryQuantizer, UniformQuantizer,
@@ -154,5 +156,28 @@ fn main() -> Result<()> {
         "  after fine-tuning the centroids for 2 epochs: {:.2}%",
         100.0 * net.evaluate(&shared, &test, 1000)?.accuracy
     );
+
+    println!("\nQuantization-aware fine-tuning (fake quantization, straight-through gradients):");
+    for bits in [2, 3] {
+        let qat = QuantAwareTraining::new(
+            weights.clone(),
+            UniformQuantizer::new(bits, Scheme::Symmetric, per_row)?,
+        );
+        let post = net.evaluate(&qat.quantized(&model)?, &test, 1000)?.accuracy;
+        let mut latent = model.clone();
+        let mut sgd = Sgd::new(0.005, 0.9, 0.0)?;
+        for epoch in 0..2 {
+            qat.train_epoch(&net, &mut latent, &mut sgd, &train, 128, 700 + epoch)?;
+        }
+        let aware = net
+            .evaluate(&qat.quantized(&latent)?, &test, 1000)?
+            .accuracy;
+        println!(
+            "  int{bits} symmetric, per row: {:.2}% after post-training quantization, \
+             {:.2}% after 2 epochs of quantization-aware training",
+            100.0 * post,
+            100.0 * aware
+        );
+    }
     Ok(())
 }

@@ -76,6 +76,12 @@ pub mod guide {
 
     #[doc = include_str!("../docs/cli.md")]
     pub mod cli {}
+
+    #[doc = include_str!("../docs/training.md")]
+    pub mod training {}
+
+    #[doc = include_str!("../docs/results.md")]
+    pub mod results {}
 }
 
 pub use error::{Error, Result};

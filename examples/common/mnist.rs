@@ -73,13 +73,81 @@ pub fn load() -> Result<(Dataset, Dataset)> {
     Ok((train, test))
 }
 
-/// Where the trained network is cached.
-pub fn checkpoint() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/slimnn-examples/lenet300.safetensors")
+/// The networks of Han et al.'s MNIST experiments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// LeNet-300-100, fully connected (784-300-100-10).
+    Lenet300,
+    /// LeNet-5 as in Caffe: two 5×5 convolutions with max pooling, then 800-500-10.
+    Lenet5,
 }
 
-/// LeNet-300-100 trained for `epochs` (SGD, momentum 0.9, batch 128, the last third of
-/// the epochs at a tenth of the rate), or loaded from the checkpoint unless `fresh`.
+#[allow(dead_code)] // only deep_compression offers LeNet-5
+impl Arch {
+    /// `lenet300` or `lenet5`, as on the command line.
+    pub fn parse(name: &str) -> Option<Arch> {
+        match name {
+            "lenet300" | "lenet-300-100" => Some(Arch::Lenet300),
+            "lenet5" | "lenet-5" => Some(Arch::Lenet5),
+            _ => None,
+        }
+    }
+
+    /// The short name files are called by.
+    pub fn file_stem(self) -> &'static str {
+        match self {
+            Arch::Lenet300 => "lenet300",
+            Arch::Lenet5 => "lenet5",
+        }
+    }
+
+    /// The name the paper uses.
+    pub fn title(self) -> &'static str {
+        match self {
+            Arch::Lenet300 => "LeNet-300-100",
+            Arch::Lenet5 => "LeNet-5",
+        }
+    }
+
+    /// Where the trained network is cached.
+    pub fn checkpoint(self) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/slimnn-examples")
+            .join(format!("{}.safetensors", self.file_stem()))
+    }
+
+    fn build(self, model: &mut Model, seed: u64) -> Result<Network> {
+        match self {
+            Arch::Lenet300 => Network::lenet_300_100(model, seed),
+            Arch::Lenet5 => Network::lenet5(model, seed),
+        }
+    }
+
+    fn of(self, model: &Model) -> Result<Network> {
+        match self {
+            Arch::Lenet300 => Network::mlp_from(model, &["fc1", "fc2", "fc3"]),
+            Arch::Lenet5 => Network::lenet5_from(model),
+        }
+    }
+
+    /// Learning rate (the last third of the epochs at a tenth of it), batch and weight
+    /// decay: Caffe's LeNet-5 solver uses 0.01, 64 and 5e-4.
+    fn recipe(self) -> (f32, usize, f32) {
+        match self {
+            Arch::Lenet300 => (0.05, 128, 1e-4),
+            Arch::Lenet5 => (0.01, 64, 5e-4),
+        }
+    }
+}
+
+/// Where the trained LeNet-300-100 is cached.
+#[allow(dead_code)] // only deep_compression writes beside it
+pub fn checkpoint() -> PathBuf {
+    Arch::Lenet300.checkpoint()
+}
+
+/// LeNet-300-100 trained for `epochs`, or loaded from the checkpoint unless `fresh`.
+#[allow(dead_code)] // deep_compression picks its architecture
 pub fn trained_lenet300(
     train: &Dataset,
     test: &Dataset,
@@ -87,24 +155,53 @@ pub fn trained_lenet300(
     seed: u64,
     fresh: bool,
 ) -> Result<(Model, Network)> {
-    let path = checkpoint();
+    trained(Arch::Lenet300, train, test, epochs, seed, fresh)
+}
+
+/// `arch` trained for `epochs` (SGD with momentum 0.9 by [`Arch::recipe`]), or loaded from
+/// its checkpoint unless `fresh`.
+pub fn trained(
+    arch: Arch,
+    train: &Dataset,
+    test: &Dataset,
+    epochs: usize,
+    seed: u64,
+    fresh: bool,
+) -> Result<(Model, Network)> {
+    let path = arch.checkpoint();
     if path.exists() && !fresh {
         let model = Model::load(&path)?;
-        let net = Network::mlp_from(&model, &["fc1", "fc2", "fc3"])?;
+        let net = arch.of(&model)?;
         println!(
-            "loaded the trained network from {} (pass --retrain-from-scratch to train anew)",
+            "loaded the trained {} from {} (pass --retrain-from-scratch to train anew)",
+            arch.title(),
             path.display()
         );
         return Ok((model, net));
     }
     let mut model = Model::new();
-    let net = Network::lenet_300_100(&mut model, seed)?;
-    let mut sgd = Sgd::new(0.05, 0.9, 1e-4)?;
-    println!("training LeNet-300-100 for {epochs} epochs (SGD, momentum 0.9, batch 128)");
+    let net = arch.build(&mut model, seed)?;
+    let (lr, batch, decay) = arch.recipe();
+    let mut sgd = Sgd::new(lr, 0.9, decay)?;
+    println!(
+        "training {} for {epochs} epochs (SGD, momentum 0.9, batch {batch})",
+        arch.title()
+    );
     for epoch in 0..epochs {
         let t0 = Instant::now();
-        sgd.set_lr(if epoch >= epochs * 2 / 3 { 0.005 } else { 0.05 })?;
-        let loss = train_epoch(&net, &mut model, &mut sgd, train, 128, seed + epoch as u64)?;
+        sgd.set_lr(if epoch >= epochs * 2 / 3 {
+            lr / 10.0
+        } else {
+            lr
+        })?;
+        let loss = train_epoch(
+            &net,
+            &mut model,
+            &mut sgd,
+            train,
+            batch,
+            seed + epoch as u64,
+        )?;
         let acc = net.evaluate(&model, test, 1000)?.accuracy;
         println!(
             "  epoch {:>2}: loss {loss:.4}, test accuracy {:.2}% ({:.1} s)",
@@ -121,7 +218,7 @@ pub fn trained_lenet300(
     }
     model
         .metadata_mut()
-        .insert("network".into(), "LeNet-300-100".into());
+        .insert("network".into(), arch.title().into());
     model.save(&path, &SaveOptions::default())?;
     println!("saved the trained network to {}", path.display());
     Ok((model, net))

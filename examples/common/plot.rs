@@ -9,16 +9,23 @@ use slimnn::{Error, Result};
 /// One point: sparsity, compression rate, test accuracy, and whether it was retrained.
 pub type Point = (f64, f64, f64, bool);
 
-/// Writes `deep_compression_sweep.csv` and `deep_compression_sweep.svg` into `dir`.
-pub fn write(dir: &Path, points: &[Point], dense_accuracy: f64) -> Result<()> {
+/// Writes `<stem>-sweep.csv` and `<stem>-sweep.svg` into `dir`, the chart titled by
+/// the network's name.
+pub fn write(
+    dir: &Path,
+    stem: &str,
+    network: &str,
+    points: &[Point],
+    dense_accuracy: f64,
+) -> Result<()> {
     let mut csv = String::from("sparsity,compression,accuracy,retrained\n");
     for &(s, c, a, r) in points {
         let _ = writeln!(csv, "{s},{c:.3},{a:.4},{r}");
     }
-    save(&dir.join("deep_compression_sweep.csv"), &csv)?;
+    save(&dir.join(format!("{stem}-sweep.csv")), &csv)?;
     save(
-        &dir.join("deep_compression_sweep.svg"),
-        &svg(points, dense_accuracy),
+        &dir.join(format!("{stem}-sweep.svg")),
+        &svg(network, points, dense_accuracy),
     )
 }
 
@@ -33,7 +40,7 @@ fn save(path: &Path, text: &str) -> Result<()> {
 
 /// Accuracy (%) against compression (×, log scale): the sweep without retraining as a
 /// line, the retrained pipeline as a highlighted point, the dense accuracy dashed.
-fn svg(points: &[Point], dense: f64) -> String {
+fn svg(network: &str, points: &[Point], dense: f64) -> String {
     let (w, h, left, bottom, top, right) = (640.0, 400.0, 60.0, 50.0, 30.0, 20.0);
     let max_c = points.iter().map(|p| p.1).fold(2.0f64, f64::max) * 1.2;
     let min_a = (points.iter().map(|p| p.2).fold(dense, f64::min) * 100.0 - 1.0).floor();
@@ -43,7 +50,7 @@ fn svg(points: &[Point], dense: f64) -> String {
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">LeNet-300-100 on MNIST: accuracy against compression</text>\n",
+         <text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{network} on MNIST: accuracy against compression</text>\n",
         w / 2.0
     );
     // Axes, ticks and labels.

@@ -1,10 +1,18 @@
 //! 2-D convolution by im2col and matrix products (PyTorch's `Conv2d` semantics:
 //! cross-correlation, NCHW input, `[out, in / groups, kh, kw]` weights).
 
-use ndarray::{Array2, Array4, ArrayRef, Ix1, Ix4, s};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{
+    Array1, Array2, Array4, ArrayRef, ArrayView2, ArrayViewMut2, CowArray, Ix1, Ix2, Ix4, s,
+};
 use rayon::prelude::*;
 
+use super::im2col::{Geometry, col2im, im2col};
 use crate::error::{Error, Result};
+
+/// Images per parallel task in the backward pass: fixed, so that sums over a batch are
+/// added in the same order whatever the number of threads.
+pub(super) const CHUNK: usize = 8;
 
 /// Stride, zero padding and groups of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,88 +105,179 @@ pub fn conv2d(
     spec: ConvSpec,
 ) -> Result<Array4<f32>> {
     let (n, c, h, w) = x.dim();
-    let (o, cg, kh, kw) = weight.dim();
-    let g = spec.groups;
-    if g == 0 || c % g != 0 || o % g != 0 || c / g != cg {
-        return Err(Error::ShapeMismatch {
-            what: format!("convolution weight for {c} input channels in {g} groups"),
-            expected: vec![o, c / g.max(1), kh, kw],
-            got: weight.shape().to_vec(),
-        });
-    }
+    let geo = Geometry::new((c, h, w), weight.dim(), spec)?;
     if let Some(b) = bias {
-        crate::tensor::check_same_shape(&[o], b.shape(), || "convolution bias".into())?;
+        crate::tensor::check_same_shape(&[geo.o], b.shape(), || "convolution bias".into())?;
     }
-    let (oh, ow) = spec.output_size((h, w), (kh, kw))?;
-    let og = o / g;
-    let weights: Vec<Array2<f32>> = (0..g)
-        .map(|gi| {
-            weight
-                .slice(s![gi * og..(gi + 1) * og, .., .., ..])
-                .to_shape((og, cg * kh * kw))
-                .expect("a slice along the outer axis reshapes")
-                .to_owned()
-        })
-        .collect();
-    let mut out = Array4::<f32>::zeros((n, o, oh, ow));
-    out.outer_iter_mut()
-        .into_par_iter()
-        .zip(x.outer_iter())
-        .for_each(|(mut y, xi)| {
-            for (gi, wg) in weights.iter().enumerate() {
-                let cols = im2col(
-                    xi.slice(s![gi * cg..(gi + 1) * cg, .., ..]),
-                    (kh, kw),
-                    spec,
-                    (oh, ow),
-                );
-                let yg = wg.dot(&cols);
-                y.slice_mut(s![gi * og..(gi + 1) * og, .., ..])
-                    .assign(&yg.into_shape_with_order((og, oh, ow)).expect("og × oh·ow"));
-            }
-            if let Some(b) = bias {
-                for (mut plane, &bv) in y.outer_iter_mut().zip(b.iter()) {
-                    plane += bv;
+    let wm = weight_matrix(weight, &geo);
+    let bias: Option<Vec<f32>> = bias.map(|b| b.iter().copied().collect());
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let mut out = vec![0.0f32; n * geo.out_len()];
+    out.par_chunks_mut(geo.out_len())
+        .zip(xs.par_chunks(geo.image_len()))
+        .for_each_init(
+            || vec![0.0f32; geo.rows() * geo.positions()],
+            |cols, (y, xi)| {
+                for gi in 0..geo.groups {
+                    im2col(&xi[gi * geo.group_len()..][..geo.group_len()], &geo, cols);
+                    let a = wm.slice(s![gi * geo.og..(gi + 1) * geo.og, ..]);
+                    let b = ArrayView2::from_shape((geo.rows(), geo.positions()), &cols[..])
+                        .expect("rows × positions");
+                    let yg = &mut y[gi * geo.og * geo.positions()..][..geo.og * geo.positions()];
+                    let mut yg = ArrayViewMut2::from_shape((geo.og, geo.positions()), yg)
+                        .expect("og × positions");
+                    general_mat_mul(1.0, &a, &b, 0.0, &mut yg);
                 }
-            }
-        });
-    Ok(out)
+                if let Some(b) = &bias {
+                    for (plane, &bv) in y.chunks_exact_mut(geo.positions()).zip(b) {
+                        plane.iter_mut().for_each(|v| *v += bv);
+                    }
+                }
+            },
+        );
+    Ok(Array4::from_shape_vec((n, geo.o, geo.oh, geo.ow), out).expect("n × out_len"))
 }
 
-/// The patches of one image `[c, h, w]` as columns `[c·kh·kw, oh·ow]`.
-fn im2col(
-    x: ndarray::ArrayView3<'_, f32>,
-    (kh, kw): (usize, usize),
+/// The weight `[o, cg, kh, kw]` as the matrix `[o, cg·kh·kw]` that multiplies columns.
+fn weight_matrix<'a>(weight: &'a ArrayRef<f32, Ix4>, geo: &Geometry) -> CowArray<'a, f32, Ix2> {
+    weight
+        .to_shape((geo.o, geo.rows()))
+        .expect("o × cg·kh·kw elements")
+}
+
+/// Gradients of a convolution (see [`conv2d_backward`]).
+pub(super) struct ConvGrads {
+    /// `[o, cg, kh, kw]`.
+    pub weight: Array4<f32>,
+    /// `[o]`.
+    pub bias: Array1<f32>,
+    /// `[n, c, h, w]`, when asked for.
+    pub input: Option<Array4<f32>>,
+}
+
+/// Backpropagation through [`conv2d`] by im2col: `dW = dY·colsᵀ`, `db = Σ dY` and (with
+/// `need_input`) `dX = col2im(Wᵀ·dY)`.
+///
+/// The batch is cut into chunks of [`CHUNK`] images, each accumulating its own `dW` in
+/// parallel; the chunks' sums are then added in order, so the result does not depend
+/// on the number of threads.
+pub(super) fn conv2d_backward(
+    x: &ArrayRef<f32, Ix4>,
+    weight: &ArrayRef<f32, Ix4>,
+    dy: &ArrayRef<f32, Ix4>,
     spec: ConvSpec,
-    (oh, ow): (usize, usize),
-) -> Array2<f32> {
-    let (c, h, w) = x.dim();
-    let (sh, sw) = spec.stride;
-    let (ph, pw) = spec.padding;
-    let mut cols = Array2::<f32>::zeros((c * kh * kw, oh * ow));
-    for ci in 0..c {
-        for ki in 0..kh {
-            for kj in 0..kw {
-                let mut row = cols.row_mut((ci * kh + ki) * kw + kj);
-                let row = row
-                    .as_slice_mut()
-                    .expect("rows of a standard array are contiguous");
-                for oi in 0..oh {
-                    let yi = (oi * sh + ki) as isize - ph as isize;
-                    if yi < 0 || yi >= h as isize {
-                        continue;
-                    }
-                    for oj in 0..ow {
-                        let xj = (oj * sw + kj) as isize - pw as isize;
-                        if xj >= 0 && xj < w as isize {
-                            row[oi * ow + oj] = x[[ci, yi as usize, xj as usize]];
-                        }
-                    }
+    need_input: bool,
+) -> Result<ConvGrads> {
+    let (n, c, h, w) = x.dim();
+    let geo = Geometry::new((c, h, w), weight.dim(), spec)?;
+    crate::tensor::check_same_shape(&[n, geo.o, geo.oh, geo.ow], dy.shape(), || {
+        "gradient of the convolution output".into()
+    })?;
+    let wm = weight_matrix(weight, &geo);
+    let x = x.as_standard_layout();
+    let dy = dy.as_standard_layout();
+    let (xs, dys) = (
+        x.as_slice().expect("standard"),
+        dy.as_slice().expect("standard"),
+    );
+    let work = |xc: &[f32], dyc: &[f32], mut dxc: Option<&mut [f32]>| {
+        let (rows, positions) = (geo.rows(), geo.positions());
+        let mut dw = Array2::<f32>::zeros((geo.o, rows));
+        let mut db = vec![0.0f32; geo.o];
+        let mut cols = vec![0.0f32; rows * positions];
+        let mut dcols = vec![0.0f32; if dxc.is_some() { rows * positions } else { 0 }];
+        let images = xc
+            .chunks_exact(geo.image_len())
+            .zip(dyc.chunks_exact(geo.out_len()));
+        for (i, (xi, dyi)) in images.enumerate() {
+            for gi in 0..geo.groups {
+                let group = gi * geo.og..(gi + 1) * geo.og;
+                im2col(
+                    &xi[gi * geo.group_len()..][..geo.group_len()],
+                    &geo,
+                    &mut cols,
+                );
+                let cv = ArrayView2::from_shape((rows, positions), &cols[..]).expect("cols");
+                let dyg = &dyi[gi * geo.og * positions..][..geo.og * positions];
+                let dyg = ArrayView2::from_shape((geo.og, positions), dyg).expect("dY");
+                let mut dwg = dw.slice_mut(s![group.clone(), ..]);
+                general_mat_mul(1.0, &dyg, &cv.t(), 1.0, &mut dwg);
+                if let Some(dx) = dxc.as_deref_mut() {
+                    let mut dc = ArrayViewMut2::from_shape((rows, positions), &mut dcols[..])
+                        .expect("dcols");
+                    general_mat_mul(1.0, &wm.slice(s![group, ..]).t(), &dyg, 0.0, &mut dc);
+                    let start = i * geo.image_len() + gi * geo.group_len();
+                    col2im(&dcols, &geo, &mut dx[start..start + geo.group_len()]);
                 }
             }
+            for (b, plane) in db.iter_mut().zip(dyi.chunks_exact(positions)) {
+                *b += plane.iter().sum::<f32>();
+            }
         }
+        (dw, db)
+    };
+    let (xl, yl) = (CHUNK * geo.image_len(), CHUNK * geo.out_len());
+    let mut dx = need_input.then(|| vec![0.0f32; n * geo.image_len()]);
+    let partials: Vec<(Array2<f32>, Vec<f32>)> = match dx.as_mut() {
+        Some(dx) => xs
+            .par_chunks(xl)
+            .zip(dys.par_chunks(yl))
+            .zip(dx.par_chunks_mut(xl))
+            .map(|((xc, dyc), dxc)| work(xc, dyc, Some(dxc)))
+            .collect(),
+        None => xs
+            .par_chunks(xl)
+            .zip(dys.par_chunks(yl))
+            .map(|(xc, dyc)| work(xc, dyc, None))
+            .collect(),
+    };
+    let mut dw = Array2::<f32>::zeros((geo.o, geo.rows()));
+    let mut db = Array1::<f32>::zeros(geo.o);
+    for (pw, pb) in &partials {
+        dw += pw;
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
     }
-    cols
+    Ok(ConvGrads {
+        weight: dw
+            .into_shape_with_order((geo.o, geo.cg, geo.kh, geo.kw))
+            .expect("o × cg·kh·kw"),
+        bias: db,
+        input: dx.map(|dx| Array4::from_shape_vec((n, c, h, w), dx).expect("n × c·h·w")),
+    })
+}
+
+/// `‖X_j‖₂` over every image and output position for each row `j` of the im2col
+/// columns (`[cg·kh·kw]`: the weight's flattened input dimension). With several
+/// groups, the groups' rows are pooled: `‖X_j‖₂² = Σ_g ‖X_{g,j}‖₂²`.
+pub(super) fn im2col_row_norms(
+    x: &ArrayRef<f32, Ix4>,
+    weight_dim: (usize, usize, usize, usize),
+    spec: ConvSpec,
+) -> Result<Array1<f32>> {
+    let (_, c, h, w) = x.dim();
+    let geo = Geometry::new((c, h, w), weight_dim, spec)?;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard");
+    let partials: Vec<Vec<f64>> = xs
+        .par_chunks(CHUNK * geo.image_len())
+        .map(|xc| {
+            let mut sums = vec![0.0f64; geo.rows()];
+            let mut cols = vec![0.0f32; geo.rows() * geo.positions()];
+            for xg in xc.chunks_exact(geo.group_len()) {
+                im2col(xg, &geo, &mut cols);
+                for (s, row) in sums.iter_mut().zip(cols.chunks_exact(geo.positions())) {
+                    *s += row.iter().map(|v| v * v).sum::<f32>() as f64;
+                }
+            }
+            sums
+        })
+        .collect();
+    let mut total = vec![0.0f64; geo.rows()];
+    for p in &partials {
+        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+    }
+    Ok(total.into_iter().map(|s| s.sqrt() as f32).collect())
 }
 
 #[cfg(test)]
@@ -232,6 +331,69 @@ mod tests {
             for (a, b) in got.iter().zip(want.iter()) {
                 assert!((a - b).abs() < 1e-4, "{a} vs {b}");
             }
+        }
+    }
+
+    fn dot(a: &Array4<f32>, b: &Array4<f32>) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    /// The convolution is bilinear, so `⟨dW, ΔW⟩ = ⟨conv(x, ΔW), dY⟩` and
+    /// `⟨dX, ΔX⟩ = ⟨conv(ΔX, W), dY⟩` exactly; the batch spans several chunks.
+    #[test]
+    fn backward_is_the_adjoint_of_forward() {
+        for (groups, stride, padding, k) in [
+            (1, (1, 1), (0, 0), (3, 3)),
+            (2, (2, 2), (1, 1), (3, 3)),
+            (4, (1, 2), (2, 0), (2, 3)),
+        ] {
+            let spec = ConvSpec::new()
+                .with_groups(groups)
+                .with_stride(stride.0, stride.1)
+                .with_padding(padding.0, padding.1);
+            let wave = |s: f32| {
+                move |(a, b, c, d): (usize, usize, usize, usize)| {
+                    ((a * 97 + b * 31 + c * 7 + d) as f32 * s).sin()
+                }
+            };
+            let x = Array4::from_shape_fn((CHUNK + 3, 4, 7, 6), wave(0.37));
+            let dx_dir = Array4::from_shape_fn(x.dim(), wave(0.53));
+            let w = Array4::from_shape_fn((8, 4 / groups, k.0, k.1), wave(0.71));
+            let dw_dir = Array4::from_shape_fn(w.dim(), wave(0.29));
+            let y = conv2d(&x, &w, None, spec).unwrap();
+            let dy = Array4::from_shape_fn(y.dim(), wave(0.43));
+            let g = conv2d_backward(&x, &w, &dy, spec, true).unwrap();
+            let dx = g.input.unwrap();
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-3 * (1.0 + a.abs().max(b.abs()));
+            let (lhs, rhs) = (
+                dot(&g.weight, &dw_dir),
+                dot(&conv2d(&x, &dw_dir, None, spec).unwrap(), &dy),
+            );
+            assert!(close(lhs, rhs), "dW: {lhs} vs {rhs}");
+            let (lhs, rhs) = (
+                dot(&dx, &dx_dir),
+                dot(&conv2d(&dx_dir, &w, None, spec).unwrap(), &dy),
+            );
+            assert!(close(lhs, rhs), "dX: {lhs} vs {rhs}");
+            for (f, &b) in g.bias.iter().enumerate() {
+                let want: f32 = dy.slice(s![.., f, .., ..]).sum();
+                assert!(close(b, want), "db[{f}]: {b} vs {want}");
+            }
+            let without = conv2d_backward(&x, &w, &dy, spec, false).unwrap();
+            assert!(without.input.is_none());
+            assert_eq!(without.weight, g.weight);
+        }
+    }
+
+    #[test]
+    fn empty_dimensions_are_errors() {
+        let w = Array4::<f32>::zeros((2, 1, 1, 1));
+        for x in [
+            Array4::<f32>::zeros((1, 0, 3, 3)),
+            Array4::zeros((1, 1, 0, 3)),
+        ] {
+            let spec = ConvSpec::new().with_padding(1, 1);
+            assert!(conv2d(&x, &w, None, spec).is_err());
         }
     }
 }

@@ -105,8 +105,8 @@ impl<Q: Quantizer> QuantAwareTraining<Q> {
         Ok((loss, self.straight_through(latent, &quantized, grads)?))
     }
 
-    /// One pass over `data` in shuffled mini-batches (as [`train_epoch`](super::train_epoch)),
-    /// updating the latent weights. Returns the mean training loss of the quantized model.
+    /// One pass over `data` in shuffled mini-batches, in training mode (as
+    /// [`train_epoch`](super::train_epoch)), updating the latent weights. Returns the mean training loss of the quantized model.
     pub fn train_epoch(
         &self,
         network: &Network,
@@ -116,9 +116,9 @@ impl<Q: Quantizer> QuantAwareTraining<Q> {
         batch: usize,
         seed: u64,
     ) -> Result<f64> {
-        for_each_batch(data, batch, seed, |x, y, _| {
+        for_each_batch(data, batch, seed, |x, y, batch_seed| {
             let quantized = self.quantized(latent)?;
-            let (loss, grads) = network.loss_and_gradients(&quantized, x, y)?;
+            let (loss, grads) = network.train_gradients(&quantized, x, y, batch_seed)?;
             let grads = self.straight_through(latent, &quantized, grads)?;
             sgd.step(latent, &grads)?;
             Ok(loss)

@@ -193,7 +193,8 @@ fn check_lr(lr: f32) -> Result<f32> {
     }
 }
 
-/// One pass over `data` in shuffled mini-batches of `batch` (the order from `seed`).
+/// One pass over `data` in shuffled mini-batches of `batch` (the order from `seed`), in
+/// training mode (each batch's dropout masks from `seed` and the batch's index).
 /// Returns the mean training loss.
 pub fn train_epoch(
     network: &Network,
@@ -203,8 +204,8 @@ pub fn train_epoch(
     batch: usize,
     seed: u64,
 ) -> Result<f64> {
-    for_each_batch(data, batch, seed, |x, y, _| {
-        let (loss, grads) = network.loss_and_gradients(model, x, y)?;
+    for_each_batch(data, batch, seed, |x, y, batch_seed| {
+        let (loss, grads) = network.train_gradients(model, x, y, batch_seed)?;
         sgd.step(model, &grads)?;
         Ok(loss)
     })
@@ -230,13 +231,10 @@ pub(super) fn for_each_batch(
     let mut order: Vec<usize> = (0..data.len()).collect();
     order.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(seed));
     let mut total = 0.0f64;
-    for (i, idx) in order.chunks(batch).enumerate() {
+    for (b, idx) in order.chunks(batch).enumerate() {
         let x = data.images.select(Axis(0), idx);
         let y = data.labels.select(Axis(0), idx);
-        let batch_seed = seed
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(i as u64);
-        let loss = step(x.view(), y.view(), batch_seed)?;
+        let loss = step(x.view(), y.view(), super::dropout::mix(seed, b as u64))?;
         total += loss as f64 * idx.len() as f64;
     }
     Ok(total / data.len() as f64)

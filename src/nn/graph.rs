@@ -1,0 +1,342 @@
+//! The forward pass (keeping what backpropagation needs) and backpropagation through
+//! every layer.
+
+use std::collections::HashMap;
+
+use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, Ix1, Ix2, Ix4, IxDyn};
+
+use super::conv::{conv2d, conv2d_backward, im2col_row_norms};
+use super::eval::softmax_cross_entropy;
+use super::{Gradients, Layer, Network, dropout, pool};
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// Evaluation (dropout off) or training (dropout masks from `seed`).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Mode {
+    Eval,
+    Train { seed: u64 },
+}
+
+/// What one layer keeps from the forward pass for the backward pass.
+pub(super) enum Saved {
+    /// Nothing: the layer is the identity (dropout in evaluation mode).
+    Nothing,
+    /// The layer's input (ReLU).
+    Input(ArrayD<f32>),
+    /// The layer's input and effective weight (Linear, Conv2d).
+    Weighted(ArrayD<f32>, ArrayD<f32>),
+    /// The input shape and each output's maximum position (MaxPool2d).
+    Pool([usize; 4], Vec<u32>),
+    /// The input shape (Flatten).
+    Shape(Vec<usize>),
+    /// The factors the activations were multiplied by (Dropout in training mode).
+    Factors(Vec<f32>),
+}
+
+impl Network {
+    /// Logits `[n, classes]` for a batch `[n, features]` (evaluation mode).
+    pub fn forward(&self, model: &Model, x: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
+        let (out, _) = self.run(model, x, Mode::Eval, false)?;
+        Ok(out)
+    }
+
+    /// Mean softmax cross-entropy of a batch and its gradient with respect to every
+    /// parameter (zero where a mask prunes), in evaluation mode: dropout is off, and
+    /// the result is deterministic.
+    pub fn loss_and_gradients(
+        &self,
+        model: &Model,
+        x: ArrayView2<'_, f32>,
+        labels: ArrayView1<'_, u8>,
+    ) -> Result<(f32, Gradients)> {
+        let (loss, grads, _) = self.backprop(model, x, labels, Mode::Eval, false)?;
+        Ok((loss, grads))
+    }
+
+    /// As [`loss_and_gradients`](Network::loss_and_gradients), in training mode:
+    /// dropout layers draw their masks from `seed` (the same seed, the same masks).
+    pub fn train_gradients(
+        &self,
+        model: &Model,
+        x: ArrayView2<'_, f32>,
+        labels: ArrayView1<'_, u8>,
+        seed: u64,
+    ) -> Result<(f32, Gradients)> {
+        let (loss, grads, _) = self.backprop(model, x, labels, Mode::Train { seed }, false)?;
+        Ok((loss, grads))
+    }
+
+    /// `‖X_j‖₂` over the batch for every input feature of every Linear layer, and for
+    /// every row of the im2col columns of every Conv2d layer (`[in / groups · kh · kw]`,
+    /// the flattened input dimension of its weight, over all output positions; with
+    /// several groups, the groups' rows are pooled). The statistic Wanda weighs
+    /// magnitudes with, keyed by weight name; evaluation mode.
+    pub fn activation_norms(
+        &self,
+        model: &Model,
+        x: ArrayView2<'_, f32>,
+    ) -> Result<HashMap<String, Array1<f32>>> {
+        let (_, saved) = self.run(model, x, Mode::Eval, true)?;
+        let mut norms = HashMap::new();
+        for (layer, saved) in self.layers.iter().zip(saved) {
+            let Saved::Weighted(input, _) = saved else {
+                continue;
+            };
+            match layer {
+                Layer::Linear { weight, .. } => {
+                    let n =
+                        input.map_axis(Axis(0), |c| c.iter().map(|v| v * v).sum::<f32>().sqrt());
+                    norms.insert(weight.clone(), n.into_dimensionality::<Ix1>().expect("1-D"));
+                }
+                Layer::Conv2d { weight, spec, .. } => {
+                    let w = model.get(weight)?.shape();
+                    let x = input.into_dimensionality::<Ix4>().expect("checked 4-D");
+                    let n = im2col_row_norms(&x, (w[0], w[1], w[2], w[3]), *spec)?;
+                    norms.insert(weight.clone(), n);
+                }
+                _ => {}
+            }
+        }
+        Ok(norms)
+    }
+
+    /// The loss, the parameters' gradients and (with `input_grad`) the gradient with
+    /// respect to the input batch `[n, features]`.
+    pub(super) fn backprop(
+        &self,
+        model: &Model,
+        x: ArrayView2<'_, f32>,
+        labels: ArrayView1<'_, u8>,
+        mode: Mode,
+        input_grad: bool,
+    ) -> Result<(f32, Gradients, Option<Array2<f32>>)> {
+        let (logits, saved) = self.run(model, x, mode, true)?;
+        let (loss, grad) = softmax_cross_entropy(logits.view(), labels)?;
+        let mut grad = grad.into_dyn();
+        let mut grads = Gradients::new();
+        for (i, (layer, saved)) in self.layers.iter().zip(saved).enumerate().rev() {
+            let need = i > 0 || input_grad;
+            grad = backward(layer, model, saved, grad, need, &mut grads)?;
+        }
+        let dx = input_grad.then(|| {
+            grad.into_shape_with_order(x.dim())
+                .expect("the input's element count")
+        });
+        Ok((loss, grads, dx))
+    }
+
+    /// Runs the layers; with `keep`, also returns what backpropagation needs.
+    pub(super) fn run(
+        &self,
+        model: &Model,
+        x: ArrayView2<'_, f32>,
+        mode: Mode,
+        keep: bool,
+    ) -> Result<(Array2<f32>, Vec<Saved>)> {
+        let shape = self.check_input(model, x)?;
+        let mut h = x
+            .to_owned()
+            .into_shape_with_order(IxDyn(&shape))
+            .expect("the element count is checked");
+        let mut saved = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (next, s) = forward(layer, model, h, mode, i, keep)?;
+            h = next;
+            if keep {
+                saved.push(s);
+            }
+        }
+        let out = h
+            .into_dimensionality::<Ix2>()
+            .expect("checked [n, classes]");
+        Ok((out, saved))
+    }
+
+    /// Checks the network and the batch; returns the batch's shape `[n, ..input shape]`.
+    fn check_input(&self, model: &Model, x: ArrayView2<'_, f32>) -> Result<Vec<usize>> {
+        self.check(model)?;
+        let example = self.example_shape(model)?;
+        let features: usize = example.iter().product();
+        if x.ncols() != features {
+            return Err(Error::ShapeMismatch {
+                what: "input batch [n, features]".into(),
+                expected: vec![x.nrows(), features],
+                got: x.shape().to_vec(),
+            });
+        }
+        match x.as_slice() {
+            Some(s) => crate::tensor::check_finite(s, || "input batch".into())?,
+            None => crate::tensor::check_finite(&x.iter().copied().collect::<Vec<_>>(), || {
+                "input batch".into()
+            })?,
+        }
+        Ok(std::iter::once(x.nrows()).chain(example).collect())
+    }
+}
+
+/// One layer forward; `index` separates the dropout streams of different layers.
+fn forward(
+    layer: &Layer,
+    model: &Model,
+    h: ArrayD<f32>,
+    mode: Mode,
+    index: usize,
+    keep: bool,
+) -> Result<(ArrayD<f32>, Saved)> {
+    let keep_weighted = |h: ArrayD<f32>, w: ArrayD<f32>| {
+        if keep {
+            Saved::Weighted(h, w)
+        } else {
+            Saved::Nothing
+        }
+    };
+    let keep_input = |h: ArrayD<f32>| {
+        if keep {
+            Saved::Input(h)
+        } else {
+            Saved::Nothing
+        }
+    };
+    Ok(match layer {
+        Layer::Linear { weight, bias } => {
+            let w = param::<Ix2>(model, weight)?;
+            let x = h.view().into_dimensionality::<Ix2>().expect("checked 2-D");
+            let mut y = x.dot(&w.t());
+            if let Some(b) = bias {
+                y += &param::<Ix1>(model, b)?;
+            }
+            (y.into_dyn(), keep_weighted(h, w.into_dyn()))
+        }
+        Layer::Conv2d { weight, bias, spec } => {
+            let w = param::<Ix4>(model, weight)?;
+            let b = bias
+                .as_deref()
+                .map(|b| param::<Ix1>(model, b))
+                .transpose()?;
+            let x = h.view().into_dimensionality::<Ix4>().expect("checked 4-D");
+            let y = conv2d(&x, &w, b.as_deref(), *spec)?;
+            (y.into_dyn(), keep_weighted(h, w.into_dyn()))
+        }
+        Layer::MaxPool2d { kernel, stride } => {
+            let x = h.view().into_dimensionality::<Ix4>().expect("checked 4-D");
+            let (y, arg) = pool::forward(&x, *kernel, *stride)?;
+            let (n, c, hh, ww) = x.dim();
+            (y.into_dyn(), Saved::Pool([n, c, hh, ww], arg))
+        }
+        Layer::Flatten => {
+            let shape = h.shape().to_vec();
+            let rest: usize = shape[1..].iter().product();
+            let h = standard(h);
+            let y = h
+                .into_shape_with_order(IxDyn(&[shape[0], rest]))
+                .expect("same element count");
+            (y, Saved::Shape(shape))
+        }
+        Layer::Relu => (h.mapv(|v| v.max(0.0)), keep_input(h)),
+        Layer::Dropout { p } => match mode {
+            Mode::Eval => (h, Saved::Nothing),
+            Mode::Train { seed } => {
+                let factors = dropout::mask(h.len(), *p, dropout::mix(seed, index as u64));
+                let mut y = standard(h);
+                let ys = y.as_slice_mut().expect("standard layout");
+                ys.iter_mut().zip(&factors).for_each(|(v, f)| *v *= f);
+                (y, Saved::Factors(factors))
+            }
+        },
+    })
+}
+
+/// One layer backward: stores the parameters' gradients (masked) in `grads` and returns
+/// the gradient with respect to the layer's input (empty unless `need`).
+fn backward(
+    layer: &Layer,
+    model: &Model,
+    saved: Saved,
+    grad: ArrayD<f32>,
+    need: bool,
+    grads: &mut Gradients,
+) -> Result<ArrayD<f32>> {
+    let empty = || ArrayD::zeros(IxDyn(&[0]));
+    Ok(match (layer, saved) {
+        (Layer::Linear { weight, bias }, Saved::Weighted(input, w)) => {
+            let g = grad.into_dimensionality::<Ix2>().expect("2-D");
+            let x = input.into_dimensionality::<Ix2>().expect("2-D");
+            store(grads, model, weight, g.t().dot(&x).into_dyn())?;
+            if let Some(b) = bias {
+                store(grads, model, b, g.sum_axis(Axis(0)).into_dyn())?;
+            }
+            if need {
+                g.dot(&w.into_dimensionality::<Ix2>().expect("2-D"))
+                    .into_dyn()
+            } else {
+                empty()
+            }
+        }
+        (Layer::Conv2d { weight, bias, spec }, Saved::Weighted(input, w)) => {
+            let w = w.into_dimensionality::<Ix4>().expect("4-D");
+            let x = input.into_dimensionality::<Ix4>().expect("4-D");
+            let dy = grad.into_dimensionality::<Ix4>().expect("4-D");
+            let g = conv2d_backward(&x, &w, &dy, *spec, need)?;
+            store(grads, model, weight, g.weight.into_dyn())?;
+            if let Some(b) = bias {
+                store(grads, model, b, g.bias.into_dyn())?;
+            }
+            g.input.map(|dx| dx.into_dyn()).unwrap_or_else(empty)
+        }
+        (Layer::MaxPool2d { .. }, Saved::Pool([n, c, h, w], arg)) => {
+            let dy = grad.into_dimensionality::<Ix4>().expect("4-D");
+            pool::backward(&dy, &arg, (n, c, h, w)).into_dyn()
+        }
+        (Layer::Flatten, Saved::Shape(shape)) => standard(grad)
+            .into_shape_with_order(IxDyn(&shape))
+            .expect("same element count"),
+        (Layer::Relu, Saved::Input(input)) => {
+            let mut grad = grad;
+            ndarray::Zip::from(&mut grad).and(&input).for_each(|g, &x| {
+                if x <= 0.0 {
+                    *g = 0.0;
+                }
+            });
+            grad
+        }
+        (Layer::Dropout { .. }, Saved::Factors(factors)) => {
+            let mut grad = standard(grad);
+            let gs = grad.as_slice_mut().expect("standard layout");
+            gs.iter_mut().zip(&factors).for_each(|(g, f)| *g *= f);
+            grad
+        }
+        (Layer::Dropout { .. }, Saved::Nothing) => grad,
+        (layer, _) => unreachable!("the forward pass saves what {layer:?} needs"),
+    })
+}
+
+/// Stores a parameter's gradient, zero where its mask prunes.
+fn store(grads: &mut Gradients, model: &Model, name: &str, mut g: ArrayD<f32>) -> Result<()> {
+    if let Some(m) = model.get(name)?.mask() {
+        m.apply(&mut g)?;
+    }
+    grads.insert(name.to_string(), g);
+    Ok(())
+}
+
+/// A parameter's effective values (mask applied) in dimension `D`.
+fn param<D: ndarray::Dimension>(model: &Model, name: &str) -> Result<ndarray::Array<f32, D>> {
+    let p = model.get(name)?;
+    p.effective().into_dimensionality::<D>().map_err(|_| {
+        Error::bad_shape(
+            format!("`{name}`"),
+            p.shape(),
+            format!("expected {}-D", D::NDIM.unwrap_or(0)),
+        )
+    })
+}
+
+/// `a` in standard (row-major) layout, copied only if it is not.
+fn standard(a: ArrayD<f32>) -> ArrayD<f32> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
+}
