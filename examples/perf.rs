@@ -21,7 +21,7 @@ use rand_distr::{Distribution, Normal, Uniform};
 use slimnn::encode::huffman::{HuffmanCode, entropy_bits, symbol_counts};
 use slimnn::encode::{Csr, NmSparse};
 use slimnn::lowrank::{LowRank, LowRankContext, RandomizedSvd, Rank, TruncatedSvd, Tucker2};
-use slimnn::nn::{ConvSpec, conv2d};
+use slimnn::nn::{ConvSpec, Network, Sgd, conv2d};
 use slimnn::prune::{
     ChannelCriterion, GlobalPruner, NmPruner, PruneContext, Pruner, StructuredPruner,
 };
@@ -120,6 +120,7 @@ const OPS: &[(&str, Op)] = &[
     ("nm_matmul", nm_matmul),
     ("codebook_matmul", codebook_matmul),
     ("huffman", huffman),
+    ("train_step", train_step),
 ];
 
 fn print(opts: &Opts, l: &Line) {
@@ -817,4 +818,41 @@ fn huffman(opts: &Opts) -> Vec<Line> {
             metric: "bits per symbol, table included",
         },
     ]
+}
+
+/// One SGD step (forward, backpropagation, update with momentum and weight decay) of
+/// LeNet-300-100 and of LeNet-5 on a batch of 64 MNIST-shaped images.
+fn train_step(opts: &Opts) -> Vec<Line> {
+    let x = Array::from_shape_fn((64, 784), |(i, j)| {
+        ((i * 784 + j) as f32 * 0.37).sin().abs()
+    });
+    let y: ndarray::Array1<u8> = (0..64).map(|i| (i % 10) as u8).collect();
+    type Build = fn(&mut slimnn::Model, u64) -> slimnn::Result<Network>;
+    let builders: [(&str, Build); 2] = [
+        ("LeNet-300-100", Network::lenet_300_100),
+        ("LeNet-5", Network::lenet5),
+    ];
+    builders
+        .into_iter()
+        .map(|(name, build)| {
+            let mut model = slimnn::Model::new();
+            let net = build(&mut model, 1).unwrap();
+            let mut sgd = Sgd::new(0.01, 0.9, 5e-4).unwrap();
+            let mut loss = 0.0;
+            let times = repeat(opts.repeats, || {
+                timed(|| {
+                    let (l, grads) = net.train_gradients(&model, x.view(), y.view(), 1).unwrap();
+                    sgd.step(&mut model, &grads).unwrap();
+                    loss = l;
+                })
+            });
+            Line {
+                op: "train_step",
+                size: format!("{name} @ batch 64"),
+                times,
+                quality: loss as f64,
+                metric: "training loss",
+            }
+        })
+        .collect()
 }

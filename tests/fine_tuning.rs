@@ -3,25 +3,15 @@
 //! moves only the factors, quantization-aware training beats post-training quantization,
 //! and a uniformly quantized weight refuses plain SGD. Public API only.
 
-use std::path::Path;
+mod common;
 
+use common::digits;
 use slimnn::io::idx::Dataset;
 use slimnn::lowrank::{Rank, TruncatedSvd};
 use slimnn::nn::{Network, QuantAwareTraining, Sgd, train_epoch};
 use slimnn::prune::{GlobalPruner, Statistics};
 use slimnn::quant::{Granularity, KMeansInit, KMeansQuantizer, Scheme, UniformQuantizer};
 use slimnn::{Error, Model, Selector};
-
-fn digits() -> (Dataset, Dataset) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits");
-    let all = Dataset::from_idx(
-        dir.join("digits-images-idx3-ubyte.gz"),
-        dir.join("digits-labels-idx1-ubyte.gz"),
-        16.0,
-    )
-    .unwrap();
-    (all.slice(0..1437), all.slice(1437..1797))
-}
 
 fn trained(train: &Dataset) -> (Model, Network) {
     let mut model = Model::new();

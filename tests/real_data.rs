@@ -2,26 +2,15 @@
 //! digits set (UCI, bundled in `data/digits`), first 1,437 images for training, last 360
 //! for testing.
 
-use std::path::Path;
+mod common;
 
+use common::digits;
 use slimnn::io::idx::Dataset;
 use slimnn::nn::{Network, Sgd, train_epoch};
 use slimnn::prune::{
     ChannelCriterion, GlobalPruner, Schedule, Statistics, StructuredPruner, UnstructuredPruner,
 };
 use slimnn::{Model, Selector};
-
-fn digits() -> (Dataset, Dataset) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits");
-    let all = Dataset::from_idx(
-        dir.join("digits-images-idx3-ubyte.gz"),
-        dir.join("digits-labels-idx1-ubyte.gz"),
-        16.0,
-    )
-    .unwrap();
-    assert_eq!(all.len(), 1797);
-    (all.slice(0..1437), all.slice(1437..1797))
-}
 
 fn trained(train: &Dataset, seed: u64) -> (Model, Network) {
     let mut model = Model::new();

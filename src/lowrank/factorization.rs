@@ -367,19 +367,7 @@ impl Factorization {
                 cols,
             } => {
                 let [o, c, kh, kw] = [self.shape[0], self.shape[1], self.shape[2], self.shape[3]];
-                // Khatri–Rao of the spatial and input factors, then one product.
-                let r = out.ncols();
-                let mut kr = Array2::<f32>::zeros((c * kh * kw, r));
-                for ci in 0..c {
-                    for y in 0..kh {
-                        for x in 0..kw {
-                            let mut row = kr.row_mut((ci * kh + y) * kw + x);
-                            for j in 0..r {
-                                row[j] = input[[ci, j]] * rows[[y, j]] * cols[[x, j]];
-                            }
-                        }
-                    }
-                }
+                let kr = cp_khatri_rao(input, rows, cols);
                 reshaped(out.dot(&kr.t()), &[o, c, kh, kw])
             }
             Factors::Separable {
@@ -519,6 +507,29 @@ impl Factorization {
 }
 
 /// A product's result in the weight's shape (products may come out column-major).
+/// The Khatri–Rao product of a CP form's input and spatial factors,
+/// `[in·kh·kw, R]` with rows in `(c, y, x)` order: the reconstruction is `out · KRᵀ`.
+pub(super) fn cp_khatri_rao(
+    input: &Array2<f32>,
+    rows: &Array2<f32>,
+    cols: &Array2<f32>,
+) -> Array2<f32> {
+    let (c, r) = input.dim();
+    let (kh, kw) = (rows.nrows(), cols.nrows());
+    let mut kr = Array2::<f32>::zeros((c * kh * kw, r));
+    for ci in 0..c {
+        for y in 0..kh {
+            for x in 0..kw {
+                let mut row = kr.row_mut((ci * kh + y) * kw + x);
+                for j in 0..r {
+                    row[j] = input[[ci, j]] * rows[[y, j]] * cols[[x, j]];
+                }
+            }
+        }
+    }
+    kr
+}
+
 fn reshaped(a: Array2<f32>, shape: &[usize]) -> ArrayD<f32> {
     a.to_shape(IxDyn(shape)).expect("same size").into_owned()
 }

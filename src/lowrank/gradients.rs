@@ -4,6 +4,7 @@
 
 use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView2, ArrayViewD, Ix2, Ix4, IxDyn, s};
 
+use super::factorization::cp_khatri_rao;
 use super::{Factorization, Factors};
 use crate::error::{Error, Result};
 use crate::tensor::check_same_shape;
@@ -82,13 +83,7 @@ impl Factorization {
                 let [o, c, kh, kw] = [shape[0], shape[1], shape[2], shape[3]];
                 let r = out.ncols();
                 let g1 = as_matrix(g, o, c * kh * kw);
-                let mut kr = Array2::<f32>::zeros((c * kh * kw, r));
-                for ((ci, y, x), mut row) in indices(c, kh, kw).zip(kr.rows_mut()) {
-                    for j in 0..r {
-                        row[j] = input[[ci, j]] * rows[[y, j]] * cols[[x, j]];
-                    }
-                }
-                let d_out = g1.dot(&kr);
+                let d_out = g1.dot(&cp_khatri_rao(input, rows, cols));
                 let m = g1.t().dot(out); // [in·kh·kw, R]: G contracted with the output factor
                 let (mut d_input, mut d_rows, mut d_cols) = (
                     Array2::<f32>::zeros((c, r)),

@@ -66,3 +66,17 @@ pub fn conv_relu(x: &Array4<f32>, w: &ArrayD<f32>, b: Option<&ArrayD<f32>>) -> A
         s.max(0.0)
     })
 }
+
+/// The UCI 8×8 digits set bundled in `data/digits`: the first 1,437 images for
+/// training, the last 360 for testing.
+pub fn digits() -> (slimnn::io::idx::Dataset, slimnn::io::idx::Dataset) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits");
+    let all = slimnn::io::idx::Dataset::from_idx(
+        dir.join("digits-images-idx3-ubyte.gz"),
+        dir.join("digits-labels-idx1-ubyte.gz"),
+        16.0,
+    )
+    .unwrap();
+    assert_eq!(all.len(), 1797);
+    (all.slice(0..1437), all.slice(1437..1797))
+}
