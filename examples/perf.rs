@@ -677,15 +677,27 @@ fn product_lines(
         let dense_times = repeat(opts.repeats, || {
             timed(|| ndarray::linalg::general_mat_mul(1.0, &x, &w.t(), 0.0, &mut dense))
         });
+        let wv = w.as_slice().unwrap();
+        let mut rows = ndarray::Array2::<f32>::zeros((batch, n));
+        let rows_times = repeat(opts.repeats, || {
+            timed(|| rows = sparse_ops::dense_matmul([n, w.ncols()], wv, &x).unwrap())
+        });
         let xs = x.as_slice().unwrap();
         let mut y = vec![0f32; batch * n];
         let times = repeat(opts.repeats, || timed(|| run(xs, &mut y)));
         let size = format!("{n}x{} @ batch {batch}", w.ncols());
         lines.push(Line {
             op,
-            size: format!("{size} dense"),
+            size: format!("{size} dense gemm"),
             times: dense_times,
             quality: max_abs_diff(dense.as_slice().unwrap(), &exact),
+            metric: "max abs difference to f64",
+        });
+        lines.push(Line {
+            op,
+            size: format!("{size} dense_matmul"),
+            times: rows_times,
+            quality: max_abs_diff(rows.as_slice().unwrap(), &exact),
             metric: "max abs difference to f64",
         });
         lines.push(Line {

@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use slimnn::Error;
 use slimnn::quant::PackedCodes;
 use slimnn::sparse_ops::{
-    codebook_matmul, codebook_matmul_into, csr_matmul, csr_matmul_into, nm_matmul, nm_matmul_into,
-    packed_codebook_matmul, packed_codebook_matmul_into,
+    codebook_matmul, codebook_matmul_into, csr_matmul, csr_matmul_into, dense_matmul, nm_matmul,
+    nm_matmul_into, packed_codebook_matmul, packed_codebook_matmul_into,
 };
 
 /// Deterministic data from a seed (xorshift64).
@@ -159,6 +159,43 @@ proptest! {
                 packed_codebook_matmul_into([out, inputs], packed.bytes(), bits, &codebook, &x, y)
             });
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The dense yardstick, on both of its paths (row kernels below batch 8, a general
+    /// matrix product from 8 on).
+    #[test]
+    fn dense_matches_f64((out, groups, m, batch, seed) in case()) {
+        let mut g = Gen(seed | 1);
+        let inputs = groups * m;
+        let w = g.values(out * inputs);
+        let x = g.values(batch * inputs);
+        let xa = Array2::from_shape_vec((batch, inputs), x.clone()).unwrap();
+        let y = dense_matmul([out, inputs], &w, &xa).unwrap();
+        let wd: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+        assert_product(&y, &wd, &x, out, inputs);
+    }
+}
+
+#[test]
+fn dense_rejects_bad_shapes() {
+    let x = ones(1, 3);
+    assert!(matches!(
+        dense_matmul([0, 3], &[], &x),
+        Err(Error::Empty { .. })
+    ));
+    assert!(matches!(
+        dense_matmul([2, 3], &[1.0; 5], &x),
+        Err(Error::BadShape { .. })
+    ));
+    for batch in [1, 9] {
+        assert!(matches!(
+            dense_matmul([2, 4], &[1.0; 8], &ones(batch, 3)),
+            Err(Error::ShapeMismatch { .. })
+        ));
     }
 }
 

@@ -607,6 +607,47 @@ impl Rows for Codebook<'_> {
     }
 }
 
+/// Dense rows: `W[r, c] = values[r·cols + c]`. The same driver as the compressed
+/// formats, so it is their fair yardstick; at batch 1 it is a dot product per row at
+/// memory (or cache) speed, where a general GEMM would pack the whole matrix first.
+pub(crate) struct Dense<'a> {
+    values: &'a [f32],
+    cols: usize,
+}
+
+impl<'a> Dense<'a> {
+    /// `values` holds `rows · cols` weights, row-major (checked by the caller).
+    pub(crate) fn new(values: &'a [f32], cols: usize) -> Dense<'a> {
+        Dense { values, cols }
+    }
+
+    fn row(&self, r: usize, cols: Range<usize>) -> &[f32] {
+        &self.values[r * self.cols..][cols]
+    }
+}
+
+impl Rows for Dense<'_> {
+    type Scratch = ();
+
+    fn scratch(&self) -> Self::Scratch {}
+
+    fn work_before(&self, r: usize) -> usize {
+        r * self.cols
+    }
+
+    fn block_unit(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn dot(&self, r: usize, x: &[f32], _: &mut ()) -> f32 {
+        dense_dot(self.row(r, 0..self.cols), x)
+    }
+
+    fn add_lanes(&self, r: usize, cols: Range<usize>, panel: &[f32], out: &mut [f32], _: &mut ()) {
+        dense_lanes(self.row(r, cols), panel, out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

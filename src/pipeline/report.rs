@@ -181,8 +181,9 @@ impl Report {
     /// Times the Linear weights of `model` (the compressed model this report describes)
     /// whose compressed form a kernel runs: sparse ones (at most half kept) as CSR
     /// ([`sparse_ops::csr_matmul`](crate::sparse_ops::csr_matmul)), factorized ones as
-    /// their factor layers, each against the dense product, on a seeded activation batch
-    /// of `batch` rows (median of 5 runs after a warm-up).
+    /// their factor layers, each against the dense product by the same kernels
+    /// ([`sparse_ops::dense_matmul`](crate::sparse_ops::dense_matmul)), on a seeded
+    /// activation batch of `batch` rows (median of 5 runs after a warm-up).
     pub fn measure(&mut self, model: &Model, batch: usize) -> Result<()> {
         for row in &mut self.params {
             let p = model.get(&row.name)?;
@@ -210,9 +211,10 @@ impl Report {
             } else {
                 continue;
             };
+            let dense = w.as_standard_layout();
+            let dense = dense.as_slice().expect("standard layout");
             let dense_seconds = median_seconds(|| {
-                let _ = x.dot(&w.t());
-                Ok(())
+                crate::sparse_ops::dense_matmul([out, inp], dense, &x).map(|_| ())
             })?;
             let compressed_seconds = median_seconds(&compressed)?;
             row.measured = Some(Timing {
