@@ -65,6 +65,12 @@ fn parse() -> Args {
                 std::process::exit(2)
             })
         };
+        let count = |v: String| -> u64 {
+            v.parse().unwrap_or_else(|_| {
+                eprintln!("{flag} needs a whole number ≥ 0, not `{v}`");
+                std::process::exit(2)
+            })
+        };
         match flag.as_str() {
             "--arch" => {
                 let v = value();
@@ -73,19 +79,19 @@ fn parse() -> Args {
                     std::process::exit(2)
                 })
             }
-            "--epochs" => a.epochs = number(value()) as usize,
-            "--retrain-epochs" => a.retrain_epochs = number(value()) as usize,
-            "--seed" => a.seed = number(value()) as u64,
+            "--epochs" => a.epochs = count(value()) as usize,
+            "--retrain-epochs" => a.retrain_epochs = count(value()) as usize,
+            "--seed" => a.seed = count(value()),
             "--sparsity" => a.sparsity = number(value()),
-            "--bits" => a.bits = number(value()) as u32,
-            "--conv-bits" => a.conv_bits = Some(number(value()) as u32),
+            "--bits" => a.bits = count(value()).min(99) as u32,
+            "--conv-bits" => a.conv_bits = Some(count(value()).min(99) as u32),
             "--retrain-from-scratch" => a.fresh = true,
             "--json" => a.json = true,
             "-h" | "--help" => {
                 println!(
                     "usage: deep_compression [--arch lenet300|lenet5] [--epochs N] \
                      [--retrain-epochs N] [--seed S] [--sparsity F] [--bits B] \
-                     [--conv-bits B] [--retrain-from-scratch] [--json]"
+                     [--conv-bits B (default: --bits)] [--retrain-from-scratch] [--json]"
                 );
                 std::process::exit(0)
             }
@@ -94,6 +100,10 @@ fn parse() -> Args {
                 std::process::exit(2)
             }
         }
+    }
+    if a.epochs == 0 || a.retrain_epochs == 0 {
+        eprintln!("--epochs and --retrain-epochs must be at least 1");
+        std::process::exit(2)
     }
     if !(1..=8).contains(&a.bits)
         || a.conv_bits.is_some_and(|b| !(1..=8).contains(&b))
@@ -198,8 +208,18 @@ fn main() -> Result<()> {
 
     let report = Report::compare(&dense, &coded, Vec::new())?;
     println!(
-        "\nper layer (the paper's Table 2):\n{:<12} {:>9} {:>8} {:>10} {:>8} {:>12}",
-        "layer", "weights", "kept", "bytes", "bits/w", "compression"
+        "\nper layer (the paper's Table {}):\n{:<12} {:>9} {:>8} {:>10} {:>8} {:>12}",
+        if args.arch == mnist::Arch::Lenet5 {
+            3
+        } else {
+            2
+        },
+        "layer",
+        "weights",
+        "kept",
+        "bytes",
+        "bits/w",
+        "compression"
     );
     for p in &report.params {
         println!(
@@ -259,7 +279,11 @@ fn main() -> Result<()> {
     );
     if args.json {
         println!(
-            "{{\"baseline_accuracy\": {dense_accuracy:.4}, \"final_accuracy\": {final_accuracy:.4}, \"compression\": {:.2}, \"original_bytes\": {}, \"compressed_bytes\": {}}}",
+            "{{\"network\": \"{}\", \"sparsity\": {}, \"bits\": {}, \"conv_bits\": {}, \"baseline_accuracy\": {dense_accuracy:.4}, \"final_accuracy\": {final_accuracy:.4}, \"compression\": {:.2}, \"original_bytes\": {}, \"compressed_bytes\": {}}}",
+            args.arch.title(),
+            args.sparsity,
+            args.bits,
+            args.conv_bits.unwrap_or(args.bits),
             report.compression_rate(),
             report.original_bytes,
             report.file_bytes
@@ -278,8 +302,12 @@ fn share(model: &mut Model, args: &Args) -> Result<()> {
         (LayerKind::Linear, args.bits),
         (LayerKind::Conv2d, args.conv_bits.unwrap_or(args.bits)),
     ] {
+        let layers = Selector::kinds(&[kind]);
+        if model.select(&layers).is_err() {
+            continue; // no layer of this kind (LeNet-300-100 has no convolutions)
+        }
         Quantize::new(
-            Selector::kinds(&[kind]),
+            layers,
             KMeansQuantizer::lloyd(1 << bits, KMeansInit::Linear)?,
         )
         .compress(model)?;

@@ -170,3 +170,123 @@ fn a_uniform_grid_refuses_plain_sgd_and_nothing_changes() {
         );
     }
 }
+
+/// A dense `a.weight` and a 2-value codebook `b.weight`, and gradients for both.
+fn two_params() -> (Model, slimnn::nn::Gradients) {
+    let mut model = Model::new();
+    model
+        .add(
+            "a.weight",
+            ndarray::Array2::from_elem((2, 2), 0.5f32).into_dyn(),
+        )
+        .unwrap();
+    model
+        .add(
+            "b.weight",
+            ndarray::array![[0.1f32, 0.2], [0.9, 1.0]].into_dyn(),
+        )
+        .unwrap();
+    model
+        .quantize(
+            &Selector::glob("b.weight"),
+            &KMeansQuantizer::lloyd(2, KMeansInit::Linear).unwrap(),
+        )
+        .unwrap();
+    let mut grads = slimnn::nn::Gradients::new();
+    grads.insert(
+        "a.weight".into(),
+        ndarray::ArrayD::ones(ndarray::IxDyn(&[2, 2])),
+    );
+    grads.insert(
+        "b.weight".into(),
+        ndarray::ArrayD::ones(ndarray::IxDyn(&[2, 2])),
+    );
+    (model, grads)
+}
+
+#[test]
+fn a_refused_step_changes_nothing() {
+    // An update that overflows one parameter, a NaN in another's gradient.
+    let (model, mut grads) = two_params();
+    grads.get_mut("b.weight").unwrap().fill(3e38);
+    let mut sgd = Sgd::new(1.0, 0.0, 0.0).unwrap();
+    let mut m = model.clone();
+    assert!(sgd.step(&mut m, &grads).is_err());
+    let (_, mut nan) = two_params();
+    nan.get_mut("a.weight").unwrap()[[0, 1]] = f32::NAN;
+    assert!(matches!(
+        sgd.step(&mut m, &nan),
+        Err(Error::NonFinite { .. })
+    ));
+    for name in ["a.weight", "b.weight"] {
+        assert_eq!(
+            m.get(name).unwrap().value(),
+            model.get(name).unwrap().value()
+        );
+    }
+    // And the velocities did not move either: a good step now equals a fresh one.
+    let (_, good) = two_params();
+    sgd.step(&mut m, &good).unwrap();
+    let mut fresh = model.clone();
+    Sgd::new(1.0, 0.0, 0.0)
+        .unwrap()
+        .step(&mut fresh, &good)
+        .unwrap();
+    assert_eq!(
+        m.get("a.weight").unwrap().value(),
+        fresh.get("a.weight").unwrap().value()
+    );
+}
+
+#[test]
+fn grids_that_look_like_tables_are_not_trained_as_codebooks() {
+    let (mut model, grads) = two_params();
+    model
+        .quantize(
+            &Selector::glob("b.weight"),
+            &slimnn::quant::TernaryQuantizer::new(Granularity::PerTensor),
+        )
+        .unwrap();
+    let err = Sgd::new(0.1, 0.0, 0.0)
+        .unwrap()
+        .step(&mut model, &grads)
+        .unwrap_err();
+    assert!(err.to_string().contains("QuantAwareTraining"), "{err}");
+    // Quantization-aware training wants float latent weights.
+    let qat = QuantAwareTraining::new(
+        Selector::glob("b.weight"),
+        UniformQuantizer::new(2, Scheme::Symmetric, Granularity::PerTensor).unwrap(),
+    );
+    let data = Dataset {
+        images: ndarray::Array2::zeros((2, 2)),
+        labels: ndarray::array![0u8, 1],
+        image_shape: vec![2],
+    };
+    let net = Network::new(vec![slimnn::nn::Layer::Linear {
+        weight: "b.weight".into(),
+        bias: None,
+    }]);
+    let mut latent = model.clone();
+    assert!(
+        qat.train_epoch(
+            &net,
+            &mut latent,
+            &mut Sgd::new(0.1, 0.0, 0.0).unwrap(),
+            &data,
+            2,
+            0
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn batches_in_any_memory_order() {
+    let (train, _) = digits();
+    let mut model = Model::new();
+    let net = Network::mlp(&mut model, &[64, 16, 10], 2).unwrap();
+    let x = train.images.slice(ndarray::s![0..8, ..]).to_owned();
+    let columns_first = x.t().as_standard_layout().into_owned(); // [64, 8]
+    let y = net.forward(&model, x.view()).unwrap();
+    assert_eq!(net.forward(&model, columns_first.t()).unwrap(), y);
+}

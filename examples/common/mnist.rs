@@ -130,7 +130,7 @@ impl Arch {
         }
     }
 
-    /// Learning rate (the last third of the epochs at a tenth of it), batch and weight
+    /// Learning rate (from epoch ⌊2n/3⌋ of n on, a tenth of it), batch and weight
     /// decay: Caffe's LeNet-5 solver uses 0.01, 64 and 5e-4.
     fn recipe(self) -> (f32, usize, f32) {
         match self {
@@ -169,15 +169,23 @@ pub fn trained(
     fresh: bool,
 ) -> Result<(Model, Network)> {
     let path = arch.checkpoint();
+    let settings = format!("{epochs} epochs, seed {seed}");
     if path.exists() && !fresh {
         let model = Model::load(&path)?;
-        let net = arch.of(&model)?;
+        if model.metadata().get("trained").map(String::as_str) == Some(settings.as_str()) {
+            let net = arch.of(&model)?;
+            println!(
+                "loaded the trained {} ({settings}) from {} (pass --retrain-from-scratch \
+                 to train anew)",
+                arch.title(),
+                path.display()
+            );
+            return Ok((model, net));
+        }
         println!(
-            "loaded the trained {} from {} (pass --retrain-from-scratch to train anew)",
-            arch.title(),
-            path.display()
+            "the cached {} was not trained with {settings}: training anew",
+            arch.title()
         );
-        return Ok((model, net));
     }
     let mut model = Model::new();
     let net = arch.build(&mut model, seed)?;
@@ -219,6 +227,7 @@ pub fn trained(
     model
         .metadata_mut()
         .insert("network".into(), arch.title().into());
+    model.metadata_mut().insert("trained".into(), settings);
     model.save(&path, &SaveOptions::default())?;
     println!("saved the trained network to {}", path.display());
     Ok((model, net))
@@ -252,7 +261,7 @@ pub struct Retraining {
     pub epochs: usize,
     /// Seed of the batch order.
     pub seed: u64,
-    /// The learning rate of the last quarter of the epochs (`None`: stays at 0.01).
+    /// The learning rate from epoch ⌊3n/4⌋ of n on (`None`: stays at 0.01).
     pub final_lr: Option<f32>,
 }
 

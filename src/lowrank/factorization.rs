@@ -506,7 +506,6 @@ impl Factorization {
     }
 }
 
-/// A product's result in the weight's shape (products may come out column-major).
 /// The Khatri–Rao product of a CP form's input and spatial factors,
 /// `[in·kh·kw, R]` with rows in `(c, y, x)` order: the reconstruction is `out · KRᵀ`.
 pub(super) fn cp_khatri_rao(
@@ -530,6 +529,7 @@ pub(super) fn cp_khatri_rao(
     kr
 }
 
+/// A product's result in the weight's shape (products may come out column-major).
 fn reshaped(a: Array2<f32>, shape: &[usize]) -> ArrayD<f32> {
     a.to_shape(IxDyn(shape)).expect("same size").into_owned()
 }

@@ -73,7 +73,14 @@ impl ConvSpec {
                 "at least 1",
             ));
         }
-        let (ph, pw) = (h + 2 * self.padding.0, w + 2 * self.padding.1);
+        let padded = |n: usize, p: usize| p.checked_mul(2).and_then(|p2| n.checked_add(p2));
+        let (Some(ph), Some(pw)) = (padded(h, self.padding.0), padded(w, self.padding.1)) else {
+            return Err(Error::invalid(
+                "padding",
+                format!("{:?}", self.padding),
+                "a padding the input size can add without overflow",
+            ));
+        };
         if kh == 0 || kw == 0 || kh > ph || kw > pw {
             return Err(Error::bad_shape(
                 "convolution input",
@@ -383,6 +390,12 @@ mod tests {
             assert!(without.input.is_none());
             assert_eq!(without.weight, g.weight);
         }
+    }
+
+    #[test]
+    fn huge_padding_is_an_error() {
+        let spec = ConvSpec::new().with_padding(usize::MAX / 2, 0);
+        assert!(spec.output_size((3, 3), (1, 1)).is_err());
     }
 
     #[test]

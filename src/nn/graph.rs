@@ -136,7 +136,8 @@ impl Network {
     ) -> Result<(Array2<f32>, Vec<Saved>)> {
         let shape = self.check_input(model, x)?;
         let mut h = x
-            .to_owned()
+            .as_standard_layout()
+            .into_owned()
             .into_shape_with_order(IxDyn(&shape))
             .expect("the element count is checked");
         let mut saved = Vec::new();

@@ -71,7 +71,8 @@ pub(super) fn forward(
                     for yi in y0..y0 + kernel.0 {
                         let row = &plane[yi * w..(yi + 1) * w];
                         for (xj, &v) in row.iter().enumerate().skip(x0).take(kernel.1) {
-                            if v > best.1 {
+                            // A NaN wins and stays, as in PyTorch.
+                            if v > best.1 || (v.is_nan() && !best.1.is_nan()) {
                                 best = (yi * w + xj, v);
                             }
                         }
@@ -115,6 +116,18 @@ pub(super) fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nan_propagates_wherever_it_is_in_the_window() {
+        for at in 0..4 {
+            let mut v = vec![1.0f32, 2.0, 3.0, 4.0];
+            v[at] = f32::NAN;
+            let x = Array4::from_shape_vec((1, 1, 2, 2), v).unwrap();
+            let (y, arg) = forward(&x, (2, 2), (2, 2)).unwrap();
+            assert!(y[[0, 0, 0, 0]].is_nan(), "NaN at {at}");
+            assert_eq!(arg, vec![at as u32]);
+        }
+    }
 
     #[test]
     fn pools_in_floor_mode_with_first_maximum_on_ties() {

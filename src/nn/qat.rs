@@ -6,7 +6,7 @@ use ndarray::ArrayView2;
 
 use super::train::for_each_batch;
 use super::{Gradients, Network, Sgd};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::idx::Dataset;
 use crate::model::{Model, Selector};
 use crate::quant::{Quantizer, straight_through};
@@ -20,7 +20,8 @@ use crate::quant::{Quantizer, straight_through};
 /// gives the quantized model, whose grid the training has adapted to.
 ///
 /// Pruned weights stay pruned: the latent model's masks apply to its updates, and
-/// the quantizer sees them.
+/// the quantizer sees them. The selected latent parameters must hold float values: a
+/// quantized one is an error.
 ///
 /// ```
 /// use ndarray::{Array2, array};
@@ -63,6 +64,22 @@ impl<Q: Quantizer> QuantAwareTraining<Q> {
         }
     }
 
+    /// Checks that the selected parameters of `latent` hold float values (no quantized
+    /// form), the weights training moves.
+    fn check_latent(&self, latent: &Model) -> Result<()> {
+        for name in latent.select(&self.selector)? {
+            if latent.get(name)?.quantized().is_some() {
+                return Err(Error::invalid(
+                    "latent parameter",
+                    format!("`{name}`, already quantized"),
+                    "float latent weights (take the quantized form off with \
+                     Param::take_quantized first)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The latent model with the selected parameters quantized: what the forward pass
     /// sees during training, and the result when it ends.
     pub fn quantized(&self, latent: &Model) -> Result<Model> {
@@ -100,6 +117,7 @@ impl<Q: Quantizer> QuantAwareTraining<Q> {
         x: ArrayView2<'_, f32>,
         labels: ArrayView1<'_, u8>,
     ) -> Result<(f32, Gradients)> {
+        self.check_latent(latent)?;
         let quantized = self.quantized(latent)?;
         let (loss, grads) = network.loss_and_gradients(&quantized, x, labels)?;
         Ok((loss, self.straight_through(latent, &quantized, grads)?))
@@ -116,6 +134,7 @@ impl<Q: Quantizer> QuantAwareTraining<Q> {
         batch: usize,
         seed: u64,
     ) -> Result<f64> {
+        self.check_latent(latent)?;
         for_each_batch(data, batch, seed, |x, y, batch_seed| {
             let quantized = self.quantized(latent)?;
             let (loss, grads) = network.train_gradients(&quantized, x, y, batch_seed)?;

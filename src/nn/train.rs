@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use ndarray::{ArrayD, ArrayView1, ArrayView2, ArrayViewMutD, Axis, IxDyn};
+use ndarray::{ArrayD, ArrayView1, ArrayView2, Axis, IxDyn};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::SliceRandom;
@@ -13,7 +13,7 @@ use crate::io::idx::Dataset;
 use crate::lowrank::Factorization;
 use crate::mask::Mask;
 use crate::model::{Model, Param};
-use crate::quant::{QuantizedTensor, centroid_gradients};
+use crate::quant::{Decoding, Granularity, Levels, QuantizedTensor, centroid_gradients};
 use crate::tensor::check_same_shape;
 
 /// SGD with momentum and weight decay (PyTorch's update rule:
@@ -27,6 +27,7 @@ pub struct Sgd {
     momentum: f32,
     weight_decay: f32,
     velocity: HashMap<String, ArrayD<f32>>,
+    forms: HashMap<String, Form>,
 }
 
 impl Sgd {
@@ -48,6 +49,7 @@ impl Sgd {
             momentum,
             weight_decay,
             velocity: HashMap::new(),
+            forms: HashMap::new(),
         })
     }
 
@@ -77,111 +79,167 @@ impl Sgd {
     ///
     /// - **dense or pruned**: the update above; where a mask prunes, neither the velocity
     ///   nor the value changes (Han et al. 2015's retraining with the mask fixed);
-    /// - **weight-shared** (quantized to a codebook, e.g. by k-means): the codes stay and
-    ///   each shared value moves by the sum of the gradients of the weights that share
-    ///   it (Deep Compression's centroid fine-tuning, [`centroid_gradients`]), with its
-    ///   own velocity;
+    /// - **weight-shared** (a per-tensor codebook of the weights' own values, as k-means
+    ///   makes): the codes stay and each shared value moves by the sum of the gradients
+    ///   of the weights that share it (Deep Compression's centroid fine-tuning,
+    ///   [`centroid_gradients`]), with its own velocity;
     /// - **factorized** (low-rank): each factor moves by its own gradient, obtained from
     ///   the dense one by the chain rule ([`Factorization::factor_gradients`]).
     ///
-    /// A parameter quantized to a uniform grid has no float values left to update: that
-    /// is an error; fine-tune it with [`QuantAwareTraining`](super::QuantAwareTraining)
-    /// (fake quantization) instead. Either every parameter is updated or, on error, none.
+    /// Weight decay applies to what is stored and updated: the weights, the shared
+    /// values, the factors.
+    ///
+    /// A parameter quantized to a grid (uniform, power-of-two, binary, ternary, product
+    /// codes) has no float values left to move: that is an error; remove the quantized
+    /// form ([`Param::take_quantized`]) and fine-tune it with
+    /// [`QuantAwareTraining`](super::QuantAwareTraining) (fake quantization) instead. A
+    /// non-finite gradient, or an update that overflows, is an error too. Either every
+    /// parameter is updated or, on error, none (nor any velocity).
+    ///
+    /// A parameter that changes form (dense → shared → …) starts with zero velocity;
+    /// after re-quantizing or re-factorizing it in the same form, call [`Sgd::reset`].
     ///
     /// [`Factorization::factor_gradients`]: crate::lowrank::Factorization::factor_gradients
     pub fn step(&mut self, model: &mut Model, grads: &Gradients) -> Result<()> {
-        let mut updates = Vec::with_capacity(grads.len());
+        let mut planned = Vec::with_capacity(grads.len());
         for (name, g) in grads {
             let p = model.get(name)?;
             check_same_shape(p.shape(), g.shape(), || format!("gradient of `{name}`"))?;
-            updates.push((name, Update::plan(name, p, g)?));
+            let what = || format!("gradient of `{name}`");
+            match g.as_slice_memory_order() {
+                Some(values) => crate::tensor::check_finite(values, what)?,
+                None => crate::tensor::check_finite(&g.iter().copied().collect::<Vec<_>>(), what)?,
+            }
+            planned.push((name, self.plan(name, p, g)?));
         }
-        for (name, update) in updates {
+        for (name, (form, velocities, value)) in planned {
+            if self.forms.get(name) != Some(&form) {
+                let prefix = format!("{name}#");
+                self.velocity
+                    .retain(|k, _| k != name && !k.starts_with(&prefix));
+                self.forms.insert(name.clone(), form);
+            }
+            self.velocity.extend(velocities);
             let p = model.get_mut(name)?;
-            match update {
-                Update::Dense(g) => {
-                    let mask = p.mask().cloned();
-                    self.update(name, p.value_mut(), g, mask.as_ref())?;
-                }
-                Update::Codebook(mut q, g) => {
-                    let mut table = ArrayD::from_shape_vec(
-                        IxDyn(&[g.len()]),
-                        q.table().expect("planned for a codebook").to_vec(),
-                    )
-                    .expect("one value per centroid");
-                    let g = ArrayD::from_shape_vec(IxDyn(&[g.len()]), g).expect("same length");
-                    self.update(&format!("{name}#codebook"), table.view_mut(), &g, None)?;
-                    q.set_table(table.into_raw_vec_and_offset().0)?;
-                    p.set_quantized(q)?;
-                }
-                Update::Factors(mut f, gs) => {
-                    let mut parts = f.factor_values();
-                    for (i, (part, g)) in parts.iter_mut().zip(&gs).enumerate() {
-                        self.update(&format!("{name}#factor{i}"), part.view_mut(), g, None)?;
-                    }
-                    f.set_factor_values(parts)?;
-                    p.set_factorization(f)?;
-                }
+            match value {
+                NewValue::Dense(w) => p.value_mut().assign(&w),
+                NewValue::Codebook(q) => p.set_quantized(q)?,
+                NewValue::Factors(f) => p.set_factorization(f)?,
             }
         }
         Ok(())
     }
 
-    /// `v ← μ·v + g + λ·w`, zero where `mask` prunes; `w ← w − η·v`.
-    fn update(
-        &mut self,
-        key: &str,
-        mut w: ArrayViewMutD<'_, f32>,
-        g: &ArrayD<f32>,
-        mask: Option<&Mask>,
-    ) -> Result<()> {
-        let v = self
-            .velocity
-            .entry(key.to_owned())
-            .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
-        if v.shape() != g.shape() {
-            // The layer changed shape (channels removed, neurons merged): restart.
-            *v = ArrayD::zeros(g.raw_dim());
-        }
-        let (mu, wd, lr) = (self.momentum, self.weight_decay, self.lr);
-        ndarray::Zip::from(&mut *v)
-            .and(g)
-            .and(&w)
-            .for_each(|v, &g, &w| *v = mu * *v + g + wd * w);
-        if let Some(m) = mask {
-            m.apply(v)?;
-        }
-        w.zip_mut_with(v, |w, &v| *w -= lr * v);
-        Ok(())
+    /// Forgets every velocity (the next step starts from zero momentum).
+    pub fn reset(&mut self) {
+        self.velocity.clear();
+        self.forms.clear();
     }
-}
 
-/// What [`Sgd::step`] does to one parameter, decided before anything changes.
-enum Update<'a> {
-    Dense(&'a ArrayD<f32>),
-    Codebook(QuantizedTensor, Vec<f32>),
-    Factors(Factorization, Vec<ArrayD<f32>>),
-}
-
-impl<'a> Update<'a> {
-    fn plan(name: &str, p: &Param, g: &'a ArrayD<f32>) -> Result<Update<'a>> {
+    /// The new velocities and value of one parameter; changes nothing.
+    fn plan(&self, name: &str, p: &Param, g: &ArrayD<f32>) -> Result<Planned> {
         if let Some(q) = p.quantized() {
-            if q.table().is_none() {
-                return Err(Error::invalid(
+            let table = shared_values(q).ok_or_else(|| {
+                Error::invalid(
                     "parameter",
-                    format!("`{name}`, quantized to a uniform grid"),
-                    "a dense, pruned, weight-shared or factorized parameter (fine-tune \
-                     uniform quantization with QuantAwareTraining)",
-                ));
-            }
+                    format!("`{name}`, quantized to a grid"),
+                    "a dense, pruned, weight-shared or factorized parameter (take the \
+                     quantized form off with Param::take_quantized and fine-tune it with \
+                     QuantAwareTraining)",
+                )
+            })?;
             let sums = centroid_gradients(q, g, p.mask())?;
-            return Ok(Update::Codebook(q.clone(), sums));
+            let key = format!("{name}#codebook");
+            let c = ArrayD::from_shape_vec(IxDyn(&[table.len()]), table.to_vec())
+                .expect("one value per entry");
+            let gc = ArrayD::from_shape_vec(IxDyn(&[sums.len()]), sums).expect("same length");
+            let (v, c) = self.next(&key, &c, &gc, None, name)?;
+            let mut q = q.clone();
+            q.set_table(c.into_raw_vec_and_offset().0)?;
+            return Ok((Form::Codebook, vec![(key, v)], NewValue::Codebook(q)));
         }
         if let Some(f) = p.factorization() {
             let grads = f.factor_gradients(g)?;
-            return Ok(Update::Factors(f.clone(), grads));
+            let mut velocities = Vec::with_capacity(grads.len());
+            let mut parts = Vec::with_capacity(grads.len());
+            for (i, (part, g)) in f.factor_values().iter().zip(&grads).enumerate() {
+                let key = format!("{name}#factor{i}");
+                let (v, part) = self.next(&key, part, g, None, name)?;
+                velocities.push((key, v));
+                parts.push(part);
+            }
+            let mut f = f.clone();
+            f.set_factor_values(parts)?;
+            return Ok((Form::Factors, velocities, NewValue::Factors(f)));
         }
-        Ok(Update::Dense(g))
+        let (v, w) = self.next(name, p.value(), g, p.mask(), name)?;
+        Ok((Form::Dense, vec![(name.to_owned(), v)], NewValue::Dense(w)))
+    }
+
+    /// `v ← μ·v + g + λ·w`, zero where `mask` prunes; `w ← w − η·v`: the new velocity
+    /// and values (checked finite), from the velocity stored under `key`.
+    fn next(
+        &self,
+        key: &str,
+        w: &ArrayD<f32>,
+        g: &ArrayD<f32>,
+        mask: Option<&Mask>,
+        name: &str,
+    ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+        let mut v = match self.velocity.get(key) {
+            // A velocity of another shape is from before the layer changed shape
+            // (channels removed, neurons merged): restart.
+            Some(v) if v.shape() == g.shape() => v.clone(),
+            _ => ArrayD::zeros(g.raw_dim()),
+        };
+        let (mu, wd, lr) = (self.momentum, self.weight_decay, self.lr);
+        ndarray::Zip::from(&mut v)
+            .and(g)
+            .and(w)
+            .for_each(|v, &g, &w| *v = mu * *v + g + wd * w);
+        if let Some(m) = mask {
+            m.apply(&mut v)?;
+        }
+        let mut w = w.as_standard_layout().into_owned();
+        w.zip_mut_with(&v, |w, &v| *w -= lr * v);
+        crate::tensor::check_finite(w.as_slice().expect("standard layout"), || {
+            format!("`{name}` after the update")
+        })?;
+        Ok((v, w))
+    }
+}
+
+/// The form a parameter was updated in (a change resets its velocities).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Dense,
+    Codebook,
+    Factors,
+}
+
+/// What a parameter becomes.
+enum NewValue {
+    Dense(ArrayD<f32>),
+    Codebook(QuantizedTensor),
+    Factors(Factorization),
+}
+
+/// The form, the new velocities by key, and the new value of one parameter.
+type Planned = (Form, Vec<(String, ArrayD<f32>)>, NewValue);
+
+/// The codebook of a weight-shared tensor: a per-tensor table whose entries are the
+/// weights' values themselves (scale 1, no zero point), as k-means makes. Grids that
+/// only look like tables (binary, ternary, power-of-two levels times a scale) are not.
+fn shared_values(q: &QuantizedTensor) -> Option<&[f32]> {
+    match q.decoding() {
+        Decoding::Scalar {
+            levels: Levels::Table(t),
+            granularity: Granularity::PerTensor,
+            scales,
+            zero_points,
+            ..
+        } if scales.as_slice() == [1.0] && zero_points.iter().all(|&z| z == 0.0) => Some(t),
+        _ => None,
     }
 }
 

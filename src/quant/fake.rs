@@ -3,7 +3,7 @@
 use ndarray::{ArrayD, ArrayRef, IxDyn};
 
 use super::scheme::Runs;
-use super::{Decoding, QuantizedTensor};
+use super::{Decoding, Levels, QuantizedTensor};
 use crate::error::Result;
 use crate::tensor::{check_same_shape, row_major};
 
@@ -40,7 +40,7 @@ pub fn straight_through(
 ) -> Result<ArrayD<f32>> {
     check_same_shape(q.shape(), grad.shape(), || "gradient".into())?;
     check_same_shape(q.shape(), weights.shape(), || "weights".into())?;
-    let mut out = grad.to_owned();
+    let mut out = grad.as_standard_layout().into_owned();
     let Decoding::Scalar {
         levels,
         granularity,
@@ -52,6 +52,19 @@ pub fn straight_through(
         return Ok(out); // vector codebooks have no clipping range
     };
     let (lo_level, hi_level) = levels.bounds();
+    // Half a step of slack at each end, in level units: values that round to the end
+    // levels are inside (half the gap between the two outer levels of a table).
+    let (slack_lo, slack_hi) = match levels {
+        Levels::Integers { .. } => (0.5, 0.5),
+        Levels::Table(t) => {
+            let mut sorted = t.clone();
+            sorted.sort_by(f32::total_cmp);
+            match sorted.as_slice() {
+                [a, b, .., y, z] => ((b - a) / 2.0, (z - y) / 2.0),
+                _ => (0.0, 0.0),
+            }
+        }
+    };
     let runs = Runs::new(q.shape(), *granularity)?;
     let w = row_major(weights);
     let g = out.as_slice_mut().expect("owned arrays are contiguous");
@@ -65,12 +78,10 @@ pub fn straight_through(
             scales[group],
             zero_points.get(group).copied().unwrap_or(0.0),
         );
-        let (a, b) = (s * (lo_level - z), s * (hi_level - z));
+        let (a, b) = (s * (lo_level - slack_lo - z), s * (hi_level + slack_hi - z));
         let (lo, hi) = (a.min(b), a.max(b));
-        // Half a step of slack: values that round to the end levels are inside.
-        let slack = s.abs() / 2.0;
         for (gi, &wi) in gs.iter_mut().zip(ws) {
-            if wi < lo - slack || wi > hi + slack {
+            if wi < lo || wi > hi {
                 *gi = 0.0;
             }
         }
