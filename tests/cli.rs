@@ -167,3 +167,50 @@ fn bad_requests_fail_with_one_line_and_write_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("slimnn compressed model"));
 }
+
+#[test]
+fn selections_combine_globs_exclusions_and_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let listed = |select: &str| -> Vec<String> {
+        let out = slimnn(&["inspect", "--select", select, &input]);
+        assert!(
+            out.status.success(),
+            "{select}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed("fc*,!fc2.*"), ["fc1.bias", "fc1.weight"]);
+    assert_eq!(
+        listed("kind=bias|linear,!fc1.weight"),
+        ["fc1.bias", "fc2.weight"]
+    );
+    // A step spec keeps its method's default kinds: no bias.
+    assert_eq!(listed("magnitude:0.5@fc1.*"), ["fc1.weight"]);
+
+    // `@fc1.*` prunes fc1's weight, not its bias.
+    let output = dir.path().join("pruned.safetensors").display().to_string();
+    let out = slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &output,
+        "--prune",
+        "magnitude:0.5@fc1.*,fc2.*,!fc2.*",
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Model::load(&output).unwrap();
+    assert_eq!(m.get("fc1.bias").unwrap().zeros(), 0);
+    assert_eq!(m.get("fc2.weight").unwrap().zeros(), 0);
+    assert_eq!(m.get("fc1.weight").unwrap().zeros(), 64 * 96 / 2);
+}

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! slimnn inspect model.safetensors
+//! slimnn inspect --select 'encoder.*,!*.LayerNorm.*,kind=linear' model.safetensors
 //! slimnn compress model.safetensors -o model.slim --prune global:0.9 --quantize kmeans:32 --encode relative:4+huffman --report report.json
 //! slimnn compress model.safetensors -o pruned.safetensors --prune nm:2:4
 //! slimnn decompress model.slim -o model.safetensors
@@ -18,7 +19,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use slimnn::io::safetensors::SaveOptions;
 use slimnn::pipeline::{Pipeline, Report, spec};
-use slimnn::{Error, Model, Result};
+use slimnn::{Error, Model, Result, Selector};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +38,10 @@ enum Command {
     Inspect {
         /// A safetensors file or a slimnn compressed file.
         model: PathBuf,
+        /// List only what a selection picks: `encoder.*,!*.LayerNorm.*,kind=linear`, or a
+        /// step spec such as `int8@encoder.*` (with the method's default kinds).
+        #[arg(long, value_name = "SPEC")]
+        select: Option<String>,
     },
     /// Compress a model: steps run in the order prune, lowrank, quantize, encode.
     Compress {
@@ -45,7 +50,7 @@ enum Command {
         /// Where to write the result.
         #[arg(short, long)]
         output: PathBuf,
-        /// Pruning steps, e.g. `global:0.9`, `nm:2:4`, `magnitude:0.5@fc1.*`.
+        /// Pruning steps, e.g. `global:0.9`, `nm:2:4`, `magnitude:0.5@fc1.*,!*.bias`.
         #[arg(long, value_name = "SPEC")]
         prune: Vec<String>,
         /// Low-rank steps, e.g. `svd:0.95`, `svd:64@fc*`, `tucker2:vbmf`, `budget:100000`.
@@ -117,7 +122,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Inspect { model } => inspect(&load(&model)?),
+        Command::Inspect { model, select } => {
+            let selector = select.as_deref().map(spec::selection).transpose()?;
+            let model = load(&model)?;
+            if let Some(selector) = &selector {
+                // An empty selection is an error naming it.
+                model.select(selector)?;
+            }
+            inspect(&model, selector.as_ref())
+        }
         Command::Compress {
             model,
             output,
@@ -245,7 +258,8 @@ fn write_json(path: &Path, report: &Report) -> Result<()> {
     })
 }
 
-fn inspect(model: &Model) -> Result<()> {
+/// Lists the parameters (only the selected ones, and no raw tensors, with a selector).
+fn inspect(model: &Model, selector: Option<&Selector>) -> Result<()> {
     let width = model
         .params()
         .iter()
@@ -257,7 +271,8 @@ fn inspect(model: &Model) -> Result<()> {
         "{:<width$}  {:<9}  {:<5}  {:<18}  {:>11}  {:>8}  form",
         "name", "kind", "dtype", "shape", "elements", "sparsity"
     );
-    for p in model.params() {
+    let picked = |p: &&slimnn::Param| selector.is_none_or(|s| s.matches(p.name(), p.kind()));
+    for p in model.params().iter().filter(picked) {
         let form = if let Some(f) = p.factorization() {
             format!("factorized, ranks {:?}", f.ranks())
         } else if let Some(q) = p.quantized() {
@@ -276,6 +291,9 @@ fn inspect(model: &Model) -> Result<()> {
             p.numel(),
             100.0 * p.zeros() as f64 / p.numel().max(1) as f64,
         );
+    }
+    if selector.is_some() {
+        return Ok(());
     }
     for t in model.raw_tensors() {
         println!(

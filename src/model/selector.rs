@@ -1,12 +1,20 @@
 //! [`Selector`]: which parameters of a model an operation applies to.
 
+use std::fmt;
+
 use super::LayerKind;
+use crate::error::{Error, Result};
 
 /// Chooses parameters by name glob and [`LayerKind`].
 ///
 /// A parameter is selected when its name matches one of the `include` globs (or there are
 /// none), matches none of the `exclude` globs, and its kind is one of `kinds` (or there are
 /// none). Globs use `*` for any run of characters (dots included) and `?` for one.
+///
+/// As text ([`Selector::parse`], and [`Display`](fmt::Display) prints the same syntax):
+/// comma-separated items, each a name glob to include, `!GLOB` to exclude, or
+/// `kind=K[|K2...]` to filter by kind (`linear`, `conv2d`, `embedding`, `norm`, `bias`,
+/// `other`, or `any` for all of them), e.g. `encoder.*,!*.LayerNorm.*,kind=linear`.
 ///
 /// ```
 /// use slimnn::{LayerKind, Selector};
@@ -68,11 +76,110 @@ impl Selector {
         self
     }
 
+    /// Parses the text form: comma-separated items, each a name glob to include,
+    /// `!GLOB` to exclude, or `kind=K[|K2...]` to filter by kind (case-insensitive
+    /// `linear`, `conv2d`, `embedding`, `norm`, `bias`, `other`, or `any`).
+    ///
+    /// ```
+    /// use slimnn::{LayerKind, Selector};
+    ///
+    /// let sel = Selector::parse("encoder.*,!*.LayerNorm.*,kind=linear|conv2d")?;
+    /// assert_eq!(sel.include, ["encoder.*"]);
+    /// assert_eq!(sel.exclude, ["*.LayerNorm.*"]);
+    /// assert_eq!(sel.kinds, [LayerKind::Linear, LayerKind::Conv2d]);
+    /// assert_eq!(sel.to_string(), "encoder.*,!*.LayerNorm.*,kind=linear|conv2d");
+    /// assert!(Selector::parse("encoder.*,,x").is_err());
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for an empty text or item, an empty glob after `!`,
+    /// or an unknown kind.
+    pub fn parse(text: &str) -> Result<Selector> {
+        let expected = "comma-separated GLOB, !GLOB and kind=K[|K2] items, e.g. \
+                        encoder.*,!*.LayerNorm.*,kind=linear";
+        let bad = || Error::invalid("selection", text, expected);
+        if text.trim().is_empty() {
+            return Err(bad());
+        }
+        let mut sel = Selector::default();
+        for item in text.split(',').map(str::trim) {
+            if let Some(kinds) = item.strip_prefix("kind=") {
+                for k in kinds.split('|').map(str::trim) {
+                    if k.eq_ignore_ascii_case("any") {
+                        sel.kinds.extend_from_slice(&ALL_KINDS);
+                        continue;
+                    }
+                    let kind = ALL_KINDS
+                        .into_iter()
+                        .find(|c| c.to_string().eq_ignore_ascii_case(k))
+                        .ok_or_else(|| {
+                            Error::invalid(
+                                "selection",
+                                text,
+                                format!(
+                                    "kinds among linear, conv2d, embedding, norm, bias, other \
+                                     or any, not `{k}`"
+                                ),
+                            )
+                        })?;
+                    sel.kinds.push(kind);
+                }
+            } else if let Some(glob) = item.strip_prefix('!') {
+                if glob.is_empty() {
+                    return Err(bad());
+                }
+                sel.exclude.push(glob.to_string());
+            } else if item.is_empty() {
+                return Err(bad());
+            } else {
+                sel.include.push(item.to_string());
+            }
+        }
+        let mut seen = Vec::new();
+        sel.kinds.retain(|k| {
+            let new = !seen.contains(k);
+            seen.push(*k);
+            new
+        });
+        Ok(sel)
+    }
+
     /// Whether a parameter with this name and kind is selected.
     pub fn matches(&self, name: &str, kind: LayerKind) -> bool {
         (self.include.is_empty() || self.include.iter().any(|p| glob_match(p, name)))
             && !self.exclude.iter().any(|p| glob_match(p, name))
             && (self.kinds.is_empty() || self.kinds.contains(&kind))
+    }
+}
+
+/// Every kind, in the order [`Selector::parse`] tries their names.
+const ALL_KINDS: [LayerKind; 6] = [
+    LayerKind::Linear,
+    LayerKind::Conv2d,
+    LayerKind::Embedding,
+    LayerKind::Norm,
+    LayerKind::Bias,
+    LayerKind::Other,
+];
+
+/// The text form of [`Selector::parse`]; a selector of every parameter prints as `*`.
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut items: Vec<String> = self.include.clone();
+        items.extend(self.exclude.iter().map(|g| format!("!{g}")));
+        if !self.kinds.is_empty() {
+            let kinds: Vec<String> = self
+                .kinds
+                .iter()
+                .map(|k| k.to_string().to_ascii_lowercase())
+                .collect();
+            items.push(format!("kind={}", kinds.join("|")));
+        }
+        if items.is_empty() {
+            return f.write_str("*");
+        }
+        f.write_str(&items.join(","))
     }
 }
 
@@ -103,7 +210,50 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{LayerKind, Selector, glob_match};
+
+    #[test]
+    fn parse_and_display_agree() {
+        for text in [
+            "encoder.*",
+            "encoder.*,!*.LayerNorm.*,kind=linear",
+            "a.*,b.*,!*.bias,!*norm*,kind=linear|conv2d",
+            "!*.bias",
+            "kind=embedding",
+        ] {
+            let sel = Selector::parse(text).unwrap();
+            assert_eq!(sel.to_string(), text);
+            assert_eq!(Selector::parse(&sel.to_string()).unwrap(), sel);
+        }
+        assert_eq!(Selector::all().to_string(), "*");
+        assert_eq!(Selector::prunable().to_string(), "kind=linear|conv2d");
+        let sel = Selector::parse(" fc* , kind=Linear|BIAS|linear ").unwrap();
+        assert_eq!(sel.include, ["fc*"]);
+        assert_eq!(sel.kinds, [LayerKind::Linear, LayerKind::Bias]);
+        assert_eq!(Selector::parse("kind=any").unwrap().kinds.len(), 6);
+        for bad in [
+            "",
+            " ",
+            "a,,b",
+            "a,",
+            "!",
+            "kind=",
+            "kind=dense",
+            "kind=linear|",
+        ] {
+            assert!(Selector::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parsed_selections_combine_globs_exclusions_and_kinds() {
+        let sel = Selector::parse("encoder.*,pooler.*,!*.LayerNorm.*,kind=linear").unwrap();
+        assert!(sel.matches("encoder.0.fc.weight", LayerKind::Linear));
+        assert!(sel.matches("pooler.dense.weight", LayerKind::Linear));
+        assert!(!sel.matches("encoder.0.LayerNorm.weight", LayerKind::Linear));
+        assert!(!sel.matches("encoder.0.fc.bias", LayerKind::Bias));
+        assert!(!sel.matches("embeddings.weight", LayerKind::Linear));
+    }
 
     #[test]
     fn globs() {

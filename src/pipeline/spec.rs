@@ -1,6 +1,6 @@
 //! Steps from short text specifications, as the command line and configuration files
 //! give them: `global:0.9`, `kmeans:32`, `svd:0.95`, `relative:4+huffman`, each with an
-//! optional `@glob` choosing the parameters (`global:0.9@fc*.weight`).
+//! optional `@SELECTION` choosing the parameters (`global:0.9@fc*.weight`).
 //!
 //! | family | spec | step |
 //! | --- | --- | --- |
@@ -20,9 +20,16 @@
 //! | lowrank | `budget:P` | SVD ranks for all Linear weights within `P` parameters |
 //! | encode | `auto`, `dense`, `bitmask`, `csr`, `relative:B`, each `+huffman` | storage |
 //!
-//! Without `@glob`, prune and quantize steps select every Linear and Conv2d weight, SVD
-//! methods the Linear weights, convolution methods the Conv2d weights, and encode steps
-//! every parameter.
+//! The selection after `@` is a [`Selector`] in its text form ([`Selector::parse`]):
+//! comma-separated name globs, `!GLOB` exclusions and a `kind=K[|K2]` filter, e.g.
+//! `int8@encoder.*,!*.LayerNorm.*` or `budget:500000@*.intermediate.*,*.output.dense.*`
+//! (one step, so one threshold or budget over all the layers chosen).
+//!
+//! Each method has default kinds: prune and quantize steps select Linear and Conv2d
+//! weights, SVD methods Linear weights, convolution methods Conv2d weights, and encode
+//! steps every parameter. A selection without `kind=` keeps the method's default kinds
+//! (so `magnitude:0.5@encoder.*` leaves biases and norms alone); `kind=` replaces them
+//! (`kind=any` for all kinds).
 
 use super::{Compressor, Encode, Factorize, FactorizeWithin, Prune, PruneGlobal, Quantize};
 use crate::error::{Error, Result};
@@ -41,12 +48,60 @@ fn bad(family: &'static str, spec: &str, expected: &str) -> Error {
     Error::invalid(family, spec, expected.to_string())
 }
 
-/// The spec without its `@glob`, and the selector (or `default`).
-fn split(spec: &str, default: Selector) -> (&str, Selector) {
+/// The spec without its `@SELECTION`, and the selector: the parsed selection with the
+/// `default` kinds unless it has a `kind=` filter, or `default` without a selection.
+fn split(spec: &str, default: Selector) -> Result<(&str, Selector)> {
     match spec.split_once('@') {
-        Some((s, glob)) => (s, Selector::glob(glob)),
-        None => (spec, default),
+        Some((s, text)) => {
+            let mut selector = Selector::parse(text)?;
+            if selector.kinds.is_empty() {
+                selector.kinds = default.kinds;
+            }
+            Ok((s, selector))
+        }
+        None => Ok((spec, default)),
     }
+}
+
+/// The default selection of a method, by its name (the part of a spec before `:`).
+fn default_selector(method: &str) -> Option<Selector> {
+    let method = method.strip_suffix("+huffman").unwrap_or(method);
+    Some(match method {
+        "magnitude" | "global" | "random" | "nm" | "structured" | "kmeans" | "kmeans-optimal"
+        | "pow2" | "ternary" | "binary" | "q8_0" | "q4_0" => Selector::prunable(),
+        m if m.starts_with("int") => Selector::prunable(),
+        "svd" | "rsvd" | "budget" => Selector::kinds(&[LayerKind::Linear]),
+        "tucker2" | "cp" | "separable" => Selector::kinds(&[LayerKind::Conv2d]),
+        "auto" | "dense" | "bitmask" | "csr" | "relative" => Selector::all(),
+        _ => return None,
+    })
+}
+
+/// The parameters a step spec selects (`int8@encoder.*`: the selection with the
+/// method's default kinds, as the step would use it), or, for text without `@`, a bare
+/// selection (`encoder.*,!*.LayerNorm.*`, parsed by [`Selector::parse`]).
+///
+/// ```
+/// use slimnn::pipeline::spec;
+///
+/// let sel = spec::selection("magnitude:0.5@encoder.*")?;
+/// assert_eq!(sel.to_string(), "encoder.*,kind=linear|conv2d");
+/// assert_eq!(spec::selection("encoder.*,!*.bias")?.to_string(), "encoder.*,!*.bias");
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn selection(text: &str) -> Result<Selector> {
+    let Some((method, _)) = text.split_once('@') else {
+        return Selector::parse(text);
+    };
+    let name = method.split(':').next().unwrap_or(method);
+    let default = default_selector(name).ok_or_else(|| {
+        bad(
+            "selection",
+            text,
+            "SELECTION, or METHOD@SELECTION with a prune, lowrank, quantize or encode method",
+        )
+    })?;
+    Ok(split(text, default)?.1)
 }
 
 fn number<T: std::str::FromStr>(
@@ -63,7 +118,7 @@ fn number<T: std::str::FromStr>(
 /// A pruning step from its spec (see the module's table).
 pub fn prune_step(spec: &str) -> Result<Box<dyn Compressor>> {
     const FAMILY: &str = "prune";
-    let (s, selector) = split(spec, Selector::prunable());
+    let (s, selector) = split(spec, Selector::prunable())?;
     let mut parts = s.split(':');
     let method = parts.next().unwrap_or("");
     let fraction =
@@ -126,7 +181,7 @@ pub fn prune_step(spec: &str) -> Result<Box<dyn Compressor>> {
 /// A quantization step from its spec (see the module's table).
 pub fn quantize_step(spec: &str) -> Result<Box<dyn Compressor>> {
     const FAMILY: &str = "quantize";
-    let (s, selector) = split(spec, Selector::prunable());
+    let (s, selector) = split(spec, Selector::prunable())?;
     let per_row = Granularity::PerChannel { axis: 0 };
     let label = format!("quantize: {s}");
     let expected = "int8..int2, intB-groupG, kmeans:K, kmeans-optimal:K, pow2:B, ternary, binary, q8_0 or q4_0";
@@ -207,7 +262,7 @@ pub fn lowrank_step(spec: &str) -> Result<Box<dyn Compressor>> {
         "svd" | "rsvd" | "budget" => Selector::kinds(&[LayerKind::Linear]),
         _ => Selector::kinds(&[LayerKind::Conv2d]),
     };
-    let (_, sel) = split(spec, default);
+    let (_, sel) = split(spec, default)?;
     let label = format!("factorize: {s}");
     Ok(match method {
         "svd" => {
@@ -243,7 +298,7 @@ pub fn lowrank_step(spec: &str) -> Result<Box<dyn Compressor>> {
 
 /// An encoding step from its spec (see the module's table).
 pub fn encode_step(spec: &str) -> Result<Box<dyn Compressor>> {
-    let (s, selector) = split(spec, Selector::all());
+    let (s, selector) = split(spec, Selector::all())?;
     let (s, huffman) = match s.strip_suffix("+huffman") {
         Some(rest) => (rest, true),
         None => (s, false),
@@ -381,5 +436,92 @@ mod tests {
             .unwrap();
         assert!(model.get("fc1.weight").unwrap().mask().is_none());
         assert!(model.get("fc2.weight").unwrap().mask().is_some());
+    }
+
+    fn bert_like() -> crate::Model {
+        let mut model = crate::Model::new();
+        let w = |shape: &[usize], scale: f32| {
+            ndarray::Array::from_shape_fn(ndarray::IxDyn(shape), move |i| {
+                let flat = ndarray::Dimension::slice(&i)
+                    .iter()
+                    .fold(0, |a, &b| a * 31 + b);
+                scale * ((flat as f32) * 0.37).sin()
+            })
+        };
+        model.add("encoder.0.fc1.weight", w(&[8, 16], 1.0)).unwrap();
+        model.add("encoder.0.fc1.bias", w(&[8], 1.0)).unwrap();
+        model.add("encoder.0.fc2.weight", w(&[16, 8], 4.0)).unwrap();
+        model
+            .add("encoder.0.LayerNorm.weight", w(&[16], 1.0))
+            .unwrap();
+        model
+            .add("encoder.0.attn.weight", w(&[16, 16], 1.0))
+            .unwrap();
+        model.add("pooler.weight", w(&[16, 16], 1.0)).unwrap();
+        model
+    }
+
+    fn touched(model: &crate::Model) -> Vec<&str> {
+        model
+            .params()
+            .iter()
+            .filter(|p| p.mask().is_some() || p.quantized().is_some())
+            .map(|p| p.name())
+            .collect()
+    }
+
+    #[test]
+    fn a_selection_keeps_the_default_kinds_unless_it_names_some() {
+        let mut model = bert_like();
+        prune_step("magnitude:0.5@encoder.*")
+            .unwrap()
+            .compress(&mut model)
+            .unwrap();
+        assert_eq!(
+            touched(&model),
+            [
+                "encoder.0.fc1.weight",
+                "encoder.0.fc2.weight",
+                "encoder.0.attn.weight"
+            ]
+        );
+        let mut model = bert_like();
+        quantize_step("int8@encoder.*,!*.attn.*,kind=linear|bias")
+            .unwrap()
+            .compress(&mut model)
+            .unwrap();
+        assert_eq!(
+            touched(&model),
+            [
+                "encoder.0.fc1.weight",
+                "encoder.0.fc1.bias",
+                "encoder.0.fc2.weight"
+            ]
+        );
+        assert_eq!(
+            selection("int8@encoder.*,!*.attn.*").unwrap().to_string(),
+            "encoder.*,!*.attn.*,kind=linear|conv2d"
+        );
+        assert_eq!(
+            selection("budget:10@*.fc*").unwrap().to_string(),
+            "*.fc*,kind=linear"
+        );
+        assert!(selection("magic:1@*").is_err());
+        assert!(prune_step("global:0.5@fc1.*,,x").is_err());
+    }
+
+    #[test]
+    fn several_globs_in_one_spec_share_one_global_threshold() {
+        let mut model = bert_like();
+        prune_step("global:0.5@*.fc1.*,*.fc2.*")
+            .unwrap()
+            .compress(&mut model)
+            .unwrap();
+        let zeros = |n: &str| model.get(n).unwrap().zeros();
+        let (a, b) = (zeros("encoder.0.fc1.weight"), zeros("encoder.0.fc2.weight"));
+        // fc2's weights are 4x larger: one threshold takes them far less.
+        assert_eq!(a + b, 128);
+        assert!(a > 2 * b, "{a} {b}");
+        assert_eq!(touched(&model).len(), 2);
     }
 }
