@@ -214,3 +214,54 @@ fn selections_combine_globs_exclusions_and_kinds() {
     assert_eq!(m.get("fc2.weight").unwrap().zeros(), 0);
     assert_eq!(m.get("fc1.weight").unwrap().zeros(), 64 * 96 / 2);
 }
+
+#[test]
+fn a_closed_pipe_a_mistyped_selection_and_a_dense_input_get_one_clear_line() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let slim = dir.path().join("model.slim").display().to_string();
+    let out = slimnn(&["compress", &input, "-o", &slim, "--quiet"]);
+    assert!(out.status.success());
+
+    // `slimnn report model.slim | head -0`: the reader is gone before the first write.
+    for args in [vec!["report", &slim], vec!["inspect", &slim]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_slimnn"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+
+    // An empty selection is named in the syntax it was given in.
+    let out = slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &slim,
+        "--prune",
+        "magnitude:0.5@encoder.*,!*.bias",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("`encoder.*,!*.bias,kind=linear|conv2d`") && !err.contains("Selector"),
+        "{err}"
+    );
+
+    // A safetensors input is not a compressed file: one line, nothing written.
+    let dense = dir.path().join("dense.safetensors");
+    let out = slimnn(&["decompress", &input, "-o", &dense.display().to_string()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not a compressed file"), "{err}");
+    assert!(!dense.exists());
+}

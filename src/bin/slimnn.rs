@@ -12,6 +12,8 @@
 //! Step specifications are those of `slimnn::pipeline::spec`. Errors are one line on
 //! stderr and a non-zero exit; outputs are written atomically, never half.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -190,13 +192,21 @@ fn run(cli: Cli) -> Result<()> {
                 write_json(&path, &result)?;
             }
             if !quiet {
-                print!("{result}");
-                println!("wrote {}", output.display());
+                emit(&format!("{result}wrote {}\n", output.display()))?;
             }
             Ok(())
         }
         Command::Decompress { model, output } => {
-            load(&model)?.save(&output, &SaveOptions::default())
+            if !is_compressed(&model)? {
+                return Err(Error::InvalidFormat {
+                    format: "slimnn compressed model",
+                    source_name: model.display().to_string(),
+                    reason: "not a compressed file (no SLIMNNCM magic): decompress reads \
+                             what compress writes; a safetensors file is already dense"
+                        .into(),
+                });
+            }
+            Model::load_compressed(&model)?.save(&output, &SaveOptions::default())
         }
         Command::Report {
             model,
@@ -214,23 +224,29 @@ fn run(cli: Cli) -> Result<()> {
                 report.measure(&compressed, batch)?;
             }
             if json {
-                println!("{}", report.to_json());
+                emit(&(report.to_json() + "\n"))?;
             } else {
-                print!("{report}");
+                emit(&report.to_string())?;
             }
             Ok(())
         }
     }
 }
 
+/// Whether `path` starts with the compressed format's magic (an error if it cannot be
+/// opened).
+fn is_compressed(path: &Path) -> Result<bool> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    let mut magic = [0u8; 8];
+    Ok(std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"SLIMNNCM")
+}
+
 /// A safetensors or compressed model, told apart by the compressed format's magic.
 fn load(path: &Path) -> Result<Model> {
-    let mut magic = [0u8; 8];
-    let compressed = std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok()
-        && &magic == b"SLIMNNCM";
-    if compressed {
+    if is_compressed(path)? {
         Model::load_compressed(path)
     } else {
         Model::load(path)
@@ -267,7 +283,9 @@ fn inspect(model: &Model, selector: Option<&Selector>) -> Result<()> {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<width$}  {:<9}  {:<5}  {:<18}  {:>11}  {:>8}  form",
         "name", "kind", "dtype", "shape", "elements", "sparsity"
     );
@@ -282,7 +300,8 @@ fn inspect(model: &Model, selector: Option<&Selector>) -> Result<()> {
         } else {
             "dense".to_string()
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<width$}  {:<9}  {:<5}  {:<18}  {:>11}  {:>7.2}%  {form}",
             p.name(),
             p.kind().to_string(),
@@ -292,19 +311,35 @@ fn inspect(model: &Model, selector: Option<&Selector>) -> Result<()> {
             100.0 * p.zeros() as f64 / p.numel().max(1) as f64,
         );
     }
-    if selector.is_some() {
-        return Ok(());
+    if selector.is_none() {
+        for t in model.raw_tensors() {
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:<9}  {:<5}  {:<18}  {:>11}  {:>8}  kept as is",
+                t.name,
+                "raw",
+                t.dtype,
+                format!("{:?}", t.shape),
+                t.shape.iter().product::<usize>(),
+                "",
+            );
+        }
     }
-    for t in model.raw_tensors() {
-        println!(
-            "{:<width$}  {:<9}  {:<5}  {:<18}  {:>11}  {:>8}  kept as is",
-            t.name,
-            "raw",
-            t.dtype,
-            format!("{:?}", t.shape),
-            t.shape.iter().product::<usize>(),
-            "",
-        );
+    emit(&out)
+}
+
+/// Writes `text` to standard output. A closed pipe (`slimnn report m.slim | head -3`)
+/// is a quiet success, as for other command-line tools.
+fn emit(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
+            path: "<standard output>".into(),
+            source: e,
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }

@@ -285,7 +285,7 @@ impl Model {
             .collect();
         if names.is_empty() {
             return Err(Error::Empty {
-                what: format!("the parameter selection {selector:?}"),
+                what: format!("the parameter selection `{selector}`"),
             });
         }
         Ok(names)
