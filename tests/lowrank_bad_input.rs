@@ -331,3 +331,56 @@ fn budgets_that_cannot_be_met() {
     );
     assert_eq!(values(&model), before);
 }
+
+#[test]
+fn a_layer_that_reaches_its_break_even_rank_stays_dense() {
+    // A square 64×64 weight with a flat spectrum: its break-even rank is 31 (31 · 128
+    // = 3,968 < 4,096), which would save 128 parameters and lose half the energy.
+    let flat = LayerSpectrum {
+        singular_values: vec![1.0; 64],
+        energy: 64.0,
+        params_per_rank: 128,
+        flops_per_rank: 128,
+        dense_params: 64 * 64,
+        dense_flops: 64 * 64,
+    };
+    for budget in [Budget::Params(4096), Budget::Flops(100_000)] {
+        assert_eq!(
+            allocate_ranks(std::slice::from_ref(&flat), budget).unwrap(),
+            vec![0]
+        );
+    }
+    // Not affordable: the largest rank that fits.
+    assert_eq!(
+        allocate_ranks(std::slice::from_ref(&flat), Budget::Params(4000)).unwrap(),
+        vec![31]
+    );
+    // Beside a layer with a steep spectrum, the flat one is kept dense and the other gets
+    // what is left.
+    let steep = LayerSpectrum {
+        singular_values: (0..64).map(|i| 0.5f64.powi(i)).collect(),
+        energy: (0..64).map(|i| 0.25f64.powi(i)).sum(),
+        ..flat.clone()
+    };
+    let ranks = allocate_ranks(&[flat.clone(), steep], Budget::Params(4096 + 10 * 128)).unwrap();
+    assert_eq!(ranks, vec![0, 10]);
+
+    // On a model: a square weight under a budget that affords it stays dense.
+    let mut model = Model::new();
+    model.add("attn.weight", normal(&[48, 48], 17)).unwrap();
+    model.add("ffn.weight", normal(&[48, 192], 18)).unwrap();
+    let report = model
+        .factorize_within(&Selector::prunable(), Budget::Params(48 * 48 + 4 * 240))
+        .unwrap();
+    assert!(model.get("attn.weight").unwrap().factorization().is_none());
+    assert_eq!(
+        model
+            .get("ffn.weight")
+            .unwrap()
+            .factorization()
+            .unwrap()
+            .ranks(),
+        vec![4]
+    );
+    assert_eq!(report.layers.len(), 1);
+}

@@ -20,7 +20,7 @@ pub struct LayerSpectrum {
     /// FLOPs one component costs per output position.
     pub flops_per_rank: usize,
     /// The dense layer's parameters: no rank is allocated past the break-even rank
-    /// where the factors would cost as much.
+    /// where the factors would cost as much, and a layer that reaches it stays dense.
     pub dense_params: usize,
     /// The dense layer's FLOPs per output position (the break-even of a FLOP budget).
     pub dense_flops: usize,
@@ -71,8 +71,16 @@ pub enum Budget {
 /// they recover per unit of cost; since each layer's singular values decrease, every
 /// layer's gain per component decreases too, and the greedy choice is optimal up to the
 /// last, partially affordable component. Every layer gets rank at least 1, and none
-/// more than its break-even rank (where the factors would cost as much as the dense
-/// layer).
+/// more than its break-even rank (the largest rank whose factors still cost less than
+/// the dense layer).
+///
+/// A factorization at the break-even rank saves almost nothing (at most one component's
+/// cost) and still loses accuracy, so a layer that reaches it goes on to stay **dense**
+/// as its next step, when the budget affords the dense layer: that step costs the
+/// difference and recovers all the remaining energy. A dense layer is returned as rank
+/// **0** (it is not to be factorized; [`Model::factorize_within`](crate::Model::factorize_within)
+/// leaves it as it is); a layer whose rank 1 already costs as much as the dense layer
+/// starts dense.
 ///
 /// ```
 /// use slimnn::lowrank::{Budget, LayerSpectrum, allocate_ranks};
@@ -112,8 +120,18 @@ pub fn allocate_ranks(layers: &[LayerSpectrum], budget: Budget) -> Result<Vec<us
             ));
         }
     }
+    let dense_cost = |l: &LayerSpectrum| match budget {
+        Budget::Params(_) => l.dense_params,
+        Budget::Flops(_) => l.dense_flops,
+    };
+    // A layer whose rank 1 costs as much as the dense layer is worth nothing factorized.
+    let mut dense: Vec<bool> = layers.iter().map(|l| cost(l) >= dense_cost(l)).collect();
     let mut ranks = vec![1usize; layers.len()];
-    let mut spent: usize = layers.iter().map(cost).sum();
+    let mut spent: usize = layers
+        .iter()
+        .zip(&dense)
+        .map(|(l, &d)| if d { dense_cost(l) } else { cost(l) })
+        .sum();
     if spent > limit {
         return Err(Error::invalid(
             "budget",
@@ -122,22 +140,42 @@ pub fn allocate_ranks(layers: &[LayerSpectrum], budget: Budget) -> Result<Vec<us
         ));
     }
     loop {
-        // The next component of each layer, by relative energy per unit of cost.
+        // The next step of each layer, by relative energy per unit of cost: its next
+        // component, or at its largest rank, staying dense (all the remaining energy).
         let best = layers
             .iter()
             .enumerate()
-            .filter(|(i, l)| ranks[*i] < l.max_rank(budget) && spent + cost(l) <= limit)
-            .map(|(i, l)| {
-                let s = l.singular_values[ranks[i]];
-                (i, s * s / l.energy / cost(l) as f64)
+            .filter(|(i, _)| !dense[*i])
+            .filter_map(|(i, l)| {
+                let r = ranks[i];
+                if r < l.max_rank(budget) {
+                    let s = l.singular_values[r];
+                    Some((i, cost(l), s * s / l.energy / cost(l) as f64))
+                } else if l.max_rank(budget) < l.singular_values.len() {
+                    let step = dense_cost(l).saturating_sub(r * cost(l)).max(1);
+                    let rest: f64 = l.singular_values[r..].iter().map(|s| s * s).sum();
+                    Some((i, step, rest / l.energy / step as f64))
+                } else {
+                    None
+                }
             })
-            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+            .filter(|&(_, step, _)| spent + step <= limit)
+            .max_by(|a, b| a.2.total_cmp(&b.2).then(b.0.cmp(&a.0)));
         match best {
-            Some((i, gain)) if gain > 0.0 => {
-                ranks[i] += 1;
-                spent += cost(&layers[i]);
+            Some((i, step, gain)) if gain > 0.0 => {
+                if ranks[i] < layers[i].max_rank(budget) {
+                    ranks[i] += 1;
+                } else {
+                    dense[i] = true;
+                }
+                spent += step;
             }
             _ => break,
+        }
+    }
+    for (r, d) in ranks.iter_mut().zip(dense) {
+        if d {
+            *r = 0;
         }
     }
     Ok(ranks)

@@ -46,7 +46,9 @@ impl Model {
 
     /// Factorizes the selected Linear weights by truncated SVD with the ranks
     /// [`allocate_ranks`] chooses to meet one parameter or FLOP budget over all of them
-    /// with the least total relative error; otherwise as [`Model::factorize`].
+    /// with the least total relative error; otherwise as [`Model::factorize`]. A layer
+    /// whose factorization would reach its break-even rank, and so save almost nothing,
+    /// stays dense when the budget affords it (it is then not in the report).
     ///
     /// ```
     /// use ndarray::{Array, IxDyn};
@@ -72,6 +74,9 @@ impl Model {
             spectra.push(LayerSpectrum::linear(&self.get(name)?.effective(), &ctx)?);
         }
         let ranks = allocate_ranks(&spectra, budget)?;
+        // Rank 0: the layer stays dense (its factorization would save nothing).
+        let (names, ranks): (Vec<String>, Vec<usize>) =
+            names.into_iter().zip(ranks).filter(|&(_, r)| r > 0).unzip();
         let mut ranks = ranks.into_iter();
         self.factorize_each(names, |name, p| {
             let r = ranks.next().expect("one rank per name");
