@@ -265,3 +265,67 @@ fn a_closed_pipe_a_mistyped_selection_and_a_dense_input_get_one_clear_line() {
     assert!(err.contains("not a compressed file"), "{err}");
     assert!(!dense.exists());
 }
+
+/// `n` with thousands separators, as reports print it.
+fn grouped(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn the_report_describes_the_file_written_against_the_input_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let input_size = std::fs::metadata(&input).unwrap().len();
+    for output in ["pruned.safetensors", "pruned.slim"] {
+        let output = dir.path().join(output).display().to_string();
+        let json = dir.path().join("report.json").display().to_string();
+        let out = slimnn(&[
+            "compress",
+            &input,
+            "-o",
+            &output,
+            "--prune",
+            "nm:2:4",
+            "--quantize",
+            "int8",
+            "--report",
+            &json,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let written = std::fs::metadata(&output).unwrap().len();
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["file_bytes"].as_u64().unwrap(), written, "{output}");
+        assert_eq!(
+            report["original_bytes"].as_u64().unwrap(),
+            input_size,
+            "{output}"
+        );
+        let printed = String::from_utf8_lossy(&out.stdout);
+        let summary = format!("({} → {} bytes)", grouped(input_size), grouped(written));
+        assert!(printed.contains(&summary), "{summary} not in {printed}");
+        if output.ends_with(".safetensors") {
+            // Dense floats: each weight's bytes are its elements × 4.
+            let rows = report["params"].as_array().unwrap();
+            for p in rows {
+                let stored: u64 = ["header", "values", "indices", "decoding", "tables"]
+                    .iter()
+                    .map(|k| p["stored"][k].as_u64().unwrap())
+                    .sum();
+                assert_eq!(stored, 4 * p["params"].as_u64().unwrap(), "{p}");
+            }
+        }
+    }
+}

@@ -173,6 +173,7 @@ fn run(cli: Cli) -> Result<()> {
             for s in &encode {
                 pipeline.push(spec::encode_step(s)?);
             }
+            let input_bytes = file_size(&model)?;
             let mut model = load(&model)?;
             let bar = progress(quiet, pipeline.describe_steps().len());
             let result = pipeline.run_with(&mut model, |i, description| {
@@ -184,10 +185,19 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(batch) = measure {
                 result.measure(&model, batch)?;
             }
-            match format {
-                Format::Compressed => model.save_compressed(&output)?,
-                Format::Safetensors => model.save(&output, &SaveOptions::default())?,
-            }
+            // The report describes the file written, against the input file on disk.
+            let bytes = match format {
+                Format::Compressed => slimnn::store::to_bytes(&model)?,
+                Format::Safetensors => {
+                    let options = SaveOptions::default();
+                    let bytes = model.to_safetensors(&options)?;
+                    result.describe_dense_file(&model, options.dtype, bytes.len())?;
+                    bytes
+                }
+            };
+            result.file_bytes = bytes.len();
+            result.original_bytes = input_bytes;
+            write_bytes(&output, &bytes)?;
             if let Some(path) = report {
                 write_json(&path, &result)?;
             }
@@ -215,11 +225,15 @@ fn run(cli: Cli) -> Result<()> {
             measure,
         } => {
             let compressed = load(&model)?;
+            let original_bytes = original.as_deref().map(file_size).transpose()?;
             let original = match original {
                 Some(p) => load(&p)?,
                 None => compressed.clone(),
             };
             let mut report = Report::compare(&original, &compressed, Vec::new())?;
+            if let Some(n) = original_bytes {
+                report.original_bytes = n;
+            }
             if let Some(batch) = measure {
                 report.measure(&compressed, batch)?;
             }
@@ -262,6 +276,24 @@ fn progress(quiet: bool, steps: usize) -> ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+/// The size of the file at `path` on disk.
+fn file_size(path: &Path) -> Result<usize> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    Ok(usize::try_from(meta.len()).unwrap_or(usize::MAX))
+}
+
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    slimnn::io::write_atomically(path, |tmp| {
+        std::fs::write(tmp, bytes).map_err(|e| Error::Io {
+            path: tmp.into(),
+            source: e,
+        })
+    })
 }
 
 fn write_json(path: &Path, report: &Report) -> Result<()> {

@@ -99,7 +99,8 @@ pub struct Report {
     pub steps: Vec<StepRecord>,
     /// Every parameter of the model.
     pub params: Vec<ParamReport>,
-    /// Bytes of the uncompressed parameters and kept raw tensors.
+    /// Bytes of the uncompressed parameters and kept raw tensors (the command line
+    /// sets it to the input file's size on disk).
     pub original_bytes: usize,
     /// Bytes of the compressed model file, headers and checksums included.
     pub file_bytes: usize,
@@ -256,6 +257,56 @@ impl Report {
     #[cfg(feature = "serde")]
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a report is plain data")
+    }
+}
+
+impl Report {
+    /// Makes the report describe a dense safetensors file of `model` (the compressed
+    /// model it reports on) instead of the compressed format: every parameter stored as
+    /// its dense values (elements × its dtype's size, or `dtype`'s when the file was
+    /// written in one dtype), no Huffman streams, and [`Report::file_bytes`] the size
+    /// of the file written. Errors and FLOPs are unchanged: they are of the values.
+    ///
+    /// ```
+    /// use ndarray::{Array, IxDyn};
+    /// use slimnn::io::safetensors::SaveOptions;
+    /// use slimnn::pipeline::{Pipeline, Prune};
+    /// use slimnn::prune::MagnitudePruner;
+    /// use slimnn::{Model, Selector};
+    ///
+    /// let mut model = Model::new();
+    /// model.add("fc.weight", Array::from_shape_fn(IxDyn(&[16, 32]), |i| (i[0] * 32 + i[1]) as f32))?;
+    /// let mut report = Pipeline::new()
+    ///     .then(Prune::new(Selector::prunable(), MagnitudePruner::magnitude(0.9)?))
+    ///     .run(&mut model)?;
+    /// let bytes = model.to_safetensors(&SaveOptions::default())?;
+    /// report.describe_dense_file(&model, None, bytes.len())?;
+    /// assert_eq!(report.file_bytes, bytes.len());
+    /// assert_eq!(report.params[0].stored.total(), 16 * 32 * 4);
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn describe_dense_file(
+        &mut self,
+        model: &Model,
+        dtype: Option<crate::model::DType>,
+        file_bytes: usize,
+    ) -> Result<()> {
+        for row in &mut self.params {
+            let p = model.get(&row.name)?;
+            let dtype = dtype.unwrap_or(p.dtype());
+            row.stored = StoredBytes {
+                values: p.numel() * dtype.size(),
+                ..StoredBytes::default()
+            };
+            let held = format!("{dtype:?}");
+            if row.form != held {
+                row.form = format!("{held}, decoded from {}", row.form);
+            }
+            row.huffman_bits = 0;
+            row.entropy_bits = 0.0;
+        }
+        self.file_bytes = file_bytes;
+        Ok(())
     }
 }
 
