@@ -329,3 +329,100 @@ fn the_report_describes_the_file_written_against_the_input_file() {
         }
     }
 }
+
+#[test]
+fn the_input_is_never_harmed_and_a_failed_run_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let slim = dir.path().join("model.slim").display().to_string();
+    assert!(
+        slimnn(&["compress", &input, "-o", &slim, "--quiet"])
+            .status
+            .success()
+    );
+    let link = dir.path().join("link.safetensors");
+    std::fs::hard_link(&input, &link).unwrap();
+    let same_input = format!("{}/./model.safetensors", dir.path().display());
+    let link = link.display().to_string();
+    let missing = dir
+        .path()
+        .join("missing")
+        .join("r.json")
+        .display()
+        .to_string();
+    let out_path = dir.path().join("out.slim");
+    let output = out_path.display().to_string();
+    let before = (
+        std::fs::read(&input).unwrap(),
+        std::fs::read(&slim).unwrap(),
+    );
+    for args in [
+        vec!["compress", &input, "-o", &input, "--prune", "nm:2:4"],
+        vec!["compress", &input, "-o", &same_input, "--prune", "nm:2:4"],
+        vec!["compress", &input, "-o", &link, "--prune", "nm:2:4"],
+        vec!["compress", &slim, "-o", &slim, "--quantize", "int8"],
+        vec!["compress", &input, "-o", &output, "--report", &input],
+        vec!["compress", &input, "-o", &output, "--report", &output],
+        vec!["compress", &input, "-o", &output, "--report", &missing],
+        vec!["decompress", &slim, "-o", &slim],
+    ] {
+        let out = slimnn(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(!out_path.exists(), "{args:?} left a file");
+        let now = (
+            std::fs::read(&input).unwrap(),
+            std::fs::read(&slim).unwrap(),
+        );
+        assert!(now == before, "{args:?} changed an input");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".slimnn-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_run_stopped_by_a_signal_removes_its_temporary_files() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let output = dir.path().join("out.slim");
+    let json = dir.path().join("report.json");
+    let temporaries = || -> Vec<String> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".slimnn-") && n.ends_with(".tmp"))
+            .collect()
+    };
+    for signal in ["-TERM", "-INT"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_slimnn"))
+            .args(["compress", &input, "-o", &output.display().to_string()])
+            .args(["--report", &json.display().to_string(), "--quiet"])
+            .env("SLIMNN_TEST_HOLD_OUTPUTS_MS", "20000")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while temporaries().len() < 2 {
+            assert!(t0.elapsed() < Duration::from_secs(60), "no temporary files");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let killed = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{signal}");
+        assert!(temporaries().is_empty(), "{signal}: {:?}", temporaries());
+        assert!(!output.exists() && !json.exists(), "{signal}");
+    }
+}

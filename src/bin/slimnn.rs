@@ -113,6 +113,7 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    outputs::remove_temporary_files_on_signal();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -160,6 +161,13 @@ fn run(cli: Cli) -> Result<()> {
                         .into(),
                 });
             }
+            // Nothing is read or computed before every output is known to be writable
+            // and none is the input.
+            let mut targets = vec![("--output", output.as_path())];
+            if let Some(r) = &report {
+                targets.push(("--report", r.as_path()));
+            }
+            outputs::check(&model, &targets)?;
             let mut pipeline = Pipeline::new();
             for s in &prune {
                 pipeline.push(spec::prune_step(s)?);
@@ -197,10 +205,13 @@ fn run(cli: Cli) -> Result<()> {
             };
             result.file_bytes = bytes.len();
             result.original_bytes = input_bytes;
-            write_bytes(&output, &bytes)?;
-            if let Some(path) = report {
-                write_json(&path, &result)?;
+            // All outputs are written last, together: a failing one leaves none behind.
+            let json = report.as_ref().map(|_| result.to_json() + "\n");
+            let mut files = vec![(output.as_path(), bytes.as_slice())];
+            if let (Some(path), Some(json)) = (&report, &json) {
+                files.push((path.as_path(), json.as_bytes()));
             }
+            outputs::write_all(&files)?;
             if !quiet {
                 emit(&format!("{result}wrote {}\n", output.display()))?;
             }
@@ -216,7 +227,9 @@ fn run(cli: Cli) -> Result<()> {
                         .into(),
                 });
             }
-            Model::load_compressed(&model)?.save(&output, &SaveOptions::default())
+            outputs::check(&model, &[("--output", output.as_path())])?;
+            let bytes = Model::load_compressed(&model)?.to_safetensors(&SaveOptions::default())?;
+            outputs::write_all(&[(output.as_path(), bytes.as_slice())])
         }
         Command::Report {
             model,
@@ -287,26 +300,6 @@ fn file_size(path: &Path) -> Result<usize> {
     Ok(usize::try_from(meta.len()).unwrap_or(usize::MAX))
 }
 
-fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    slimnn::io::write_atomically(path, |tmp| {
-        std::fs::write(tmp, bytes).map_err(|e| Error::Io {
-            path: tmp.into(),
-            source: e,
-        })
-    })
-}
-
-fn write_json(path: &Path, report: &Report) -> Result<()> {
-    let json = report.to_json() + "\n";
-    slimnn::io::write_atomically(path, |tmp| {
-        std::fs::write(tmp, &json).map_err(|e| Error::Io {
-            path: tmp.into(),
-            source: e,
-        })
-    })
-}
-
-/// Lists the parameters (only the selected ones, and no raw tensors, with a selector).
 fn inspect(model: &Model, selector: Option<&Selector>) -> Result<()> {
     let width = model
         .params()
@@ -373,5 +366,151 @@ fn emit(text: &str) -> Result<()> {
             source: e,
         }),
         _ => Ok(()),
+    }
+}
+
+/// Output files: checked before any work, written together at the end, and their
+/// temporary files removed when a signal stops the run.
+mod outputs {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, MutexGuard};
+
+    use slimnn::{Error, Result};
+
+    /// The temporary files that exist right now, for the signal handler.
+    static TEMPORARY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    fn temporary() -> MutexGuard<'static, Vec<PathBuf>> {
+        TEMPORARY.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// On SIGINT, SIGTERM or SIGHUP: removes the temporary files, then exits with
+    /// status 130 (the shell's for an interrupted command).
+    pub fn remove_temporary_files_on_signal() {
+        // Without a handler the signal still ends the process; only cleanup is lost.
+        let _ = ctrlc::set_handler(|| {
+            for f in temporary().iter() {
+                let _ = std::fs::remove_file(f);
+            }
+            std::process::exit(130);
+        });
+    }
+
+    fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    fn parent(path: &Path) -> &Path {
+        match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        }
+    }
+
+    /// Where `path` points: its canonical form if it exists, else its canonical
+    /// directory joined with its name (`None` if the directory does not exist).
+    fn location(path: &Path) -> Option<PathBuf> {
+        std::fs::canonicalize(path).ok().or_else(|| {
+            Some(
+                std::fs::canonicalize(parent(path))
+                    .ok()?
+                    .join(path.file_name()?),
+            )
+        })
+    }
+
+    /// Whether `a` and `b` are the same file: the same device and inode (hard links
+    /// too) when both exist, else the same location.
+    fn same_file(a: &Path, b: &Path) -> bool {
+        #[cfg(unix)]
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            use std::os::unix::fs::MetadataExt;
+            return (x.dev(), x.ino()) == (y.dev(), y.ino());
+        }
+        matches!((location(a), location(b)), (Some(x), Some(y)) if x == y)
+    }
+
+    /// Fails unless every output can be written, is not the `input` and is not another
+    /// output; `outputs` pairs each path with the flag that gave it.
+    pub fn check(input: &Path, outputs: &[(&'static str, &Path)]) -> Result<()> {
+        for (i, &(flag, out)) in outputs.iter().enumerate() {
+            let refuse = |expected: String| Error::InvalidParameter {
+                name: flag,
+                value: out.display().to_string(),
+                expected,
+            };
+            if same_file(input, out) {
+                return Err(refuse(format!(
+                    "a file other than the input {} (the input is never overwritten)",
+                    input.display()
+                )));
+            }
+            if let Some(&(other, _)) = outputs[..i].iter().find(|(_, o)| same_file(o, out)) {
+                return Err(refuse(format!("a file other than that of {other}")));
+            }
+            if out.is_dir() {
+                return Err(refuse("a file, not a directory".into()));
+            }
+            let dir = parent(out);
+            if !dir.is_dir() {
+                return Err(refuse(format!(
+                    "a path in an existing directory ({} is none)",
+                    dir.display()
+                )));
+            }
+            // A file can be created beside it (the temporary file it is written to).
+            tempfile::Builder::new()
+                .prefix(".slimnn-")
+                .tempfile_in(dir)
+                .map_err(|e| io(dir, std::io::Error::from(e.kind())))?;
+        }
+        Ok(())
+    }
+
+    /// Writes every file into a temporary file beside it, then renames them all into
+    /// place: if any write fails, none of the outputs is created.
+    pub fn write_all(files: &[(&Path, &[u8])]) -> Result<()> {
+        let result = write_then_rename(files);
+        temporary().clear();
+        result
+    }
+
+    fn write_then_rename(files: &[(&Path, &[u8])]) -> Result<()> {
+        let mut written = Vec::with_capacity(files.len());
+        for &(path, bytes) in files {
+            let mut builder = tempfile::Builder::new();
+            builder.prefix(".slimnn-").suffix(".tmp");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                builder.permissions(std::fs::Permissions::from_mode(0o644));
+            }
+            // Created and registered under the lock, so that a signal never misses it.
+            let mut tmp = {
+                let mut registry = temporary();
+                let tmp = builder.tempfile_in(parent(path)).map_err(|e| io(path, e))?;
+                registry.push(tmp.path().to_path_buf());
+                tmp
+            };
+            std::io::Write::write_all(&mut tmp, bytes)
+                .and_then(|()| tmp.as_file().sync_all())
+                .map_err(|e| io(tmp.path(), e))?;
+            written.push((tmp, path));
+        }
+        // For the tests of interrupted runs: hold the temporary files for a while.
+        if let Some(ms) = std::env::var("SLIMNN_TEST_HOLD_OUTPUTS_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            eprintln!("holding the temporary files");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        for (tmp, path) in written {
+            tmp.persist(path).map_err(|e| io(path, e.error))?;
+        }
+        Ok(())
     }
 }
