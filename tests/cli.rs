@@ -426,3 +426,62 @@ fn a_run_stopped_by_a_signal_removes_its_temporary_files() {
         assert!(!output.exists() && !json.exists(), "{signal}");
     }
 }
+
+#[test]
+fn requests_that_make_things_bigger_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let output = dir.path().join("out.slim").display().to_string();
+    let json = dir.path().join("report.json").display().to_string();
+    let run = |extra: &[&str]| -> (String, Vec<String>) {
+        let mut args = vec![
+            "compress", &input, "-o", &output, "--report", &json, "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let out = slimnn(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{extra:?}: {err}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let warnings = report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_string())
+            .collect::<Vec<_>>();
+        let printed: Vec<String> = err
+            .lines()
+            .map(|l| l.strip_prefix("warning: ").expect(l).to_string())
+            .collect();
+        assert_eq!(printed, warnings, "{extra:?}");
+        (err, warnings)
+    };
+    // CSR on weights without zeros.
+    let (_, w) = run(&["--encode", "csr@fc1.weight"]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("`fc1.weight`") && w[0].contains("sparse positions"),
+        "{w:?}"
+    );
+    // A bias quantized per element.
+    let (_, w) = run(&["--quantize", "int8@fc1.*,kind=linear|bias"]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("`fc1.bias`") && w[0].contains("scale per element"),
+        "{w:?}"
+    );
+    // A pruning level whose positions cost more than its zeros save.
+    let (_, w) = run(&["--prune", "magnitude:0.05", "--encode", "relative:8"]);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w.iter().all(|w| w.contains("sparse positions")), "{w:?}");
+    // What pays off gives no warning.
+    let (err, w) = run(&[
+        "--prune",
+        "global:0.9",
+        "--quantize",
+        "kmeans:16",
+        "--encode",
+        "relative:4+huffman@kind=linear",
+    ]);
+    assert!(w.is_empty() && err.is_empty(), "{w:?} {err}");
+}

@@ -215,6 +215,7 @@ fn run(cli: Cli) -> Result<()> {
             if !quiet {
                 emit(&format!("{result}wrote {}\n", output.display()))?;
             }
+            warn(&result);
             Ok(())
         }
         Command::Decompress { model, output } => {
@@ -255,6 +256,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 emit(&report.to_string())?;
             }
+            warn(&report);
             Ok(())
         }
     }
@@ -351,6 +353,13 @@ fn inspect(model: &Model, selector: Option<&Selector>) -> Result<()> {
         }
     }
     emit(&out)
+}
+
+/// Prints the report's warnings on standard error, one `warning: ...` line each.
+fn warn(report: &Report) {
+    for w in report.warnings() {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// Writes `text` to standard output. A closed pipe (`slimnn report m.slim | head -3`)

@@ -253,10 +253,80 @@ impl Report {
         self.params.iter().map(|p| p.nonzeros).sum()
     }
 
-    /// The report as one JSON object.
+    /// The report as one JSON object, with [`Report::warnings`] as `"warnings"`.
     #[cfg(feature = "serde")]
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a report is plain data")
+        let mut value = serde_json::to_value(self).expect("a report is plain data");
+        if let serde_json::Value::Object(map) = &mut value {
+            map.insert("warnings".into(), self.warnings().into());
+        }
+        value.to_string()
+    }
+
+    /// Where the request made things bigger: each parameter whose stored bytes
+    /// (values, positions, scales and tables; its directory entry left out) exceed its
+    /// dense bytes, saying why — sparse positions on a layer with few zeros (`csr` on
+    /// a dense layer, or a pruning level whose positions cost more than its zeros
+    /// save), or a bias or norm quantized with a scale per element. One line each, in
+    /// model order; empty when nothing grew.
+    ///
+    /// ```
+    /// use ndarray::{Array, IxDyn};
+    /// use slimnn::pipeline::{Encode, Pipeline};
+    /// use slimnn::store::{Encoding, Positions};
+    /// use slimnn::{Model, Selector};
+    ///
+    /// let mut model = Model::new();
+    /// // One zero in 512 weights.
+    /// model.add("fc.weight", Array::from_shape_fn(IxDyn(&[16, 32]), |i| (i[0] * 32 + i[1]) as f32))?;
+    /// let csr = Encoding { positions: Positions::Csr, huffman: false };
+    /// let report = Pipeline::new().then(Encode::new(Selector::all(), csr)).run(&mut model)?;
+    /// assert_eq!(report.warnings().len(), 1);
+    /// assert!(report.warnings()[0].starts_with("`fc.weight`"));
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.params {
+            let payload = p.stored.total() - p.stored.header;
+            if payload <= p.original_bytes {
+                continue;
+            }
+            let grew = format!(
+                "`{}` is stored in {} bytes, more than its {} dense bytes",
+                p.name,
+                group(payload),
+                group(p.original_bytes)
+            );
+            let one_d = p.shape.len() <= 1;
+            let is_bias_or_norm =
+                p.kind == LayerKind::Bias.to_string() || p.kind == LayerKind::Norm.to_string();
+            out.push(
+                if p.stored.indices > 0 && p.stored.decoding <= p.stored.indices {
+                    format!(
+                        "{grew}: its sparse positions ({} bytes) cost more than its {} zeros of \
+                     {} save; store it dense (leave it out of --encode, or use `auto`)",
+                        group(p.stored.indices),
+                        group(p.params - p.nonzeros),
+                        group(p.params)
+                    )
+                } else if p.stored.decoding > 0 && (is_bias_or_norm || one_d) {
+                    format!(
+                        "{grew}: a {} quantized with a scale per element ({} bytes of scales); \
+                     leave biases and norms out (e.g. `kind=linear` or `!*.bias`)",
+                        if is_bias_or_norm {
+                            p.kind.to_lowercase()
+                        } else {
+                            "1-D parameter".into()
+                        },
+                        group(p.stored.decoding)
+                    )
+                } else {
+                    format!("{grew} ({})", p.form)
+                },
+            );
+        }
+        out
     }
 }
 
