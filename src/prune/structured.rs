@@ -208,6 +208,20 @@ impl StructuredPruner {
 }
 
 impl<T: Scalar> Pruner<T> for StructuredPruner {
+    /// E.g. `"L1 50% of output channels"`.
+    fn describe(&self) -> String {
+        let criterion = match self.criterion {
+            ChannelCriterion::L1 => "L1",
+            ChannelCriterion::L2 => "L2",
+            ChannelCriterion::GeometricMedian => "geometric median",
+        };
+        let axis = match self.axis {
+            ChannelAxis::Output => "output",
+            ChannelAxis::Input => "input",
+        };
+        format!("{criterion} {} of {axis} channels", self.amount)
+    }
+
     fn mask(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         let shape = weights.shape();
         let axis = self.tensor_axis(shape, ctx)?;

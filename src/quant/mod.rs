@@ -111,6 +111,13 @@ pub trait Quantizer<T: Scalar = f32>: Send + Sync {
         ctx: &QuantContext<'_>,
     ) -> Result<QuantizedTensor>;
 
+    /// A short description with the settings, for reports and pipeline step labels
+    /// (e.g. `"k-means 16 clusters (optimal)"`). Default: the type's name without its
+    /// path.
+    fn describe(&self) -> String {
+        crate::tensor::short_type_name::<Self>()
+    }
+
     /// Quantizes and decodes at once: the values the quantized tensor stands for.
     fn fake_quantize(
         &self,
@@ -129,6 +136,9 @@ impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for &Q {
     ) -> Result<QuantizedTensor> {
         (**self).quantize(weights, ctx)
     }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
 }
 
 impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for Box<Q> {
@@ -138,5 +148,8 @@ impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for Box<Q> {
         ctx: &QuantContext<'_>,
     ) -> Result<QuantizedTensor> {
         (**self).quantize(weights, ctx)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
     }
 }
