@@ -192,6 +192,70 @@ impl StructuredPruner {
         self.axis
     }
 
+    /// The tensor axis of the channels and which channels stay.
+    fn kept_channels<T: Scalar>(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<(usize, Mask)> {
+        let shape = weights.shape();
+        let axis = self.tensor_axis(shape, ctx)?;
+        check_nonempty(shape, || ctx.what())?;
+        check_finite(&row_major(weights), || ctx.what())?;
+        let mut scores = scores_of_checked(weights, axis, self.criterion);
+        let c = shape[axis];
+        // Channels the existing mask already removed go first and count toward the target.
+        let dead = match ctx.mask {
+            Some(m) => {
+                check_same_shape(shape, m.shape(), || format!("mask of {}", ctx.what()))?;
+                let as_values = m.to_array::<T>();
+                let pruned = channel_rows(&as_values, axis);
+                let dead: Vec<bool> = pruned
+                    .rows()
+                    .into_iter()
+                    .map(|r| r.iter().all(|x| x.is_zero()))
+                    .collect();
+                for (s, _) in scores.iter_mut().zip(&dead).filter(|(_, d)| **d) {
+                    *s = T::min_value();
+                }
+                dead.iter().filter(|&&d| d).count()
+            }
+            None => 0,
+        };
+        let k = self.amount.count_of(c)?.max(dead);
+        let cut = threshold::select_by(&[&scores], k, false).map_err(|at| Error::NonFinite {
+            what: format!("channel scores of {}", ctx.what()),
+            index: at.1,
+            value: scores[at.1].as_f64(),
+        })?;
+        let keep = threshold::mask_by(&scores, &[c], 0, &cut, false);
+        Ok((axis, keep))
+    }
+
+    /// The channels (along [`StructuredPruner::axis`]: output channels by default) that
+    /// [`Pruner::mask`] removes from `weights`, in increasing order: the indices an engine
+    /// drops from this layer's rows, and from the next layer's inputs. Channels the
+    /// context's mask already removed are among them.
+    ///
+    /// ```
+    /// use ndarray::{Array, IxDyn};
+    /// use slimnn::prune::{ChannelCriterion, PruneContext, StructuredPruner};
+    ///
+    /// // A Linear [4, 3]: row i has all entries (i + 1) · (−1)^i; L1 removes rows 0 and 1.
+    /// let w = Array::from_shape_fn(IxDyn(&[4, 3]), |i| (i[0] + 1) as f32 * if i[0] % 2 == 0 { 1.0 } else { -1.0 });
+    /// let pruner = StructuredPruner::new(ChannelCriterion::L1, 0.5)?;
+    /// assert_eq!(pruner.removed_channels(&w, &PruneContext::new())?, vec![0, 1]);
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn removed_channels<T: Scalar>(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<Vec<usize>> {
+        let (_, keep) = self.kept_channels(weights, ctx)?;
+        Ok(keep.iter_pruned().collect())
+    }
+
     /// The tensor axis the channels are on, for a weight of `shape` in `ctx`.
     fn tensor_axis<T>(&self, shape: &[usize], ctx: &PruneContext<'_, T>) -> Result<usize> {
         let kind = ctx.kind_for(shape);
@@ -224,36 +288,8 @@ impl<T: Scalar> Pruner<T> for StructuredPruner {
 
     fn mask(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         let shape = weights.shape();
-        let axis = self.tensor_axis(shape, ctx)?;
-        check_nonempty(shape, || ctx.what())?;
-        check_finite(&row_major(weights), || ctx.what())?;
-        let mut scores = scores_of_checked(weights, axis, self.criterion);
+        let (axis, keep) = self.kept_channels(weights, ctx)?;
         let c = shape[axis];
-        // Channels the existing mask already removed go first and count toward the target.
-        let dead = match ctx.mask {
-            Some(m) => {
-                check_same_shape(shape, m.shape(), || format!("mask of {}", ctx.what()))?;
-                let as_values = m.to_array::<T>();
-                let pruned = channel_rows(&as_values, axis);
-                let dead: Vec<bool> = pruned
-                    .rows()
-                    .into_iter()
-                    .map(|r| r.iter().all(|x| x.is_zero()))
-                    .collect();
-                for (s, _) in scores.iter_mut().zip(&dead).filter(|(_, d)| **d) {
-                    *s = T::min_value();
-                }
-                dead.iter().filter(|&&d| d).count()
-            }
-            None => 0,
-        };
-        let k = self.amount.count_of(c)?.max(dead);
-        let cut = threshold::select_by(&[&scores], k, false).map_err(|at| Error::NonFinite {
-            what: format!("channel scores of {}", ctx.what()),
-            index: at.1,
-            value: scores[at.1].as_f64(),
-        })?;
-        let keep = threshold::mask_by(&scores, &[c], 0, &cut, false);
         // Each channel owns runs of `stride` consecutive elements, one per outer index.
         let stride: usize = shape[axis + 1..].iter().product();
         let mut mask = Mask::ones(shape);
