@@ -117,12 +117,40 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An ndarray shape error (e.g. from `ArrayViewD::from_shape` on a buffer of the wrong
+    /// length), so `?` works on ndarray calls in functions returning slimnn's [`Result`].
+    #[error("array shape error: {0}")]
+    ArrayShape(#[from] ndarray::ShapeError),
+    /// A failure of a method outside slimnn (a user's own [`Pruner`](crate::prune::Pruner),
+    /// [`Quantizer`](crate::quant::Quantizer), [`Compressor`](crate::pipeline::Compressor),
+    /// ...), in its own words. Build it with [`Error::extension`].
+    #[error("{method}: {message}")]
+    Extension {
+        /// The method that failed (e.g. its type name).
+        method: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// `Result` with slimnn's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An [`Error::Extension`]: `method` (a user's own method) failed for the reason
+    /// `message`.
+    ///
+    /// ```
+    /// let e = slimnn::Error::extension("MyQuantizer", "codebook did not converge");
+    /// assert_eq!(e.to_string(), "MyQuantizer: codebook did not converge");
+    /// ```
+    pub fn extension(method: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Extension {
+            method: method.into(),
+            message: message.into(),
+        }
+    }
+
     /// An [`Error::InvalidParameter`] for `name` = `value`.
     pub(crate) fn invalid(
         name: &'static str,

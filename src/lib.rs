@@ -84,6 +84,9 @@ pub mod guide {
     pub mod results {}
 }
 
+/// The ndarray version slimnn's API takes and returns (0.17), so a user's arrays match.
+pub use ndarray;
+
 pub use error::{Error, Result};
 pub use mask::Mask;
 pub use model::{DType, LayerKind, Model, Param, RawTensor, Selector};

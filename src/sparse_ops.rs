@@ -7,7 +7,9 @@
 //! - N:M ([`nm_matmul`]): every group of `m` consecutive inputs of a row stores `n`
 //!   values (2:4 is the common case), with their in-group positions;
 //! - weight sharing ([`codebook_matmul`], [`packed_codebook_matmul`]): one code per
-//!   weight, indexing a codebook of at most 256 values.
+//!   weight, indexing a codebook of at most 256 values;
+//! - int8 ([`int8_matmul`]): signed codes with one scale per row or per block of
+//!   inputs, run in integer arithmetic.
 //!
 //! [`dense_matmul`] is the dense yardstick they are measured against: the same row
 //! kernels at small batches (a dot product per row on both cores, several times faster
@@ -324,6 +326,103 @@ pub fn dense_matmul(
         return Ok(x.dot(&w.t()));
     }
     product(&Dense::new(values, inputs), shape, x)
+}
+
+/// `Y = X·Wᵀ` for an int8 weight `W` of `shape = [out, in]`, given as raw signed codes
+/// and scales: `W[r, c] = scales[r · in / block + c / block] · codes[r · in + c]`, one
+/// scale per block of `block` consecutive inputs of each row (`block = in`: one scale
+/// per row). Runs in integer arithmetic as [`QuantizedLinear`](crate::quant::QuantizedLinear)
+/// does, without copying the weight: each activation row is quantized per block to
+/// int8 from its own range, products are summed exactly in int32 and scaled back.
+/// Codes and scales of a [`QuantizedTensor`](crate::quant::QuantizedTensor) come from
+/// [`QuantizedTensor::int8_codes`](crate::quant::QuantizedTensor::int8_codes).
+///
+/// Each call checks the weight (one pass over the codes); to run the same weight many
+/// times, build a `QuantizedLinear` once.
+///
+/// # Errors
+/// [`Error::Empty`] for a zero-sized shape or an empty batch; [`Error::InvalidParameter`]
+/// if `block` is 0, above 131072 or does not divide `in`, if `codes` does not have
+/// `out · in` entries or `scales` one per block of each row, or if a code is −128
+/// (codes are symmetric, `−127..=127`); [`Error::NonFinite`] for a NaN or infinite
+/// scale or activation; [`Error::ShapeMismatch`] if `x` does not have `in` columns.
+///
+/// ```
+/// use ndarray::array;
+/// use slimnn::sparse_ops::int8_matmul;
+///
+/// // W = [[0.5·2, 0.5·−4], [0.25·8, 0.25·1]], one scale per row.
+/// let (codes, scales) = ([2i8, -4, 8, 1], [0.5f32, 0.25]);
+/// let y = int8_matmul([2, 2], &codes, &scales, 2, &array![[1.0f32, 0.5]])?;
+/// assert!((y[[0, 0]] - 0.0).abs() < 0.02 && (y[[0, 1]] - 2.125).abs() < 0.02);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn int8_matmul(
+    shape: [usize; 2],
+    codes: &[i8],
+    scales: &[f32],
+    block: usize,
+    x: &ArrayRef<f32, Ix2>,
+) -> Result<Array2<f32>> {
+    let sums = crate::quant::check_int8(shape, codes, scales, block)?;
+    let batch = crate::quant::check_input(x, shape[1])?;
+    let x = x.as_standard_layout();
+    let mut y = Array2::zeros((batch, shape[0]));
+    int8_weights(shape, codes, scales, block, &sums).forward_into(
+        x.as_slice().expect("standard layout"),
+        batch,
+        None,
+        y.as_slice_mut().expect("standard layout"),
+    );
+    Ok(y)
+}
+
+/// [`int8_matmul`] into `y` `[batch, out]`, for `x` `[batch, in]` given as a row-major
+/// slice (`batch` is `x.len() / in`; a batch of zero rows gives an empty result).
+///
+/// # Errors
+/// As [`int8_matmul`], and [`Error::BadShape`] if `x.len()` is not a multiple of `in` or
+/// `y.len()` is not `batch · out`.
+///
+/// ```
+/// use slimnn::sparse_ops::int8_matmul_into;
+///
+/// let mut y = [0.0f32; 2];
+/// int8_matmul_into([2, 2], &[2, -4, 8, 1], &[0.5, 0.25], 2, &[1.0, 0.5], &mut y)?;
+/// assert!((y[0] - 0.0).abs() < 0.02 && (y[1] - 2.125).abs() < 0.02);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn int8_matmul_into(
+    shape: [usize; 2],
+    codes: &[i8],
+    scales: &[f32],
+    block: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let sums = crate::quant::check_int8(shape, codes, scales, block)?;
+    let batch = crate::quant::check_input_slice(x, shape[1], shape[0], y.len())?;
+    if batch > 0 {
+        int8_weights(shape, codes, scales, block, &sums).forward_into(x, batch, None, y);
+    }
+    Ok(())
+}
+
+fn int8_weights<'a>(
+    [outputs, inputs]: [usize; 2],
+    codes: &'a [i8],
+    scales: &'a [f32],
+    block: usize,
+    sums: &'a [i32],
+) -> crate::quant::Int8Weights<'a> {
+    crate::quant::Int8Weights {
+        outputs,
+        inputs,
+        block,
+        codes,
+        scales,
+        sums,
+    }
 }
 
 /// The batch from which [`dense_matmul`] runs a general matrix product (packed panels

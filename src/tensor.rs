@@ -171,3 +171,13 @@ pub(crate) fn subject(name: Option<&str>, fallback: &str) -> String {
         None => fallback.to_string(),
     }
 }
+
+/// The last segment of a type's path, without generic arguments (`"KMeansQuantizer"`
+/// for `slimnn::quant::KMeansQuantizer`, `"UnstructuredPruner"` for
+/// `slimnn::prune::UnstructuredPruner<slimnn::prune::Magnitude>`): the default
+/// description of a method.
+pub(crate) fn short_type_name<T: ?Sized>() -> String {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base).to_string()
+}

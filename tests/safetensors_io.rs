@@ -271,3 +271,34 @@ fn non_float_orig_is_not_a_pruning_pair() {
             .unwrap();
     assert_eq!(again.raw_tensors(), m.raw_tensors());
 }
+
+/// `Model::save` writes through slimnn's own temporary file, so the saved model gets the
+/// same mode as every other output (0644 less the umask), not a private 0600; its bytes
+/// are those of `Model::to_safetensors`, the same at every call (metadata included).
+#[cfg(unix)]
+#[test]
+fn saved_files_are_readable_by_others_like_every_output() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A plain file shows the umask: 0666 less it.
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"x").unwrap();
+    let plain_mode = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;
+
+    let mut m = fixture();
+    m.metadata_mut().insert("format".into(), "pt".into());
+    let path = dir.path().join("out.safetensors");
+    m.save(&path, &SaveOptions::default()).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, plain_mode & 0o644, "mode {mode:o}");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes, m.to_safetensors(&SaveOptions::default()).unwrap());
+    assert!(m.metadata().len() > 1);
+    for _ in 0..8 {
+        assert_eq!(bytes, m.to_safetensors(&SaveOptions::default()).unwrap());
+    }
+    let back = Model::from_safetensors(&bytes, "saved").unwrap();
+    assert_eq!(back.to_safetensors(&SaveOptions::default()).unwrap(), bytes);
+    // Nothing but the output is left in the directory.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}

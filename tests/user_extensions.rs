@@ -216,3 +216,69 @@ fn a_user_low_rank_method_works_everywhere() {
         assert_eq!(l.factorization.params(), p.shape()[0] + p.shape()[1]);
     }
 }
+
+/// Pipeline step labels keep the methods' settings; a user's method without a
+/// `describe` gets its type name, and a boxed one forwards its own (issue 10).
+#[test]
+fn step_labels_say_the_settings() {
+    use slimnn::pipeline::{Pipeline, Prune, PruneGlobal, Quantize};
+    use slimnn::prune::{ChannelCriterion, StructuredPruner};
+    use slimnn::quant::{Granularity, KMeansQuantizer, Quantizer, Scheme, UniformQuantizer};
+
+    struct Named;
+    impl Pruner for Named {
+        fn mask(&self, w: &ArrayRef<f32, IxDyn>, _: &PruneContext<'_, f32>) -> Result<Mask> {
+            Ok(Mask::from_fn(w.shape(), |_| true))
+        }
+        fn describe(&self) -> String {
+            "keep everything".into()
+        }
+    }
+
+    let all = Selector::prunable;
+    let boxed: Box<dyn Pruner> = Box::new(OddColumns);
+    let boxed_named: Box<dyn Pruner> = Box::new(Named);
+    let boxed_q: Box<dyn Quantizer> = Box::new(QuarterSteps);
+    let p = Pipeline::new()
+        .then(Prune::new(
+            all(),
+            UnstructuredPruner::magnitude(0.5).unwrap(),
+        ))
+        .then(PruneGlobal::new(
+            all(),
+            GlobalPruner::magnitude(0.9).unwrap(),
+        ))
+        .then(Prune::new(all(), NmPruner::magnitude(2, 4).unwrap()))
+        .then(Prune::new(
+            all(),
+            UnstructuredPruner::random(7, 0.25).unwrap(),
+        ))
+        .then(Prune::new(
+            all(),
+            StructuredPruner::new(ChannelCriterion::L1, 0.5).unwrap(),
+        ))
+        .then(Prune::new(all(), boxed))
+        .then(Prune::new(all(), boxed_named))
+        .then(Quantize::new(all(), KMeansQuantizer::optimal(16).unwrap()))
+        .then(Quantize::new(
+            all(),
+            UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerChannel { axis: 0 })
+                .unwrap(),
+        ))
+        .then(Quantize::new(all(), boxed_q));
+    assert_eq!(
+        p.describe_steps(),
+        [
+            "prune: magnitude 50%",
+            "prune globally: magnitude 90%",
+            "prune: magnitude 2:4",
+            "prune: random (seed 7) 25%",
+            "prune: L1 50% of output channels",
+            "prune: OddColumns",
+            "prune: keep everything",
+            "quantize: k-means 16 clusters (optimal)",
+            "quantize: uniform 8-bit symmetric per channel (axis 0)",
+            "quantize: QuarterSteps",
+        ]
+    );
+}

@@ -9,13 +9,12 @@
 //! `x.weight` is written as `x.weight_orig` plus a 0/1 `x.weight_mask`, and such a pair
 //! is read back as one masked parameter.
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
 use crate::mask::Mask;
@@ -120,42 +119,44 @@ impl Model {
     }
 
     /// Saves the model as a safetensors file, atomically: written to a temporary file
-    /// beside `path` and renamed over it only when complete.
+    /// beside `path` (mode 0644 less the umask on Unix, like every file slimnn writes)
+    /// and renamed over it only when complete. The bytes are those of
+    /// [`Model::to_safetensors`], streamed to the file rather than assembled in memory.
     pub fn save(&self, path: impl AsRef<Path>, options: &SaveOptions) -> Result<()> {
         let path = path.as_ref();
-        let tensors = self.tensors_for_saving(options)?;
-        let metadata = self.metadata_for_saving();
+        let mut tensors = self.tensors_for_saving(options)?;
+        let header = safetensors_header(&mut tensors, self.metadata());
+        // Not `safetensors::serialize_to_file`: it renames its own private (0600)
+        // temporary file over the target.
         crate::io::write_atomically(path, |tmp| {
-            safetensors::serialize_to_file(tensors, metadata, tmp).map_err(|e| match e {
-                safetensors::SafeTensorError::IoError(io) => Error::io(tmp, io),
-                other => Error::InvalidFormat {
-                    format: "safetensors",
-                    source_name: path.display().to_string(),
-                    reason: other.to_string(),
-                },
-            })
-        })
-    }
-
-    /// The model as safetensors bytes.
-    pub fn to_safetensors(&self, options: &SaveOptions) -> Result<Vec<u8>> {
-        let tensors = self.tensors_for_saving(options)?;
-        safetensors::serialize(tensors, self.metadata_for_saving()).map_err(|e| {
-            Error::InvalidFormat {
-                format: "safetensors",
-                source_name: "<bytes>".into(),
-                reason: e.to_string(),
+            use std::io::Write;
+            let file = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            let mut write = |bytes: &[u8]| w.write_all(bytes).map_err(|e| Error::io(tmp, e));
+            write(&(header.len() as u64).to_le_bytes())?;
+            write(&header)?;
+            for (_, t) in &tensors {
+                write(&t.bytes)?;
             }
+            w.into_inner()
+                .map_err(|e| Error::io(tmp, e.into_error()))?
+                .sync_all()
+                .map_err(|e| Error::io(tmp, e))
         })
     }
 
-    fn metadata_for_saving(&self) -> Option<HashMap<String, String>> {
-        (!self.metadata().is_empty()).then(|| {
-            self.metadata()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
+    /// The model as safetensors bytes: the same bytes [`Model::save`] writes.
+    pub fn to_safetensors(&self, options: &SaveOptions) -> Result<Vec<u8>> {
+        let mut tensors = self.tensors_for_saving(options)?;
+        let header = safetensors_header(&mut tensors, self.metadata());
+        let data: usize = tensors.iter().map(|(_, t)| t.bytes.len()).sum();
+        let mut out = Vec::with_capacity(8 + header.len() + data);
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        for (_, t) in &tensors {
+            out.extend_from_slice(&t.bytes);
+        }
+        Ok(out)
     }
 
     fn tensors_for_saving(&self, options: &SaveOptions) -> Result<Vec<(String, Buffer)>> {
@@ -216,6 +217,51 @@ impl Model {
     }
 }
 
+/// The safetensors header (JSON, padded with spaces to a multiple of 8 bytes) for
+/// `tensors`, which it sorts into the file's order: by descending dtype alignment, then
+/// by name, as `safetensors::serialize` does. Unlike it (which writes `__metadata__` in
+/// a `HashMap`'s random order), the metadata is written sorted, so the same model gives
+/// the same bytes.
+fn safetensors_header(
+    tensors: &mut [(String, Buffer)],
+    metadata: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    tensors.sort_by(|(ln, l), (rn, r)| r.dtype.cmp(&l.dtype).then(ln.cmp(rn)));
+    let json = |s: &str| serde_json::to_string(s).expect("a string is valid JSON");
+    let mut out = String::from("{");
+    if !metadata.is_empty() {
+        out.push_str("\"__metadata__\":{");
+        for (i, (k, v)) in metadata.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&json(k));
+            out.push(':');
+            out.push_str(&json(v));
+        }
+        out.push('}');
+    }
+    let mut offset = 0;
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        if i > 0 || !metadata.is_empty() {
+            out.push(',');
+        }
+        let start = offset;
+        offset += t.bytes.len();
+        let shape: Vec<String> = t.shape.iter().map(usize::to_string).collect();
+        out.push_str(&format!(
+            "{}:{{\"dtype\":{},\"shape\":[{}],\"data_offsets\":[{start},{offset}]}}",
+            json(name),
+            json(&dtype_name(t.dtype)),
+            shape.join(","),
+        ));
+    }
+    out.push('}');
+    let mut bytes = out.into_bytes();
+    bytes.resize(bytes.len().next_multiple_of(8), b' ');
+    bytes
+}
+
 /// An owned tensor ready for serialization.
 struct Buffer {
     dtype: Dtype,
@@ -240,15 +286,17 @@ impl Buffer {
     }
 }
 
-impl View for Buffer {
+/// For comparing with `safetensors::serialize` in tests.
+#[cfg(test)]
+impl safetensors::tensor::View for Buffer {
     fn dtype(&self) -> Dtype {
         self.dtype
     }
     fn shape(&self) -> &[usize] {
         &self.shape
     }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
     }
     fn data_len(&self) -> usize {
         self.bytes.len()
@@ -384,5 +432,47 @@ mod tests {
         assert_eq!(natural_cmp("fc1.bias", "fc1.weight"), Ordering::Less);
         assert_eq!(natural_cmp("a", "a.b"), Ordering::Less);
         assert_eq!(natural_cmp("x10", "x9"), Ordering::Greater);
+    }
+
+    /// The header slimnn writes itself gives the bytes of the reference serializer (with
+    /// at most one metadata entry, where its `HashMap` order cannot differ).
+    #[test]
+    fn bytes_match_the_reference_serializer() {
+        use super::{MaskExport, SaveOptions};
+        use crate::{DType, LayerKind, Model, RawTensor};
+        let mut m = Model::new();
+        let a = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[3, 4]), |i| {
+            i[0] as f32 - 0.5 * i[1] as f32
+        });
+        m.add_param("b.w\"q\u{e9}", LayerKind::Other, DType::F16, a.clone())
+            .unwrap();
+        m.add_param("a.weight", LayerKind::Linear, DType::F64, a.clone())
+            .unwrap();
+        m.add_param("c", LayerKind::Other, DType::BF16, a).unwrap();
+        m.add_raw(RawTensor {
+            name: "steps".into(),
+            dtype: "I64".into(),
+            shape: vec![],
+            bytes: vec![7, 0, 0, 0, 0, 0, 0, 0],
+        })
+        .unwrap();
+        m.metadata_mut().insert("format".into(), "pt\n".into());
+        for masks in [MaskExport::Apply, MaskExport::PyTorch] {
+            let options = SaveOptions { dtype: None, masks };
+            let reference = safetensors::serialize(
+                m.tensors_for_saving(&options).unwrap(),
+                Some(m.metadata().clone().into_iter().collect()),
+            )
+            .unwrap();
+            assert_eq!(m.to_safetensors(&options).unwrap(), reference);
+        }
+        m.metadata_mut().clear();
+        let reference =
+            safetensors::serialize(m.tensors_for_saving(&SaveOptions::default()).unwrap(), None)
+                .unwrap();
+        assert_eq!(
+            m.to_safetensors(&SaveOptions::default()).unwrap(),
+            reference
+        );
     }
 }

@@ -45,6 +45,15 @@ pub fn level() -> Level {
     })
 }
 
+/// Whether the AVX2 copies of the kernels run here: the CPU has AVX2 and FMA and the
+/// scalar tier is not forced (`SLIMNN_FORCE_SCALAR=1` simulates a CPU without them).
+/// The twin tests compare the AVX2 copy with the scalar one only then, and pass without
+/// comparing otherwise (a `prop_assume!` would reject every case and fail the test).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn avx2_in_use() -> bool {
+    level() >= Level::Avx2
+}
+
 /// What the CPU supports, ignoring the environment.
 pub(crate) fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]

@@ -8,12 +8,7 @@ use crate::prune::{GlobalPruner, Pruner, Saliency, Statistics};
 use crate::quant::Quantizer;
 use crate::store::Encoding;
 
-/// The last segment of a type's path, for default descriptions.
-fn short_type_name<T: ?Sized>() -> &'static str {
-    let full = std::any::type_name::<T>();
-    let base = full.split('<').next().unwrap_or(full);
-    base.rsplit("::").next().unwrap_or(base)
-}
+use crate::tensor::short_type_name;
 
 /// A step that applies one method to the selected parameters: the struct, `new`,
 /// `with_label` and its [`Compressor`] impl, given how to apply the method.
@@ -21,6 +16,7 @@ macro_rules! method_step {
     (
         $(#[$doc:meta])*
         $name:ident<$m:ident: $bound:path>, $field:ident: $fty:ty, $verb:literal,
+        describe |$d:ident| $describe:expr,
         |$model:ident, $selector:ident, $method:ident| $apply:expr
     ) => {
         $(#[$doc])*
@@ -40,7 +36,8 @@ macro_rules! method_step {
                 }
             }
 
-            /// Sets the description shown in reports.
+            /// Sets the description shown in reports (default: the verb and the
+            /// method's own description with its settings).
             pub fn with_label(mut self, label: impl Into<String>) -> Self {
                 self.label = Some(label.into());
                 self
@@ -49,9 +46,10 @@ macro_rules! method_step {
 
         impl<$m: $bound> Compressor for $name<$m> {
             fn describe(&self) -> String {
-                self.label
-                    .clone()
-                    .unwrap_or_else(|| format!("{}: {}", $verb, short_type_name::<$m>()))
+                self.label.clone().unwrap_or_else(|| {
+                    let $d = &self.$field;
+                    format!("{}: {}", $verb, $describe)
+                })
             }
 
             fn compress(&self, $model: &mut Model) -> Result<()> {
@@ -66,6 +64,7 @@ method_step! {
     /// Prunes each selected parameter with a [`Pruner`] ([`Model::prune`]; data-free, so
     /// with no statistics).
     Prune<P: Pruner<f32>>, pruner: P, "prune",
+    describe |p| p.describe(),
     |model, selector, pruner| model.prune(selector, pruner, &Statistics::new())
 }
 
@@ -73,12 +72,14 @@ method_step! {
     /// Prunes the selected parameters together with one threshold
     /// ([`Model::prune_global`]); `S` is the [`Saliency`] of the [`GlobalPruner`].
     PruneGlobal<S: Saliency<f32>>, pruner: GlobalPruner<S>, "prune globally",
+    describe |p| p.describe(),
     |model, selector, pruner| model.prune_global(selector, pruner, &Statistics::new())
 }
 
 method_step! {
     /// Quantizes the selected parameters ([`Model::quantize`]).
     Quantize<Q: Quantizer<f32>>, quantizer: Q, "quantize",
+    describe |q| q.describe(),
     |model, selector, quantizer| model.quantize(selector, quantizer)
 }
 
@@ -86,6 +87,7 @@ method_step! {
     /// Factorizes the selected parameters with a [`LowRank`] method
     /// ([`Model::factorize`]).
     Factorize<L: LowRank>, method: L, "factorize",
+    describe |_m| short_type_name::<L>(),
     |model, selector, method| model.factorize(selector, method)
 }
 

@@ -26,6 +26,20 @@ impl From<usize> for Amount {
     }
 }
 
+/// `"50%"` for a fraction, the number for a count.
+impl std::fmt::Display for Amount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Amount::Fraction(x) => {
+                let pct = format!("{:.2}", 100.0 * x);
+                let pct = pct.trim_end_matches('0').trim_end_matches('.');
+                write!(f, "{pct}%")
+            }
+            Amount::Count(c) => write!(f, "{c}"),
+        }
+    }
+}
+
 impl Amount {
     /// Fails unless a fraction is finite and within `[0, 1]`.
     pub fn check(self) -> Result<Amount> {

@@ -58,6 +58,14 @@ impl<S> GlobalPruner<S> {
     }
 }
 
+impl<S: Saliency> GlobalPruner<S> {
+    /// A short description with the settings, e.g. `"magnitude 90%"` (pipeline step
+    /// labels use it).
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.saliency.describe(), self.amount)
+    }
+}
+
 impl GlobalPruner<Magnitude> {
     /// Global magnitude pruning of `amount`.
     pub fn magnitude(amount: impl Into<Amount>) -> Result<Self> {

@@ -201,6 +201,12 @@ pub trait Pruner<T: Scalar = f32>: Send + Sync {
     /// The mask for `weights` (1 = keep). Must not modify anything.
     fn mask(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask>;
 
+    /// A short description with the settings, for reports and pipeline step labels
+    /// (e.g. `"magnitude 50%"`). Default: the type's name without its path.
+    fn describe(&self) -> String {
+        crate::tensor::short_type_name::<Self>()
+    }
+
     /// Computes the mask and zeroes the pruned weights in place.
     fn prune(&self, weights: &mut ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         let mask = self.mask(weights, ctx)?;
@@ -224,6 +230,9 @@ impl<T: Scalar, P: Pruner<T> + ?Sized> Pruner<T> for &P {
     fn mask(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         (**self).mask(weights, ctx)
     }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
     fn prune(&self, weights: &mut ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         (**self).prune(weights, ctx)
     }
@@ -232,6 +241,9 @@ impl<T: Scalar, P: Pruner<T> + ?Sized> Pruner<T> for &P {
 impl<T: Scalar, P: Pruner<T> + ?Sized> Pruner<T> for Box<P> {
     fn mask(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         (**self).mask(weights, ctx)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
     }
     fn prune(&self, weights: &mut ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         (**self).prune(weights, ctx)

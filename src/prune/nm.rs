@@ -67,6 +67,12 @@ impl<S> NmPruner<S> {
 }
 
 impl<T: Scalar, S: Saliency<T>> Pruner<T> for NmPruner<S> {
+    /// E.g. `"magnitude 2:4"`.
+    fn describe(&self) -> String {
+        let saliency = Saliency::<T>::describe(&self.saliency);
+        format!("{saliency} {}:{}", self.n, self.m)
+    }
+
     fn mask(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         let shape = weights.shape();
         if shape.len() < 2 {

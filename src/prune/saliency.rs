@@ -22,6 +22,12 @@ pub trait Saliency<T: Scalar = f32>: Send + Sync {
     fn is_magnitude(&self) -> bool {
         false
     }
+
+    /// A short name for reports (e.g. `"magnitude"`, `"random (seed 7)"`). Default: the
+    /// type's name without its path.
+    fn describe(&self) -> String {
+        crate::tensor::short_type_name::<Self>()
+    }
 }
 
 impl<T: Scalar, S: Saliency<T> + ?Sized> Saliency<T> for &S {
@@ -31,6 +37,9 @@ impl<T: Scalar, S: Saliency<T> + ?Sized> Saliency<T> for &S {
     fn is_magnitude(&self) -> bool {
         (**self).is_magnitude()
     }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
 }
 
 impl<T: Scalar, S: Saliency<T> + ?Sized> Saliency<T> for Box<S> {
@@ -39,6 +48,9 @@ impl<T: Scalar, S: Saliency<T> + ?Sized> Saliency<T> for Box<S> {
     }
     fn is_magnitude(&self) -> bool {
         (**self).is_magnitude()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
     }
 }
 
@@ -78,6 +90,10 @@ fn combine<T: Scalar>(
 pub struct Magnitude;
 
 impl<T: Scalar> Saliency<T> for Magnitude {
+    fn describe(&self) -> String {
+        "magnitude".into()
+    }
+
     fn scores(
         &self,
         weights: &ArrayRef<T, IxDyn>,
@@ -107,6 +123,10 @@ impl Random {
 }
 
 impl<T: Scalar> Saliency<T> for Random {
+    fn describe(&self) -> String {
+        format!("random (seed {})", self.seed)
+    }
+
     fn scores(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<ArrayD<T>> {
         // FNV-1a of the name, so tensors of one model draw different streams.
         let name_hash = ctx
@@ -130,6 +150,10 @@ impl<T: Scalar> Saliency<T> for Random {
 pub struct Taylor;
 
 impl<T: Scalar> Saliency<T> for Taylor {
+    fn describe(&self) -> String {
+        "Taylor".into()
+    }
+
     fn scores(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<ArrayD<T>> {
         let g = needed(&ctx.gradient, "Taylor", "gradient", weights, ctx)?;
         Ok(combine(weights, g, |w, g| (w * g).abs()))
@@ -143,6 +167,10 @@ impl<T: Scalar> Saliency<T> for Taylor {
 pub struct Obd;
 
 impl<T: Scalar> Saliency<T> for Obd {
+    fn describe(&self) -> String {
+        "OBD".into()
+    }
+
     fn scores(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<ArrayD<T>> {
         let h = needed(&ctx.hessian_diag, "OBD", "hessian_diag", weights, ctx)?;
         let half = T::of(0.5);
@@ -161,6 +189,10 @@ impl<T: Scalar> Saliency<T> for Obd {
 pub struct Snip;
 
 impl<T: Scalar> Saliency<T> for Snip {
+    fn describe(&self) -> String {
+        "SNIP".into()
+    }
+
     fn scores(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<ArrayD<T>> {
         let g = needed(&ctx.gradient, "SNIP", "gradient", weights, ctx)?;
         Ok(combine(weights, g, |w, g| (g * w).abs()))
@@ -177,6 +209,10 @@ impl<T: Scalar> Saliency<T> for Snip {
 pub struct Movement;
 
 impl<T: Scalar> Saliency<T> for Movement {
+    fn describe(&self) -> String {
+        "movement".into()
+    }
+
     fn scores(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<ArrayD<T>> {
         if ctx.scores.is_some() {
             let s = needed(&ctx.scores, "Movement", "scores", weights, ctx)?;
@@ -248,6 +284,10 @@ impl<T: Scalar> MovementScores<T> {
 pub struct Wanda;
 
 impl<T: Scalar> Saliency<T> for Wanda {
+    fn describe(&self) -> String {
+        "Wanda".into()
+    }
+
     fn scores(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<ArrayD<T>> {
         let norms = ctx
             .activation_norms

@@ -192,23 +192,12 @@ impl StructuredPruner {
         self.axis
     }
 
-    /// The tensor axis the channels are on, for a weight of `shape` in `ctx`.
-    fn tensor_axis<T>(&self, shape: &[usize], ctx: &PruneContext<'_, T>) -> Result<usize> {
-        let kind = ctx.kind_for(shape);
-        match self.axis.axis_for(kind) {
-            Some(a) if shape.len() >= 2 && a < shape.len() => Ok(a),
-            _ => Err(Error::WrongKind {
-                name: ctx.name.unwrap_or("weights").to_string(),
-                kind: format!("{kind} {shape:?}"),
-                operation: "structured pruning",
-                expected: "a Linear, Conv2d or (output axis) Embedding weight",
-            }),
-        }
-    }
-}
-
-impl<T: Scalar> Pruner<T> for StructuredPruner {
-    fn mask(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
+    /// The tensor axis of the channels and which channels stay.
+    fn kept_channels<T: Scalar>(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<(usize, Mask)> {
         let shape = weights.shape();
         let axis = self.tensor_axis(shape, ctx)?;
         check_nonempty(shape, || ctx.what())?;
@@ -240,6 +229,67 @@ impl<T: Scalar> Pruner<T> for StructuredPruner {
             value: scores[at.1].as_f64(),
         })?;
         let keep = threshold::mask_by(&scores, &[c], 0, &cut, false);
+        Ok((axis, keep))
+    }
+
+    /// The channels (along [`StructuredPruner::axis`]: output channels by default) that
+    /// [`Pruner::mask`] removes from `weights`, in increasing order: the indices an engine
+    /// drops from this layer's rows, and from the next layer's inputs. Channels the
+    /// context's mask already removed are among them.
+    ///
+    /// ```
+    /// use ndarray::{Array, IxDyn};
+    /// use slimnn::prune::{ChannelCriterion, PruneContext, StructuredPruner};
+    ///
+    /// // A Linear [4, 3]: row i has all entries (i + 1) · (−1)^i; L1 removes rows 0 and 1.
+    /// let w = Array::from_shape_fn(IxDyn(&[4, 3]), |i| (i[0] + 1) as f32 * if i[0] % 2 == 0 { 1.0 } else { -1.0 });
+    /// let pruner = StructuredPruner::new(ChannelCriterion::L1, 0.5)?;
+    /// assert_eq!(pruner.removed_channels(&w, &PruneContext::new())?, vec![0, 1]);
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn removed_channels<T: Scalar>(
+        &self,
+        weights: &ArrayRef<T, IxDyn>,
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<Vec<usize>> {
+        let (_, keep) = self.kept_channels(weights, ctx)?;
+        Ok(keep.iter_pruned().collect())
+    }
+
+    /// The tensor axis the channels are on, for a weight of `shape` in `ctx`.
+    fn tensor_axis<T>(&self, shape: &[usize], ctx: &PruneContext<'_, T>) -> Result<usize> {
+        let kind = ctx.kind_for(shape);
+        match self.axis.axis_for(kind) {
+            Some(a) if shape.len() >= 2 && a < shape.len() => Ok(a),
+            _ => Err(Error::WrongKind {
+                name: ctx.name.unwrap_or("weights").to_string(),
+                kind: format!("{kind} {shape:?}"),
+                operation: "structured pruning",
+                expected: "a Linear, Conv2d or (output axis) Embedding weight",
+            }),
+        }
+    }
+}
+
+impl<T: Scalar> Pruner<T> for StructuredPruner {
+    /// E.g. `"L1 50% of output channels"`.
+    fn describe(&self) -> String {
+        let criterion = match self.criterion {
+            ChannelCriterion::L1 => "L1",
+            ChannelCriterion::L2 => "L2",
+            ChannelCriterion::GeometricMedian => "geometric median",
+        };
+        let axis = match self.axis {
+            ChannelAxis::Output => "output",
+            ChannelAxis::Input => "input",
+        };
+        format!("{criterion} {} of {axis} channels", self.amount)
+    }
+
+    fn mask(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
+        let shape = weights.shape();
+        let (axis, keep) = self.kept_channels(weights, ctx)?;
+        let c = shape[axis];
         // Each channel owns runs of `stride` consecutive elements, one per outer index.
         let stride: usize = shape[axis + 1..].iter().product();
         let mut mask = Mask::ones(shape);

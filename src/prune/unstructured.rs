@@ -173,6 +173,19 @@ pub(crate) fn non_finite<T: Scalar>(
 }
 
 impl<T: Scalar, S: Saliency<T>> Pruner<T> for UnstructuredPruner<S> {
+    /// E.g. `"magnitude 50%"`, `"Wanda 50% per output row"`.
+    fn describe(&self) -> String {
+        let scope = match self.scope {
+            Scope::Tensor => "",
+            Scope::PerOutput => " per output row",
+        };
+        format!(
+            "{} {}{scope}",
+            Saliency::<T>::describe(&self.saliency),
+            self.amount
+        )
+    }
+
     fn mask(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         let keys = Keys::compute(&self.saliency, weights, ctx)?;
         let shape = weights.shape();

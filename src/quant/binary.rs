@@ -35,6 +35,11 @@ impl BinaryQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for BinaryQuantizer {
+    /// E.g. `"binary per channel (axis 0)"`.
+    fn describe(&self) -> String {
+        format!("binary {}", self.granularity)
+    }
+
     fn quantize(
         &self,
         weights: &ArrayRef<T, IxDyn>,
@@ -96,6 +101,11 @@ impl TernaryQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for TernaryQuantizer {
+    /// E.g. `"ternary per tensor"`.
+    fn describe(&self) -> String {
+        format!("ternary {}", self.granularity)
+    }
+
     fn quantize(
         &self,
         weights: &ArrayRef<T, IxDyn>,

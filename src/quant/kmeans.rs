@@ -286,6 +286,20 @@ fn lloyd(x: &[f64], w: &[f64], mut c: Vec<f64>, max_iter: usize) -> Vec<f64> {
 }
 
 impl<T: Scalar> Quantizer<T> for KMeansQuantizer {
+    /// E.g. `"k-means 16 clusters (optimal)"`, `"k-means 32 clusters (Lloyd, linear
+    /// init)"`.
+    fn describe(&self) -> String {
+        let method = match self.method {
+            Method::Optimal => "optimal".to_string(),
+            Method::Lloyd { init, .. } => match init {
+                KMeansInit::Linear => "Lloyd, linear init".into(),
+                KMeansInit::Density => "Lloyd, density init".into(),
+                KMeansInit::Random { seed } => format!("Lloyd, random init, seed {seed}"),
+            },
+        };
+        format!("k-means {} clusters ({method})", self.k)
+    }
+
     fn quantize(
         &self,
         weights: &ArrayRef<T, IxDyn>,

@@ -176,6 +176,113 @@ impl QuantizedLinear {
         let batch = check_input(x, self.inputs)?;
         let x = x.as_standard_layout();
         let xs = x.as_slice().expect("standard layout");
+        let mut y = Array2::zeros((batch, self.outputs));
+        self.weights().forward_into(
+            xs,
+            batch,
+            self.bias.as_deref(),
+            y.as_slice_mut().expect("standard layout"),
+        );
+        Ok(y)
+    }
+
+    /// [`QuantizedLinear::forward`] into `y` `[batch, out]`, for `x` `[batch, in]` given
+    /// as a row-major slice (`batch` is `x.len() / in`).
+    ///
+    /// # Errors
+    /// [`Error::BadShape`] if `x.len()` is not a multiple of `in` or `y.len()` is not
+    /// `batch · out`; [`Error::NonFinite`] for a NaN or infinity in `x`.
+    pub fn forward_into(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        let batch = check_input_slice(x, self.inputs, self.outputs, y.len())?;
+        if batch > 0 {
+            self.weights()
+                .forward_into(x, batch, self.bias.as_deref(), y);
+        }
+        Ok(())
+    }
+
+    fn weights(&self) -> Int8Weights<'_> {
+        Int8Weights {
+            outputs: self.outputs,
+            inputs: self.inputs,
+            block: self.block,
+            codes: &self.weights,
+            scales: &self.scales,
+            sums: &self.sums,
+        }
+    }
+}
+
+/// A checked int8 weight `[outputs, inputs]`, borrowed: codes in `−127..=127`, one scale
+/// per block of `block` inputs of each row, and the code sums of every block.
+pub(crate) struct Int8Weights<'a> {
+    pub outputs: usize,
+    pub inputs: usize,
+    pub block: usize,
+    pub codes: &'a [i8],
+    pub scales: &'a [f32],
+    pub sums: &'a [i32],
+}
+
+/// Checks raw int8 weight parts (for [`crate::sparse_ops::int8_matmul`]) and returns the
+/// code sums of every block.
+pub(crate) fn check_int8(
+    [outputs, inputs]: [usize; 2],
+    codes: &[i8],
+    scales: &[f32],
+    block: usize,
+) -> Result<Vec<i32>> {
+    if outputs == 0 || inputs == 0 {
+        return Err(Error::Empty {
+            what: format!("int8 weight of shape {:?}", [outputs, inputs]),
+        });
+    }
+    if block == 0 || !inputs.is_multiple_of(block) || block > 1 << 17 {
+        return Err(Error::invalid(
+            "block",
+            block,
+            format!("1 to 131072 inputs that divide in = {inputs} (int32 sums)"),
+        ));
+    }
+    if outputs.checked_mul(inputs) != Some(codes.len()) {
+        return Err(Error::invalid(
+            "codes",
+            format!("{} codes", codes.len()),
+            format!("out · in = {outputs} · {inputs}"),
+        ));
+    }
+    let blocks = outputs * (inputs / block);
+    if scales.len() != blocks {
+        return Err(Error::invalid(
+            "scales",
+            format!("{} scales", scales.len()),
+            format!("one per block of {block} inputs of each row: {blocks}"),
+        ));
+    }
+    check_finite(scales, || "int8 weight scales".into())?;
+    if let Some(i) = codes.iter().position(|&c| c == i8::MIN) {
+        return Err(Error::invalid(
+            "codes",
+            format!("−128 at index {i}"),
+            "codes within −127..=127 (symmetric int8)",
+        ));
+    }
+    Ok(codes
+        .chunks_exact(block)
+        .map(|b| b.iter().map(|&w| w as i32).sum())
+        .collect())
+}
+
+impl Int8Weights<'_> {
+    /// `y = x Wᵀ (+ bias)` for a checked row-major batch `x` `[batch, inputs]` (finite,
+    /// `batch ≥ 1`) into `y` `[batch, outputs]`.
+    pub(crate) fn forward_into(
+        &self,
+        xs: &[f32],
+        batch: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
         // Quantize every block of every activation row symmetrically to −127…127.
         let mut xq = vec![0i8; xs.len()];
         let x_scales: Vec<f32> = xq
@@ -202,7 +309,7 @@ impl QuantizedLinear {
         let blocks = self.inputs / self.block;
         // Tasks of weight rows; each task fills its columns of the output.
         let parts: Vec<Vec<f32>> = self
-            .weights
+            .codes
             .par_chunks(ROWS_PER_TASK * self.inputs)
             .zip(self.scales.par_chunks(ROWS_PER_TASK * blocks))
             .zip(self.sums.par_chunks(ROWS_PER_TASK * blocks))
@@ -233,15 +340,13 @@ impl QuantizedLinear {
                 out
             })
             .collect();
-        let mut y = Array2::zeros((batch, self.outputs));
         let mut first = 0;
         for part in parts {
             let rows = part.len() / batch;
             for (b, row) in part.chunks_exact(rows).enumerate() {
-                let mut dst = y.row_mut(b);
-                let dst = dst.as_slice_mut().expect("standard layout");
+                let dst = &mut y[b * self.outputs..(b + 1) * self.outputs];
                 dst[first..first + rows].copy_from_slice(row);
-                if let Some(bias) = &self.bias {
+                if let Some(bias) = bias {
                     dst[first..first + rows]
                         .iter_mut()
                         .zip(&bias[first..first + rows])
@@ -250,11 +355,37 @@ impl QuantizedLinear {
             }
             first += rows;
         }
-        Ok(y)
     }
 }
 
-fn check_input(x: &ArrayRef<f32, Ix2>, inputs: usize) -> Result<usize> {
+/// Checks a row-major batch `x` of `inputs` columns (finite) and an output buffer of
+/// `y_len` values for it; returns the batch.
+pub(crate) fn check_input_slice(
+    x: &[f32],
+    inputs: usize,
+    outputs: usize,
+    y_len: usize,
+) -> Result<usize> {
+    if !x.len().is_multiple_of(inputs) {
+        return Err(Error::bad_shape(
+            "activations `x`",
+            &[x.len()],
+            format!("a row-major [batch, in] buffer needs a multiple of in = {inputs} values"),
+        ));
+    }
+    let batch = x.len() / inputs;
+    if y_len != batch * outputs {
+        return Err(Error::bad_shape(
+            "output `y`",
+            &[y_len],
+            format!("needs batch · out = {batch} · {outputs} values"),
+        ));
+    }
+    check_finite(x, || "input batch".into())?;
+    Ok(batch)
+}
+
+pub(crate) fn check_input(x: &ArrayRef<f32, Ix2>, inputs: usize) -> Result<usize> {
     let (batch, features) = x.dim();
     if features != inputs {
         return Err(Error::ShapeMismatch {

@@ -34,13 +34,14 @@ pub use calibrate::{
 pub use fake::straight_through;
 pub use ggml::{GgmlFormat, GgmlQuantizer, from_ggml_blocks, to_ggml_blocks};
 pub use kmeans::{KMeansInit, KMeansQuantizer, centroid_gradients};
+pub(crate) use linear::{Int8Weights, check_input, check_input_slice, check_int8};
 pub use linear::{QuantizedLinear, group_matmul};
 pub use model_ops::{QuantReport, QuantRow};
 pub use packed::PackedCodes;
 pub use pow2::PowerOfTwoQuantizer;
 pub use product::ProductQuantizer;
 pub use scheme::{Granularity, Rounding, Scheme};
-pub use tensor::{Decoding, Levels, QuantizedTensor};
+pub use tensor::{Decoding, Int8Codes, Levels, QuantizedTensor};
 pub use uniform::UniformQuantizer;
 
 /// What a quantizer knows about the tensor besides its values.
@@ -103,6 +104,55 @@ impl<'a> QuantContext<'a> {
 /// Implement [`Quantizer::quantize`] to write your own; it then goes everywhere the
 /// built-in quantizers go. [`Quantizer::fake_quantize`] (quantize, then dequantize) comes
 /// for free.
+///
+/// ```
+/// use slimnn::ndarray::{ArrayRef, IxDyn, array};
+/// use slimnn::quant::{
+///     Decoding, Granularity, Levels, PackedCodes, QuantContext, QuantizedTensor, Quantizer,
+/// };
+/// use slimnn::{Error, Model, Result, Selector};
+///
+/// /// Rounds every weight to a multiple of 1/4 in [−2, 1.75]: 4-bit codes, one scale.
+/// struct QuarterSteps;
+///
+/// impl Quantizer for QuarterSteps {
+///     fn quantize(&self, w: &ArrayRef<f32, IxDyn>, ctx: &QuantContext<'_>) -> Result<QuantizedTensor> {
+///         if w.iter().any(|x| x.abs() > 2.0) {
+///             let name = ctx.name.unwrap_or("weights");
+///             return Err(Error::extension("QuarterSteps", format!("{name} exceeds ±2")));
+///         }
+///         let codes: Vec<u8> = w.iter().map(|&x| ((x * 4.0).round().clamp(-8.0, 7.0) + 8.0) as u8).collect();
+///         let decoding = Decoding::Scalar {
+///             levels: Levels::Integers { min: -8, max: 7 }, // code c stands for c − 8
+///             granularity: Granularity::PerTensor,
+///             scales: vec![0.25],
+///             zero_points: vec![],
+///             scale_bits: 32,
+///         };
+///         QuantizedTensor::new(w.shape(), PackedCodes::pack(&codes, 4)?, decoding)
+///     }
+///
+///     fn describe(&self) -> String {
+///         "quarter steps, 4-bit".into()
+///     }
+/// }
+///
+/// let w = array![[0.3f32, -1.1], [0.9, 1.6]].into_dyn();
+/// let q = QuarterSteps.quantize(&w, &QuantContext::new())?;
+/// assert_eq!(q.dequantize::<f32>(), array![[0.25f32, -1.0], [1.0, 1.5]].into_dyn());
+/// assert_eq!(q.storage_bits(), 4 * 4 + 32);
+///
+/// // On a model, like any built-in quantizer.
+/// let mut model = Model::new();
+/// model.add("fc.weight", w)?;
+/// let report = model.quantize(&Selector::prunable(), &QuarterSteps)?;
+/// assert_eq!(report.rows[0].bits_per_weight, 12.0);
+/// assert!(matches!(
+///     QuarterSteps.quantize(&array![3.0f32].into_dyn(), &QuantContext::new()),
+///     Err(Error::Extension { .. })
+/// ));
+/// # Ok::<(), slimnn::Error>(())
+/// ```
 pub trait Quantizer<T: Scalar = f32>: Send + Sync {
     /// Quantizes `weights`.
     fn quantize(
@@ -110,6 +160,13 @@ pub trait Quantizer<T: Scalar = f32>: Send + Sync {
         weights: &ArrayRef<T, IxDyn>,
         ctx: &QuantContext<'_>,
     ) -> Result<QuantizedTensor>;
+
+    /// A short description with the settings, for reports and pipeline step labels
+    /// (e.g. `"k-means 16 clusters (optimal)"`). Default: the type's name without its
+    /// path.
+    fn describe(&self) -> String {
+        crate::tensor::short_type_name::<Self>()
+    }
 
     /// Quantizes and decodes at once: the values the quantized tensor stands for.
     fn fake_quantize(
@@ -129,6 +186,9 @@ impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for &Q {
     ) -> Result<QuantizedTensor> {
         (**self).quantize(weights, ctx)
     }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
 }
 
 impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for Box<Q> {
@@ -138,5 +198,8 @@ impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for Box<Q> {
         ctx: &QuantContext<'_>,
     ) -> Result<QuantizedTensor> {
         (**self).quantize(weights, ctx)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
     }
 }

@@ -50,6 +50,11 @@ impl PowerOfTwoQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for PowerOfTwoQuantizer {
+    /// E.g. `"power-of-two 4-bit per tensor"`.
+    fn describe(&self) -> String {
+        format!("power-of-two {}-bit {}", self.bits, self.granularity)
+    }
+
     fn quantize(
         &self,
         weights: &ArrayRef<T, IxDyn>,

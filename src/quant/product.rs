@@ -70,6 +70,14 @@ impl ProductQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for ProductQuantizer {
+    /// E.g. `"product quantization, 256 codewords of 4 elements"`.
+    fn describe(&self) -> String {
+        format!(
+            "product quantization, {} codewords of {} elements",
+            self.codewords, self.sub_dim
+        )
+    }
+
     fn quantize(
         &self,
         weights: &ArrayRef<T, IxDyn>,

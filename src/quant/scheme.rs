@@ -22,6 +22,17 @@ pub enum Granularity {
     },
 }
 
+/// `"per tensor"`, `"per channel (axis 0)"`, `"per group of 128"`.
+impl std::fmt::Display for Granularity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Granularity::PerTensor => write!(f, "per tensor"),
+            Granularity::PerChannel { axis } => write!(f, "per channel (axis {axis})"),
+            Granularity::PerGroup { size } => write!(f, "per group of {size}"),
+        }
+    }
+}
+
 /// How a tensor of a given shape splits into groups: runs of `run_len` consecutive
 /// (row-major) elements, run `r` belonging to group `r % groups`. One rule covers all
 /// three granularities: per tensor is one run; per group, one run per group; per

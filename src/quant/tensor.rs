@@ -11,6 +11,39 @@ use crate::kernels::quant::dequantize as dequantize_kernel;
 use crate::mask::Mask;
 use crate::tensor::Scalar;
 
+/// A [`QuantizedTensor`]'s codes as signed integers with their scales
+/// ([`QuantizedTensor::int8_codes`]): element `i` is `scales[g] · codes[i]`, `g` its group
+/// under `granularity`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int8Codes {
+    /// The tensor's shape.
+    pub shape: Vec<usize>,
+    /// One signed code per element, row-major.
+    pub codes: Vec<i8>,
+    /// One scale per group.
+    pub scales: Vec<f32>,
+    /// Which elements share a scale.
+    pub granularity: Granularity,
+}
+
+impl Int8Codes {
+    /// For a 2-D weight `[out, in]`: the number of consecutive inputs that share a scale
+    /// and one scale per such block of each row, row-major — the layout
+    /// [`sparse_ops::int8_matmul`](crate::sparse_ops::int8_matmul) takes. `None` for
+    /// other ranks and for scales per channel along an axis other than 0.
+    pub fn row_blocks(&self) -> Option<(usize, Vec<f32>)> {
+        let &[out, inputs] = self.shape.as_slice() else {
+            return None;
+        };
+        match self.granularity {
+            Granularity::PerTensor => Some((inputs, vec![*self.scales.first()?; out])),
+            Granularity::PerChannel { axis: 0 } => Some((inputs, self.scales.clone())),
+            Granularity::PerGroup { size } => Some((size, self.scales.clone())),
+            Granularity::PerChannel { .. } => None,
+        }
+    }
+}
+
 /// The value each code stands for, before scaling.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Levels {
@@ -276,6 +309,62 @@ impl QuantizedTensor {
     /// The mask of pruned elements, if any.
     pub fn mask(&self) -> Option<&Mask> {
         self.mask.as_ref()
+    }
+
+    /// The codes as signed integers with their scales, for an engine's own int8
+    /// kernels (or [`sparse_ops::int8_matmul`](crate::sparse_ops::int8_matmul)), without
+    /// matching on the [`Decoding`]: `value = scale · code`. `Some` for uniform integer
+    /// levels within `−128..=127` (any bit width up to 8) with no zero points (or all
+    /// zero); elements a stored mask prunes give code 0. `None` otherwise (codebooks,
+    /// affine zero points, product quantization).
+    ///
+    /// ```
+    /// use ndarray::Array2;
+    /// use slimnn::quant::{Granularity, QuantContext, Quantizer, Scheme, UniformQuantizer};
+    /// use slimnn::sparse_ops::int8_matmul;
+    ///
+    /// let w = Array2::from_shape_fn((4, 64), |(o, i)| ((o * 64 + i) as f32 * 0.37).sin());
+    /// let q = UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerGroup { size: 32 })?
+    ///     .quantize(&w.view().into_dyn(), &QuantContext::new())?;
+    /// let int8 = q.int8_codes().expect("symmetric 8-bit");
+    /// assert_eq!((int8.codes.len(), int8.scales.len()), (4 * 64, 4 * 2));
+    /// let (block, scales) = int8.row_blocks().expect("a 2-D weight");
+    /// let x = Array2::from_elem((1, 64), 0.5f32);
+    /// let y = int8_matmul([4, 64], &int8.codes, &scales, block, &x)?;
+    /// assert!((&y - &x.dot(&w.t())).iter().all(|e| e.abs() < 0.05));
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn int8_codes(&self) -> Option<Int8Codes> {
+        let Decoding::Scalar {
+            levels: Levels::Integers { min, max },
+            granularity,
+            scales,
+            zero_points,
+            ..
+        } = &self.decoding
+        else {
+            return None;
+        };
+        if *min < i8::MIN as i32 || *max > i8::MAX as i32 || zero_points.iter().any(|&z| z != 0.0) {
+            return None;
+        }
+        let mut codes: Vec<i8> = self
+            .codes
+            .unpack()
+            .into_iter()
+            .map(|c| (c as i32 + min).clamp(*min, *max) as i8)
+            .collect();
+        if let Some(m) = &self.mask {
+            for i in m.iter_pruned() {
+                codes[i] = 0;
+            }
+        }
+        Some(Int8Codes {
+            shape: self.shape.clone(),
+            codes,
+            scales: scales.clone(),
+            granularity: *granularity,
+        })
     }
 
     /// The tensor's shape.

@@ -171,6 +171,30 @@ impl UniformQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for UniformQuantizer {
+    /// E.g. `"uniform 8-bit symmetric per channel (axis 0)"`, with the rounding and
+    /// calibration when they are not the defaults.
+    fn describe(&self) -> String {
+        let scheme = match self.scheme {
+            Scheme::Symmetric => "symmetric",
+            Scheme::Affine => "affine",
+        };
+        let sign = if self.signed { "" } else { " unsigned" };
+        let mut s = format!(
+            "uniform {}-bit {scheme}{sign} {}",
+            self.bits, self.granularity
+        );
+        if let Rounding::Stochastic { seed } = self.rounding {
+            s += &format!(", stochastic rounding (seed {seed})");
+        }
+        match self.calibration {
+            Calibration::MinMax => {}
+            Calibration::Percentile(p) => s += &format!(", percentile {p} calibration"),
+            Calibration::Mse => s += ", MSE calibration",
+            Calibration::Kl => s += ", KL calibration",
+        }
+        s
+    }
+
     fn quantize(
         &self,
         weights: &ArrayRef<T, IxDyn>,

@@ -68,6 +68,11 @@ impl GgmlQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
+    /// `"ggml Q8_0"` or `"ggml Q4_0"`.
+    fn describe(&self) -> String {
+        format!("ggml {:?}", self.format)
+    }
+
     fn quantize(
         &self,
         weights: &ArrayRef<T, IxDyn>,
