@@ -46,18 +46,77 @@ fn no_convergence(what: &'static str) -> Error {
     }
 }
 
-/// Thin SVD `A = U·diag(s)·Vᵀ`, singular values descending: `(U [m, k], s [k], Vᵀ [k, n])`.
-pub(crate) fn svd<T: Real>(a: ArrayView2<'_, T>) -> Result<(Array2<T>, Array1<T>, Array2<T>)> {
-    let d = with_view(a, |a| a.thin_svd())
-        .map_err(|_| no_convergence("singular value decomposition"))?;
-    let s = d.S().column_vector().iter().copied().collect();
-    Ok((owned(d.U()), s, owned(d.V().transpose())))
+/// A power of two that brings the largest magnitude in `a` near 1, if it is so large
+/// (above `√T::MAX`) that an SVD's intermediate squares and norms would overflow; scaling
+/// by a power of two changes no bit of the mantissas, and the singular values scale
+/// back exactly.
+pub(crate) fn overflow_scale<T: Real>(a: ArrayView2<'_, T>) -> Option<T> {
+    let largest = a.iter().fold(T::zero(), |m, &v| {
+        let v = num_traits::Float::abs(v);
+        if v > m { v } else { m }
+    });
+    let largest = num_traits::ToPrimitive::to_f64(&largest)?;
+    let limit = num_traits::ToPrimitive::to_f64(&<T as num_traits::Float>::max_value())?.sqrt();
+    if !largest.is_finite() || largest < limit {
+        return None;
+    }
+    num_traits::NumCast::from(2f64.powi(-(largest.log2().floor() as i32)))
 }
 
-/// Singular values only, descending.
+/// Undoes [`overflow_scale`] on singular values: fails if the largest does not fit `T`.
+pub(crate) fn unscale<T: Real>(s: &mut [T], scale: T, shape: (usize, usize)) -> Result<()> {
+    for v in s.iter_mut() {
+        *v /= scale;
+    }
+    match s.iter().find(|v| !num_traits::Float::is_finite(**v)) {
+        None => Ok(()),
+        Some(_) => Err(Error::Overflow {
+            what: format!(
+                "singular value decomposition of a {}×{} matrix",
+                shape.0, shape.1
+            ),
+            reason: format!(
+                "its largest singular value exceeds {:e}, the largest {}; scale the weights down",
+                num_traits::ToPrimitive::to_f64(&<T as num_traits::Float>::max_value())
+                    .unwrap_or(f64::INFINITY),
+                std::any::type_name::<T>()
+            ),
+        }),
+    }
+}
+
+/// Runs `f` on `a`, scaled by [`overflow_scale`] if needed, with the scale.
+fn scaled<T: Real, R>(
+    a: ArrayView2<'_, T>,
+    f: impl FnOnce(ArrayView2<'_, T>) -> R,
+) -> (R, Option<T>) {
+    match overflow_scale(a) {
+        Some(scale) => (f(a.mapv(|v| v * scale).view()), Some(scale)),
+        None => (f(a), None),
+    }
+}
+
+/// Thin SVD `A = U·diag(s)·Vᵀ`, singular values descending: `(U [m, k], s [k], Vᵀ [k, n])`.
+/// Values near the largest of `T` are scaled first; singular values that do not fit `T`
+/// are an [`Error::Overflow`].
+pub(crate) fn svd<T: Real>(a: ArrayView2<'_, T>) -> Result<(Array2<T>, Array1<T>, Array2<T>)> {
+    let (d, scale) = scaled(a, |a| with_view(a, |a| a.thin_svd()));
+    let d = d.map_err(|_| no_convergence("singular value decomposition"))?;
+    let mut s: Vec<T> = d.S().column_vector().iter().copied().collect();
+    if let Some(scale) = scale {
+        unscale(&mut s, scale, a.dim())?;
+    }
+    Ok((owned(d.U()), s.into(), owned(d.V().transpose())))
+}
+
+/// Singular values only, descending (scaled as in [`svd`]).
 pub(crate) fn singular_values<T: Real>(a: ArrayView2<'_, T>) -> Result<Vec<T>> {
-    with_view(a, |a| a.singular_values())
-        .map_err(|_| no_convergence("singular value decomposition"))
+    let (s, scale) = scaled(a, |a| with_view(a, |a| a.singular_values()));
+    let mut s = s.map_err(|_| no_convergence("singular value decomposition"))?;
+    if let Some(scale) = scale {
+        unscale(&mut s, scale, a.dim())?;
+    }
+    Ok(s)
 }
 
 /// The thin `Q` of a QR decomposition of `a` `[m, n]`, `m ≥ n`: orthonormal columns
