@@ -374,7 +374,7 @@ impl Model {
     /// Reads a compressed file written by [`Model::save_compressed`].
     pub fn load_compressed(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::io::read_regular(path)?;
         parse(&bytes, &path.display().to_string())
     }
 }
