@@ -285,12 +285,16 @@ fn parse(bytes: &[u8], source: &str) -> Result<Model> {
     for _ in 0..n_params {
         let name = h.str()?;
         let data = section(&mut h, body, &mut expected_offset, &name)?;
+        if model.get(&name).is_ok() {
+            return Err(h.error(format!("`{name}` appears twice")));
+        }
         let mut rec = Reader::new(data, source);
         let d = record::decode(&mut rec).map_err(|e| h.error(format!("`{name}`: {e}")))?;
         if !rec.is_empty() {
             return Err(h.error(format!("`{name}` has {} stray bytes", rec.remaining())));
         }
-        add_decoded(&mut model, name, d)?;
+        // The record was checked, but what the model refuses is a fault of the file too.
+        add_decoded(&mut model, name.clone(), d).map_err(|e| h.error(format!("`{name}`: {e}")))?;
     }
     let n_raw = h.count(ENTRY)?;
     for _ in 0..n_raw {
@@ -298,12 +302,17 @@ fn parse(bytes: &[u8], source: &str) -> Result<Model> {
         let dtype = h.str()?;
         let shape = h.dims()?;
         let data = section(&mut h, body, &mut expected_offset, &name)?;
-        model.add_raw(RawTensor {
-            name,
-            dtype,
-            shape,
-            bytes: data.to_vec(),
-        })?;
+        if model.get(&name).is_ok() || model.raw_tensors().iter().any(|t| t.name == name) {
+            return Err(h.error(format!("`{name}` appears twice")));
+        }
+        model
+            .add_raw(RawTensor {
+                name: name.clone(),
+                dtype,
+                shape,
+                bytes: data.to_vec(),
+            })
+            .map_err(|e| h.error(format!("`{name}`: {e}")))?;
     }
     if !h.is_empty() || expected_offset != body.len() {
         return Err(r.error("stray bytes after the last tensor"));

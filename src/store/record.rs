@@ -227,6 +227,13 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Decoded> {
         .get(r.u8()? as usize)
         .ok_or_else(|| r.error("unknown dtype"))?;
     let shape = r.dims()?;
+    if let Some(ndim) = kind.ndim()
+        && ndim != shape.len()
+    {
+        return Err(r.error(format!(
+            "a {kind} parameter of shape {shape:?} ({kind} parameters have {ndim} dimensions)"
+        )));
+    }
     let n: usize = shape.iter().product();
     if n > budget {
         return Err(r.error(format!(
