@@ -131,6 +131,15 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// Values too large for a computation in their type: a result would overflow it
+    /// (e.g. the singular values of a matrix of values near `f32::MAX`).
+    #[error("{what}: the values overflow ({reason})")]
+    Overflow {
+        /// The computation and its input.
+        what: String,
+        /// Which result would overflow, and how to avoid it.
+        reason: String,
+    },
 }
 
 /// `Result` with slimnn's [`Error`].

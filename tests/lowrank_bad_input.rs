@@ -384,3 +384,36 @@ fn a_layer_that_reaches_its_break_even_rank_stays_dense() {
     );
     assert_eq!(report.layers.len(), 1);
 }
+
+/// Values near `f32::MAX`: the SVD works on them scaled by a power of two; singular
+/// values that do not fit f32 are an overflow error, not a failure to converge.
+#[test]
+fn huge_values_are_scaled_or_overflow() {
+    let w = ArrayD::from_elem(IxDyn(&[8, 12]), 3e38f32);
+    for method in [
+        Box::new(TruncatedSvd::new(Rank::Fixed(2)).unwrap()) as Box<dyn LowRank>,
+        Box::new(RandomizedSvd::new(Rank::Fixed(2)).unwrap()),
+    ] {
+        match method.factorize(&w, &ctx()) {
+            Err(e @ Error::Overflow { .. }) => {
+                assert!(e.to_string().contains("overflow"), "{e}")
+            }
+            other => panic!("expected an overflow error, got {other:?}"),
+        }
+    }
+    // A rank-1 matrix whose singular value fits: exact up to f32 rounding.
+    let u = [1.0f32, -0.5, 0.25, 0.75];
+    let v = [0.5f32, 0.25, -1.0, 0.125, 0.5];
+    let big = ArrayD::from_shape_fn(IxDyn(&[4, 5]), |i| 1e37 * u[i[0]] * v[i[1]]);
+    for method in [
+        Box::new(TruncatedSvd::new(Rank::Fixed(1)).unwrap()) as Box<dyn LowRank>,
+        Box::new(RandomizedSvd::new(Rank::Fixed(1)).unwrap()),
+    ] {
+        let f = method.factorize(&big, &ctx()).unwrap();
+        assert!(f.relative_error().unwrap() < 1e-5);
+        let back = f.reconstruct();
+        for (x, y) in back.iter().zip(big.iter()) {
+            assert!((x - y).abs() <= 1e-5 * 1e37, "{x} vs {y}");
+        }
+    }
+}

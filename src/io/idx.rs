@@ -2,7 +2,6 @@
 //! gzip-compressed: bytes `00 00 08 <ndim>`, `ndim` big-endian `u32` dimensions, then
 //! the unsigned bytes in row-major order.
 
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
@@ -14,14 +13,18 @@ use crate::error::{Error, Result};
 /// Reads an unsigned-byte IDX file; gzip-compressed if its name ends in `.gz`.
 ///
 /// Hostile headers cannot make it allocate more than the file really holds: data is read
-/// as it arrives, and a size mismatch is an [`Error::InvalidFormat`].
+/// as it arrives, and a size mismatch is an [`Error::InvalidFormat`]. Only a regular file
+/// is read (a device or a pipe is an [`Error::Io`]), and never more than it can hold: its
+/// size, or for gzip the most that size can inflate to.
 pub fn read_idx(path: impl AsRef<Path>) -> Result<ArrayD<u8>> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let (file, len) = super::open_regular(path)?;
     let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
-        Box::new(GzDecoder::new(BufReader::new(file)))
+        // Deflate expands at most 1032:1.
+        let most = len.saturating_mul(1032);
+        Box::new(GzDecoder::new(BufReader::new(file)).take(most))
     } else {
-        Box::new(BufReader::new(file))
+        Box::new(BufReader::new(file).take(len))
     };
     parse_idx(reader, &path.display().to_string())
 }

@@ -6,6 +6,7 @@
 pub mod idx;
 pub mod safetensors;
 
+use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -40,4 +41,43 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     write(tmp.path())?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// Opens `path` for reading, refusing anything but a regular file (a device such as
+/// `/dev/zero`, a pipe or a directory would be read without end or block), and gives its
+/// size.
+pub(crate) fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // The metadata of the opened file, not of the path, which may have changed since.
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads a whole regular file (see [`open_regular`]), at most the size it had when
+/// opened: a file that grows meanwhile cannot make the reader allocate more.
+pub(crate) fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    let (file, len) = open_regular(path)?;
+    let len_usize = usize::try_from(len).map_err(|_| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "file too large"),
+        )
+    })?;
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len_usize).map_err(|e| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
+        )
+    })?;
+    file.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
 }

@@ -45,10 +45,11 @@ impl Model {
     /// Loads a safetensors file.
     ///
     /// Corrupt, truncated or hostile files (headers claiming more data than the file
-    /// holds, overlapping offsets, overflowing shapes) are an [`Error::InvalidFormat`].
+    /// holds, overlapping offsets, overflowing shapes) are an [`Error::InvalidFormat`];
+    /// anything but a regular file (a device, a pipe) is an [`Error::Io`].
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = super::read_regular(path)?;
         Model::from_safetensors(&bytes, &path.display().to_string())
     }
 

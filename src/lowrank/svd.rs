@@ -5,7 +5,7 @@ use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::linalg::{matmul, svd, thin_q};
+use super::linalg::{matmul, overflow_scale, svd, thin_q, unscale};
 use super::{Factorization, Factors, LowRank, LowRankContext, Rank, linear_weight};
 use crate::error::{Error, Result};
 
@@ -159,6 +159,11 @@ impl LowRank for RandomizedSvd {
         ctx: &LowRankContext<'_>,
     ) -> Result<Factorization> {
         let w = linear_weight(weights, ctx, "a Linear method")?;
+        // Weights near f32::MAX would overflow the sketch: work on them scaled by a power
+        // of two, and scale the singular values back.
+        let scale = overflow_scale(w);
+        let scaled = scale.map(|f| w.mapv(|v| v * f));
+        let w = scaled.as_ref().map_or(w, |s| s.view());
         let (m, n) = w.dim();
         let total = energy(w);
         let r = self.rank.choose(&[], total, (m, n), m + n, m * n)?;
@@ -174,9 +179,16 @@ impl LowRank for RandomizedSvd {
         let b = matmul(q.t(), w); // [l, n]
         let (ub, s, vt) = svd(b.view())?;
         let u = matmul(q.view(), ub.view());
-        let s = s.to_vec();
+        let mut s = s.to_vec();
         let (a, bb) = balanced(&u, &s, &vt, r);
         let error = residual_error(w, &a, &bb, total);
+        let (a, bb) = match scale {
+            Some(f) => {
+                unscale(&mut s, f, (m, n))?;
+                balanced(&u, &s, &vt, r)
+            }
+            None => (a, bb),
+        };
         Ok(Factorization::new(w.shape(), Factors::Linear { a, b: bb })?.with_error(error))
     }
 }

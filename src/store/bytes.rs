@@ -55,6 +55,8 @@ pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
     source: &'a str,
+    /// Where `bytes` start in the file, for the offsets errors give.
+    base: usize,
 }
 
 /// Tensors of more elements than this are refused (2⁴⁰: far above any real layer, far
@@ -67,15 +69,34 @@ impl<'a> Reader<'a> {
             bytes,
             pos: 0,
             source,
+            base: 0,
+        }
+    }
+
+    /// A reader of `bytes`, which start at byte `base` of the file.
+    pub(crate) fn at(bytes: &'a [u8], source: &'a str, base: usize) -> Self {
+        Reader {
+            base,
+            ..Reader::new(bytes, source)
         }
     }
 
     pub(crate) fn error(&self, reason: impl Into<String>) -> Error {
         Error::InvalidFormat {
-            format: "slimnn compressed model",
+            format: super::FORMAT,
             source_name: self.source.to_string(),
-            reason: format!("{} (at byte {})", reason.into(), self.pos),
+            reason: format!("{} (at byte {})", reason.into(), self.base + self.pos),
         }
+    }
+
+    /// The position reached, in bytes from the start.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Moves to `pos` (at most the end).
+    pub(crate) fn skip_to(&mut self, pos: usize) {
+        self.pos = pos.min(self.bytes.len());
     }
 
     pub(crate) fn remaining(&self) -> usize {

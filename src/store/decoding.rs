@@ -280,3 +280,51 @@ pub(crate) fn read_factorization(r: &mut Reader<'_>, shape: &[usize]) -> Result<
         f.with_error(error)
     })
 }
+
+/// An upper bound on the elements of the buffers [`Factorization::reconstruct`] allocates
+/// besides its result, for factors already checked against `shape` (see
+/// `Factorization::reconstruct_any_layout`).
+pub(crate) fn reconstruction_elements(factors: &Factors, shape: &[usize]) -> usize {
+    let n: usize = shape.iter().product();
+    let product = |v: &[usize]| v.iter().fold(1usize, |a, &d| a.saturating_mul(d));
+    // Tucker-2 and CP reshape a product of `n` elements into the result.
+    match factors {
+        Factors::Linear { .. } => 0,
+        Factors::Tucker2 { core, u_in, .. } => {
+            let (ro, _, kh, kw) = core.dim();
+            let ck = product(&[u_in.nrows(), kh, kw]);
+            product(&[ro, ck]).saturating_add(ck).saturating_add(n)
+        }
+        Factors::Cp {
+            out,
+            input,
+            rows,
+            cols,
+        } => product(&[input.nrows(), rows.nrows(), cols.nrows(), out.ncols()]).saturating_add(n),
+        Factors::Separable {
+            vertical,
+            horizontal,
+        } => {
+            let (r, c, kh, _) = vertical.dim();
+            let o = horizontal.dim().0;
+            product(&[r, c, kh]).saturating_add(product(&[o, c, kh]))
+        }
+        Factors::TensorTrain { cores } => {
+            // The identity of the input width, then per core the state before it
+            // (twice: it is permuted into a copy) and after it.
+            let cols = shape.get(1).copied().unwrap_or(1);
+            let ns: Vec<usize> = cores.iter().map(|g| g.dim().2).collect();
+            let mut done_out = 1usize;
+            let mut largest = 0usize;
+            for (k, g) in cores.iter().enumerate() {
+                let (r0, m, nk, r1) = g.dim();
+                let rest = product(&ns[k + 1..]);
+                let before = product(&[cols, done_out, nk, rest, r0]);
+                done_out = done_out.saturating_mul(m);
+                let after = product(&[cols, done_out, rest, r1]);
+                largest = largest.max(before.saturating_mul(2).saturating_add(after));
+            }
+            product(&[cols, cols]).saturating_add(largest)
+        }
+    }
+}

@@ -152,7 +152,71 @@ impl StoredBytes {
     }
 }
 
+/// What loading a compressed file may allocate.
+///
+/// A file states the shapes of its tensors; a hostile one can state shapes far larger
+/// than its bytes. Before decoding anything the loader adds up what the file claims —
+/// its own bytes, its header, its raw tensors, and
+/// [`LoadOptions::BYTES_PER_ELEMENT`] bytes for every element of every parameter (the
+/// decoded `f32` values and the decoder's buffers) — and refuses the file with
+/// [`Error::InvalidFormat`] if the sum exceeds the limit. Decoding a low-rank form
+/// checks its transient buffers against what is left of the limit.
+///
+/// By default the limit is [`LoadOptions::MEMORY_PER_FILE_BYTE`] bytes per byte of the
+/// file plus [`LoadOptions::MEMORY_SLACK`]: room for models compressed about 100× against
+/// `f32`. For files you trust that compress more, raise it.
+///
+/// ```
+/// use slimnn::store::LoadOptions;
+///
+/// assert_eq!(LoadOptions::default().limit(1000), 256 * 1000 + (16 << 20));
+/// assert_eq!(LoadOptions::new().with_max_memory(1 << 30).limit(1000), 1 << 30);
+/// assert_eq!(LoadOptions::trusted().limit(1000), usize::MAX);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    max_memory: Option<usize>,
+}
+
+impl LoadOptions {
+    /// Bytes a file may make the loader allocate per byte it holds, by default.
+    pub const MEMORY_PER_FILE_BYTE: usize = 256;
+    /// Bytes any file may make the loader allocate besides, by default (16 MiB).
+    pub const MEMORY_SLACK: usize = 16 << 20;
+    /// Bytes charged per element of a parameter.
+    pub const BYTES_PER_ELEMENT: usize = 10;
+
+    /// The default limit.
+    pub fn new() -> Self {
+        LoadOptions::default()
+    }
+
+    /// No limit beyond the format's own (for files from a trusted source).
+    pub fn trusted() -> Self {
+        LoadOptions {
+            max_memory: Some(usize::MAX),
+        }
+    }
+
+    /// A limit of `bytes` in all, whatever the file's size.
+    pub fn with_max_memory(mut self, bytes: usize) -> Self {
+        self.max_memory = Some(bytes);
+        self
+    }
+
+    /// The most bytes loading a file of `file_bytes` bytes may allocate.
+    pub fn limit(&self, file_bytes: usize) -> usize {
+        self.max_memory.unwrap_or_else(|| {
+            file_bytes
+                .saturating_mul(Self::MEMORY_PER_FILE_BYTE)
+                .saturating_add(Self::MEMORY_SLACK)
+        })
+    }
+}
+
 const MAGIC: &[u8; 8] = b"SLIMNNCM";
+/// The format's name in errors.
+const FORMAT: &str = "slimnn compressed model";
 const VERSION: u32 = 1;
 /// Magic, version, header length.
 const FIXED: usize = 8 + 4 + 8;
@@ -252,10 +316,23 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
 /// Reads a model from a compressed file's bytes, checking the magic, the version, the
 /// header's and every tensor's CRC-32, and every length and index against the input.
 pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
-    parse(bytes, "<bytes>")
+    from_bytes_with(bytes, &LoadOptions::default())
 }
 
-fn parse(bytes: &[u8], source: &str) -> Result<Model> {
+/// [`from_bytes`] with a limit on what the model may claim (see [`LoadOptions`]).
+pub fn from_bytes_with(bytes: &[u8], options: &LoadOptions) -> Result<Model> {
+    parse(bytes, "<bytes>", options)
+}
+
+/// A parameter's directory entry and its record.
+struct Entry<'b> {
+    name: String,
+    data: &'b [u8],
+    /// The header reader's position after the entry, for errors.
+    at: usize,
+}
+
+fn parse(bytes: &[u8], source: &str, options: &LoadOptions) -> Result<Model> {
     let mut r = Reader::new(bytes, source);
     if r.take(8).ok() != Some(MAGIC.as_slice()) {
         return Err(r.error("not a slimnn compressed model (bad magic)"));
@@ -273,42 +350,109 @@ fn parse(bytes: &[u8], source: &str) -> Result<Model> {
         return Err(r.error("the header's checksum does not match"));
     }
     let body = &bytes[FIXED + header_len + 4..];
-    let mut h = Reader::new(header, source);
-    let mut model = Model::new();
+    let limit = options.limit(bytes.len());
+    // What the file claims before any record is decoded: its bytes, its header (as
+    // strings and entries), its raw tensors, and every parameter's elements.
+    let mut claimed = bytes.len().saturating_add(header_len.saturating_mul(4));
+    let mut h = Reader::at(header, source, FIXED);
+    let mut metadata = Vec::new();
     let n_meta = h.count(16)?;
     for _ in 0..n_meta {
-        let (k, v) = (h.str()?, h.str()?);
-        model.metadata_mut().insert(k, v);
+        metadata.push((h.str()?, h.str()?));
     }
     let mut expected_offset = 0usize;
     let n_params = h.count(ENTRY)?;
+    let mut params = Vec::with_capacity(n_params);
     for _ in 0..n_params {
         let name = h.str()?;
         let data = section(&mut h, body, &mut expected_offset, &name)?;
-        let mut rec = Reader::new(data, source);
-        let d = record::decode(&mut rec).map_err(|e| h.error(format!("`{name}`: {e}")))?;
-        if !rec.is_empty() {
-            return Err(h.error(format!("`{name}` has {} stray bytes", rec.remaining())));
+        let base = data.as_ptr() as usize - bytes.as_ptr() as usize;
+        let elements = record::peek_elements(&mut Reader::at(data, source, base))
+            .map_err(|e| in_record(&name, e, &h))?;
+        claimed = claimed.saturating_add(elements.saturating_mul(LoadOptions::BYTES_PER_ELEMENT));
+        if claimed > limit {
+            return Err(h.error(format!(
+                "`{name}` of {elements} elements takes the file's claim past {limit} bytes \
+                 ({} bytes of file; see LoadOptions)",
+                bytes.len()
+            )));
         }
-        add_decoded(&mut model, name, d)?;
+        params.push(Entry {
+            name,
+            data,
+            at: h.pos(),
+        });
     }
+    let mut raws = Vec::new();
     let n_raw = h.count(ENTRY)?;
     for _ in 0..n_raw {
         let name = h.str()?;
         let dtype = h.str()?;
         let shape = h.dims()?;
         let data = section(&mut h, body, &mut expected_offset, &name)?;
-        model.add_raw(RawTensor {
-            name,
-            dtype,
-            shape,
-            bytes: data.to_vec(),
-        })?;
+        claimed = claimed.saturating_add(data.len());
+        raws.push((name, dtype, shape, data));
     }
     if !h.is_empty() || expected_offset != body.len() {
         return Err(r.error("stray bytes after the last tensor"));
     }
+    if claimed > limit {
+        return Err(r.error(format!(
+            "the file claims more than {limit} bytes ({} bytes of file; see LoadOptions)",
+            bytes.len()
+        )));
+    }
+    let spare = limit - claimed;
+    let mut model = Model::new();
+    for (k, v) in metadata {
+        model.metadata_mut().insert(k, v);
+    }
+    for Entry { name, data, at } in params {
+        let mut h = Reader::at(header, source, FIXED);
+        h.skip_to(at);
+        if model.get(&name).is_ok() {
+            return Err(h.error(format!("`{name}` appears twice")));
+        }
+        let base = data.as_ptr() as usize - bytes.as_ptr() as usize;
+        let mut rec = Reader::at(data, source, base);
+        let d = record::decode(&mut rec, spare).map_err(|e| in_record(&name, e, &h))?;
+        if !rec.is_empty() {
+            return Err(rec.error(format!("`{name}` has {} stray bytes", rec.remaining())));
+        }
+        // The record was checked, but what the model refuses is a fault of the file too.
+        add_decoded(&mut model, name.clone(), d).map_err(|e| in_record(&name, e, &rec))?;
+    }
+    for (name, dtype, shape, data) in raws {
+        if model.get(&name).is_ok() || model.raw_tensors().iter().any(|t| t.name == name) {
+            return Err(r.error(format!("`{name}` appears twice")));
+        }
+        model
+            .add_raw(RawTensor {
+                name: name.clone(),
+                dtype,
+                shape,
+                bytes: data.to_vec(),
+            })
+            .map_err(|e| r.error(format!("`{name}`: {e}")))?;
+    }
     Ok(model)
+}
+
+/// An error in the record of `name`: a format error keeps its offset and gains the
+/// name; any other becomes a format error at `r`'s position.
+fn in_record(name: &str, e: Error, r: &Reader<'_>) -> Error {
+    match e {
+        Error::InvalidFormat {
+            format: FORMAT,
+            source_name,
+            reason,
+        } => Error::InvalidFormat {
+            format: FORMAT,
+            source_name,
+            reason: format!("`{name}`: {reason}"),
+        },
+        e => r.error(format!("`{name}`: {e}")),
+    }
 }
 
 /// Adds a decoded record to `model` as the parameter `name`.
@@ -333,7 +477,12 @@ fn add_decoded(model: &mut Model, name: String, d: record::Decoded) -> Result<()
 pub fn decode_record_for_fuzzing(bytes: &[u8]) -> Result<()> {
     let mut r = Reader::new(bytes, "<fuzz>");
     let mut model = Model::new();
-    add_decoded(&mut model, "p".into(), record::decode(&mut r)?)?;
+    let spare = LoadOptions::default().limit(bytes.len());
+    record::peek_elements(&mut Reader::new(bytes, "<fuzz>"))?
+        .checked_mul(LoadOptions::BYTES_PER_ELEMENT)
+        .filter(|&b| b <= spare)
+        .ok_or_else(|| r.error("too many elements"))?;
+    add_decoded(&mut model, "p".into(), record::decode(&mut r, spare)?)?;
     to_bytes(&model).map(|_| ())
 }
 
@@ -371,10 +520,18 @@ impl Model {
         })
     }
 
-    /// Reads a compressed file written by [`Model::save_compressed`].
+    /// Reads a compressed file written by [`Model::save_compressed`], refusing a file that
+    /// claims more memory than [`LoadOptions::default`] allows (256 bytes per byte of
+    /// the file, plus 16 MiB).
     pub fn load_compressed(path: impl AsRef<Path>) -> Result<Model> {
+        Model::load_compressed_with(path, &LoadOptions::default())
+    }
+
+    /// [`Model::load_compressed`] with a limit on what the file may claim (see
+    /// [`LoadOptions`]).
+    pub fn load_compressed_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        parse(&bytes, &path.display().to_string())
+        let bytes = crate::io::read_regular(path)?;
+        parse(&bytes, &path.display().to_string(), options)
     }
 }

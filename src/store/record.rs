@@ -4,7 +4,9 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::bytes::{Reader, Writer};
-use super::decoding::{read_decoding, read_factorization, write_decoding, write_factorization};
+use super::decoding::{
+    read_decoding, read_factorization, reconstruction_elements, write_decoding, write_factorization,
+};
 use super::positions::{read_codes, read_positions, write_codes, write_positions};
 use super::{Coded, Encoding, Positions, StoredBytes};
 use crate::error::{Error, Result};
@@ -212,14 +214,8 @@ pub(crate) struct Decoded {
     pub(crate) encoding: Encoding,
 }
 
-/// A record decodes to at most this many elements per byte it holds (or 2²⁴ elements,
-/// whichever is more): bounds what a hostile header can make the reader allocate while
-/// leaving room for sparse and low-rank forms (a rank-1 4096×4096 layer is 512
-/// elements per byte).
-const ELEMENTS_PER_BYTE: usize = 1 << 12;
-
-pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Decoded> {
-    let budget = r.remaining().saturating_mul(ELEMENTS_PER_BYTE).max(1 << 24);
+/// The kind, dtype and shape at the start of a record (a shape that fits the kind).
+fn read_head(r: &mut Reader<'_>) -> Result<(LayerKind, DType, Vec<usize>)> {
     let kind = *KINDS
         .get(r.u8()? as usize)
         .ok_or_else(|| r.error("unknown layer kind"))?;
@@ -227,13 +223,26 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Decoded> {
         .get(r.u8()? as usize)
         .ok_or_else(|| r.error("unknown dtype"))?;
     let shape = r.dims()?;
-    let n: usize = shape.iter().product();
-    if n > budget {
+    if let Some(ndim) = kind.ndim()
+        && ndim != shape.len()
+    {
         return Err(r.error(format!(
-            "shape {shape:?} is too large for a record of {} bytes",
-            r.remaining()
+            "a {kind} parameter of shape {shape:?} ({kind} parameters have {ndim} dimensions)"
         )));
     }
+    Ok((kind, dtype, shape))
+}
+
+/// The number of elements the record at `r` declares, read from its head only.
+pub(crate) fn peek_elements(r: &mut Reader<'_>) -> Result<usize> {
+    Ok(read_head(r)?.2.iter().product())
+}
+
+/// Decodes a record; the elements its head declares have been accounted for, and
+/// `spare` bytes are left for the transient buffers of rebuilding a low-rank form.
+pub(crate) fn decode(r: &mut Reader<'_>, spare: usize) -> Result<Decoded> {
+    let (kind, dtype, shape) = read_head(r)?;
+    let n: usize = shape.iter().product();
     let form = r.u8()?;
     let mut out = Decoded {
         kind,
@@ -249,6 +258,12 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Decoded> {
     };
     if form == FACTORIZED {
         let f = read_factorization(r, &shape)?;
+        let transient = reconstruction_elements(f.factors(), &shape);
+        if transient.saturating_mul(4) > spare {
+            return Err(r.error(format!(
+                "rebuilding the factors takes {transient} elements, more than the file may claim"
+            )));
+        }
         out.value = f.reconstruct();
         out.factorization = Some(f);
         return Ok(out);
