@@ -6,7 +6,10 @@
 //! - [`logit_matching`]: L2 between the logits (Ba & Caruana 2014);
 //! - [`hint_loss`] with a trained [`Regressor`]: hints (FitNets, Romero et al. 2015);
 //! - [`attention_transfer`]: spatial attention maps of paired conv layers (Zagoruyko &
-//!   Komodakis 2017).
+//!   Komodakis 2017);
+//! - [`Distillation`]: all of them as one training loss against a [`Teacher`] (one
+//!   network or an ensemble), for [`nn`](crate::nn)'s training loop and every
+//!   fine-tuning path.
 //!
 //! Each loss is a plain function returning the loss and its gradient with respect to
 //! the student's logits or feature maps, with a `_slice` twin on row-major buffers, so
@@ -31,17 +34,21 @@
 mod attention;
 mod hint;
 mod logits;
+mod loss;
 mod soft;
+mod teacher;
 
 use ndarray::{ArrayView1, ArrayView2, ArrayViewD};
 
 pub use attention::{Attention, attention_map, attention_transfer, attention_transfer_slice};
 pub use hint::{Regressor, RegressorGradients, RegressorKind, hint_loss, hint_loss_slice};
 pub use logits::{logit_matching, logit_matching_slice};
+pub use loss::{DistillConfig, DistillStep, Distillation, HintPair, LayerPair};
 pub use soft::{
     SoftTargets, distillation_loss, distillation_loss_slice, ensemble_soft_targets,
     soft_target_loss, softmax_t,
 };
+pub use teacher::{Teacher, TeacherOutputs};
 
 use crate::error::{Error, Result};
 

@@ -343,3 +343,309 @@ fn slices_agree_with_arrays() {
         hint_loss_slice(a.as_slice().unwrap(), a.as_slice().unwrap(), &[1, 2, 2, 2]).unwrap();
     assert_eq!((l, g.as_slice().unwrap()), (ls, &gs[..]));
 }
+
+mod training {
+    use super::*;
+    use crate::io::idx::Dataset;
+    use crate::model::Model;
+    use crate::nn::{ConvSpec, Layer, Network, Sgd};
+
+    /// conv (`c` filters 3×3) → ReLU → flatten → Linear to 3 classes, on `[1, 6, 6]`.
+    fn convnet(prefix: &str, c: usize, seed: u64) -> (Network, Model) {
+        let mut m = Model::new();
+        m.add(
+            format!("{prefix}conv.weight"),
+            randn(&[c, 1, 3, 3], seed, 0.5),
+        )
+        .unwrap();
+        m.add(format!("{prefix}conv.bias"), randn(&[c], seed + 1, 0.1))
+            .unwrap();
+        m.add(
+            format!("{prefix}fc.weight"),
+            randn(&[3, c * 16], seed + 2, 0.3),
+        )
+        .unwrap();
+        let net = Network::new(vec![
+            Layer::Conv2d {
+                weight: format!("{prefix}conv.weight"),
+                bias: Some(format!("{prefix}conv.bias")),
+                spec: ConvSpec::new(),
+            },
+            Layer::Relu,
+            Layer::Flatten,
+            Layer::Linear {
+                weight: format!("{prefix}fc.weight"),
+                bias: None,
+            },
+        ])
+        .with_input_shape(&[1, 6, 6]);
+        (net, m)
+    }
+
+    fn full_config() -> DistillConfig {
+        DistillConfig {
+            temperature: 2.0,
+            alpha: 0.5,
+            logit_weight: 0.3,
+            hints: vec![HintPair {
+                student_layer: 0,
+                teacher_layer: 0,
+                weight: 0.7,
+            }],
+            attention: vec![LayerPair {
+                student_layer: 1,
+                teacher_layer: 1,
+            }],
+            beta: 5.0,
+            attention_p: 2.0,
+            hints_only: false,
+            seed: 3,
+        }
+    }
+
+    fn data(n: usize, seed: u64) -> Dataset {
+        let images = rand2(n, 36, seed, 1.0).mapv(f32::abs);
+        Dataset {
+            images,
+            labels: (0..n).map(|i| (i % 3) as u8).collect(),
+            image_shape: vec![1, 6, 6],
+        }
+    }
+
+    #[test]
+    fn distillation_gradients_match_finite_differences_through_the_network() {
+        let (tnet, tmodel) = convnet("t.", 3, 10);
+        let (snet, smodel) = convnet("s.", 2, 20);
+        let teacher = Teacher::new(tnet, tmodel).unwrap();
+        let kd = Distillation::new(full_config(), teacher, &snet, &smodel).unwrap();
+        let d = data(4, 30);
+        let step = kd
+            .loss_and_gradients(&snet, &smodel, d.images.view(), d.labels.view(), None)
+            .unwrap();
+        assert_eq!(step.regressor_gradients.len(), 1);
+        for name in ["s.conv.weight", "s.conv.bias", "s.fc.weight"] {
+            let x = smodel.get(name).unwrap().value().clone();
+            let f = |v: &ArrayD<f32>| {
+                let mut m = smodel.clone();
+                m.get_mut(name).unwrap().value_mut().assign(v);
+                kd.loss_and_gradients(&snet, &m, d.images.view(), d.labels.view(), None)
+                    .unwrap()
+                    .loss
+            };
+            check_gradient(&x, &step.gradients[name], f, 1e-3);
+        }
+    }
+
+    #[test]
+    fn the_hint_stage_trains_only_up_to_the_guided_layer() {
+        let (tnet, tmodel) = convnet("t.", 3, 10);
+        let (snet, mut smodel) = convnet("s.", 2, 20);
+        let config = DistillConfig {
+            hints_only: true,
+            attention: vec![],
+            ..full_config()
+        };
+        let mut kd =
+            Distillation::new(config, Teacher::new(tnet, tmodel).unwrap(), &snet, &smodel).unwrap();
+        let d = data(32, 31);
+        let fc = smodel.get("s.fc.weight").unwrap().value().clone();
+        let conv = smodel.get("s.conv.weight").unwrap().value().clone();
+        let r0 = kd.regressors().next().unwrap().clone();
+        let mut sgd = Sgd::new(0.005, 0.9, 0.0).unwrap();
+        let first = kd
+            .train_epoch(&snet, &mut smodel, &mut sgd, &d, 8, 0)
+            .unwrap();
+        let mut last = first;
+        for e in 1..10 {
+            last = kd
+                .train_epoch(&snet, &mut smodel, &mut sgd, &d, 8, e)
+                .unwrap();
+        }
+        assert!(last < first, "the hint loss falls: {first} → {last}");
+        assert_eq!(smodel.get("s.fc.weight").unwrap().value(), &fc);
+        assert_ne!(smodel.get("s.conv.weight").unwrap().value(), &conv);
+        assert_ne!(kd.regressors().next().unwrap(), &r0, "the regressor trains");
+    }
+
+    #[test]
+    fn training_is_deterministic_with_a_seed() {
+        let (tnet, tmodel) = convnet("t.", 3, 10);
+        let teacher = Teacher::new(tnet, tmodel).unwrap();
+        let run = || {
+            let (snet, mut smodel) = convnet("s.", 2, 20);
+            let mut kd = Distillation::new(full_config(), teacher.clone(), &snet, &smodel).unwrap();
+            let mut sgd = Sgd::new(0.05, 0.9, 0.0).unwrap();
+            let d = data(32, 32);
+            for e in 0..2 {
+                kd.train_epoch(&snet, &mut smodel, &mut sgd, &d, 8, e)
+                    .unwrap();
+            }
+            (smodel, kd.regressors().next().unwrap().clone())
+        };
+        let (a, ra) = run();
+        let (b, rb) = run();
+        for name in ["s.conv.weight", "s.conv.bias", "s.fc.weight"] {
+            assert_eq!(a.get(name).unwrap().value(), b.get(name).unwrap().value());
+        }
+        assert_eq!(ra, rb);
+    }
+
+    #[test]
+    fn bad_teachers_layers_and_batches_are_typed_errors_before_any_change() {
+        let (tnet, tmodel) = convnet("t.", 3, 10);
+        let (snet, mut smodel) = convnet("s.", 2, 20);
+        let teacher = Teacher::new(tnet.clone(), tmodel.clone()).unwrap();
+        let new = |c: DistillConfig| Distillation::new(c, teacher.clone(), &snet, &smodel);
+        // A teacher whose model does not fit its network.
+        let mut wrong = Model::new();
+        wrong
+            .add("t.conv.weight", randn(&[3, 1, 3, 3], 1, 1.0))
+            .unwrap();
+        wrong.add("t.conv.bias", randn(&[3], 1, 1.0)).unwrap();
+        wrong.add("t.fc.weight", randn(&[3, 40], 1, 1.0)).unwrap();
+        assert!(matches!(
+            Teacher::new(tnet.clone(), wrong),
+            Err(Error::ShapeMismatch { .. } | Error::BadShape { .. })
+        ));
+        let mut partial = Model::new();
+        partial
+            .add("t.conv.weight", randn(&[3, 1, 3, 3], 1, 1.0))
+            .unwrap();
+        assert!(matches!(
+            Teacher::new(tnet.clone(), partial),
+            Err(Error::UnknownParameter(_))
+        ));
+        // Settings out of range.
+        for c in [
+            DistillConfig {
+                temperature: 0.0,
+                ..full_config()
+            },
+            DistillConfig {
+                alpha: 2.0,
+                ..full_config()
+            },
+            DistillConfig {
+                beta: -1.0,
+                ..full_config()
+            },
+            DistillConfig {
+                logit_weight: f32::NAN,
+                ..full_config()
+            },
+        ] {
+            assert!(matches!(new(c), Err(Error::InvalidParameter { .. })));
+        }
+        // Hint or attention layers that do not exist.
+        let missing = HintPair {
+            student_layer: 9,
+            teacher_layer: 0,
+            weight: 1.0,
+        };
+        assert!(matches!(
+            new(DistillConfig {
+                hints: vec![missing],
+                ..full_config()
+            }),
+            Err(Error::InvalidParameter {
+                name: "student layer",
+                ..
+            })
+        ));
+        let missing = LayerPair {
+            student_layer: 1,
+            teacher_layer: 7,
+        };
+        assert!(matches!(
+            new(DistillConfig {
+                attention: vec![missing],
+                ..full_config()
+            }),
+            Err(Error::InvalidParameter {
+                name: "teacher layer",
+                ..
+            })
+        ));
+        // A hint from feature maps to a vector; attention on vectors.
+        let hint = HintPair {
+            student_layer: 0,
+            teacher_layer: 2,
+            weight: 1.0,
+        };
+        assert!(matches!(
+            new(DistillConfig {
+                hints: vec![hint],
+                ..full_config()
+            }),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        let pair = LayerPair {
+            student_layer: 2,
+            teacher_layer: 2,
+        };
+        assert!(matches!(
+            new(DistillConfig {
+                attention: vec![pair],
+                ..full_config()
+            }),
+            Err(Error::BadShape { .. })
+        ));
+        // Attention pairs of different spatial sizes.
+        let mut big = Model::new();
+        big.add("b.conv.weight", randn(&[3, 1, 1, 1], 1, 1.0))
+            .unwrap();
+        big.add("b.fc.weight", randn(&[3, 108], 1, 1.0)).unwrap();
+        let bnet = Network::new(vec![
+            Layer::Conv2d {
+                weight: "b.conv.weight".into(),
+                bias: None,
+                spec: ConvSpec::new(),
+            },
+            Layer::Flatten,
+            Layer::Linear {
+                weight: "b.fc.weight".into(),
+                bias: None,
+            },
+        ])
+        .with_input_shape(&[1, 6, 6]);
+        let pair = LayerPair {
+            student_layer: 0,
+            teacher_layer: 0,
+        };
+        let c = DistillConfig {
+            hints: vec![],
+            attention: vec![pair],
+            ..full_config()
+        };
+        assert!(matches!(
+            Distillation::new(c, Teacher::new(bnet, big).unwrap(), &snet, &smodel),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        // A regressor that does not fit the hint.
+        let mut kd = new(full_config()).unwrap();
+        let r = Regressor::new(RegressorKind::Conv1x1, 2, 5, 0).unwrap();
+        assert!(matches!(
+            kd.set_regressor(0, r, &snet, &smodel),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        let r = Regressor::new(RegressorKind::Conv1x1, 2, 3, 0).unwrap();
+        kd.set_regressor(0, r.clone(), &snet, &smodel).unwrap();
+        assert_eq!(kd.regressors().next().unwrap(), &r);
+        // A bad batch changes nothing.
+        let mut d = data(8, 33);
+        d.labels[3] = 7;
+        let before = smodel.clone();
+        let mut sgd = Sgd::new(0.05, 0.9, 0.0).unwrap();
+        assert!(
+            kd.train_epoch(&snet, &mut smodel, &mut sgd, &d, 8, 0)
+                .is_err()
+        );
+        assert_eq!(kd.regressors().next().unwrap(), &r);
+        for name in ["s.conv.weight", "s.conv.bias", "s.fc.weight"] {
+            assert_eq!(
+                smodel.get(name).unwrap().value(),
+                before.get(name).unwrap().value()
+            );
+        }
+    }
+}
