@@ -105,7 +105,8 @@ pub struct DistillStep {
 /// labels. Use [`Distillation::train_epoch`] where [`train_epoch`](crate::nn::train_epoch)
 /// would be used: it works for every form a parameter can be fine-tuned in (dense,
 /// pruned, weight-shared, factorized), since [`Sgd`] applies the gradients in each
-/// form.
+/// form; [`Distillation::train_epoch_quantized`] fine-tunes with quantization-aware
+/// training. The teacher is usually the uncompressed model: distillation as recovery.
 ///
 /// ```
 /// use ndarray::Array2;
@@ -432,6 +433,30 @@ impl Distillation {
         crate::nn::for_each_batch(data, batch, seed, |x, y, batch_seed| {
             let step = self.loss_and_gradients(student, student_model, x, y, Some(batch_seed))?;
             self.apply(sgd, student_model, &step, |_, g| Ok(g))
+        })
+    }
+
+    /// As [`train_epoch`](Distillation::train_epoch), for quantization-aware training
+    /// of `latent` with `qat`: each batch's loss is taken on the quantized model and
+    /// the gradients reach the latent weights by the straight-through estimator.
+    #[allow(clippy::too_many_arguments)] // train_epoch's arguments and the QAT settings
+    pub fn train_epoch_quantized<Q: crate::quant::Quantizer>(
+        &mut self,
+        qat: &crate::nn::QuantAwareTraining<Q>,
+        student: &Network,
+        latent: &mut Model,
+        sgd: &mut Sgd,
+        data: &Dataset,
+        batch: usize,
+        seed: u64,
+    ) -> Result<f64> {
+        qat.check_latent(latent)?;
+        crate::nn::for_each_batch(data, batch, seed, |x, y, batch_seed| {
+            let quantized = qat.quantized(latent)?;
+            let step = self.loss_and_gradients(student, &quantized, x, y, Some(batch_seed))?;
+            self.apply(sgd, latent, &step, |latent, g| {
+                qat.straight_through(latent, &quantized, g)
+            })
         })
     }
 
