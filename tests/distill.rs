@@ -109,3 +109,66 @@ fn every_fine_tuning_path_takes_the_dense_teacher_and_keeps_its_form() {
     let aware = acc(&qat.quantized(&latent).unwrap());
     assert!(aware > post_training, "2-bit: {post_training} → {aware}");
 }
+
+/// The student trained on `train` for `epochs`, alone or taught by `kd`.
+fn student(
+    train: &Dataset,
+    sizes: &[usize],
+    kd: Option<&mut Distillation>,
+    epochs: u64,
+    seed: u64,
+) -> (Model, Network) {
+    let mut model = Model::new();
+    let net = Network::mlp(&mut model, sizes, seed).unwrap();
+    let mut sgd = Sgd::new(0.05, 0.9, 0.0).unwrap();
+    match kd {
+        Some(kd) => {
+            for epoch in 0..epochs {
+                kd.train_epoch(&net, &mut model, &mut sgd, train, 32, seed + epoch)
+                    .unwrap();
+            }
+        }
+        None => {
+            for epoch in 0..epochs {
+                train_epoch(&net, &mut model, &mut sgd, train, 32, seed + epoch).unwrap();
+            }
+        }
+    }
+    (model, net)
+}
+
+#[test]
+fn a_distilled_student_beats_the_same_student_trained_alone() {
+    // Hinton et al.'s experiment in miniature: a wide teacher, a narrow student trained
+    // with the same seed, batches and epochs on a small transfer set, alone and with
+    // soft targets.
+    let (train, test) = digits();
+    let (tmodel, tnet) = trained(&train, &[64, 256, 10], 40, 11);
+    let small = train.slice(0..300);
+    let errors = |net: &Network, m: &Model| {
+        let e = net.evaluate(m, &test, 360).unwrap();
+        e.total - e.correct
+    };
+    let teacher_errors = errors(&tnet, &tmodel);
+    let (mut alone, mut taught) = (0, 0);
+    for seed in [1, 2, 3] {
+        let sizes = [64, 12, 10];
+        let (a, net) = student(&small, &sizes, None, 40, seed);
+        let config = DistillConfig {
+            temperature: 4.0,
+            alpha: 0.9,
+            ..Default::default()
+        };
+        let teacher = Teacher::new(tnet.clone(), tmodel.clone()).unwrap();
+        let mut kd = Distillation::new(config, teacher, &net, &a).unwrap();
+        let (b, _) = student(&small, &sizes, Some(&mut kd), 40, seed);
+        let (ea, eb) = (errors(&net, &a), errors(&net, &b));
+        eprintln!("seed {seed}: teacher {teacher_errors}, alone {ea}, distilled {eb}");
+        alone += ea;
+        taught += eb;
+    }
+    assert!(
+        taught < alone,
+        "test errors over 3 seeds: {alone} alone, {taught} distilled (teacher {teacher_errors})"
+    );
+}

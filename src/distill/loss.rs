@@ -347,19 +347,48 @@ impl Distillation {
                 got: vec![labels.len()],
             });
         }
-        let teacher_layers: Vec<usize> = self
-            .hints
+        let teacher_layers = self.teacher_layers();
+        let outputs = self.teacher.outputs(x, &teacher_layers)?;
+        self.loss_and_gradients_from(student, student_model, x, labels, seed, &outputs)
+    }
+
+    /// The layers of the teacher whose outputs the loss needs (hint layers, then
+    /// attention layers), to pass to [`Teacher::outputs`].
+    pub fn teacher_layers(&self) -> Vec<usize> {
+        self.hints
             .iter()
             .map(|(h, _)| h.teacher_layer)
             .chain(self.attention.iter().map(|p| p.teacher_layer))
-            .collect();
+            .collect()
+    }
+
+    /// As [`loss_and_gradients`](Distillation::loss_and_gradients), with the teacher's
+    /// outputs on `x` given (from [`Teacher::outputs`] with
+    /// [`teacher_layers`](Distillation::teacher_layers)): for a caller that computes
+    /// them once and reuses them, e.g. over the epochs of a fixed training set.
+    pub fn loss_and_gradients_from(
+        &self,
+        student: &Network,
+        student_model: &Model,
+        x: ArrayView2<'_, f32>,
+        labels: ArrayView1<'_, u8>,
+        seed: Option<u64>,
+        teacher: &super::TeacherOutputs,
+    ) -> Result<DistillStep> {
+        let (t_logits, t_taps) = teacher;
+        if t_logits.len() != self.teacher.members() || t_taps.len() != self.teacher_layers().len() {
+            return Err(Error::ShapeMismatch {
+                what: "teacher outputs [logits of each member, outputs of teacher_layers()]".into(),
+                expected: vec![self.teacher.members(), self.teacher_layers().len()],
+                got: vec![t_logits.len(), t_taps.len()],
+            });
+        }
         let student_layers: Vec<usize> = self
             .hints
             .iter()
             .map(|(h, _)| h.student_layer)
             .chain(self.attention.iter().map(|p| p.student_layer))
             .collect();
-        let (t_logits, t_taps) = self.teacher.outputs(x, &teacher_layers)?;
         let mut regressor_gradients = Vec::with_capacity(self.hints.len());
         let (loss, mut gradients) =
             student.gradients_with(student_model, x, seed, &student_layers, |logits, taps| {
@@ -374,7 +403,7 @@ impl Distillation {
                     logit_grad += &g;
                     if self.logit_weight > 0.0 {
                         let mut mean = Array2::<f32>::zeros(logits.raw_dim());
-                        for t in &t_logits {
+                        for t in t_logits {
                             mean += t;
                         }
                         mean /= t_logits.len() as f32;
