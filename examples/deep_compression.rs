@@ -5,8 +5,12 @@
 //!
 //! ```text
 //! cargo run --release --example deep_compression [-- --arch lenet5 --epochs 10 --seed 1
-//!     --sparsity 0.92 --bits 5 --conv-bits 5 --retrain-epochs 6 --json]
+//!     --sparsity 0.92 --bits 5 --conv-bits 5 --retrain-epochs 6 --distill --json]
 //! ```
+//!
+//! `--distill` retrains (pruning and centroid fine-tuning) with the dense network as
+//! teacher (soft targets at T = 4, α = 0.7: knowledge distillation as recovery) instead
+//! of cross-entropy on the labels alone.
 //!
 //! Reuses the trained network cached in `target/slimnn-examples/` (`lenet300.safetensors`,
 //! which `prune_mnist` also writes, or `lenet5.safetensors`), or trains it, and writes
@@ -19,6 +23,7 @@ mod mnist;
 #[path = "common/plot.rs"]
 mod plot;
 
+use slimnn::distill::{DistillConfig, Distillation, Teacher};
 use slimnn::pipeline::{Compressor, Encode, Quantize, Report};
 use slimnn::prune::{GlobalPruner, Statistics};
 use slimnn::quant::{KMeansInit, KMeansQuantizer};
@@ -35,6 +40,7 @@ struct Args {
     /// `None`: as `bits`.
     conv_bits: Option<u32>,
     fresh: bool,
+    distill: bool,
     json: bool,
 }
 
@@ -48,6 +54,7 @@ fn parse() -> Args {
         bits: 5,
         conv_bits: None,
         fresh: false,
+        distill: false,
         json: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -86,12 +93,13 @@ fn parse() -> Args {
             "--bits" => a.bits = count(value()).min(99) as u32,
             "--conv-bits" => a.conv_bits = Some(count(value()).min(99) as u32),
             "--retrain-from-scratch" => a.fresh = true,
+            "--distill" => a.distill = true,
             "--json" => a.json = true,
             "-h" | "--help" => {
                 println!(
                     "usage: deep_compression [--arch lenet300|lenet5] [--epochs N] \
                      [--retrain-epochs N] [--seed S] [--sparsity F] [--bits B] \
-                     [--conv-bits B (default: --bits)] [--retrain-from-scratch] [--json]"
+                     [--conv-bits B (default: --bits)] [--retrain-from-scratch] [--distill] [--json]"
                 );
                 std::process::exit(0)
             }
@@ -134,11 +142,25 @@ fn main() -> Result<()> {
         100.0 * args.sparsity,
         args.retrain_epochs
     );
+    // Knowledge distillation as recovery: the dense network teaches its compressed self.
+    let mut distill = if args.distill {
+        println!("  (with the dense network as teacher: soft targets at T = 4, α = 0.7)");
+        let config = DistillConfig {
+            temperature: 4.0,
+            alpha: 0.7,
+            ..Default::default()
+        };
+        let teacher = Teacher::new(net.clone(), dense.clone())?;
+        Some(Distillation::new(config, teacher, &net, &dense)?)
+    } else {
+        None
+    };
     let retraining = mnist::Retraining {
         target: args.sparsity,
         epochs: args.retrain_epochs,
         seed: args.seed,
         final_lr: Some(0.001),
+        distill: distill.as_ref(),
     };
     let pruned = mnist::prune_and_retrain(&net, &dense, &train, &test, &retraining)?;
     rows.push(Stage::of(
@@ -159,7 +181,7 @@ fn main() -> Result<()> {
     let mut shared = pruned.clone();
     share(&mut shared, &args)?;
     let before = accuracy(&shared)?;
-    mnist::fine_tune_centroids(&net, &mut shared, &train, 2, 1e-3)?;
+    mnist::fine_tune_centroids(&net, &mut shared, &train, 2, 1e-3, distill.as_mut())?;
     println!(
         "  accuracy {:.2}% after sharing, {:.2}% after fine-tuning the centroids",
         100.0 * before,
@@ -279,8 +301,9 @@ fn main() -> Result<()> {
     );
     if args.json {
         println!(
-            "{{\"network\": \"{}\", \"sparsity\": {}, \"bits\": {}, \"conv_bits\": {}, \"baseline_accuracy\": {dense_accuracy:.4}, \"final_accuracy\": {final_accuracy:.4}, \"compression\": {:.2}, \"original_bytes\": {}, \"compressed_bytes\": {}}}",
+            "{{\"network\": \"{}\", \"distill\": {}, \"sparsity\": {}, \"bits\": {}, \"conv_bits\": {}, \"baseline_accuracy\": {dense_accuracy:.4}, \"final_accuracy\": {final_accuracy:.4}, \"compression\": {:.2}, \"original_bytes\": {}, \"compressed_bytes\": {}}}",
             args.arch.title(),
+            args.distill,
             args.sparsity,
             args.bits,
             args.conv_bits.unwrap_or(args.bits),

@@ -208,6 +208,7 @@ fn main() -> Result<()> {
         epochs: args.retrain_epochs,
         seed: args.seed,
         final_lr: None,
+        distill: None,
     };
     let retrained = mnist::prune_and_retrain(&net, &model, &train, &test, &retraining)?;
     let final_acc = eval(&retrained)?;

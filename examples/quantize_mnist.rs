@@ -151,7 +151,7 @@ fn main() -> Result<()> {
         "  after 2-bit weight sharing: {:.2}%",
         100.0 * net.evaluate(&shared, &test, 1000)?.accuracy
     );
-    mnist::fine_tune_centroids(&net, &mut shared, &train, 2, 1e-3)?;
+    mnist::fine_tune_centroids(&net, &mut shared, &train, 2, 1e-3, None)?;
     println!(
         "  after fine-tuning the centroids for 2 epochs: {:.2}%",
         100.0 * net.evaluate(&shared, &test, 1000)?.accuracy

@@ -37,6 +37,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod distill;
 pub mod encode;
 pub mod error;
 pub mod io;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::Axis;
+use slimnn::distill::Distillation;
 use slimnn::io::idx::Dataset;
 use slimnn::io::safetensors::SaveOptions;
 use slimnn::nn::{Network, Sgd, train_epoch};
@@ -237,16 +238,24 @@ pub fn trained(
 /// parameter moves each shared value by the sum of its weights' gradients, codes fixed
 /// (biases, stored in full, train as usual).
 #[allow(dead_code)] // prune_mnist and lowrank_mnist do not share weights
+///
+/// With `distill`, the loss is its distillation loss (e.g. the dense network as
+/// teacher) instead of cross-entropy on the labels.
 pub fn fine_tune_centroids(
     net: &Network,
     model: &mut Model,
     train: &Dataset,
     epochs: usize,
     lr: f32,
+    mut distill: Option<&mut Distillation>,
 ) -> Result<()> {
     let mut sgd = Sgd::new(lr, 0.0, 0.0)?;
     for epoch in 0..epochs {
-        train_epoch(net, model, &mut sgd, train, 128, 500 + epoch as u64)?;
+        let seed = 500 + epoch as u64;
+        match distill.as_deref_mut() {
+            Some(d) => d.train_epoch(net, model, &mut sgd, train, 128, seed)?,
+            None => train_epoch(net, model, &mut sgd, train, 128, seed)?,
+        };
     }
     Ok(())
 }
@@ -254,7 +263,7 @@ pub fn fine_tune_centroids(
 /// How [`prune_and_retrain`] prunes and retrains.
 #[allow(dead_code)] // quantize_mnist and lowrank_mnist do not prune
 #[derive(Clone, Copy)]
-pub struct Retraining {
+pub struct Retraining<'a> {
     /// The global sparsity reached.
     pub target: f64,
     /// Epochs of retraining (pruning happens over the first half).
@@ -263,6 +272,9 @@ pub struct Retraining {
     pub seed: u64,
     /// The learning rate from epoch ⌊3n/4⌋ of n on (`None`: stays at 0.01).
     pub final_lr: Option<f32>,
+    /// Retrain with this distillation loss (e.g. the dense network as teacher) instead
+    /// of cross-entropy on the labels.
+    pub distill: Option<&'a Distillation>,
 }
 
 /// Han et al.'s prune and retrain: global magnitude pruning to `r.target` over the first
@@ -281,6 +293,7 @@ pub fn prune_and_retrain(
         epochs,
         seed,
         final_lr,
+        distill,
     } = *r;
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
@@ -315,7 +328,13 @@ pub fn prune_and_retrain(
             }
             let x = train.images.select(Axis(0), idx);
             let y = train.labels.select(Axis(0), idx);
-            let (_, grads) = net.loss_and_gradients(&model, x.view(), y.view())?;
+            let grads = match distill {
+                Some(d) => {
+                    d.loss_and_gradients(net, &model, x.view(), y.view(), None)?
+                        .gradients
+                }
+                None => net.loss_and_gradients(&model, x.view(), y.view())?.1,
+            };
             sgd.step(&mut model, &grads)?;
             step += 1;
         }

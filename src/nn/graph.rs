@@ -155,7 +155,7 @@ impl Network {
     }
 
     /// Checks the network and the batch; returns the batch's shape `[n, ..input shape]`.
-    fn check_input(&self, model: &Model, x: ArrayView2<'_, f32>) -> Result<Vec<usize>> {
+    pub(super) fn check_input(&self, model: &Model, x: ArrayView2<'_, f32>) -> Result<Vec<usize>> {
         self.check(model)?;
         let example = self.example_shape(model)?;
         let features: usize = example.iter().product();
@@ -177,7 +177,7 @@ impl Network {
 }
 
 /// One layer forward; `index` separates the dropout streams of different layers.
-fn forward(
+pub(super) fn forward(
     layer: &Layer,
     model: &Model,
     h: ArrayD<f32>,
@@ -250,7 +250,7 @@ fn forward(
 
 /// One layer backward: stores the parameters' gradients (masked) in `grads` and returns
 /// the gradient with respect to the layer's input (empty unless `need`).
-fn backward(
+pub(super) fn backward(
     layer: &Layer,
     model: &Model,
     saved: Saved,

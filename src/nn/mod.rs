@@ -65,6 +65,7 @@ mod im2col;
 mod pool;
 mod qat;
 mod shape;
+mod taps;
 mod train;
 
 use std::collections::BTreeMap;
@@ -74,6 +75,8 @@ use ndarray::ArrayD;
 pub use conv::{ConvSpec, conv2d};
 pub use eval::softmax_cross_entropy;
 pub use qat::QuantAwareTraining;
+pub use taps::TappedLoss;
+pub(crate) use train::for_each_batch;
 pub use train::{Sgd, train_epoch};
 
 /// Gradients by parameter name, each in its parameter's shape.

@@ -66,7 +66,7 @@ impl<Q: Quantizer> QuantAwareTraining<Q> {
 
     /// Checks that the selected parameters of `latent` hold float values (no quantized
     /// form), the weights training moves.
-    fn check_latent(&self, latent: &Model) -> Result<()> {
+    pub(crate) fn check_latent(&self, latent: &Model) -> Result<()> {
         for name in latent.select(&self.selector)? {
             if latent.get(name)?.quantized().is_some() {
                 return Err(Error::invalid(

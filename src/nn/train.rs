@@ -272,7 +272,7 @@ pub fn train_epoch(
 /// Runs `step(images, labels, batch_seed)` on each shuffled mini-batch of `data` (the
 /// order from `seed`; `batch_seed` differs per batch, for dropout) and returns the mean
 /// of the losses it gives, weighted by batch size.
-pub(super) fn for_each_batch(
+pub(crate) fn for_each_batch(
     data: &Dataset,
     batch: usize,
     seed: u64,

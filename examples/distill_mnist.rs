@@ -1,0 +1,602 @@
+//! Knowledge distillation on MNIST: Hinton, Vinyals & Dean's experiment (2015, section
+//! 3) at this machine's scale, plus a much smaller student and a thin convolutional
+//! student taught by LeNet-5 with FitNets hints and with attention transfer.
+//!
+//! ```text
+//! cargo run --release --example distill_mnist [-- --teacher-epochs 12 --epochs 10
+//!     --seeds 3 --temperature 20 --alpha 0.9 --conv-epochs 3 --conv-teacher-epochs 4
+//!     --conv-train 60000
+//!     --no-conv --retrain-from-scratch --json]
+//! ```
+//!
+//! - Teacher: 784-1200-1200-10 with dropout (20% on the inputs, 50% on the hidden
+//!   layers) and images jittered by up to ±2 pixels, trained once and cached in
+//!   `target/slimnn-examples/distill-teacher.safetensors`.
+//! - Student 784-800-800-10 without regularisation, trained (a) on the labels alone and
+//!   (b) with soft targets at T = 20 (α = 0.9), with the same epochs, batches and seed;
+//!   the teacher's logits on the training set are computed once and reused.
+//! - A much smaller student, 784-30-30-10, the same two ways.
+//! - LeNet-5 (cached as `deep_compression --arch lenet5` caches it) teaching a thin
+//!   LeNet (4 and 8 filters, 32 hidden units): labels alone; FitNets (one epoch of hint
+//!   training of conv1-conv2 from LeNet-5's conv2 through a 1×1-convolution regressor,
+//!   then soft targets); attention transfer on both conv layers.
+//!
+//! Prints a table with the paper's figures beside ours (test errors out of 10,000), and
+//! with `--json` ends with one line
+//! `{"teacher_errors", "student_errors", "distilled_errors", "seeds", ...}`.
+
+#[path = "common/mnist.rs"]
+mod mnist;
+
+use std::path::Path;
+use std::time::Instant;
+
+use ndarray::{Array2, Axis};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use slimnn::distill::{DistillConfig, Distillation, HintPair, LayerPair, Teacher};
+use slimnn::io::idx::Dataset;
+use slimnn::io::safetensors::SaveOptions;
+use slimnn::nn::{ConvSpec, Layer, Network, Sgd};
+use slimnn::{LayerKind, Model, Result};
+
+struct Args {
+    teacher_epochs: usize,
+    epochs: usize,
+    seeds: u64,
+    temperature: f32,
+    alpha: f32,
+    conv: bool,
+    conv_epochs: usize,
+    conv_teacher_epochs: usize,
+    conv_train: usize,
+    fresh: bool,
+    json: bool,
+}
+
+fn parse() -> Args {
+    let mut a = Args {
+        teacher_epochs: 12,
+        epochs: 10,
+        seeds: 3,
+        temperature: 20.0,
+        alpha: 0.9,
+        conv: true,
+        conv_epochs: 3,
+        conv_teacher_epochs: 4,
+        conv_train: 60_000,
+        fresh: false,
+        json: false,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || -> f64 {
+            it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                eprintln!("{flag} needs a number");
+                std::process::exit(2)
+            })
+        };
+        match flag.as_str() {
+            "--teacher-epochs" => a.teacher_epochs = value() as usize,
+            "--epochs" => a.epochs = value() as usize,
+            "--seeds" => a.seeds = value() as u64,
+            "--temperature" => a.temperature = value() as f32,
+            "--alpha" => a.alpha = value() as f32,
+            "--conv-epochs" => a.conv_epochs = value() as usize,
+            "--conv-teacher-epochs" => a.conv_teacher_epochs = value() as usize,
+            "--conv-train" => a.conv_train = value() as usize,
+            "--no-conv" => a.conv = false,
+            "--retrain-from-scratch" => a.fresh = true,
+            "--json" => a.json = true,
+            "-h" | "--help" => {
+                println!(
+                    "usage: distill_mnist [--teacher-epochs N] [--epochs N] [--seeds N] \
+                     [--temperature T] [--alpha A] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
+                     [--no-conv] [--retrain-from-scratch] [--json]"
+                );
+                std::process::exit(0)
+            }
+            other => {
+                eprintln!("unknown argument `{other}` (try --help)");
+                std::process::exit(2)
+            }
+        }
+    }
+    if a.teacher_epochs == 0
+        || a.epochs == 0
+        || a.seeds == 0
+        || a.conv_epochs == 0
+        || a.conv_teacher_epochs == 0
+    {
+        eprintln!("epochs and seeds must be at least 1");
+        std::process::exit(2)
+    }
+    a
+}
+
+fn main() -> Result<()> {
+    let args = parse();
+    let (train, test) = mnist::load()?;
+    let errors = |net: &Network, m: &Model| -> Result<usize> {
+        let e = net.evaluate(m, &test, 1000)?;
+        Ok(e.total - e.correct)
+    };
+
+    // The teacher, 784-1200-1200-10 with dropout and jitter.
+    let (tmodel, tnet) = teacher(&train, &args)?;
+    let teacher_errors = errors(&tnet, &tmodel)?;
+    println!("teacher 784-1200-1200-10: {teacher_errors} test errors");
+    let t0 = Instant::now();
+    let teacher_logits = tnet.forward(&tmodel, train.images.view())?;
+    println!(
+        "  its logits on the training set, computed once ({:.1} s)",
+        t0.elapsed().as_secs_f64()
+    );
+    let teacher = Teacher::new(tnet.clone(), tmodel.clone())?;
+
+    let seeds: Vec<u64> = (1..=args.seeds).collect();
+    let mut rows = Vec::new();
+    let mut mlp_results = Vec::new();
+    for sizes in [[784, 800, 800, 10], [784, 30, 30, 10]] {
+        let (mut alone, mut taught) = (Vec::new(), Vec::new());
+        for &seed in &seeds {
+            let mut m = Model::new();
+            let net = Network::mlp(&mut m, &sizes, 100 + seed)?;
+            let params = m.numel();
+            let mut kd_model = m.clone();
+            let t = Instant::now();
+            train_mlp(&net, &mut m, &train, None, args.epochs, seed)?;
+            let config = DistillConfig {
+                temperature: args.temperature,
+                alpha: args.alpha,
+                ..Default::default()
+            };
+            let kd = Distillation::new(config, teacher.clone(), &net, &kd_model)?;
+            train_mlp(
+                &net,
+                &mut kd_model,
+                &train,
+                Some((&kd, &teacher_logits)),
+                args.epochs,
+                seed,
+            )?;
+            let (a, b) = (errors(&net, &m)?, errors(&net, &kd_model)?);
+            println!(
+                "  {sizes:?} seed {seed}: {a} errors alone, {b} with soft targets ({:.0} s)",
+                t.elapsed().as_secs_f64()
+            );
+            alone.push(a);
+            taught.push(b);
+            if seed == seeds[seeds.len() - 1] {
+                mlp_results.push((sizes, params, alone.clone(), taught.clone()));
+            }
+        }
+    }
+    let tparams = tmodel.numel();
+    rows.push(Row::new(
+        "teacher 1200-1200, dropout + jitter",
+        tparams,
+        &[teacher_errors],
+        Some(67),
+    ));
+    let paper = [(Some(146), Some(74)), (None, None)];
+    for ((sizes, params, alone, taught), (pa, pt)) in mlp_results.iter().zip(paper) {
+        let name = format!("{}-{}", sizes[1], sizes[2]);
+        rows.push(Row::new(
+            &format!("student {name}, labels"),
+            *params,
+            alone,
+            pa,
+        ));
+        rows.push(Row::new(
+            &format!("student {name}, soft targets T={}", args.temperature),
+            *params,
+            taught,
+            pt,
+        ));
+    }
+
+    let mut conv = None;
+    if args.conv {
+        conv = Some(conv_students(&train, &test, &args, &mut rows)?);
+    }
+
+    println!(
+        "\n{:<40} {:>9} {:>22} {:>9} {:>12}",
+        "network", "params", "test errors (range)", "accuracy", "paper errors"
+    );
+    for r in &rows {
+        println!(
+            "{:<40} {:>9} {:>22} {:>8.2}% {:>12}",
+            r.name,
+            r.params,
+            r.errors_text(),
+            100.0 - r.mean() / 100.0,
+            r.paper.map_or("-".into(), |p| p.to_string())
+        );
+    }
+    let (_, _, alone, taught) = &mlp_results[0];
+    let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len() as f64;
+    let gap = mean(alone) - teacher_errors as f64;
+    let closed = (mean(alone) - mean(taught)) / gap;
+    println!(
+        "\n800-800 student: soft targets close {:.0}% of the gap to the teacher (the paper: 91%)",
+        100.0 * closed
+    );
+    if args.json {
+        let list = |v: &[usize]| {
+            format!(
+                "[{}]",
+                v.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let (_, _, small_alone, small_taught) = &mlp_results[1];
+        let conv_json = match &conv {
+            Some(c) => format!(
+                ", \"conv_teacher_errors\": {}, \"conv_student_errors\": {}, \"conv_hint_errors\": {}, \"conv_attention_errors\": {}",
+                c[0], c[1], c[2], c[3]
+            ),
+            None => String::new(),
+        };
+        println!(
+            "{{\"teacher_errors\": {teacher_errors}, \"student_errors\": {}, \"distilled_errors\": {}, \"seeds\": {}, \"small_student_errors\": {}, \"small_distilled_errors\": {}, \"gap_closed\": {closed:.3}, \"temperature\": {}, \"alpha\": {}, \"epochs\": {}, \"teacher_epochs\": {}{conv_json}}}",
+            list(alone),
+            list(taught),
+            list(&seeds.iter().map(|&s| s as usize).collect::<Vec<_>>()),
+            list(small_alone),
+            list(small_taught),
+            args.temperature,
+            args.alpha,
+            args.epochs,
+            args.teacher_epochs
+        );
+    }
+    Ok(())
+}
+
+/// One row of the table: errors over the seeds.
+struct Row {
+    name: String,
+    params: usize,
+    errors: Vec<usize>,
+    paper: Option<usize>,
+}
+
+impl Row {
+    fn new(name: &str, params: usize, errors: &[usize], paper: Option<usize>) -> Row {
+        Row {
+            name: name.into(),
+            params,
+            errors: errors.to_vec(),
+            paper,
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        self.errors.iter().sum::<usize>() as f64 / self.errors.len() as f64
+    }
+
+    fn errors_text(&self) -> String {
+        let (lo, hi) = (
+            self.errors.iter().min().copied().unwrap_or(0),
+            self.errors.iter().max().copied().unwrap_or(0),
+        );
+        if self.errors.len() == 1 {
+            format!("{lo}")
+        } else {
+            format!("{:.1} ({lo}-{hi})", self.mean())
+        }
+    }
+}
+
+/// 784-1200-1200-10 with dropout 20% on the inputs and 50% on the hidden layers.
+fn teacher_net(model: &Model) -> Result<Network> {
+    let plain = Network::mlp_from(model, &["fc1", "fc2", "fc3"])?;
+    let mut layers = vec![Layer::Dropout { p: 0.2 }];
+    for l in plain.layers() {
+        layers.push(l.clone());
+        if matches!(l, Layer::Relu) {
+            layers.push(Layer::Dropout { p: 0.5 });
+        }
+    }
+    let net = Network::new(layers);
+    net.check(model)?;
+    Ok(net)
+}
+
+/// The teacher, from its cache or trained: SGD (momentum 0.9, batch 128, lr 0.05, a
+/// tenth of it for the last third), each epoch on the images jittered anew.
+fn teacher(train: &Dataset, args: &Args) -> Result<(Model, Network)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/slimnn-examples/distill-teacher.safetensors");
+    let settings = format!(
+        "784-1200-1200-10, dropout 0.2/0.5, jitter ±2, {} epochs, seed 1",
+        args.teacher_epochs
+    );
+    if path.exists() && !args.fresh {
+        let model = Model::load(&path)?;
+        if model.metadata().get("trained") == Some(&settings) {
+            println!("loaded the teacher ({settings}) from {}", path.display());
+            let net = teacher_net(&model)?;
+            return Ok((model, net));
+        }
+    }
+    let mut model = Model::new();
+    Network::mlp(&mut model, &[784, 1200, 1200, 10], 1)?;
+    let net = teacher_net(&model)?;
+    let mut sgd = Sgd::new(0.05, 0.9, 0.0)?;
+    println!("training the teacher: {settings}");
+    for epoch in 0..args.teacher_epochs {
+        let t = Instant::now();
+        if epoch == args.teacher_epochs * 2 / 3 {
+            sgd.set_lr(0.005)?;
+        }
+        let jittered = Dataset {
+            images: jitter(&train.images, 1000 + epoch as u64),
+            labels: train.labels.clone(),
+            image_shape: train.image_shape.clone(),
+        };
+        let loss =
+            slimnn::nn::train_epoch(&net, &mut model, &mut sgd, &jittered, 128, epoch as u64)?;
+        println!(
+            "  epoch {:>2}: loss {loss:.4} ({:.0} s)",
+            epoch + 1,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| slimnn::Error::Io {
+            path: dir.into(),
+            source: e,
+        })?;
+    }
+    model.metadata_mut().insert("trained".into(), settings);
+    model.save(&path, &SaveOptions::default())?;
+    Ok((model, net))
+}
+
+/// Each 28×28 image shifted by a random whole number of pixels in [−2, 2] along each
+/// axis (zeros shifted in).
+fn jitter(images: &Array2<f32>, seed: u64) -> Array2<f32> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut out = Array2::zeros(images.raw_dim());
+    for (src, mut dst) in images.rows().into_iter().zip(out.rows_mut()) {
+        let dy = (rng.next_u32() % 5) as isize - 2;
+        let dx = (rng.next_u32() % 5) as isize - 2;
+        for y in 0..28isize {
+            let sy = y - dy;
+            if !(0..28).contains(&sy) {
+                continue;
+            }
+            for x in 0..28isize {
+                let sx = x - dx;
+                if (0..28).contains(&sx) {
+                    dst[(y * 28 + x) as usize] = src[(sy * 28 + sx) as usize];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A student MLP trained by SGD (momentum 0.9, batch 128, lr 0.05, a tenth of it for
+/// the last third, no regularisation), on the labels or (with `kd`) on the
+/// distillation loss against the teacher's precomputed logits. The batch order depends
+/// only on `seed`, so both ways see the same batches.
+fn train_mlp(
+    net: &Network,
+    model: &mut Model,
+    train: &Dataset,
+    kd: Option<(&Distillation, &Array2<f32>)>,
+    epochs: usize,
+    seed: u64,
+) -> Result<()> {
+    let mut sgd = Sgd::new(0.05, 0.9, 0.0)?;
+    for epoch in 0..epochs {
+        if epoch == epochs * 2 / 3 {
+            sgd.set_lr(0.005)?;
+        }
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(
+            seed * 1000 + epoch as u64,
+        ));
+        for idx in order.chunks(128) {
+            let x = train.images.select(Axis(0), idx);
+            let y = train.labels.select(Axis(0), idx);
+            let grads = match kd {
+                Some((d, logits)) => {
+                    let t = (vec![logits.select(Axis(0), idx)], Vec::new());
+                    d.loss_and_gradients_from(net, model, x.view(), y.view(), None, &t)?
+                        .gradients
+                }
+                None => net.loss_and_gradients(model, x.view(), y.view())?.1,
+            };
+            sgd.step(model, &grads)?;
+        }
+    }
+    Ok(())
+}
+
+/// A thin LeNet (conv 4 → pool → conv 8 → pool → 32 → 10), the layers laid out as
+/// [`Network::lenet5`]'s so that layer 0 and 2 (the convolutions) pair with LeNet-5's.
+fn thin_lenet(seed: u64) -> Result<(Model, Network)> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut model = Model::new();
+    for (name, kind, shape) in [
+        ("conv1", LayerKind::Conv2d, vec![4, 1, 5, 5]),
+        ("conv2", LayerKind::Conv2d, vec![8, 4, 5, 5]),
+        ("fc1", LayerKind::Linear, vec![32, 128]),
+        ("fc2", LayerKind::Linear, vec![10, 32]),
+    ] {
+        let bound = 1.0 / (shape[1..].iter().product::<usize>() as f32).sqrt();
+        let mut u = || ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound;
+        let w = ndarray::ArrayD::from_shape_simple_fn(ndarray::IxDyn(&shape), &mut u);
+        let b = ndarray::ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[shape[0]]), &mut u);
+        model.add_param(format!("{name}.weight"), kind, slimnn::DType::F32, w)?;
+        model.add_param(
+            format!("{name}.bias"),
+            LayerKind::Bias,
+            slimnn::DType::F32,
+            b,
+        )?;
+    }
+    let pool = Layer::MaxPool2d {
+        kernel: (2, 2),
+        stride: (2, 2),
+    };
+    let conv = |p: &str| Layer::Conv2d {
+        weight: format!("{p}.weight"),
+        bias: Some(format!("{p}.bias")),
+        spec: ConvSpec::new(),
+    };
+    let linear = |p: &str| Layer::Linear {
+        weight: format!("{p}.weight"),
+        bias: Some(format!("{p}.bias")),
+    };
+    let net = Network::new(vec![
+        conv("conv1"),
+        pool.clone(),
+        conv("conv2"),
+        pool,
+        Layer::Flatten,
+        linear("fc1"),
+        Layer::Relu,
+        linear("fc2"),
+    ])
+    .with_input_shape(&[1, 28, 28]);
+    net.check(&model)?;
+    Ok((model, net))
+}
+
+/// LeNet-5 teaching the thin LeNet: labels alone, FitNets hints then soft targets, and
+/// attention transfer. Returns the test errors [teacher, alone, hints, attention].
+fn conv_students(
+    train: &Dataset,
+    test: &Dataset,
+    args: &Args,
+    rows: &mut Vec<Row>,
+) -> Result<[usize; 4]> {
+    let (lenet, lnet) = mnist::trained(
+        mnist::Arch::Lenet5,
+        train,
+        test,
+        args.conv_teacher_epochs,
+        1,
+        args.fresh,
+    )?;
+    let train = train.slice(0..args.conv_train.min(train.len()));
+    let errors = |net: &Network, m: &Model| -> Result<usize> {
+        let e = net.evaluate(m, test, 1000)?;
+        Ok(e.total - e.correct)
+    };
+    let teacher_errors = errors(&lnet, &lenet)?;
+    let teacher = Teacher::new(lnet.clone(), lenet.clone())?;
+    let (start, net) = thin_lenet(7)?;
+    let params = start.numel();
+    let epochs = args.conv_epochs;
+    let sgd = || Sgd::new(0.01, 0.9, 0.0);
+
+    let t = Instant::now();
+    let mut alone = start.clone();
+    let mut opt = sgd()?;
+    for e in 0..epochs {
+        slimnn::nn::train_epoch(&net, &mut alone, &mut opt, &train, 64, 40 + e as u64)?;
+    }
+    let alone_errors = errors(&net, &alone)?;
+    println!(
+        "  thin LeNet alone: {alone_errors} errors ({:.0} s)",
+        t.elapsed().as_secs_f64()
+    );
+
+    // FitNets: stage 1, hints (student conv2 ← LeNet-5 conv2 through a 1×1 regressor),
+    // trains conv1-conv2; stage 2, soft targets for the whole student.
+    let t = Instant::now();
+    let mut fit = start.clone();
+    let hint = HintPair {
+        student_layer: 2,
+        teacher_layer: 2,
+        weight: 1.0,
+    };
+    let stage1 = DistillConfig {
+        hints: vec![hint],
+        hints_only: true,
+        ..Default::default()
+    };
+    let mut d = Distillation::new(stage1, teacher.clone(), &net, &fit)?;
+    let mut opt = Sgd::new(0.001, 0.9, 0.0)?;
+    d.train_epoch(&net, &mut fit, &mut opt, &train, 64, 39)?;
+    let stage2 = DistillConfig {
+        temperature: 4.0,
+        alpha: 0.9,
+        ..Default::default()
+    };
+    let mut d = Distillation::new(stage2, teacher.clone(), &net, &fit)?;
+    let mut opt = sgd()?;
+    for e in 0..epochs {
+        d.train_epoch(&net, &mut fit, &mut opt, &train, 64, 40 + e as u64)?;
+    }
+    let hint_errors = errors(&net, &fit)?;
+    println!(
+        "  thin LeNet, FitNets (1 hint epoch, then soft targets): {hint_errors} errors ({:.0} s)",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Attention transfer on both conv layers (24×24 and 8×8), with the labels.
+    let t = Instant::now();
+    let mut att = start.clone();
+    let config = DistillConfig {
+        alpha: 0.0,
+        attention: vec![
+            LayerPair {
+                student_layer: 0,
+                teacher_layer: 0,
+            },
+            LayerPair {
+                student_layer: 2,
+                teacher_layer: 2,
+            },
+        ],
+        beta: 10.0,
+        ..Default::default()
+    };
+    let mut d = Distillation::new(config, teacher, &net, &att)?;
+    let mut opt = sgd()?;
+    for e in 0..epochs {
+        d.train_epoch(&net, &mut att, &mut opt, &train, 64, 40 + e as u64)?;
+    }
+    let att_errors = errors(&net, &att)?;
+    println!(
+        "  thin LeNet, attention transfer: {att_errors} errors ({:.0} s)",
+        t.elapsed().as_secs_f64()
+    );
+    rows.push(Row::new(
+        "LeNet-5 teacher",
+        lenet.numel(),
+        &[teacher_errors],
+        None,
+    ));
+    rows.push(Row::new(
+        "thin LeNet, labels",
+        params,
+        &[alone_errors],
+        None,
+    ));
+    rows.push(Row::new(
+        "thin LeNet, FitNets hints + KD",
+        params,
+        &[hint_errors],
+        None,
+    ));
+    rows.push(Row::new(
+        "thin LeNet, attention transfer",
+        params,
+        &[att_errors],
+        None,
+    ));
+    Ok([teacher_errors, alone_errors, hint_errors, att_errors])
+}
