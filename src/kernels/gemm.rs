@@ -8,8 +8,10 @@
 
 use super::kernel;
 
-/// Rows of `A` and of `B` per register block.
+/// Rows of `A` and of `B` per register block (of the AVX2 version).
+#[cfg(target_arch = "x86_64")]
 const MR: usize = 2;
+#[cfg(target_arch = "x86_64")]
 const NR: usize = 4;
 
 /// Exact `Σ a·b` over int8 slices of equal length.
@@ -131,6 +133,7 @@ pub(crate) struct Blocked<'a> {
     /// Weight scales `[n, k / block]`.
     pub ws: &'a [f32],
     /// Weight code sums `Σ_{t ∈ blk} wq[j, t]`, `[n, k / block]` (for the VNNI version).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub wsum: &'a [i32],
     /// Row length.
     pub k: usize,

@@ -154,7 +154,9 @@ kernel! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{Abs, Identity};
+    #[cfg(target_arch = "x86_64")]
+    use crate::kernels::Abs;
+    use crate::kernels::Identity;
     use proptest::prelude::*;
 
     fn values() -> impl Strategy<Value = Vec<f32>> {
