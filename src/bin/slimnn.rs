@@ -46,6 +46,10 @@ enum Command {
         select: Option<String>,
     },
     /// Compress a model: steps run in the order prune, lowrank, quantize, encode.
+    ///
+    /// Each SPEC may end in `@SELECTION`: comma-separated name globs, `!GLOB` exclusions
+    /// and `kind=K[|K2]` (e.g. `int8@encoder.*,!*.LayerNorm.*`); without `kind=` the
+    /// method's default kinds apply. See what a selection picks with `inspect --select`.
     Compress {
         /// The model to compress (safetensors or slimnn compressed).
         model: PathBuf,

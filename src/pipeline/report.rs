@@ -256,11 +256,18 @@ impl Report {
     /// The report as one JSON object, with [`Report::warnings`] as `"warnings"`.
     #[cfg(feature = "serde")]
     pub fn to_json(&self) -> String {
-        let mut value = serde_json::to_value(self).expect("a report is plain data");
-        if let serde_json::Value::Object(map) = &mut value {
-            map.insert("warnings".into(), self.warnings().into());
+        /// The report's fields, in order, then its warnings.
+        #[derive(serde::Serialize)]
+        struct WithWarnings<'a> {
+            #[serde(flatten)]
+            report: &'a Report,
+            warnings: Vec<String>,
         }
-        value.to_string()
+        serde_json::to_string(&WithWarnings {
+            report: self,
+            warnings: self.warnings(),
+        })
+        .expect("a report is plain data")
     }
 
     /// Where the request made things bigger: each parameter whose stored bytes
