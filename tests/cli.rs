@@ -485,3 +485,51 @@ fn requests_that_make_things_bigger_are_warned_about() {
     ]);
     assert!(w.is_empty() && err.is_empty(), "{w:?} {err}");
 }
+
+#[test]
+fn a_trusted_file_beyond_the_default_memory_bound_loads_with_max_memory() {
+    // 4M weights pruned to 0.1%: a small file that decompresses to far more than 256x
+    // its size, which the loader refuses by default.
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Model::new();
+    m.add(
+        "fc.weight",
+        Array::from_shape_fn(IxDyn(&[2048, 2048]), |i| {
+            ((i[0] * 2048 + i[1]) as f32 * 0.37).sin()
+        }),
+    )
+    .unwrap();
+    let input = dir.path().join("big.safetensors");
+    m.save(&input, &SaveOptions::default()).unwrap();
+    let slim = dir.path().join("big.slim").display().to_string();
+    let input = input.display().to_string();
+    let out = slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &slim,
+        "--prune",
+        "magnitude:0.999",
+        "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let refused = slimnn(&["report", &slim]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--max-memory"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let trusted = slimnn(&["report", &slim, "--max-memory", "1G"]);
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let bad = slimnn(&["report", &slim, "--max-memory", "lots"]);
+    assert!(!bad.status.success());
+}

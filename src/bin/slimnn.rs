@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use slimnn::io::safetensors::SaveOptions;
 use slimnn::pipeline::{Pipeline, Report, spec};
+use slimnn::store::LoadOptions;
 use slimnn::{Error, Model, Result, Selector};
 
 #[derive(Parser)]
@@ -32,6 +33,11 @@ use slimnn::{Error, Model, Result, Selector};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Let a compressed input claim up to this many bytes of memory (default: 256 bytes
+    /// per byte of file plus 16 MiB, which bounds what a hostile file can take). Raise it
+    /// for a trusted file that decompresses further, e.g. `--max-memory 8G`.
+    #[arg(long, global = true, value_name = "BYTES", value_parser = parse_bytes)]
+    max_memory: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -128,6 +134,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let limits = match cli.max_memory {
+        Some(bytes) => LoadOptions::new().with_max_memory(bytes),
+        None => LoadOptions::new(),
+    };
+    let load = |path: &Path| load(path, &limits);
     match cli.command {
         Command::Inspect { model, select } => {
             let selector = select.as_deref().map(spec::selection).transpose()?;
@@ -233,7 +244,8 @@ fn run(cli: Cli) -> Result<()> {
                 });
             }
             outputs::check(&model, &[("--output", output.as_path())])?;
-            let bytes = Model::load_compressed(&model)?.to_safetensors(&SaveOptions::default())?;
+            let bytes = Model::load_compressed_with(&model, &limits)?
+                .to_safetensors(&SaveOptions::default())?;
             outputs::write_all(&[(output.as_path(), bytes.as_slice())])
         }
         Command::Report {
@@ -266,6 +278,23 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A byte count such as `1048576`, `512K`, `64M` or `8G` (powers of 1024).
+fn parse_bytes(text: &str) -> std::result::Result<usize, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&text[..i], 10),
+        Some((i, 'm' | 'M')) => (&text[..i], 20),
+        Some((i, 'g' | 'G')) => (&text[..i], 30),
+        Some((i, 't' | 'T')) => (&text[..i], 40),
+        _ => (text, 0),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1usize << shift))
+        .ok_or_else(|| format!("`{text}` is not a byte count such as 512M or 8G"))
+}
+
 /// Whether `path` starts with the compressed format's magic (an error if it cannot be
 /// opened).
 fn is_compressed(path: &Path) -> Result<bool> {
@@ -278,9 +307,9 @@ fn is_compressed(path: &Path) -> Result<bool> {
 }
 
 /// A safetensors or compressed model, told apart by the compressed format's magic.
-fn load(path: &Path) -> Result<Model> {
+fn load(path: &Path, limits: &LoadOptions) -> Result<Model> {
     if is_compressed(path)? {
-        Model::load_compressed(path)
+        Model::load_compressed_with(path, limits)
     } else {
         Model::load(path)
     }

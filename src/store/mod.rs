@@ -152,6 +152,10 @@ impl StoredBytes {
     }
 }
 
+/// The end of the error for a file past its memory limit.
+const RAISE_THE_LIMIT: &str =
+    "if the file is trusted, raise the limit (LoadOptions, or --max-memory on the command line)";
+
 /// What loading a compressed file may allocate.
 ///
 /// A file states the shapes of its tensors; a hostile one can state shapes far larger
@@ -373,7 +377,7 @@ fn parse(bytes: &[u8], source: &str, options: &LoadOptions) -> Result<Model> {
         if claimed > limit {
             return Err(h.error(format!(
                 "`{name}` of {elements} elements takes the file's claim past {limit} bytes \
-                 ({} bytes of file; see LoadOptions)",
+                 of memory ({} bytes of file); {RAISE_THE_LIMIT}",
                 bytes.len()
             )));
         }
@@ -398,7 +402,8 @@ fn parse(bytes: &[u8], source: &str, options: &LoadOptions) -> Result<Model> {
     }
     if claimed > limit {
         return Err(r.error(format!(
-            "the file claims more than {limit} bytes ({} bytes of file; see LoadOptions)",
+            "the file claims more than {limit} bytes of memory ({} bytes of file); \
+             {RAISE_THE_LIMIT}",
             bytes.len()
         )));
     }
