@@ -55,6 +55,7 @@ struct Args {
     small_temperature: f32,
     alpha: f32,
     mlp: bool,
+    beta: f32,
     conv: bool,
     lenet5_teacher: bool,
     conv_epochs: usize,
@@ -72,6 +73,7 @@ fn parse() -> Args {
         temperature: 20.0,
         small_temperature: 4.0,
         mlp: true,
+        beta: 10.0,
         alpha: 0.9,
         conv: true,
         lenet5_teacher: false,
@@ -97,6 +99,7 @@ fn parse() -> Args {
             "--temperature" => a.temperature = value() as f32,
             "--small-temperature" => a.small_temperature = value() as f32,
             "--no-mlp" => a.mlp = false,
+            "--beta" => a.beta = value() as f32,
             "--alpha" => a.alpha = value() as f32,
             "--conv-epochs" => a.conv_epochs = value() as usize,
             "--conv-teacher-epochs" => a.conv_teacher_epochs = value() as usize,
@@ -108,7 +111,7 @@ fn parse() -> Args {
             "-h" | "--help" => {
                 println!(
                     "usage: distill_mnist [--teacher-epochs N] [--epochs N] [--seeds N] \
-                     [--temperature T] [--small-temperature T] [--alpha A] [--no-mlp] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
+                     [--temperature T] [--small-temperature T] [--alpha A] [--beta B] [--no-mlp] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
                      [--no-conv] [--lenet5-teacher] [--retrain-from-scratch] [--json]"
                 );
                 std::process::exit(0)
@@ -620,7 +623,7 @@ fn conv_students(
                 teacher_layer: 2,
             },
         ],
-        beta: 10.0,
+        beta: args.beta,
         ..Default::default()
     };
     let mut d = Distillation::new(config, teacher, &net, &att)?;
