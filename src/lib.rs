@@ -66,6 +66,9 @@ pub mod guide {
     #[doc = include_str!("../docs/lowrank.md")]
     pub mod lowrank {}
 
+    #[doc = include_str!("../docs/distillation.md")]
+    pub mod distillation {}
+
     #[doc = include_str!("../docs/encode.md")]
     pub mod encode {}
 

@@ -437,6 +437,28 @@ mod training {
     }
 
     #[test]
+    fn precomputed_teacher_outputs_give_the_same_step() {
+        let (tnet, tmodel) = convnet("t.", 3, 10);
+        let (snet, smodel) = convnet("s.", 2, 20);
+        let teacher = Teacher::new(tnet, tmodel).unwrap();
+        let kd = Distillation::new(full_config(), teacher.clone(), &snet, &smodel).unwrap();
+        let d = data(4, 34);
+        let (x, y) = (d.images.view(), d.labels.view());
+        let direct = kd.loss_and_gradients(&snet, &smodel, x, y, None).unwrap();
+        let outputs = teacher.outputs(x, &kd.teacher_layers()).unwrap();
+        let given = kd
+            .loss_and_gradients_from(&snet, &smodel, x, y, None, &outputs)
+            .unwrap();
+        assert_eq!(direct.loss, given.loss);
+        assert_eq!(direct.gradients, given.gradients);
+        let missing = (outputs.0.clone(), Vec::new());
+        assert!(matches!(
+            kd.loss_and_gradients_from(&snet, &smodel, x, y, None, &missing),
+            Err(Error::ShapeMismatch { .. })
+        ));
+    }
+
+    #[test]
     fn the_hint_stage_trains_only_up_to_the_guided_layer() {
         let (tnet, tmodel) = convnet("t.", 3, 10);
         let (snet, mut smodel) = convnet("s.", 2, 20);
