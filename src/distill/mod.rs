@@ -38,7 +38,7 @@ mod loss;
 mod soft;
 mod teacher;
 
-use ndarray::{ArrayView1, ArrayView2, ArrayViewD};
+use ndarray::{ArrayView2, ArrayViewD};
 
 pub use attention::{Attention, attention_map, attention_transfer, attention_transfer_slice};
 pub use hint::{Regressor, RegressorGradients, RegressorKind, hint_loss, hint_loss_slice};
@@ -97,25 +97,6 @@ fn check_finite_d(a: ArrayViewD<'_, f32>, what: &str) -> Result<()> {
         Some(s) => crate::tensor::check_finite(s, || what.into()),
         None => crate::tensor::check_finite(&a.iter().copied().collect::<Vec<_>>(), || what.into()),
     }
-}
-
-/// Checks `n` labels, each below `classes`.
-fn check_labels(labels: ArrayView1<'_, u8>, n: usize, classes: usize) -> Result<()> {
-    if labels.len() != n {
-        return Err(Error::ShapeMismatch {
-            what: "labels".into(),
-            expected: vec![n],
-            got: vec![labels.len()],
-        });
-    }
-    if let Some(&bad) = labels.iter().find(|&&y| y as usize >= classes) {
-        return Err(Error::invalid(
-            "label",
-            bad,
-            format!("a class below {classes}"),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

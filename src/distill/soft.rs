@@ -4,8 +4,9 @@
 
 use ndarray::{Array2, ArrayView1, ArrayView2};
 
-use super::{check_batch, check_finite2, check_labels};
+use super::{check_batch, check_finite2};
 use crate::error::{Error, Result};
+use crate::nn::check_labels;
 
 /// The soft-target loss's settings, checked: a temperature `T > 0` (finite) and the
 /// weight `α ∈ [0, 1]` of the soft term (the hard, label term gets `1 − α`).

@@ -100,12 +100,8 @@ fn argmax(row: &ndarray::ArrayView1<'_, f32>) -> usize {
         .0
 }
 
-/// Mean softmax cross-entropy over the rows of `logits`, and its gradient.
-pub fn softmax_cross_entropy(
-    logits: ArrayView2<'_, f32>,
-    labels: ArrayView1<'_, u8>,
-) -> Result<(f32, Array2<f32>)> {
-    let (n, classes) = logits.dim();
+/// Checks `n` labels, each below `classes`.
+pub(crate) fn check_labels(labels: ArrayView1<'_, u8>, n: usize, classes: usize) -> Result<()> {
     if labels.len() != n {
         return Err(Error::ShapeMismatch {
             what: "labels".into(),
@@ -120,6 +116,16 @@ pub fn softmax_cross_entropy(
             format!("a class below {classes}"),
         ));
     }
+    Ok(())
+}
+
+/// Mean softmax cross-entropy over the rows of `logits`, and its gradient.
+pub fn softmax_cross_entropy(
+    logits: ArrayView2<'_, f32>,
+    labels: ArrayView1<'_, u8>,
+) -> Result<(f32, Array2<f32>)> {
+    let (n, classes) = logits.dim();
+    check_labels(labels, n, classes)?;
     let mut grad = Array2::zeros((n, classes));
     let mut loss = 0.0f64;
     for ((row, mut g), &y) in logits.rows().into_iter().zip(grad.rows_mut()).zip(labels) {

@@ -60,6 +60,7 @@ mod arch;
 mod conv;
 mod dropout;
 mod eval;
+pub(crate) use eval::check_labels;
 mod graph;
 mod im2col;
 mod pool;
