@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release --example distill_mnist [-- --teacher-epochs 12 --epochs 10
 //!     --seeds 3 --temperature 20 --small-temperature 4 --alpha 0.9 --no-mlp --conv-epochs 3 --conv-teacher-epochs 4
-//!     --conv-train 60000
+//!     --conv-train 60000 --beta 10 --at-layer 0 --at-alpha 0
 //!     --no-conv --lenet5-teacher --retrain-from-scratch --json]
 //! ```
 //!
@@ -21,7 +21,8 @@
 //!   LeNet (4 and 8 filters, 32 hidden units): labels alone; FitNets (one epoch of hint
 //!   training of conv1-conv2 from LeNet-5's conv2 through a 1×1-convolution regressor,
 //!   then soft targets at T = 4); attention transfer on both conv layers with the
-//!   labels. Every conv student makes `--conv-epochs` + 1 passes over the data.
+//!   labels (`--at-layer 1` or `2`: conv1 or conv2 only; `--at-alpha A`: soft targets at
+//!   T = 4 with weight A besides the labels). Every conv student makes `--conv-epochs` + 1 passes over the data.
 //!
 //! With `--lenet5-teacher`, the MLP students learn from LeNet-5 instead (a stronger
 //! teacher for the same training time: the dropout teacher needs many more epochs than
@@ -56,6 +57,8 @@ struct Args {
     alpha: f32,
     mlp: bool,
     beta: f32,
+    at_layer: usize,
+    at_alpha: f32,
     conv: bool,
     lenet5_teacher: bool,
     conv_epochs: usize,
@@ -74,6 +77,8 @@ fn parse() -> Args {
         small_temperature: 4.0,
         mlp: true,
         beta: 10.0,
+        at_layer: 0,
+        at_alpha: 0.0,
         alpha: 0.9,
         conv: true,
         lenet5_teacher: false,
@@ -100,6 +105,8 @@ fn parse() -> Args {
             "--small-temperature" => a.small_temperature = value() as f32,
             "--no-mlp" => a.mlp = false,
             "--beta" => a.beta = value() as f32,
+            "--at-layer" => a.at_layer = value() as usize,
+            "--at-alpha" => a.at_alpha = value() as f32,
             "--alpha" => a.alpha = value() as f32,
             "--conv-epochs" => a.conv_epochs = value() as usize,
             "--conv-teacher-epochs" => a.conv_teacher_epochs = value() as usize,
@@ -111,7 +118,7 @@ fn parse() -> Args {
             "-h" | "--help" => {
                 println!(
                     "usage: distill_mnist [--teacher-epochs N] [--epochs N] [--seeds N] \
-                     [--temperature T] [--small-temperature T] [--alpha A] [--beta B] [--no-mlp] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
+                     [--temperature T] [--small-temperature T] [--alpha A] [--beta B] [--at-layer 0|1|2] [--at-alpha A] [--no-mlp] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
                      [--no-conv] [--lenet5-teacher] [--retrain-from-scratch] [--json]"
                 );
                 std::process::exit(0)
@@ -129,6 +136,10 @@ fn parse() -> Args {
         || a.conv_teacher_epochs == 0
     {
         eprintln!("epochs and seeds must be at least 1");
+        std::process::exit(2)
+    }
+    if a.at_layer > 2 || !(0.0..=1.0).contains(&a.at_alpha) {
+        eprintln!("--at-layer is 0 (both conv layers), 1 or 2; --at-alpha is in [0, 1]");
         std::process::exit(2)
     }
     a
@@ -612,17 +623,16 @@ fn conv_students(
     let t = Instant::now();
     let mut att = start.clone();
     let config = DistillConfig {
-        alpha: 0.0,
-        attention: vec![
-            LayerPair {
-                student_layer: 0,
-                teacher_layer: 0,
-            },
-            LayerPair {
-                student_layer: 2,
-                teacher_layer: 2,
-            },
-        ],
+        temperature: 4.0,
+        alpha: args.at_alpha,
+        attention: [0, 2]
+            .into_iter()
+            .filter(|&l| args.at_layer == 0 || args.at_layer == l / 2 + 1)
+            .map(|l| LayerPair {
+                student_layer: l,
+                teacher_layer: l,
+            })
+            .collect(),
         beta: args.beta,
         ..Default::default()
     };
