@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release --example distill_mnist [-- --teacher-epochs 12 --epochs 10
 //!     --seeds 3 --temperature 20 --small-temperature 4 --alpha 0.9 --no-mlp --conv-epochs 3 --conv-teacher-epochs 4
-//!     --conv-train 60000 --beta 10 --at-layer 0 --at-alpha 0
+//!     --conv-train 60000 --beta 1 --at-layer 1 --at-alpha 0.9
 //!     --no-conv --lenet5-teacher --retrain-from-scratch --json]
 //! ```
 //!
@@ -20,9 +20,9 @@
 //! - LeNet-5 (cached as `deep_compression --arch lenet5` caches it) teaching a thin
 //!   LeNet (4 and 8 filters, 32 hidden units): labels alone; FitNets (one epoch of hint
 //!   training of conv1-conv2 from LeNet-5's conv2 through a 1×1-convolution regressor,
-//!   then soft targets at T = 4); attention transfer on both conv layers with the
-//!   labels (`--at-layer 1` or `2`: conv1 or conv2 only; `--at-alpha A`: soft targets at
-//!   T = 4 with weight A besides the labels). Every conv student makes `--conv-epochs` + 1 passes over the data.
+//!   then soft targets at T = 4); attention transfer on conv1 (β = 1) with soft
+//!   targets at T = 4, α = 0.9 (`--at-layer 0`: both conv layers, `2`: conv2 only;
+//!   `--at-alpha 0`: the labels alone besides the attention term). Every conv student makes `--conv-epochs` + 1 passes over the data.
 //!
 //! With `--lenet5-teacher`, the MLP students learn from LeNet-5 instead (a stronger
 //! teacher for the same training time: the dropout teacher needs many more epochs than
@@ -76,9 +76,9 @@ fn parse() -> Args {
         temperature: 20.0,
         small_temperature: 4.0,
         mlp: true,
-        beta: 10.0,
-        at_layer: 0,
-        at_alpha: 0.0,
+        beta: 1.0,
+        at_layer: 1,
+        at_alpha: 0.9,
         alpha: 0.9,
         conv: true,
         lenet5_teacher: false,
@@ -619,7 +619,8 @@ fn conv_students(
         t.elapsed().as_secs_f64()
     );
 
-    // Attention transfer on both conv layers (24×24 and 8×8), with the labels.
+    // Attention transfer on conv1 (24×24), conv2 (8×8) or both, with soft targets
+    // (weight --at-alpha) and the labels.
     let t = Instant::now();
     let mut att = start.clone();
     let config = DistillConfig {
@@ -665,7 +666,11 @@ fn conv_students(
         None,
     ));
     rows.push(Row::new(
-        "thin LeNet, attention transfer",
+        if args.at_alpha > 0.0 {
+            "thin LeNet, attention transfer + KD"
+        } else {
+            "thin LeNet, attention transfer"
+        },
         params,
         &[att_errors],
         None,
