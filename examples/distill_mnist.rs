@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release --example distill_mnist [-- --teacher-epochs 12 --epochs 10
 //!     --seeds 3 --temperature 20 --small-temperature 4 --alpha 0.9 --no-mlp --conv-epochs 3 --conv-teacher-epochs 4
-//!     --conv-train 60000 --beta 1 --at-layer 1 --at-alpha 0.9
+//!     --conv-train 60000 --beta 1 --at-layer 1 --at-alpha 0.9 --conv-seed 7
 //!     --no-conv --lenet5-teacher --retrain-from-scratch --json]
 //! ```
 //!
@@ -59,6 +59,7 @@ struct Args {
     beta: f32,
     at_layer: usize,
     at_alpha: f32,
+    conv_seed: u64,
     conv: bool,
     lenet5_teacher: bool,
     conv_epochs: usize,
@@ -79,6 +80,7 @@ fn parse() -> Args {
         beta: 1.0,
         at_layer: 1,
         at_alpha: 0.9,
+        conv_seed: 7,
         alpha: 0.9,
         conv: true,
         lenet5_teacher: false,
@@ -107,6 +109,7 @@ fn parse() -> Args {
             "--beta" => a.beta = value() as f32,
             "--at-layer" => a.at_layer = value() as usize,
             "--at-alpha" => a.at_alpha = value() as f32,
+            "--conv-seed" => a.conv_seed = value() as u64,
             "--alpha" => a.alpha = value() as f32,
             "--conv-epochs" => a.conv_epochs = value() as usize,
             "--conv-teacher-epochs" => a.conv_teacher_epochs = value() as usize,
@@ -118,7 +121,7 @@ fn parse() -> Args {
             "-h" | "--help" => {
                 println!(
                     "usage: distill_mnist [--teacher-epochs N] [--epochs N] [--seeds N] \
-                     [--temperature T] [--small-temperature T] [--alpha A] [--beta B] [--at-layer 0|1|2] [--at-alpha A] [--no-mlp] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
+                     [--temperature T] [--small-temperature T] [--alpha A] [--beta B] [--at-layer 0|1|2] [--at-alpha A] [--conv-seed S] [--no-mlp] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
                      [--no-conv] [--lenet5-teacher] [--retrain-from-scratch] [--json]"
                 );
                 std::process::exit(0)
@@ -564,7 +567,7 @@ fn conv_students(
     };
     let teacher_errors = errors(&lnet, &lenet)?;
     let teacher = Teacher::new(lnet.clone(), lenet.clone())?;
-    let (start, net) = thin_lenet(7)?;
+    let (start, net) = thin_lenet(args.conv_seed)?;
     let params = start.numel();
     let epochs = args.conv_epochs;
     let sgd = || Sgd::new(0.01, 0.9, 0.0);
