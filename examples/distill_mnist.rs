@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release --example distill_mnist [-- --teacher-epochs 12 --epochs 10
 //!     --seeds 3 --temperature 20 --small-temperature 4 --alpha 0.9 --no-mlp --conv-epochs 3 --conv-teacher-epochs 4
-//!     --conv-train 60000
+//!     --conv-train 60000 --beta 1 --at-layer 1 --at-alpha 0.9 --conv-seed 7
 //!     --no-conv --lenet5-teacher --retrain-from-scratch --json]
 //! ```
 //!
@@ -20,8 +20,9 @@
 //! - LeNet-5 (cached as `deep_compression --arch lenet5` caches it) teaching a thin
 //!   LeNet (4 and 8 filters, 32 hidden units): labels alone; FitNets (one epoch of hint
 //!   training of conv1-conv2 from LeNet-5's conv2 through a 1×1-convolution regressor,
-//!   then soft targets at T = 4); attention transfer on both conv layers with the
-//!   labels. Every conv student makes `--conv-epochs` + 1 passes over the data.
+//!   then soft targets at T = 4); attention transfer on conv1 (β = 1) with soft
+//!   targets at T = 4, α = 0.9 (`--at-layer 0`: both conv layers, `2`: conv2 only;
+//!   `--at-alpha 0`: the labels alone besides the attention term). Every conv student makes `--conv-epochs` + 1 passes over the data.
 //!
 //! With `--lenet5-teacher`, the MLP students learn from LeNet-5 instead (a stronger
 //! teacher for the same training time: the dropout teacher needs many more epochs than
@@ -56,6 +57,9 @@ struct Args {
     alpha: f32,
     mlp: bool,
     beta: f32,
+    at_layer: usize,
+    at_alpha: f32,
+    conv_seed: u64,
     conv: bool,
     lenet5_teacher: bool,
     conv_epochs: usize,
@@ -73,7 +77,10 @@ fn parse() -> Args {
         temperature: 20.0,
         small_temperature: 4.0,
         mlp: true,
-        beta: 10.0,
+        beta: 1.0,
+        at_layer: 1,
+        at_alpha: 0.9,
+        conv_seed: 7,
         alpha: 0.9,
         conv: true,
         lenet5_teacher: false,
@@ -100,6 +107,9 @@ fn parse() -> Args {
             "--small-temperature" => a.small_temperature = value() as f32,
             "--no-mlp" => a.mlp = false,
             "--beta" => a.beta = value() as f32,
+            "--at-layer" => a.at_layer = value() as usize,
+            "--at-alpha" => a.at_alpha = value() as f32,
+            "--conv-seed" => a.conv_seed = value() as u64,
             "--alpha" => a.alpha = value() as f32,
             "--conv-epochs" => a.conv_epochs = value() as usize,
             "--conv-teacher-epochs" => a.conv_teacher_epochs = value() as usize,
@@ -111,7 +121,7 @@ fn parse() -> Args {
             "-h" | "--help" => {
                 println!(
                     "usage: distill_mnist [--teacher-epochs N] [--epochs N] [--seeds N] \
-                     [--temperature T] [--small-temperature T] [--alpha A] [--beta B] [--no-mlp] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
+                     [--temperature T] [--small-temperature T] [--alpha A] [--beta B] [--at-layer 0|1|2] [--at-alpha A] [--conv-seed S] [--no-mlp] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
                      [--no-conv] [--lenet5-teacher] [--retrain-from-scratch] [--json]"
                 );
                 std::process::exit(0)
@@ -129,6 +139,10 @@ fn parse() -> Args {
         || a.conv_teacher_epochs == 0
     {
         eprintln!("epochs and seeds must be at least 1");
+        std::process::exit(2)
+    }
+    if a.at_layer > 2 || !(0.0..=1.0).contains(&a.at_alpha) {
+        eprintln!("--at-layer is 0 (both conv layers), 1 or 2; --at-alpha is in [0, 1]");
         std::process::exit(2)
     }
     a
@@ -553,7 +567,7 @@ fn conv_students(
     };
     let teacher_errors = errors(&lnet, &lenet)?;
     let teacher = Teacher::new(lnet.clone(), lenet.clone())?;
-    let (start, net) = thin_lenet(7)?;
+    let (start, net) = thin_lenet(args.conv_seed)?;
     let params = start.numel();
     let epochs = args.conv_epochs;
     let sgd = || Sgd::new(0.01, 0.9, 0.0);
@@ -608,21 +622,21 @@ fn conv_students(
         t.elapsed().as_secs_f64()
     );
 
-    // Attention transfer on both conv layers (24×24 and 8×8), with the labels.
+    // Attention transfer on conv1 (24×24), conv2 (8×8) or both, with soft targets
+    // (weight --at-alpha) and the labels.
     let t = Instant::now();
     let mut att = start.clone();
     let config = DistillConfig {
-        alpha: 0.0,
-        attention: vec![
-            LayerPair {
-                student_layer: 0,
-                teacher_layer: 0,
-            },
-            LayerPair {
-                student_layer: 2,
-                teacher_layer: 2,
-            },
-        ],
+        temperature: 4.0,
+        alpha: args.at_alpha,
+        attention: [0, 2]
+            .into_iter()
+            .filter(|&l| args.at_layer == 0 || args.at_layer == l / 2 + 1)
+            .map(|l| LayerPair {
+                student_layer: l,
+                teacher_layer: l,
+            })
+            .collect(),
         beta: args.beta,
         ..Default::default()
     };
@@ -655,7 +669,11 @@ fn conv_students(
         None,
     ));
     rows.push(Row::new(
-        "thin LeNet, attention transfer",
+        if args.at_alpha > 0.0 {
+            "thin LeNet, attention transfer + KD"
+        } else {
+            "thin LeNet, attention transfer"
+        },
         params,
         &[att_errors],
         None,
