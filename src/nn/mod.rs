@@ -9,7 +9,10 @@
 //!   zero padding, groups; see [`conv2d`]);
 //! - [`Layer::MaxPool2d`]: max pooling without padding, windows that do not fit dropped;
 //! - [`Layer::Flatten`]: `[n, c, h, w]` → `[n, c·h·w]`;
-//! - [`Layer::Relu`] on any shape, and [`Layer::Dropout`] (inverted dropout).
+//! - [`Layer::Relu`] on any shape, and [`Layer::Dropout`] (inverted dropout);
+//! - [`Layer::CRelu`] (`[ReLU(x), ReLU(−x)]`, twice the channels) and
+//!   [`Layer::TiedConv2d`] (base filters plus their flips and rotations), from
+//!   [`filters`](crate::filters).
 //!
 //! Batches always arrive as `[n, features]` (as [`Dataset`](crate::io::idx::Dataset) stores images) and are
 //! reshaped to `[n, ..input shape]`: set the shape of one example with
@@ -129,6 +132,24 @@ pub enum Layer {
         /// The probability of zeroing an activation.
         p: f32,
     },
+    /// Concatenated ReLU (Shang et al. 2016): `[n, c, …]` → `[n, 2c, …]`,
+    /// `[ReLU(x), ReLU(−x)]` on axis 1 ([`crelu`](crate::filters::crelu)).
+    CRelu,
+    /// A tied filter bank (Dieleman et al. 2016): base filters `[k, in, kh, kw]` and
+    /// each of their `t` transforms (flips, rotations) as a convolution of
+    /// `[n, in, h, w]` giving `[n, k·t, oh, ow]`, transform-major
+    /// ([`tied_bank`](crate::filters::tied_bank)). Only the base filters are stored;
+    /// their gradient sums the transformed filters' gradients. Bias `[k·t]`; groups 1.
+    TiedConv2d {
+        /// The base filters' parameter name.
+        weight: String,
+        /// The bias's parameter name (`[k·t]`), if the layer has one.
+        bias: Option<String>,
+        /// Stride and zero padding (groups must be 1).
+        spec: ConvSpec,
+        /// The transforms, in output channel order.
+        transforms: crate::filters::Transforms,
+    },
 }
 
 impl PartialEq for Layer {
@@ -136,7 +157,21 @@ impl PartialEq for Layer {
         use Layer::*;
         match (self, other) {
             (Linear { weight: a, bias: b }, Linear { weight: c, bias: d }) => a == c && b == d,
-            (Relu, Relu) | (Flatten, Flatten) => true,
+            (Relu, Relu) | (Flatten, Flatten) | (CRelu, CRelu) => true,
+            (
+                TiedConv2d {
+                    weight: a,
+                    bias: b,
+                    spec: s,
+                    transforms: t,
+                },
+                TiedConv2d {
+                    weight: c,
+                    bias: d,
+                    spec: u,
+                    transforms: v,
+                },
+            ) => a == c && b == d && s == u && t == v,
             (
                 Conv2d {
                     weight: a,
