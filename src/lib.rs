@@ -14,6 +14,8 @@
 //!   ternary, product quantization, llama.cpp blocks, int8 kernels.
 //! - [`lowrank`]: truncated and randomized SVD, Tucker-2, CP, separable filters, tensor
 //!   trains, rank selection and global budgets.
+//! - [`filters`]: compact and transferred filters: trained convolutions converted into
+//!   depthwise-separable pairs, CReLU, tied (flipped and rotated) filter banks.
 //! - [`encode`]: storage formats of compressed weights (CSR/CSC, bitmask, N:M, Deep
 //!   Compression's relative index) and canonical Huffman coding; [`sparse_ops`]: products
 //!   straight from CSR, N:M and weight-shared codes.
@@ -40,6 +42,7 @@
 pub mod distill;
 pub mod encode;
 pub mod error;
+pub mod filters;
 pub mod io;
 pub mod kernels;
 pub mod lowrank;
@@ -68,6 +71,9 @@ pub mod guide {
 
     #[doc = include_str!("../docs/distillation.md")]
     pub mod distillation {}
+
+    #[doc = include_str!("../docs/filters.md")]
+    pub mod filters {}
 
     #[doc = include_str!("../docs/encode.md")]
     pub mod encode {}

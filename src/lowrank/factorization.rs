@@ -50,6 +50,17 @@ pub enum Factors {
         /// `[out, r, 1, kw]`.
         horizontal: Array4<f32>,
     },
+    /// A Conv2d weight `[out, in, kh, kw]` as a depthwise `kh×kw` convolution (one
+    /// filter per input channel, with the layer's stride and padding) followed by a
+    /// pointwise 1×1 convolution `in → out` (MobileNet's depthwise-separable pair):
+    /// `W[o, c, y, x] ≈ pointwise[o, c, 0, 0]·depthwise[c, 0, y, x]`, rank 1 per input
+    /// channel. Made by [`DepthwiseSeparable`](crate::filters::DepthwiseSeparable).
+    DepthwiseSeparable {
+        /// `[in, 1, kh, kw]`.
+        depthwise: Array4<f32>,
+        /// `[out, in, 1, 1]`.
+        pointwise: Array4<f32>,
+    },
     /// A Linear weight `[out, in]` as a tensor train (TT-matrix): with
     /// `out = Π m_k` and `in = Π n_k`, `W[(i₁…i_d), (j₁…j_d)] = G₁[i₁, j₁] ⋯ G_d[i_d, j_d]`,
     /// each `G_k` a `[r_{k−1}, m_k, n_k, r_k]` core (`r₀ = r_d = 1`).
@@ -178,6 +189,24 @@ impl Factorization {
                     return Err(Error::invalid("factors", "non-finite", "finite values"));
                 }
             }
+            Factors::DepthwiseSeparable {
+                depthwise,
+                pointwise,
+            } => {
+                let [o, c, kh, kw] = conv_shape(shape)?;
+                let (dc, d1, dkh, dkw) = depthwise.dim();
+                let (po, pc, p1, p2) = pointwise.dim();
+                if (dc, d1, dkh, dkw) != (c, 1, kh, kw) || (po, pc, p1, p2) != (o, c, 1, 1) {
+                    return Err(mismatch(
+                        "depthwise-separable factors",
+                        &[c, 1, kh, kw, o, c, 1, 1],
+                        &[dc, d1, dkh, dkw, po, pc, p1, p2],
+                    ));
+                }
+                if !all_finite(depthwise.iter().chain(pointwise.iter())) {
+                    return Err(Error::invalid("factors", "non-finite", "finite values"));
+                }
+            }
             Factors::TensorTrain { cores } => {
                 if shape.len() != 2 || cores.is_empty() {
                     return Err(Error::bad_shape(
@@ -265,13 +294,15 @@ impl Factorization {
     }
 
     /// The rank(s): `[r]` for Linear, CP and separable forms, `[r_out, r_in]` for
-    /// Tucker-2, the inner ranks `[r₁, …, r_{d−1}]` of a tensor train.
+    /// Tucker-2, `[1]` (per input channel) for depthwise-separable, the inner ranks
+    /// `[r₁, …, r_{d−1}]` of a tensor train.
     pub fn ranks(&self) -> Vec<usize> {
         match &self.factors {
             Factors::Linear { a, .. } => vec![a.ncols()],
             Factors::Tucker2 { core, .. } => vec![core.dim().0, core.dim().1],
             Factors::Cp { out, .. } => vec![out.ncols()],
             Factors::Separable { vertical, .. } => vec![vertical.dim().0],
+            Factors::DepthwiseSeparable { .. } => vec![1],
             Factors::TensorTrain { cores } => {
                 cores[..cores.len() - 1].iter().map(|g| g.dim().3).collect()
             }
@@ -293,6 +324,10 @@ impl Factorization {
                 vertical,
                 horizontal,
             } => vertical.len() + horizontal.len(),
+            Factors::DepthwiseSeparable {
+                depthwise,
+                pointwise,
+            } => depthwise.len() + pointwise.len(),
             Factors::TensorTrain { cores } => cores.iter().map(|g| g.len()).sum(),
         }
     }
@@ -326,6 +361,11 @@ impl Factorization {
                 vertical,
                 horizontal,
             } => vertical.len() * self.spec.stride.1 + horizontal.len(),
+            // The depthwise stage carries the stride: both run at the output resolution.
+            Factors::DepthwiseSeparable {
+                depthwise,
+                pointwise,
+            } => depthwise.len() + pointwise.len(),
             Factors::TensorTrain { cores } => tt_flops(cores),
         }
     }
@@ -388,6 +428,17 @@ impl Factorization {
                         .assign(&part.to_shape((o, c, kh)).expect("same size"));
                 }
                 w.into_dyn()
+            }
+            Factors::DepthwiseSeparable {
+                depthwise,
+                pointwise,
+            } => {
+                let (c, _, kh, kw) = depthwise.dim();
+                let o = pointwise.dim().0;
+                Array4::from_shape_fn((o, c, kh, kw), |(oi, ci, y, x)| {
+                    pointwise[[oi, ci, 0, 0]] * depthwise[[ci, 0, y, x]]
+                })
+                .into_dyn()
             }
             Factors::TensorTrain { cores } => {
                 tt_dense(cores, self.shape[0], self.shape[1]).into_dyn()
@@ -501,6 +552,18 @@ impl Factorization {
                     ConvSpec::new().with_stride(1, sw).with_padding(0, pw),
                 )?
                 .into_dyn()
+            }
+            Factors::DepthwiseSeparable {
+                depthwise,
+                pointwise,
+            } => {
+                let v = conv_input()?;
+                let depth = ConvSpec {
+                    groups: depthwise.dim().0,
+                    ..self.spec
+                };
+                let h = conv2d(&v, depthwise, None, depth)?;
+                conv2d(&h, pointwise, None, one)?.into_dyn()
             }
         })
     }

@@ -133,13 +133,32 @@ impl Factorization {
                     d_h.into_dyn(),
                 ]
             }
+            Factors::DepthwiseSeparable {
+                depthwise,
+                pointwise,
+            } => {
+                // W[o, c, y, x] = P[o, c]·D[c, y, x].
+                let g4 = g
+                    .view()
+                    .into_dimensionality::<Ix4>()
+                    .expect("shape checked");
+                let (c, _, kh, kw) = depthwise.dim();
+                let o = pointwise.dim().0;
+                let mut d_d = Array4::<f32>::zeros((c, 1, kh, kw));
+                let mut d_p = Array4::<f32>::zeros((o, c, 1, 1));
+                for ((oi, ci, y, x), &gv) in g4.indexed_iter() {
+                    d_p[[oi, ci, 0, 0]] += gv * depthwise[[ci, 0, y, x]];
+                    d_d[[ci, 0, y, x]] += gv * pointwise[[oi, ci, 0, 0]];
+                }
+                vec![d_d.into_dyn(), d_p.into_dyn()]
+            }
             Factors::TensorTrain { cores } => tt_gradients(cores, g, shape[0], shape[1]),
         })
     }
 
     /// The factors as arrays, in a fixed order: `[A, B]` (Linear), `[U_out, core, U_in]`
     /// (Tucker-2), `[out, input, rows, cols]` (CP), `[vertical, horizontal]` (separable),
-    /// the cores (tensor train).
+    /// `[depthwise, pointwise]` (depthwise-separable), the cores (tensor train).
     pub fn factor_values(&self) -> Vec<ArrayD<f32>> {
         match self.factors() {
             Factors::Linear { a, b } => vec![a.clone().into_dyn(), b.clone().into_dyn()],
@@ -161,6 +180,10 @@ impl Factorization {
                 vertical,
                 horizontal,
             } => vec![vertical.clone().into_dyn(), horizontal.clone().into_dyn()],
+            Factors::DepthwiseSeparable {
+                depthwise,
+                pointwise,
+            } => vec![depthwise.clone().into_dyn(), pointwise.clone().into_dyn()],
             Factors::TensorTrain { cores } => cores.iter().map(|c| c.clone().into_dyn()).collect(),
         }
     }
@@ -201,6 +224,10 @@ impl Factorization {
             Factors::Separable { .. } => Factors::Separable {
                 vertical: take4(it),
                 horizontal: take4(it),
+            },
+            Factors::DepthwiseSeparable { .. } => Factors::DepthwiseSeparable {
+                depthwise: take4(it),
+                pointwise: take4(it),
             },
             Factors::TensorTrain { .. } => Factors::TensorTrain {
                 cores: it.map(into4).collect(),
@@ -413,6 +440,16 @@ mod tests {
                 Factors::Separable {
                     vertical: w4([2, 3, 2, 1], 0.0),
                     horizontal: w4([4, 2, 1, 3], 1.0),
+                },
+            )
+            .unwrap(),
+        );
+        check(
+            &Factorization::new(
+                &[4, 3, 2, 3],
+                Factors::DepthwiseSeparable {
+                    depthwise: w4([3, 1, 2, 3], 0.0),
+                    pointwise: w4([4, 3, 1, 1], 1.0),
                 },
             )
             .unwrap(),

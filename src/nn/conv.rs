@@ -184,7 +184,7 @@ fn weight_matrix<'a>(weight: &'a ArrayRef<f32, Ix4>, geo: &Geometry) -> CowArray
 }
 
 /// Gradients of a convolution (see [`conv2d_backward`]).
-pub(super) struct ConvGrads {
+pub(crate) struct ConvGrads {
     /// `[o, cg, kh, kw]`.
     pub weight: Array4<f32>,
     /// `[o]`.
@@ -199,7 +199,7 @@ pub(super) struct ConvGrads {
 /// The batch is cut into chunks of [`CHUNK`] images, each accumulating its own `dW` in
 /// parallel; the chunks' sums are then added in order, so the result does not depend
 /// on the number of threads.
-pub(super) fn conv2d_backward(
+pub(crate) fn conv2d_backward(
     x: &ArrayRef<f32, Ix4>,
     weight: &ArrayRef<f32, Ix4>,
     dy: &ArrayRef<f32, Ix4>,

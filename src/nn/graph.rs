@@ -204,6 +204,22 @@ pub(super) fn forward(
             let y = conv2d(&x, &w, b.as_deref(), *spec)?;
             (y.into_dyn(), keep_weighted(h, w.into_dyn()))
         }
+        Layer::TiedConv2d {
+            weight,
+            bias,
+            spec,
+            transforms,
+        } => {
+            let w = crate::filters::tied_bank(&param::<Ix4>(model, weight)?, transforms)?;
+            let b = bias
+                .as_deref()
+                .map(|b| param::<Ix1>(model, b))
+                .transpose()?;
+            let x = h.view().into_dimensionality::<Ix4>().expect("checked 4-D");
+            let y = conv2d(&x, &w, b.as_deref(), *spec)?;
+            (y.into_dyn(), keep_weighted(h, w.into_dyn()))
+        }
+        Layer::CRelu => (crate::filters::crelu(&h)?, keep_input(h)),
         Layer::MaxPool2d { kernel, stride } => {
             let x = h.view().into_dimensionality::<Ix4>().expect("checked 4-D");
             let (y, arg) = pool::forward(&x, *kernel, *stride)?;
@@ -274,6 +290,27 @@ pub(super) fn backward(
             }
             g.input.map(|dx| dx.into_dyn()).unwrap_or_else(empty)
         }
+        (
+            Layer::TiedConv2d {
+                weight,
+                bias,
+                spec,
+                transforms,
+            },
+            Saved::Weighted(input, w),
+        ) => {
+            let w = w.into_dimensionality::<Ix4>().expect("4-D");
+            let x = input.into_dimensionality::<Ix4>().expect("4-D");
+            let dy = grad.into_dimensionality::<Ix4>().expect("4-D");
+            let g = conv2d_backward(&x, &w, &dy, *spec, need)?;
+            let base = crate::filters::tied_bank_backward(&g.weight, transforms)?;
+            store(grads, model, weight, base.into_dyn())?;
+            if let Some(b) = bias {
+                store(grads, model, b, g.bias.into_dyn())?;
+            }
+            g.input.map(|dx| dx.into_dyn()).unwrap_or_else(empty)
+        }
+        (Layer::CRelu, Saved::Input(input)) => crate::filters::crelu_backward(&input, &grad)?,
         (Layer::MaxPool2d { .. }, Saved::Pool([n, c, h, w], arg)) => {
             let dy = grad.into_dimensionality::<Ix4>().expect("4-D");
             pool::backward(&dy, &arg, (n, c, h, w)).into_dyn()

@@ -19,6 +19,9 @@
 //! still names one activation (for taps and early exits); dropping a residual block
 //! removes one element of the list. The reasons and the limits are in
 //! [the network guide](crate::guide::nn).
+//! - [`Layer::CRelu`] (`[ReLU(x), ReLU(−x)]`, twice the channels) and
+//!   [`Layer::TiedConv2d`] (base filters plus their flips and rotations), from
+//!   [`filters`](crate::filters).
 //!
 //! Batches always arrive as `[n, features]` (as [`Dataset`](crate::io::idx::Dataset) stores images) and are
 //! reshaped to `[n, ..input shape]`: set the shape of one example with
@@ -139,6 +142,24 @@ pub enum Layer {
         /// The probability of zeroing an activation.
         p: f32,
     },
+    /// Concatenated ReLU (Shang et al. 2016): `[n, c, …]` → `[n, 2c, …]`,
+    /// `[ReLU(x), ReLU(−x)]` on axis 1 ([`crelu`](crate::filters::crelu)).
+    CRelu,
+    /// A tied filter bank (Dieleman et al. 2016): base filters `[k, in, kh, kw]` and
+    /// each of their `t` transforms (flips, rotations) as a convolution of
+    /// `[n, in, h, w]` giving `[n, k·t, oh, ow]`, transform-major
+    /// ([`tied_bank`](crate::filters::tied_bank)). Only the base filters are stored;
+    /// their gradient sums the transformed filters' gradients. Bias `[k·t]`; groups 1.
+    TiedConv2d {
+        /// The base filters' parameter name.
+        weight: String,
+        /// The bias's parameter name (`[k·t]`), if the layer has one.
+        bias: Option<String>,
+        /// Stride and zero padding (groups must be 1).
+        spec: ConvSpec,
+        /// The transforms, in output channel order.
+        transforms: crate::filters::Transforms,
+    },
     /// A residual block: `y = body(x) + shortcut(x)`, each a sub-sequence of layers
     /// applied to the same input; an empty shortcut is the identity (He et al. 2016),
     /// a 1×1 strided convolution a down-sampling shortcut. The two outputs must have the
@@ -197,7 +218,15 @@ impl Layer {
                 .iter()
                 .flatten()
                 .for_each(|l| l.collect_names(names)),
-            Layer::Relu | Layer::MaxPool2d { .. } | Layer::Flatten | Layer::Dropout { .. } => {}
+            Layer::TiedConv2d { weight, bias, .. } => {
+                names.push(weight);
+                names.extend(bias.as_deref());
+            }
+            Layer::Relu
+            | Layer::CRelu
+            | Layer::MaxPool2d { .. }
+            | Layer::Flatten
+            | Layer::Dropout { .. } => {}
         }
     }
 }
@@ -207,7 +236,21 @@ impl PartialEq for Layer {
         use Layer::*;
         match (self, other) {
             (Linear { weight: a, bias: b }, Linear { weight: c, bias: d }) => a == c && b == d,
-            (Relu, Relu) | (Flatten, Flatten) => true,
+            (Relu, Relu) | (Flatten, Flatten) | (CRelu, CRelu) => true,
+            (
+                TiedConv2d {
+                    weight: a,
+                    bias: b,
+                    spec: s,
+                    transforms: t,
+                },
+                TiedConv2d {
+                    weight: c,
+                    bias: d,
+                    spec: u,
+                    transforms: v,
+                },
+            ) => a == c && b == d && s == u && t == v,
             (
                 Conv2d {
                     weight: a,

@@ -136,6 +136,18 @@ pub(super) fn layer_output(layer: &Layer, model: &Model, shape: &[usize]) -> Res
             check_bias(model, bias.as_deref(), o)?;
             Ok(vec![o, g.oh, g.ow])
         }
+        Layer::TiedConv2d {
+            weight,
+            bias,
+            spec,
+            transforms,
+        } => {
+            let w = model.get(weight)?;
+            let out = crate::filters::tied_output(weight, w.shape(), *spec, transforms, shape)?;
+            check_bias(model, bias.as_deref(), out[0])?;
+            Ok(out)
+        }
+        Layer::CRelu => crate::filters::crelu_example_shape(shape),
         Layer::MaxPool2d { kernel, stride } => {
             let &[c, h, w] = shape else {
                 return Err(Error::bad_shape(

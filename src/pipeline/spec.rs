@@ -18,6 +18,7 @@
 //! | lowrank | `svd:vbmf`, `rsvd:R` | VBMF rank; randomized SVD |
 //! | lowrank | `tucker2:R` or `tucker2:E`, `cp:R`, `separable:R` | convolutions |
 //! | lowrank | `budget:P` | SVD ranks for all Linear weights within `P` parameters |
+//! | lowrank | `dwsep` | convolutions to optimal depthwise-separable pairs ([`DepthwiseSeparable`]) |
 //! | encode | `auto`, `dense`, `bitmask`, `csr`, `relative:B`, each `+huffman` | storage |
 //!
 //! The selection after `@` is a [`Selector`] in its text form ([`Selector::parse`]):
@@ -33,6 +34,7 @@
 
 use super::{Compressor, Encode, Factorize, FactorizeWithin, Prune, PruneGlobal, Quantize};
 use crate::error::{Error, Result};
+use crate::filters::DepthwiseSeparable;
 use crate::lowrank::{Budget, CpAls, RandomizedSvd, Rank, SpatialSeparable, TruncatedSvd, Tucker2};
 use crate::model::{LayerKind, Selector};
 use crate::prune::{
@@ -71,7 +73,7 @@ fn default_selector(method: &str) -> Option<Selector> {
         | "pow2" | "ternary" | "binary" | "q8_0" | "q4_0" => Selector::prunable(),
         m if m.starts_with("int") => Selector::prunable(),
         "svd" | "rsvd" | "budget" => Selector::kinds(&[LayerKind::Linear]),
-        "tucker2" | "cp" | "separable" => Selector::kinds(&[LayerKind::Conv2d]),
+        "tucker2" | "cp" | "separable" | "dwsep" => Selector::kinds(&[LayerKind::Conv2d]),
         "auto" | "dense" | "bitmask" | "csr" | "relative" => Selector::all(),
         _ => return None,
     })
@@ -282,6 +284,12 @@ pub fn lowrank_step(spec: &str) -> Result<Box<dyn Compressor>> {
         "separable" => Box::new(
             Factorize::new(sel, SpatialSeparable::new(rank(spec, arg)?)?).with_label(label),
         ),
+        "dwsep" => {
+            if arg.is_some() {
+                return Err(bad(FAMILY, spec, "dwsep (it takes no argument)"));
+            }
+            Box::new(Factorize::new(sel, DepthwiseSeparable::new()).with_label(label))
+        }
         "budget" => {
             let p: usize = number(FAMILY, spec, arg, "budget:PARAMETERS")?;
             Box::new(FactorizeWithin::new(sel, Budget::Params(p)))
@@ -290,7 +298,7 @@ pub fn lowrank_step(spec: &str) -> Result<Box<dyn Compressor>> {
             return Err(bad(
                 FAMILY,
                 spec,
-                "svd:R|E|vbmf, rsvd:R, tucker2:R|E, cp:R, separable:R or budget:P",
+                "svd:R|E|vbmf, rsvd:R, tucker2:R|E, cp:R, separable:R, dwsep or budget:P",
             ));
         }
     })
@@ -371,6 +379,8 @@ mod tests {
             "separable:0.99",
             "budget:100000",
             "svd:8@fc1.weight",
+            "dwsep",
+            "dwsep@conv*",
         ] {
             lowrank_step(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
@@ -412,7 +422,15 @@ mod tests {
         ] {
             assert!(quantize_step(s).is_err(), "{s}");
         }
-        for s in ["svd", "svd:0", "svd:1.5", "cp:x", "tucker3:4", "budget"] {
+        for s in [
+            "svd",
+            "svd:0",
+            "svd:1.5",
+            "cp:x",
+            "tucker3:4",
+            "budget",
+            "dwsep:2",
+        ] {
             assert!(lowrank_step(s).is_err(), "{s}");
         }
         for s in ["relative:0", "relative:9", "relative", "zip", "csr+gzip"] {

@@ -224,6 +224,14 @@ pub(crate) fn write_factorization(w: &mut Writer, f: &Factorization) {
             write4(w, vertical);
             write4(w, horizontal);
         }
+        Factors::DepthwiseSeparable {
+            depthwise,
+            pointwise,
+        } => {
+            w.u8(5);
+            write4(w, depthwise);
+            write4(w, pointwise);
+        }
         Factors::TensorTrain { cores } => {
             w.u8(4);
             w.usize(cores.len());
@@ -265,6 +273,10 @@ pub(crate) fn read_factorization(r: &mut Reader<'_>, shape: &[usize]) -> Result<
             let cores = (0..n).map(|_| read_array4(r)).collect::<Result<Vec<_>>>()?;
             Factors::TensorTrain { cores }
         }
+        5 => Factors::DepthwiseSeparable {
+            depthwise: read_array4(r)?,
+            pointwise: read_array4(r)?,
+        },
         t => return Err(r.error(format!("unknown factors tag {t}"))),
     };
     let mut f = Factorization::new(shape, factors)
@@ -309,6 +321,8 @@ pub(crate) fn reconstruction_elements(factors: &Factors, shape: &[usize]) -> usi
             let o = horizontal.dim().0;
             product(&[r, c, kh]).saturating_add(product(&[o, c, kh]))
         }
+        // Built element by element into the result.
+        Factors::DepthwiseSeparable { .. } => 0,
         Factors::TensorTrain { cores } => {
             // The identity of the input width, then per core the state before it
             // (twice: it is permuted into a copy) and after it.
