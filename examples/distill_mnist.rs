@@ -3,30 +3,35 @@
 //! student taught by LeNet-5 with FitNets hints and with attention transfer.
 //!
 //! ```text
-//! cargo run --release --example distill_mnist [-- --teacher-epochs 12 --epochs 10
-//!     --seeds 3 --temperature 20 --small-temperature 4 --alpha 0.9 --no-mlp --conv-epochs 3 --conv-teacher-epochs 4
-//!     --conv-train 60000 --beta 1 --at-layer 1 --at-alpha 0.9 --conv-seed 7
-//!     --no-conv --lenet5-teacher --retrain-from-scratch --json]
+//! cargo run --release --example distill_mnist [-- --teacher-epochs 30 --epochs 10
+//!     --seeds 3 --temperature 20 --small-temperature 4 --alpha 0.9 --no-mlp
+//!     --conv-epochs 3 --conv-teacher-epochs 3 --conv-train 60000 --beta 1 --at-layer 1
+//!     --at-alpha 0.9 --conv-seed 7 --conv-seeds 3 --no-conv --lenet5-teacher
+//!     --retrain-from-scratch --json]
 //! ```
 //!
 //! - Teacher: 784-1200-1200-10 with dropout (20% on the inputs, 50% on the hidden
-//!   layers) and images jittered by up to ±2 pixels, trained once and cached in
-//!   `target/slimnn-examples/distill-teacher.safetensors`.
+//!   layers) and images jittered by up to ±2 pixels, trained by SGD (momentum 0.9,
+//!   batch 128, lr 0.1 after a one-epoch warm-up, cosine decay, max-norm 3 on each
+//!   unit's incoming weights) once and cached in
+//!   `target/slimnn-examples/distill-teacher.safetensors` (with its recipe and epochs:
+//!   a teacher trained otherwise is not reused).
 //! - Student 784-800-800-10 without regularisation, trained (a) on the labels alone and
 //!   (b) with soft targets at T = 20 (α = 0.9), with the same epochs, batches and seed;
 //!   the teacher's logits on the training set are computed once and reused.
 //! - A much smaller student, 784-30-30-10, the same two ways at T = 4 (the paper: with
 //!   30 units per layer, temperatures from 2.5 to 4 worked significantly better).
 //! - LeNet-5 (cached as `deep_compression --arch lenet5` caches it) teaching a thin
-//!   LeNet (4 and 8 filters, 32 hidden units): labels alone; FitNets (one epoch of hint
-//!   training of conv1-conv2 from LeNet-5's conv2 through a 1×1-convolution regressor,
-//!   then soft targets at T = 4); attention transfer on conv1 (β = 1) with soft
-//!   targets at T = 4, α = 0.9 (`--at-layer 0`: both conv layers, `2`: conv2 only;
-//!   `--at-alpha 0`: the labels alone besides the attention term). Every conv student makes `--conv-epochs` + 1 passes over the data.
+//!   LeNet (4 and 8 filters, 32 hidden units), from `--conv-seeds` initialisations,
+//!   five ways with the same batches and `--conv-epochs` + 1 passes over the data:
+//!   labels alone; FitNets (one epoch of hint training of conv1-conv2 from LeNet-5's
+//!   conv2 through a 1×1-convolution regressor, then soft targets at T = 4); attention
+//!   transfer on conv1 (β = 1; `--at-layer 0`: both conv layers, `2`: conv2 only) with
+//!   the labels alone; attention transfer with soft targets (T = 4, α = `--at-alpha`);
+//!   soft targets alone. The teacher's logits and attention-layer outputs on the
+//!   training set are computed once.
 //!
-//! With `--lenet5-teacher`, the MLP students learn from LeNet-5 instead (a stronger
-//! teacher for the same training time: the dropout teacher needs many more epochs than
-//! this machine has to reach the paper's 67 errors).
+//! With `--lenet5-teacher`, the MLP students learn from LeNet-5 instead.
 //!
 //! Prints a table with the paper's figures beside ours (test errors out of 10,000), and
 //! with `--json` ends with one line
@@ -38,11 +43,11 @@ mod mnist;
 use std::path::Path;
 use std::time::Instant;
 
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, ArrayD, Axis, IxDyn};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use slimnn::distill::{DistillConfig, Distillation, HintPair, LayerPair, Teacher};
+use slimnn::distill::{DistillConfig, Distillation, HintPair, LayerPair, Teacher, TeacherOutputs};
 use slimnn::io::idx::Dataset;
 use slimnn::io::safetensors::SaveOptions;
 use slimnn::nn::{ConvSpec, Layer, Network, Sgd};
@@ -60,6 +65,7 @@ struct Args {
     at_layer: usize,
     at_alpha: f32,
     conv_seed: u64,
+    conv_seeds: u64,
     conv: bool,
     lenet5_teacher: bool,
     conv_epochs: usize,
@@ -71,7 +77,7 @@ struct Args {
 
 fn parse() -> Args {
     let mut a = Args {
-        teacher_epochs: 12,
+        teacher_epochs: 30,
         epochs: 10,
         seeds: 3,
         temperature: 20.0,
@@ -81,11 +87,12 @@ fn parse() -> Args {
         at_layer: 1,
         at_alpha: 0.9,
         conv_seed: 7,
+        conv_seeds: 3,
         alpha: 0.9,
         conv: true,
         lenet5_teacher: false,
         conv_epochs: 3,
-        conv_teacher_epochs: 4,
+        conv_teacher_epochs: 3,
         conv_train: 60_000,
         fresh: false,
         json: false,
@@ -110,6 +117,7 @@ fn parse() -> Args {
             "--at-layer" => a.at_layer = value() as usize,
             "--at-alpha" => a.at_alpha = value() as f32,
             "--conv-seed" => a.conv_seed = value() as u64,
+            "--conv-seeds" => a.conv_seeds = value() as u64,
             "--alpha" => a.alpha = value() as f32,
             "--conv-epochs" => a.conv_epochs = value() as usize,
             "--conv-teacher-epochs" => a.conv_teacher_epochs = value() as usize,
@@ -121,7 +129,7 @@ fn parse() -> Args {
             "-h" | "--help" => {
                 println!(
                     "usage: distill_mnist [--teacher-epochs N] [--epochs N] [--seeds N] \
-                     [--temperature T] [--small-temperature T] [--alpha A] [--beta B] [--at-layer 0|1|2] [--at-alpha A] [--conv-seed S] [--no-mlp] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
+                     [--temperature T] [--small-temperature T] [--alpha A] [--beta B] [--at-layer 0|1|2] [--at-alpha A] [--conv-seed S] [--conv-seeds N] [--no-mlp] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
                      [--no-conv] [--lenet5-teacher] [--retrain-from-scratch] [--json]"
                 );
                 std::process::exit(0)
@@ -135,6 +143,7 @@ fn parse() -> Args {
     if a.teacher_epochs == 0
         || a.epochs == 0
         || a.seeds == 0
+        || a.conv_seeds == 0
         || a.conv_epochs == 0
         || a.conv_teacher_epochs == 0
     {
@@ -173,7 +182,7 @@ fn main() -> Result<()> {
             args.fresh,
         )?
     } else {
-        teacher(&train, &args)?
+        teacher(&train, &test, &args)?
     };
     let teacher_name = if args.lenet5_teacher {
         "teacher LeNet-5"
@@ -288,8 +297,18 @@ fn main() -> Result<()> {
         let (_, _, small_alone, small_taught) = &mlp_results[1];
         let conv_json = match &conv {
             Some(c) => format!(
-                ", \"conv_teacher_errors\": {}, \"conv_student_errors\": {}, \"conv_hint_errors\": {}, \"conv_attention_errors\": {}",
-                c[0], c[1], c[2], c[3]
+                ", \"conv_teacher_errors\": {}, \"conv_student_errors\": {}, \"conv_hint_errors\": {}, \"conv_attention_errors\": {}, \"conv_attention_kd_errors\": {}, \"conv_kd_errors\": {}, \"conv_seeds\": {}",
+                c.teacher,
+                list(&c.students[0]),
+                list(&c.students[1]),
+                list(&c.students[2]),
+                list(&c.students[3]),
+                list(&c.students[4]),
+                list(
+                    &(args.conv_seed..args.conv_seed + args.conv_seeds)
+                        .map(|s| s as usize)
+                        .collect::<Vec<_>>()
+                ),
             ),
             None => String::new(),
         };
@@ -380,13 +399,21 @@ fn teacher_net(model: &Model) -> Result<Network> {
     Ok(net)
 }
 
-/// The teacher, from its cache or trained: SGD (momentum 0.9, batch 128, lr 0.05, a
-/// tenth of it for the last third), each epoch on the images jittered anew.
-fn teacher(train: &Dataset, args: &Args) -> Result<(Model, Network)> {
+/// The teacher's training recipe: SGD with momentum 0.9 in batches of 128, the
+/// learning rate warmed up linearly over the first epoch to `TEACHER_LR` and then
+/// decayed to zero along a cosine, each hidden unit's incoming weights held to an L2
+/// norm of at most `MAX_NORM` (Srivastava et al.'s max-norm, which lets dropout nets
+/// take large steps), each epoch on the images jittered anew.
+const TEACHER_LR: f32 = 0.1;
+const MAX_NORM: f32 = 3.0;
+
+/// The teacher, from its cache (when trained by the same recipe and epochs) or trained.
+fn teacher(train: &Dataset, test: &Dataset, args: &Args) -> Result<(Model, Network)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/slimnn-examples/distill-teacher.safetensors");
     let settings = format!(
-        "784-1200-1200-10, dropout 0.2/0.5, jitter ±2, {} epochs, seed 1",
+        "784-1200-1200-10, dropout 0.2/0.5, jitter ±2, SGD momentum 0.9 batch 128, \
+         lr {TEACHER_LR} warm-up 1 epoch then cosine, max-norm {MAX_NORM}, {} epochs, seed 1",
         args.teacher_epochs
     );
     if path.exists() && !args.fresh {
@@ -396,27 +423,40 @@ fn teacher(train: &Dataset, args: &Args) -> Result<(Model, Network)> {
             let net = teacher_net(&model)?;
             return Ok((model, net));
         }
+        println!("the cached teacher was trained otherwise: training anew");
     }
     let mut model = Model::new();
     Network::mlp(&mut model, &[784, 1200, 1200, 10], 1)?;
     let net = teacher_net(&model)?;
-    let mut sgd = Sgd::new(0.05, 0.9, 0.0)?;
+    let mut sgd = Sgd::new(TEACHER_LR, 0.9, 0.0)?;
     println!("training the teacher: {settings}");
+    let batch = 128;
+    let per_epoch = train.len().div_ceil(batch);
+    let steps = args.teacher_epochs * per_epoch;
+    let mut step = 0;
     for epoch in 0..args.teacher_epochs {
         let t = Instant::now();
-        if epoch == args.teacher_epochs * 2 / 3 {
-            sgd.set_lr(0.005)?;
+        let jittered = jitter(&train.images, 1000 + epoch as u64);
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(epoch as u64));
+        let mut loss = 0.0f64;
+        for (b, idx) in order.chunks(batch).enumerate() {
+            sgd.set_lr(teacher_lr(step, per_epoch, steps))?;
+            let x = jittered.select(Axis(0), idx);
+            let y = train.labels.select(Axis(0), idx);
+            let (l, grads) =
+                net.train_gradients(&model, x.view(), y.view(), (epoch * per_epoch + b) as u64)?;
+            sgd.step(&mut model, &grads)?;
+            max_norm(&mut model, MAX_NORM)?;
+            loss += l as f64 * idx.len() as f64;
+            step += 1;
         }
-        let jittered = Dataset {
-            images: jitter(&train.images, 1000 + epoch as u64),
-            labels: train.labels.clone(),
-            image_shape: train.image_shape.clone(),
-        };
-        let loss =
-            slimnn::nn::train_epoch(&net, &mut model, &mut sgd, &jittered, 128, epoch as u64)?;
+        let e = net.evaluate(&model, test, 1000)?;
         println!(
-            "  epoch {:>2}: loss {loss:.4} ({:.0} s)",
+            "  epoch {:>2}: loss {:.4}, {} test errors ({:.0} s)",
             epoch + 1,
+            loss / train.len() as f64,
+            e.total - e.correct,
             t.elapsed().as_secs_f64()
         );
     }
@@ -429,6 +469,36 @@ fn teacher(train: &Dataset, args: &Args) -> Result<(Model, Network)> {
     model.metadata_mut().insert("trained".into(), settings);
     model.save(&path, &SaveOptions::default())?;
     Ok((model, net))
+}
+
+/// The teacher's learning rate at `step` of `steps`: linear warm-up over the first
+/// epoch, then a cosine from `TEACHER_LR` down to zero.
+fn teacher_lr(step: usize, per_epoch: usize, steps: usize) -> f32 {
+    let lr = if step < per_epoch {
+        TEACHER_LR * (step + 1) as f32 / per_epoch as f32
+    } else {
+        let t = (step - per_epoch) as f32 / (steps - per_epoch).max(1) as f32;
+        TEACHER_LR * 0.5 * (1.0 + (std::f32::consts::PI * t).cos())
+    };
+    lr.max(TEACHER_LR * 1e-3)
+}
+
+/// Scales each row of every Linear weight (a unit's incoming weights) down to an L2
+/// norm of at most `limit`.
+fn max_norm(model: &mut Model, limit: f32) -> Result<()> {
+    for p in model.params_mut() {
+        if p.kind() != LayerKind::Linear {
+            continue;
+        }
+        let mut w = p.value_mut();
+        for mut row in w.outer_iter_mut() {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm > limit {
+                row.mapv_inplace(|v| v * limit / norm);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Each 28×28 image shifted by a random whole number of pixels in [−2, 2] along each
@@ -544,14 +614,33 @@ fn thin_lenet(seed: u64) -> Result<(Model, Network)> {
     Ok((model, net))
 }
 
-/// LeNet-5 teaching the thin LeNet: labels alone, FitNets hints then soft targets, and
-/// attention transfer. Returns the test errors [teacher, alone, hints, attention].
+/// The thin LeNet's students, in the table's order: the labels alone; FitNets (hints,
+/// then soft targets); attention transfer with the labels alone; attention transfer
+/// with soft targets; soft targets alone.
+const CONV_STUDENTS: [&str; 5] = [
+    "thin LeNet, labels",
+    "thin LeNet, FitNets hints + KD",
+    "thin LeNet, attention transfer",
+    "thin LeNet, attention transfer + KD",
+    "thin LeNet, soft targets (KD)",
+];
+
+/// The conv students' test errors: LeNet-5's, and each of [`CONV_STUDENTS`]'s over the
+/// initialisations.
+struct ConvResults {
+    teacher: usize,
+    students: [Vec<usize>; 5],
+}
+
+/// LeNet-5 teaching the thin LeNet, every student of [`CONV_STUDENTS`] from each of
+/// `--conv-seeds` initialisations (`--conv-seed`, the next, …) with the same batches
+/// and `--conv-epochs` + 1 passes over the data.
 fn conv_students(
     train: &Dataset,
     test: &Dataset,
     args: &Args,
     rows: &mut Vec<Row>,
-) -> Result<[usize; 4]> {
+) -> Result<ConvResults> {
     let (lenet, lnet) = mnist::trained(
         mnist::Arch::Lenet5,
         train,
@@ -566,117 +655,194 @@ fn conv_students(
         Ok(e.total - e.correct)
     };
     let teacher_errors = errors(&lnet, &lenet)?;
+    println!("LeNet-5 teacher: {teacher_errors} test errors");
     let teacher = Teacher::new(lnet.clone(), lenet.clone())?;
-    let (start, net) = thin_lenet(args.conv_seed)?;
-    let params = start.numel();
-    let epochs = args.conv_epochs;
-    let sgd = || Sgd::new(0.01, 0.9, 0.0);
-
     let t = Instant::now();
-    // Labels alone and attention transfer get FitNets' hint epoch too: the same
-    // number of passes over the data for every student.
-    let mut alone = start.clone();
-    let mut opt = sgd()?;
-    for e in 0..=epochs {
-        slimnn::nn::train_epoch(&net, &mut alone, &mut opt, &train, 64, 40 + e as u64)?;
-    }
-    let alone_errors = errors(&net, &alone)?;
+    let layers: Vec<usize> = attention_pairs(args)
+        .iter()
+        .map(|p| p.teacher_layer)
+        .collect();
+    let outputs = outputs_on(&teacher, &train, &layers)?;
     println!(
-        "  thin LeNet alone: {alone_errors} errors ({:.0} s)",
+        "  its logits and attention-layer outputs on the training set, computed once ({:.0} s)",
         t.elapsed().as_secs_f64()
     );
-
-    // FitNets: stage 1, hints (student conv2 ← LeNet-5 conv2 through a 1×1 regressor),
-    // trains conv1-conv2; stage 2, soft targets for the whole student.
-    let t = Instant::now();
-    let mut fit = start.clone();
-    // The hint loss is summed over LeNet-5's 50×8×8 conv2 outputs: weighted by their
-    // count, it is a mean square, which keeps the first stage's steps stable.
-    let hint_size: usize = lnet.shapes(&lenet)?[3].iter().product();
-    let hint = HintPair {
-        student_layer: 2,
-        teacher_layer: 2,
-        weight: 1.0 / hint_size as f32,
-    };
-    let stage1 = DistillConfig {
-        hints: vec![hint],
-        hints_only: true,
-        ..Default::default()
-    };
-    let mut d = Distillation::new(stage1, teacher.clone(), &net, &fit)?;
-    let mut opt = sgd()?;
-    d.train_epoch(&net, &mut fit, &mut opt, &train, 64, 39)?;
-    let stage2 = DistillConfig {
-        temperature: 4.0,
-        alpha: 0.9,
-        ..Default::default()
-    };
-    let mut d = Distillation::new(stage2, teacher.clone(), &net, &fit)?;
-    let mut opt = sgd()?;
-    for e in 0..epochs {
-        d.train_epoch(&net, &mut fit, &mut opt, &train, 64, 40 + e as u64)?;
+    let mut students: [Vec<usize>; 5] = Default::default();
+    let mut params = 0;
+    for conv_seed in args.conv_seed..args.conv_seed + args.conv_seeds {
+        let (start, net) = thin_lenet(conv_seed)?;
+        params = start.numel();
+        for (v, name) in CONV_STUDENTS.iter().enumerate() {
+            let t = Instant::now();
+            let mut m = start.clone();
+            conv_student(v, &net, &mut m, &teacher, &train, &outputs, args)?;
+            let e = errors(&net, &m)?;
+            println!(
+                "  {name}, seed {conv_seed}: {e} errors ({:.0} s)",
+                t.elapsed().as_secs_f64()
+            );
+            students[v].push(e);
+        }
     }
-    let hint_errors = errors(&net, &fit)?;
-    println!(
-        "  thin LeNet, FitNets (1 hint epoch, then soft targets): {hint_errors} errors ({:.0} s)",
-        t.elapsed().as_secs_f64()
-    );
-
-    // Attention transfer on conv1 (24×24), conv2 (8×8) or both, with soft targets
-    // (weight --at-alpha) and the labels.
-    let t = Instant::now();
-    let mut att = start.clone();
-    let config = DistillConfig {
-        temperature: 4.0,
-        alpha: args.at_alpha,
-        attention: [0, 2]
-            .into_iter()
-            .filter(|&l| args.at_layer == 0 || args.at_layer == l / 2 + 1)
-            .map(|l| LayerPair {
-                student_layer: l,
-                teacher_layer: l,
-            })
-            .collect(),
-        beta: args.beta,
-        ..Default::default()
-    };
-    let mut d = Distillation::new(config, teacher, &net, &att)?;
-    let mut opt = sgd()?;
-    for e in 0..=epochs {
-        d.train_epoch(&net, &mut att, &mut opt, &train, 64, 40 + e as u64)?;
-    }
-    let att_errors = errors(&net, &att)?;
-    println!(
-        "  thin LeNet, attention transfer: {att_errors} errors ({:.0} s)",
-        t.elapsed().as_secs_f64()
-    );
     rows.push(Row::new(
-        "LeNet-5 teacher",
+        &format!("teacher LeNet-5 ({} epochs)", args.conv_teacher_epochs),
         lenet.numel(),
         &[teacher_errors],
         None,
     ));
-    rows.push(Row::new(
-        "thin LeNet, labels",
-        params,
-        &[alone_errors],
-        None,
-    ));
-    rows.push(Row::new(
-        "thin LeNet, FitNets hints + KD",
-        params,
-        &[hint_errors],
-        None,
-    ));
-    rows.push(Row::new(
-        if args.at_alpha > 0.0 {
-            "thin LeNet, attention transfer + KD"
+    for (name, e) in CONV_STUDENTS.iter().zip(&students) {
+        rows.push(Row::new(name, params, e, None));
+    }
+    Ok(ConvResults {
+        teacher: teacher_errors,
+        students,
+    })
+}
+
+/// The teacher's outputs on all of `data` (its logits, and the outputs of `layers`),
+/// computed once in evaluation mode, batch by batch.
+fn outputs_on(teacher: &Teacher, data: &Dataset, layers: &[usize]) -> Result<TeacherOutputs> {
+    let n = data.len();
+    let mut all: Option<TeacherOutputs> = None;
+    for start in (0..n).step_by(1000) {
+        let end = (start + 1000).min(n);
+        let (logits, taps) =
+            teacher.outputs(data.images.slice(ndarray::s![start..end, ..]), layers)?;
+        let (l_all, t_all) = all.get_or_insert_with(|| {
+            let grow = |shape: &[usize]| {
+                let mut s = shape.to_vec();
+                s[0] = n;
+                s
+            };
+            (
+                logits
+                    .iter()
+                    .map(|l| Array2::zeros((n, l.ncols())))
+                    .collect(),
+                taps.iter()
+                    .map(|t| ArrayD::zeros(IxDyn(&grow(t.shape()))))
+                    .collect(),
+            )
+        });
+        for (dst, src) in l_all.iter_mut().zip(&logits) {
+            dst.slice_mut(ndarray::s![start..end, ..]).assign(src);
+        }
+        for (dst, src) in t_all.iter_mut().zip(&taps) {
+            dst.slice_axis_mut(Axis(0), (start..end).into()).assign(src);
+        }
+    }
+    Ok(all.unwrap_or_default())
+}
+
+/// `passes` epochs of SGD in batches of 64 (the order of epoch `e` from seed 40 + `e`,
+/// the same for every student): on the labels, or with `kd` on the distillation loss
+/// against the teacher's outputs on `train`, computed once.
+fn conv_epochs(
+    net: &Network,
+    model: &mut Model,
+    opt: &mut Sgd,
+    train: &Dataset,
+    kd: Option<(&Distillation, &TeacherOutputs)>,
+    passes: std::ops::Range<usize>,
+) -> Result<()> {
+    for e in passes {
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(40 + e as u64));
+        for idx in order.chunks(64) {
+            let x = train.images.select(Axis(0), idx);
+            let y = train.labels.select(Axis(0), idx);
+            let grads = match kd {
+                Some((d, (logits, taps))) => {
+                    let t = (
+                        logits.iter().map(|l| l.select(Axis(0), idx)).collect(),
+                        taps.iter().map(|t| t.select(Axis(0), idx)).collect(),
+                    );
+                    d.loss_and_gradients_from(net, model, x.view(), y.view(), None, &t)?
+                        .gradients
+                }
+                None => net.loss_and_gradients(model, x.view(), y.view())?.1,
+            };
+            opt.step(model, &grads)?;
+        }
+    }
+    Ok(())
+}
+
+/// Trains the thin LeNet `model` as student `variant` of [`CONV_STUDENTS`]: SGD
+/// (lr 0.01, momentum 0.9, batch 64), `--conv-epochs` + 1 passes over `train` (FitNets'
+/// first is its hint stage), soft targets at T = 4 with weight `--at-alpha`, attention
+/// transfer on `--at-layer` with `--beta`. `outputs` are the teacher's logits and its
+/// outputs at the attention layers on `train`.
+fn conv_student(
+    variant: usize,
+    net: &Network,
+    model: &mut Model,
+    teacher: &Teacher,
+    train: &Dataset,
+    outputs: &TeacherOutputs,
+    args: &Args,
+) -> Result<()> {
+    let passes = args.conv_epochs + 1;
+    let mut opt = Sgd::new(0.01, 0.9, 0.0)?;
+    let kd = |alpha: f32, attention: bool| DistillConfig {
+        temperature: 4.0,
+        alpha,
+        attention: if attention {
+            attention_pairs(args)
         } else {
-            "thin LeNet, attention transfer"
+            Vec::new()
         },
-        params,
-        &[att_errors],
-        None,
-    ));
-    Ok([teacher_errors, alone_errors, hint_errors, att_errors])
+        beta: if attention { args.beta } else { 0.0 },
+        ..Default::default()
+    };
+    // Outputs at no teacher layer, for the students without attention transfer.
+    let logits_only = (outputs.0.clone(), Vec::new());
+    let (config, outputs, first) = match variant {
+        0 => return conv_epochs(net, model, &mut opt, train, None, 0..passes),
+        1 => {
+            // FitNets: stage 1, hints (student conv2 ← LeNet-5 conv2 through a 1×1
+            // regressor) train conv1-conv2; stage 2, soft targets for the whole student.
+            // The hint loss is summed over LeNet-5's 50×8×8 conv2 outputs: weighted by
+            // their count, it is a mean square, which keeps the first stage stable.
+            let (tnet, tmodel) = teacher.network();
+            let hint_size: usize = tnet.shapes(tmodel)?[3].iter().product();
+            let stage1 = DistillConfig {
+                hints: vec![HintPair {
+                    student_layer: 2,
+                    teacher_layer: 2,
+                    weight: 1.0 / hint_size as f32,
+                }],
+                hints_only: true,
+                ..Default::default()
+            };
+            let mut d = Distillation::new(stage1, teacher.clone(), net, model)?;
+            d.train_epoch(net, model, &mut opt, train, 64, 39)?;
+            opt = Sgd::new(0.01, 0.9, 0.0)?;
+            (kd(args.at_alpha, false), &logits_only, 1)
+        }
+        2 => (kd(0.0, true), outputs, 0),
+        3 => (kd(args.at_alpha, true), outputs, 0),
+        _ => (kd(args.at_alpha, false), &logits_only, 0),
+    };
+    let d = Distillation::new(config, teacher.clone(), net, model)?;
+    conv_epochs(
+        net,
+        model,
+        &mut opt,
+        train,
+        Some((&d, outputs)),
+        first..passes,
+    )
+}
+
+/// The layer pairs `--at-layer` names: 1 is conv1 (24×24), 2 conv2 (8×8), 0 both.
+fn attention_pairs(args: &Args) -> Vec<LayerPair> {
+    [0, 2]
+        .into_iter()
+        .filter(|&l| args.at_layer == 0 || args.at_layer == l / 2 + 1)
+        .map(|l| LayerPair {
+            student_layer: l,
+            teacher_layer: l,
+        })
+        .collect()
 }
