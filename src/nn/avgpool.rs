@@ -197,14 +197,21 @@ mod tests {
         let x = Array4::from_shape_fn((2, 3, 5, 6), |(a, b, c, d)| {
             ((a * 97 + b * 31 + c * 7 + d) as f32 * 0.37).sin()
         });
-        for (k, s, p) in [((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 1)), ((5, 6), (1, 1), (2, 3))] {
+        for (k, s, p) in [
+            ((2, 2), (2, 2), (0, 0)),
+            ((3, 2), (1, 2), (1, 1)),
+            ((5, 6), (1, 1), (2, 3)),
+        ] {
             let win = Window::new(k, s, p).unwrap();
             let y = forward(&x, win).unwrap();
             let dy = y.mapv(|v| (v * 3.1).cos());
             let dx = backward(&dy, win, x.dim());
             let lhs: f32 = (&y * &dy).sum();
             let rhs: f32 = (&x * &dx).sum();
-            assert!((lhs - rhs).abs() < 1e-4, "{k:?} {s:?} {p:?}: {lhs} vs {rhs}");
+            assert!(
+                (lhs - rhs).abs() < 1e-4,
+                "{k:?} {s:?} {p:?}: {lhs} vs {rhs}"
+            );
         }
         let y = global_forward(&x);
         assert!((y[[1, 2]] - x.slice(ndarray::s![1, 2, .., ..]).mean().unwrap()).abs() < 1e-6);

@@ -7,7 +7,7 @@ use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, Ix1, Ix2, Ix
 
 use super::conv::{conv2d, conv2d_backward, im2col_row_norms};
 use super::eval::softmax_cross_entropy;
-use super::{Gradients, Layer, Network, block, dropout, pool};
+use super::{Gradients, Layer, Network, avgpool, block, dropout, pool};
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -246,6 +246,21 @@ pub(super) fn forward(
                 (y, Saved::Factors(factors))
             }
         },
+        Layer::AvgPool2d {
+            kernel,
+            stride,
+            padding,
+        } => {
+            let x = h.view().into_dimensionality::<Ix4>().expect("checked 4-D");
+            let win = avgpool::Window::new(*kernel, *stride, *padding)?;
+            let y = avgpool::forward(&x, win)?;
+            (y.into_dyn(), Saved::Shape(h.shape().to_vec()))
+        }
+        Layer::GlobalAvgPool => {
+            let x = h.view().into_dimensionality::<Ix4>().expect("checked 4-D");
+            let y = avgpool::global_forward(&x);
+            (y.into_dyn(), Saved::Shape(h.shape().to_vec()))
+        }
         Layer::Residual { body, shortcut } => {
             block::residual_forward(body, shortcut, model, h, mode, index, keep)?
         }
@@ -334,6 +349,24 @@ pub(super) fn backward(
             grad
         }
         (Layer::Dropout { .. }, Saved::Nothing) => grad,
+        (
+            Layer::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+            },
+            Saved::Shape(shape),
+        ) => {
+            let dy = grad.into_dimensionality::<Ix4>().expect("4-D");
+            let win = avgpool::Window::new(*kernel, *stride, *padding)?;
+            let shape = (shape[0], shape[1], shape[2], shape[3]);
+            avgpool::backward(&dy, win, shape).into_dyn()
+        }
+        (Layer::GlobalAvgPool, Saved::Shape(shape)) => {
+            let dy = grad.into_dimensionality::<Ix2>().expect("2-D");
+            let shape = (shape[0], shape[1], shape[2], shape[3]);
+            avgpool::global_backward(&dy, shape).into_dyn()
+        }
         (Layer::Residual { body, shortcut }, Saved::Branches(saved, _)) => {
             block::residual_backward(body, shortcut, model, saved, grad, need, grads)?
         }

@@ -8,6 +8,8 @@
 //! - [`Layer::Conv2d`]: 2-D convolution on `[n, c, h, w]` (PyTorch's `Conv2d`: stride,
 //!   zero padding, groups; see [`conv2d`]);
 //! - [`Layer::MaxPool2d`]: max pooling without padding, windows that do not fit dropped;
+//! - [`Layer::AvgPool2d`] (PyTorch's, padding counted in the mean) and
+//!   [`Layer::GlobalAvgPool`] (`[n, c, h, w]` → `[n, c]`);
 //! - [`Layer::Flatten`]: `[n, c, h, w]` → `[n, c·h·w]`;
 //! - [`Layer::Relu`] on any shape, and [`Layer::Dropout`] (inverted dropout);
 //! - block layers holding sub-sequences of layers, which make the network a graph
@@ -69,6 +71,7 @@
 //! ```
 
 mod arch;
+mod avgpool;
 mod block;
 mod conv;
 mod dropout;
@@ -182,6 +185,21 @@ pub enum Layer {
         /// The branches, in the order their outputs are concatenated.
         branches: Vec<Vec<Layer>>,
     },
+    /// The mean of each `kernel` window of `[n, c, h, w]`, windows moved by `stride`,
+    /// over the input zero-padded by `padding` on each side; windows that do not fit are
+    /// dropped (floor mode). As PyTorch's `AvgPool2d` with its default
+    /// `count_include_pad=True`: the padding zeros count in the mean (every window
+    /// divides by `kh·kw`). `padding` is at most half the kernel.
+    AvgPool2d {
+        /// Window (rows, columns).
+        kernel: (usize, usize),
+        /// Step between windows (rows, columns).
+        stride: (usize, usize),
+        /// Zeros added on each side (rows, columns).
+        padding: (usize, usize),
+    },
+    /// `[n, c, h, w]` → `[n, c]`: the mean of each channel's plane.
+    GlobalAvgPool,
 }
 
 impl Layer {
@@ -226,7 +244,9 @@ impl Layer {
             | Layer::CRelu
             | Layer::MaxPool2d { .. }
             | Layer::Flatten
-            | Layer::Dropout { .. } => {}
+            | Layer::Dropout { .. }
+            | Layer::AvgPool2d { .. }
+            | Layer::GlobalAvgPool => {}
         }
     }
 }
@@ -285,6 +305,19 @@ impl PartialEq for Layer {
                 },
             ) => a == c && b == d,
             (Concat { branches: a }, Concat { branches: b }) => a == b,
+            (
+                AvgPool2d {
+                    kernel: a,
+                    stride: b,
+                    padding: c,
+                },
+                AvgPool2d {
+                    kernel: d,
+                    stride: e,
+                    padding: f,
+                },
+            ) => a == d && b == e && c == f,
+            (GlobalAvgPool, GlobalAvgPool) => true,
             _ => false,
         }
     }

@@ -1,7 +1,7 @@
 //! Shape inference through a [`Network`]: every layer's parameters are checked against
 //! the activation reaching it.
 
-use super::{Layer, Network, block, dropout, pool};
+use super::{Layer, Network, avgpool, block, dropout, pool};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tensor::check_same_shape;
@@ -165,6 +165,29 @@ pub(super) fn layer_output(layer: &Layer, model: &Model, shape: &[usize]) -> Res
             dropout::check_p(*p)?;
             Ok(shape.to_vec())
         }
+        Layer::AvgPool2d {
+            kernel,
+            stride,
+            padding,
+        } => {
+            let &[c, h, w] = shape else {
+                return Err(Error::bad_shape(
+                    "average-pooling input",
+                    shape,
+                    "AvgPool2d takes [n, channels, height, width]",
+                ));
+            };
+            let (oh, ow) = avgpool::Window::new(*kernel, *stride, *padding)?.output_size((h, w))?;
+            Ok(vec![c, oh, ow])
+        }
+        Layer::GlobalAvgPool => match shape {
+            &[c, _, _] => Ok(vec![c]),
+            _ => Err(Error::bad_shape(
+                "global-average-pooling input",
+                shape,
+                "GlobalAvgPool takes [n, channels, height, width]",
+            )),
+        },
         Layer::Residual { body, shortcut } => block::residual_output(body, shortcut, model, shape),
         Layer::Concat { branches } => block::concat_output(branches, model, shape),
     }

@@ -266,3 +266,69 @@ fn blocks_compare_by_content_and_taps_see_top_level_outputs() {
         assert!(norms.contains_key(name), "{name}");
     }
 }
+
+/// Average pooling with and without padding, and global average pooling.
+#[test]
+fn pooling_gradients_match_finite_differences() {
+    let mut m = Model::new();
+    m.add("c.weight", wave(&[3, 2, 3, 3], 0.71) * 0.5).unwrap();
+    m.add("f.weight", wave(&[3, 3], 0.53)).unwrap();
+    m.add("g.weight", wave(&[3, 12], 0.37)).unwrap();
+    let pool = |kernel, stride, padding| Layer::AvgPool2d {
+        kernel,
+        stride,
+        padding,
+    };
+    let global = Network::new(vec![
+        conv("c.weight", None, ConvSpec::new()),
+        pool((3, 3), (2, 2), (1, 1)),
+        Layer::GlobalAvgPool,
+        linear("f.weight", None),
+    ])
+    .with_input_shape(&[2, 7, 6]);
+    assert_eq!(
+        global.shapes(&m).unwrap(),
+        vec![
+            vec![2, 7, 6],
+            vec![3, 5, 4],
+            vec![3, 3, 2],
+            vec![3],
+            vec![3]
+        ]
+    );
+    let plain = Network::new(vec![
+        conv("c.weight", None, ConvSpec::new()),
+        pool((2, 3), (1, 2), (0, 0)),
+        Layer::Flatten,
+        linear("g.weight", None),
+    ])
+    .with_input_shape(&[2, 7, 6]);
+    assert_eq!(plain.shapes(&m).unwrap()[2], vec![3, 4, 1]);
+    let x = Array2::from_shape_fn((3, 84), |(i, j)| ((i * 84 + j) as f32 * 0.37).sin());
+    let y = Array1::from(vec![0u8, 2, 1]);
+    check_gradients(&global, &m, &x, &y, Mode::Eval);
+    check_gradients(&plain, &m, &x, &y, Mode::Eval);
+    // Shapes that do not fit are typed errors.
+    let bad = |layer: Layer, shape: &[usize]| {
+        Network::new(vec![layer, Layer::Flatten])
+            .with_input_shape(shape)
+            .check(&m)
+    };
+    assert!(matches!(
+        bad(pool((4, 4), (1, 1), (0, 0)), &[1, 3, 3]),
+        Err(Error::BadShape { .. })
+    ));
+    assert!(matches!(
+        bad(pool((2, 2), (1, 1), (2, 0)), &[1, 3, 3]),
+        Err(Error::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        bad(pool((2, 2), (1, 1), (0, 0)), &[9]),
+        Err(Error::BadShape { .. })
+    ));
+    assert!(matches!(
+        bad(Layer::GlobalAvgPool, &[9]),
+        Err(Error::BadShape { .. })
+    ));
+    assert_ne!(pool((2, 2), (1, 1), (0, 0)), pool((2, 2), (1, 1), (1, 1)));
+}
