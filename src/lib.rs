@@ -90,6 +90,9 @@ pub mod guide {
     #[doc = include_str!("../docs/training.md")]
     pub mod training {}
 
+    #[doc = include_str!("../docs/nn.md")]
+    pub mod nn {}
+
     #[doc = include_str!("../docs/results.md")]
     pub mod results {}
 }

@@ -14,7 +14,7 @@ use super::teacher::Teacher;
 use crate::error::{Error, Result};
 use crate::io::idx::Dataset;
 use crate::model::Model;
-use crate::nn::{Gradients, Layer, Network, Sgd};
+use crate::nn::{Gradients, Network, Sgd};
 
 /// A FitNets hint: the output of the student's layer `student_layer` (the guided
 /// layer), through a regressor, is pulled to the output of the teacher's layer
@@ -515,12 +515,7 @@ impl Distillation {
 fn params_up_to(net: &Network, last: usize) -> BTreeSet<&str> {
     let mut names = BTreeSet::new();
     for layer in net.layers().iter().take(last + 1) {
-        if let Layer::Linear { weight, bias } | Layer::Conv2d { weight, bias, .. } = layer {
-            names.insert(weight.as_str());
-            if let Some(b) = bias {
-                names.insert(b.as_str());
-            }
-        }
+        names.extend(layer.param_names());
     }
     names
 }

@@ -1,5 +1,6 @@
 //! 2-D convolution by im2col and matrix products (PyTorch's `Conv2d` semantics:
-//! cross-correlation, NCHW input, `[out, in / groups, kh, kw]` weights).
+//! cross-correlation, NCHW input, `[out, in / groups, kh, kw]` weights), and by a direct
+//! kernel when the convolution is depthwise (`groups = in`, see [`depthwise`]).
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{
@@ -9,6 +10,8 @@ use rayon::prelude::*;
 
 use super::im2col::{Geometry, col2im, im2col};
 use crate::error::{Error, Result};
+
+mod depthwise;
 
 /// Images per parallel task in the backward pass: fixed, so that sums over a batch are
 /// added in the same order whatever the number of threads.
@@ -95,6 +98,10 @@ impl ConvSpec {
 /// `conv2d(x, weight) + bias` for a batch `x` `[n, in, h, w]` and `weight`
 /// `[out, in / groups, kh, kw]`, giving `[n, out, oh, ow]`.
 ///
+/// A depthwise convolution (`groups = in`, `out = m·in` for a channel multiplier
+/// `m ≥ 1`) runs a direct kernel, forward and backward, without an im2col product;
+/// every other convolution runs im2col and one matrix product per image and group.
+///
 /// ```
 /// use ndarray::{Array, Array4};
 /// use slimnn::nn::{ConvSpec, conv2d};
@@ -116,11 +123,35 @@ pub fn conv2d(
     if let Some(b) = bias {
         crate::tensor::check_same_shape(&[geo.o], b.shape(), || "convolution bias".into())?;
     }
-    let wm = weight_matrix(weight, &geo);
     let bias: Option<Vec<f32>> = bias.map(|b| b.iter().copied().collect());
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let mut out = vec![0.0f32; n * geo.out_len()];
+    if is_depthwise(&geo) {
+        let wt = weight.as_standard_layout();
+        let ws = wt.as_slice().expect("standard layout");
+        depthwise::forward(xs, ws, bias.as_deref(), &geo, &mut out);
+    } else {
+        forward_im2col(xs, weight, bias.as_deref(), &geo, &mut out);
+    }
+    Ok(Array4::from_shape_vec((n, geo.o, geo.oh, geo.ow), out).expect("n × out_len"))
+}
+
+/// Whether the direct depthwise kernel runs: one input channel per group.
+fn is_depthwise(geo: &Geometry) -> bool {
+    geo.cg == 1 && geo.groups == geo.c
+}
+
+/// [`conv2d`] by im2col and one matrix product per image and group, into `out`.
+fn forward_im2col(
+    xs: &[f32],
+    weight: &ArrayRef<f32, Ix4>,
+    bias: Option<&[f32]>,
+    geo: &Geometry,
+    out: &mut [f32],
+) {
+    let geo = *geo;
+    let wm = weight_matrix(weight, &geo);
     out.par_chunks_mut(geo.out_len())
         .zip(xs.par_chunks(geo.image_len()))
         .for_each_init(
@@ -136,14 +167,13 @@ pub fn conv2d(
                         .expect("og × positions");
                     general_mat_mul(1.0, &a, &b, 0.0, &mut yg);
                 }
-                if let Some(b) = &bias {
+                if let Some(b) = bias {
                     for (plane, &bv) in y.chunks_exact_mut(geo.positions()).zip(b) {
                         plane.iter_mut().for_each(|v| *v += bv);
                     }
                 }
             },
         );
-    Ok(Array4::from_shape_vec((n, geo.o, geo.oh, geo.ow), out).expect("n × out_len"))
 }
 
 /// The weight `[o, cg, kh, kw]` as the matrix `[o, cg·kh·kw]` that multiplies columns.
@@ -181,13 +211,37 @@ pub(crate) fn conv2d_backward(
     crate::tensor::check_same_shape(&[n, geo.o, geo.oh, geo.ow], dy.shape(), || {
         "gradient of the convolution output".into()
     })?;
-    let wm = weight_matrix(weight, &geo);
     let x = x.as_standard_layout();
     let dy = dy.as_standard_layout();
     let (xs, dys) = (
         x.as_slice().expect("standard"),
         dy.as_slice().expect("standard"),
     );
+    if is_depthwise(&geo) {
+        let wt = weight.as_standard_layout();
+        let ws = wt.as_slice().expect("standard layout");
+        let mut dx = need_input.then(|| vec![0.0f32; n * geo.image_len()]);
+        let (dw, db) = depthwise::backward(xs, ws, dys, &geo, dx.as_deref_mut());
+        return Ok(ConvGrads {
+            weight: Array4::from_shape_vec((geo.o, 1, geo.kh, geo.kw), dw).expect("o × kh·kw"),
+            bias: Array1::from(db),
+            input: dx.map(|dx| Array4::from_shape_vec((n, c, h, w), dx).expect("n × c·h·w")),
+        });
+    }
+    Ok(backward_im2col(xs, dys, weight, &geo, need_input))
+}
+
+/// [`conv2d_backward`] by im2col and matrix products.
+fn backward_im2col(
+    xs: &[f32],
+    dys: &[f32],
+    weight: &ArrayRef<f32, Ix4>,
+    geo: &Geometry,
+    need_input: bool,
+) -> ConvGrads {
+    let geo = *geo;
+    let n = xs.len() / geo.image_len();
+    let wm = weight_matrix(weight, &geo);
     let work = |xc: &[f32], dyc: &[f32], mut dxc: Option<&mut [f32]>| {
         let (rows, positions) = (geo.rows(), geo.positions());
         let mut dw = Array2::<f32>::zeros((geo.o, rows));
@@ -245,13 +299,14 @@ pub(crate) fn conv2d_backward(
         dw += pw;
         db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
     }
-    Ok(ConvGrads {
+    ConvGrads {
         weight: dw
             .into_shape_with_order((geo.o, geo.cg, geo.kh, geo.kw))
             .expect("o × cg·kh·kw"),
         bias: db,
-        input: dx.map(|dx| Array4::from_shape_vec((n, c, h, w), dx).expect("n × c·h·w")),
-    })
+        input: dx
+            .map(|dx| Array4::from_shape_vec((n, geo.c, geo.h, geo.w), dx).expect("n × c·h·w")),
+    }
 }
 
 /// `‖X_j‖₂` over every image and output position for each row `j` of the im2col

@@ -7,7 +7,7 @@ use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, Ix1, Ix2, Ix
 
 use super::conv::{conv2d, conv2d_backward, im2col_row_norms};
 use super::eval::softmax_cross_entropy;
-use super::{Gradients, Layer, Network, dropout, pool};
+use super::{Gradients, Layer, Network, block, dropout, pool};
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -32,6 +32,9 @@ pub(super) enum Saved {
     Shape(Vec<usize>),
     /// The factors the activations were multiplied by (Dropout in training mode).
     Factors(Vec<f32>),
+    /// Each branch's states, and for a concatenation each branch's width on axis 1
+    /// (Residual: body then shortcut; Concat).
+    Branches(Vec<Vec<Saved>>, Vec<usize>),
 }
 
 impl Network {
@@ -79,25 +82,7 @@ impl Network {
     ) -> Result<HashMap<String, Array1<f32>>> {
         let (_, saved) = self.run(model, x, Mode::Eval, true)?;
         let mut norms = HashMap::new();
-        for (layer, saved) in self.layers.iter().zip(saved) {
-            let Saved::Weighted(input, _) = saved else {
-                continue;
-            };
-            match layer {
-                Layer::Linear { weight, .. } => {
-                    let n =
-                        input.map_axis(Axis(0), |c| c.iter().map(|v| v * v).sum::<f32>().sqrt());
-                    norms.insert(weight.clone(), n.into_dimensionality::<Ix1>().expect("1-D"));
-                }
-                Layer::Conv2d { weight, spec, .. } => {
-                    let w = model.get(weight)?.shape();
-                    let x = input.into_dimensionality::<Ix4>().expect("checked 4-D");
-                    let n = im2col_row_norms(&x, (w[0], w[1], w[2], w[3]), *spec)?;
-                    norms.insert(weight.clone(), n);
-                }
-                _ => {}
-            }
-        }
+        collect_norms(model, &self.layers, saved, &mut norms)?;
         Ok(norms)
     }
 
@@ -261,6 +246,10 @@ pub(super) fn forward(
                 (y, Saved::Factors(factors))
             }
         },
+        Layer::Residual { body, shortcut } => {
+            block::residual_forward(body, shortcut, model, h, mode, index, keep)?
+        }
+        Layer::Concat { branches } => block::concat_forward(branches, model, h, mode, index, keep)?,
     })
 }
 
@@ -345,16 +334,29 @@ pub(super) fn backward(
             grad
         }
         (Layer::Dropout { .. }, Saved::Nothing) => grad,
+        (Layer::Residual { body, shortcut }, Saved::Branches(saved, _)) => {
+            block::residual_backward(body, shortcut, model, saved, grad, need, grads)?
+        }
+        (Layer::Concat { branches }, Saved::Branches(saved, widths)) => {
+            block::concat_backward(branches, model, saved, &widths, grad, need, grads)?
+        }
         (layer, _) => unreachable!("the forward pass saves what {layer:?} needs"),
     })
 }
 
-/// Stores a parameter's gradient, zero where its mask prunes.
-fn store(grads: &mut Gradients, model: &Model, name: &str, mut g: ArrayD<f32>) -> Result<()> {
+/// Stores a parameter's gradient, zero where its mask prunes; a parameter read by
+/// several layers gets the sum of their gradients.
+fn store(grads: &mut Gradients, model: &Model, name: &str, g: ArrayD<f32>) -> Result<()> {
+    let mut g = standard(g);
     if let Some(m) = model.get(name)?.mask() {
         m.apply(&mut g)?;
     }
-    grads.insert(name.to_string(), g);
+    match grads.get_mut(name) {
+        Some(prev) => *prev += &g,
+        None => {
+            grads.insert(name.to_string(), g);
+        }
+    }
     Ok(())
 }
 
@@ -377,4 +379,40 @@ fn standard(a: ArrayD<f32>) -> ArrayD<f32> {
     } else {
         a.as_standard_layout().into_owned()
     }
+}
+
+/// Wanda's statistics of the Linear and Conv2d layers among `layers` (recursing into
+/// blocks), from their saved inputs.
+fn collect_norms(
+    model: &Model,
+    layers: &[Layer],
+    saved: Vec<Saved>,
+    norms: &mut HashMap<String, Array1<f32>>,
+) -> Result<()> {
+    for (layer, saved) in layers.iter().zip(saved) {
+        match (layer, saved) {
+            (Layer::Linear { weight, .. }, Saved::Weighted(input, _)) => {
+                let n = input.map_axis(Axis(0), |c| c.iter().map(|v| v * v).sum::<f32>().sqrt());
+                norms.insert(weight.clone(), n.into_dimensionality::<Ix1>().expect("1-D"));
+            }
+            (Layer::Conv2d { weight, spec, .. }, Saved::Weighted(input, _)) => {
+                let w = model.get(weight)?.shape();
+                let x = input.into_dimensionality::<Ix4>().expect("checked 4-D");
+                let n = im2col_row_norms(&x, (w[0], w[1], w[2], w[3]), *spec)?;
+                norms.insert(weight.clone(), n);
+            }
+            (Layer::Residual { body, shortcut }, Saved::Branches(saved, _)) => {
+                let mut saved = saved.into_iter();
+                collect_norms(model, body, saved.next().unwrap_or_default(), norms)?;
+                collect_norms(model, shortcut, saved.next().unwrap_or_default(), norms)?;
+            }
+            (Layer::Concat { branches }, Saved::Branches(saved, _)) => {
+                for (branch, saved) in branches.iter().zip(saved) {
+                    collect_norms(model, branch, saved, norms)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -12,7 +12,16 @@
 //! - [`Layer::Relu`] on any shape, and [`Layer::Dropout`] (inverted dropout);
 //! - [`Layer::CRelu`] (`[ReLU(x), ReLU(−x)]`, twice the channels) and
 //!   [`Layer::TiedConv2d`] (base filters plus their flips and rotations), from
-//!   [`filters`](crate::filters).
+//!   [`filters`](crate::filters);
+//! - block layers holding sub-sequences of layers, which make the network a graph
+//!   (an output feeds several layers): [`Layer::Residual`] (`body(x) + shortcut(x)`)
+//!   and [`Layer::Concat`] (branches concatenated on the channels).
+//!
+//! **The graph is nested blocks, not a general DAG**: `Vec<Layer>` stays the common
+//! sequential form, forward and backward recurse into blocks, and a top-level index
+//! still names one activation (for taps and early exits); dropping a residual block
+//! removes one element of the list. The reasons and the limits are in
+//! [the network guide](crate::guide::nn).
 //!
 //! Batches always arrive as `[n, features]` (as [`Dataset`](crate::io::idx::Dataset) stores images) and are
 //! reshaped to `[n, ..input shape]`: set the shape of one example with
@@ -60,6 +69,7 @@
 //! ```
 
 mod arch;
+mod block;
 mod conv;
 mod dropout;
 mod eval;
@@ -150,6 +160,73 @@ pub enum Layer {
         /// The transforms, in output channel order.
         transforms: crate::filters::Transforms,
     },
+    /// A residual block: `y = body(x) + shortcut(x)`, each a sub-sequence of layers
+    /// applied to the same input; an empty shortcut is the identity (He et al. 2016),
+    /// a 1×1 strided convolution a down-sampling shortcut. The two outputs must have the
+    /// same shape ([`Network::check`]). Build it with [`Layer::residual`]; the variant is
+    /// `#[non_exhaustive]` so that it can grow (a survival probability for stochastic
+    /// depth).
+    #[non_exhaustive]
+    Residual {
+        /// The residual branch F(x).
+        body: Vec<Layer>,
+        /// The shortcut; empty for the identity.
+        shortcut: Vec<Layer>,
+    },
+    /// Parallel branches on the same input, their outputs concatenated on axis 1 (the
+    /// channels of `[n, c, h, w]`, the features of `[n, f]`); the other dimensions must
+    /// agree. An empty branch passes its input through (DenseNet). Build it with
+    /// [`Layer::concat`] (fire modules, inception blocks).
+    #[non_exhaustive]
+    Concat {
+        /// The branches, in the order their outputs are concatenated.
+        branches: Vec<Vec<Layer>>,
+    },
+}
+
+impl Layer {
+    /// A residual block `y = body(x) + shortcut(x)` (an empty shortcut is the
+    /// identity).
+    pub fn residual(body: Vec<Layer>, shortcut: Vec<Layer>) -> Layer {
+        Layer::Residual { body, shortcut }
+    }
+
+    /// Branches on the same input, concatenated on axis 1.
+    pub fn concat(branches: Vec<Vec<Layer>>) -> Layer {
+        Layer::Concat { branches }
+    }
+
+    /// The names of the parameters this layer reads, its sub-layers' included, in
+    /// order (BatchNorm's running statistics too).
+    pub fn param_names(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        self.collect_names(&mut names);
+        names
+    }
+
+    fn collect_names<'a>(&'a self, names: &mut Vec<&'a str>) {
+        match self {
+            Layer::Linear { weight, bias }
+            | Layer::Conv2d { weight, bias, .. }
+            | Layer::TiedConv2d { weight, bias, .. } => {
+                names.push(weight);
+                names.extend(bias.as_deref());
+            }
+            Layer::Residual { body, shortcut } => body
+                .iter()
+                .chain(shortcut)
+                .for_each(|l| l.collect_names(names)),
+            Layer::Concat { branches } => branches
+                .iter()
+                .flatten()
+                .for_each(|l| l.collect_names(names)),
+            Layer::Relu
+            | Layer::CRelu
+            | Layer::MaxPool2d { .. }
+            | Layer::Flatten
+            | Layer::Dropout { .. } => {}
+        }
+    }
 }
 
 impl PartialEq for Layer {
@@ -195,6 +272,17 @@ impl PartialEq for Layer {
                 },
             ) => a == c && b == d,
             (Dropout { p }, Dropout { p: q }) => p.to_bits() == q.to_bits(),
+            (
+                Residual {
+                    body: a,
+                    shortcut: b,
+                },
+                Residual {
+                    body: c,
+                    shortcut: d,
+                },
+            ) => a == c && b == d,
+            (Concat { branches: a }, Concat { branches: b }) => a == b,
             _ => false,
         }
     }
@@ -253,3 +341,5 @@ impl Network {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_blocks;

@@ -1,7 +1,7 @@
 //! Shape inference through a [`Network`]: every layer's parameters are checked against
 //! the activation reaching it.
 
-use super::{Layer, Network, dropout, pool};
+use super::{Layer, Network, block, dropout, pool};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tensor::check_same_shape;
@@ -75,7 +75,7 @@ impl Network {
 }
 
 /// The shape after `layer` of an example of `shape`.
-fn layer_output(layer: &Layer, model: &Model, shape: &[usize]) -> Result<Vec<usize>> {
+pub(super) fn layer_output(layer: &Layer, model: &Model, shape: &[usize]) -> Result<Vec<usize>> {
     match layer {
         Layer::Linear { weight, bias } => {
             let w = model.get(weight)?;
@@ -165,6 +165,8 @@ fn layer_output(layer: &Layer, model: &Model, shape: &[usize]) -> Result<Vec<usi
             dropout::check_p(*p)?;
             Ok(shape.to_vec())
         }
+        Layer::Residual { body, shortcut } => block::residual_output(body, shortcut, model, shape),
+        Layer::Concat { branches } => block::concat_output(branches, model, shape),
     }
 }
 

@@ -7,7 +7,7 @@ use super::*;
 use crate::model::Model;
 
 /// Central finite differences of `loss_at(i, δ)` for every entry `i`, against `analytic`.
-fn check_numeric(
+pub(super) fn check_numeric(
     what: &str,
     analytic: &[f32],
     skip: impl Fn(usize) -> bool,
@@ -51,7 +51,7 @@ fn gradients_match_finite_differences() {
     }
 }
 
-fn wave(shape: &[usize], s: f32) -> ArrayD<f32> {
+pub(super) fn wave(shape: &[usize], s: f32) -> ArrayD<f32> {
     let mut i = 0;
     ArrayD::from_shape_simple_fn(IxDyn(shape), || {
         i += 1;
