@@ -173,3 +173,88 @@ impl SeparableBlock {
         })
     }
 }
+
+/// A fire module (SqueezeNet, Iandola et al. 2016): a 1×1 *squeeze* convolution
+/// `in → s`, ReLU, then two *expand* convolutions on its output, 1×1 `s → e₁` and 3×3
+/// (padding 1) `s → e₃`, concatenated on the channels ([`Layer::Concat`]), and ReLU:
+/// `[n, in, h, w]` → `[n, e₁ + e₃, h, w]`. Parameters `PREFIX.squeeze.*`,
+/// `PREFIX.expand1x1.*` and `PREFIX.expand3x3.*` (weight and bias each), initialised
+/// as PyTorch does.
+///
+/// With `s` small, it has `in·s + s·e₁ + 9·s·e₃` weights where a 3×3 convolution
+/// `in → e₁ + e₃` has `9·in·(e₁ + e₃)`.
+///
+/// ```
+/// use slimnn::Model;
+/// use slimnn::filters::FireModule;
+/// use slimnn::nn::{Layer, Network};
+///
+/// let mut model = Model::new();
+/// let mut layers = FireModule::new(32, 8, 16, 16).build(&mut model, "fire1", 3)?;
+/// layers.push(Layer::Flatten);
+/// let net = Network::new(layers).with_input_shape(&[32, 7, 7]);
+/// assert_eq!(net.shapes(&model)?.last().unwrap(), &[32 * 7 * 7]);
+/// assert_eq!(net.costs(&model)?.conv_params(), (32 * 8 + 8) + (8 * 16 + 16) + (8 * 9 * 16 + 16));
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FireModule {
+    /// Input channels.
+    pub in_channels: usize,
+    /// The squeeze convolution's output channels `s`.
+    pub squeeze: usize,
+    /// The 1×1 expand convolution's output channels `e₁`.
+    pub expand1x1: usize,
+    /// The 3×3 expand convolution's output channels `e₃`.
+    pub expand3x3: usize,
+}
+
+impl FireModule {
+    /// `in → s → e₁ + e₃` channels.
+    pub fn new(in_channels: usize, squeeze: usize, expand1x1: usize, expand3x3: usize) -> Self {
+        FireModule {
+            in_channels,
+            squeeze,
+            expand1x1,
+            expand3x3,
+        }
+    }
+
+    /// Adds the module's parameters to `model` under `prefix` (initialised reproducibly
+    /// from `seed`) and returns its layers. Zero channels, or a name already in the
+    /// model, are errors, and then the model is unchanged.
+    pub fn build(&self, model: &mut Model, prefix: &str, seed: u64) -> Result<Vec<Layer>> {
+        positive("in_channels", self.in_channels)?;
+        positive("squeeze", self.squeeze)?;
+        positive("expand1x1", self.expand1x1)?;
+        positive("expand3x3", self.expand3x3)?;
+        let (c, s) = (self.in_channels, self.squeeze);
+        all_or_nothing(model, |model| {
+            let mut init = Init(Xoshiro256PlusPlus::seed_from_u64(seed));
+            let squeeze = init.conv(
+                model,
+                &format!("{prefix}.squeeze"),
+                (s, c, 1, 1),
+                ConvSpec::new(),
+            )?;
+            let e1 = init.conv(
+                model,
+                &format!("{prefix}.expand1x1"),
+                (self.expand1x1, s, 1, 1),
+                ConvSpec::new(),
+            )?;
+            let e3 = init.conv(
+                model,
+                &format!("{prefix}.expand3x3"),
+                (self.expand3x3, s, 3, 3),
+                ConvSpec::new().with_padding(1, 1),
+            )?;
+            Ok(vec![
+                squeeze,
+                Layer::Relu,
+                Layer::concat(vec![vec![e1], vec![e3]]),
+                Layer::Relu,
+            ])
+        })
+    }
+}

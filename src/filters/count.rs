@@ -18,14 +18,26 @@ pub struct LayerCost {
     /// Masks are not subtracted (a dense kernel runs them). Activations, pooling and
     /// reshapes count 0.
     pub macs: usize,
-    /// Whether the layer is a convolution (Conv2d, depthwise or not, or a tied bank).
-    pub conv: bool,
+    /// The part of `params` in convolutions (Conv2d, depthwise or not, and tied banks):
+    /// all of it for a convolution, the convolutions' share for a block.
+    pub conv_params: usize,
+    /// The part of `macs` in convolutions.
+    pub conv_macs: usize,
+}
+
+impl std::ops::AddAssign for LayerCost {
+    fn add_assign(&mut self, other: LayerCost) {
+        self.params += other.params;
+        self.macs += other.macs;
+        self.conv_params += other.conv_params;
+        self.conv_macs += other.conv_macs;
+    }
 }
 
 /// The [`LayerCost`] of every layer of a network, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetworkCost {
-    /// One entry per layer of [`Network::layers`].
+    /// One entry per layer of [`Network::layers`] (a block's entry sums its layers').
     pub layers: Vec<LayerCost>,
 }
 
@@ -42,16 +54,12 @@ impl NetworkCost {
 
     /// Parameters of the convolutions.
     pub fn conv_params(&self) -> usize {
-        self.layers
-            .iter()
-            .filter(|l| l.conv)
-            .map(|l| l.params)
-            .sum()
+        self.layers.iter().map(|l| l.conv_params).sum()
     }
 
     /// Multiply-adds of the convolutions, for one example.
     pub fn conv_macs(&self) -> usize {
-        self.layers.iter().filter(|l| l.conv).map(|l| l.macs).sum()
+        self.layers.iter().map(|l| l.conv_macs).sum()
     }
 }
 
@@ -77,16 +85,41 @@ impl Network {
         let mut seen = BTreeSet::new();
         let mut layers = Vec::with_capacity(self.layers().len());
         for (i, layer) in self.layers().iter().enumerate() {
-            layers.push(layer_cost(layer, model, &shapes[i + 1], &mut seen)?);
+            layers.push(layer_cost(
+                layer,
+                model,
+                &shapes[i],
+                &shapes[i + 1],
+                &mut seen,
+            )?);
         }
         Ok(NetworkCost { layers })
     }
 }
 
-/// The cost of `layer`, whose output (one example) has shape `out`.
+/// The summed cost of `layers` run in order on an example of shape `input`, and their
+/// output shape.
+fn seq_cost(
+    layers: &[Layer],
+    model: &Model,
+    input: &[usize],
+    seen: &mut BTreeSet<String>,
+) -> Result<(LayerCost, Vec<usize>)> {
+    let mut total = LayerCost::default();
+    let mut shape = input.to_vec();
+    for layer in layers {
+        let out = crate::nn::layer_output(layer, model, &shape)?;
+        total += layer_cost(layer, model, &shape, &out, seen)?;
+        shape = out;
+    }
+    Ok((total, shape))
+}
+
+/// The cost of `layer` on an example of shape `input`, giving `out`.
 fn layer_cost(
     layer: &Layer,
     model: &Model,
+    input: &[usize],
     out: &[usize],
     seen: &mut BTreeSet<String>,
 ) -> Result<LayerCost> {
@@ -111,22 +144,24 @@ fn layer_cost(
         Ok((count, per_position))
     };
     let positions = |out: &[usize]| out[1..].iter().product::<usize>();
+    let conv = |params: usize, macs: usize| LayerCost {
+        params,
+        macs,
+        conv_params: params,
+        conv_macs: macs,
+    };
     Ok(match layer {
         Layer::Linear { weight, bias } => {
             let (params, macs) = params(&[Some(weight), bias.as_ref()])?;
             LayerCost {
                 params,
                 macs,
-                conv: false,
+                ..LayerCost::default()
             }
         }
         Layer::Conv2d { weight, bias, .. } => {
             let (params, per_position) = params(&[Some(weight), bias.as_ref()])?;
-            LayerCost {
-                params,
-                macs: per_position * positions(out),
-                conv: true,
-            }
+            conv(params, per_position * positions(out))
         }
         Layer::TiedConv2d {
             weight,
@@ -135,18 +170,24 @@ fn layer_cost(
             ..
         } => {
             let (params, per_position) = params(&[Some(weight), bias.as_ref()])?;
-            LayerCost {
-                params,
-                macs: per_position * transforms.len() * positions(out),
-                conv: true,
-            }
+            conv(params, per_position * transforms.len() * positions(out))
         }
         Layer::Relu
         | Layer::CRelu
         | Layer::MaxPool2d { .. }
         | Layer::Flatten
         | Layer::Dropout { .. } => LayerCost::default(),
-        #[allow(unreachable_patterns)]
-        _ => LayerCost::default(),
+        Layer::Residual { body, shortcut } => {
+            let mut cost = seq_cost(body, model, input, seen)?.0;
+            cost += seq_cost(shortcut, model, input, seen)?.0;
+            cost
+        }
+        Layer::Concat { branches } => {
+            let mut cost = LayerCost::default();
+            for b in branches {
+                cost += seq_cost(b, model, input, seen)?.0;
+            }
+            cost
+        }
     })
 }

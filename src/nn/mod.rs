@@ -79,6 +79,7 @@ mod im2col;
 mod pool;
 mod qat;
 mod shape;
+pub(crate) use shape::layer_output;
 mod taps;
 mod train;
 
