@@ -100,7 +100,9 @@ impl Network {
     /// model, is an error before anything changes.
     pub fn split_depthwise_separable(&self, model: &mut Model) -> Result<Network> {
         let mut splits: BTreeMap<String, Split> = BTreeMap::new();
-        for layer in self.layers() {
+        let mut convs = Vec::new();
+        visit(self.layers(), &mut |l| convs.push(l));
+        for layer in convs {
             let Layer::Conv2d { weight, spec, .. } = layer else {
                 continue;
             };
@@ -137,30 +139,7 @@ impl Network {
             }
             splits.insert(weight.clone(), split);
         }
-        let mut layers = Vec::with_capacity(self.layers().len() + splits.len());
-        for layer in self.layers() {
-            match layer {
-                Layer::Conv2d { weight, bias, spec } if splits.contains_key(weight) => {
-                    let split = &splits[weight];
-                    let channels = split.depthwise.1.dim().0;
-                    layers.push(Layer::Conv2d {
-                        weight: split.depthwise.0.clone(),
-                        bias: None,
-                        spec: ConvSpec {
-                            groups: channels,
-                            ..*spec
-                        },
-                    });
-                    layers.push(Layer::Conv2d {
-                        weight: split.pointwise.0.clone(),
-                        bias: bias.clone(),
-                        spec: ConvSpec::new(),
-                    });
-                }
-                other => layers.push(other.clone()),
-            }
-        }
-        let mut net = Network::new(layers);
+        let mut net = Network::new(rewrite(self.layers(), &splits));
         if let Some(shape) = self.input_shape() {
             net = net.with_input_shape(shape);
         }
@@ -176,14 +155,64 @@ impl Network {
         Ok(net)
     }
 
-    /// Each Conv2d weight's spec, by weight name.
+    /// Each Conv2d weight's spec, by weight name (blocks' layers included).
     fn conv_specs(&self) -> BTreeMap<&str, ConvSpec> {
-        self.layers()
-            .iter()
-            .filter_map(|l| match l {
-                Layer::Conv2d { weight, spec, .. } => Some((weight.as_str(), *spec)),
-                _ => None,
-            })
-            .collect()
+        let mut specs = BTreeMap::new();
+        visit(self.layers(), &mut |l| {
+            if let Layer::Conv2d { weight, spec, .. } = l {
+                specs.insert(weight.as_str(), *spec);
+            }
+        });
+        specs
     }
+}
+
+/// Calls `f` on every layer, blocks' sub-layers included (after the block).
+fn visit<'a>(layers: &'a [Layer], f: &mut impl FnMut(&'a Layer)) {
+    for layer in layers {
+        f(layer);
+        match layer {
+            Layer::Residual { body, shortcut } => {
+                visit(body, f);
+                visit(shortcut, f);
+            }
+            Layer::Concat { branches } => branches.iter().for_each(|b| visit(b, f)),
+            _ => {}
+        }
+    }
+}
+
+/// `layers` with each split convolution replaced by its two layers, in blocks too.
+fn rewrite(layers: &[Layer], splits: &BTreeMap<String, Split>) -> Vec<Layer> {
+    let mut out = Vec::with_capacity(layers.len() + splits.len());
+    for layer in layers {
+        match layer {
+            Layer::Conv2d { weight, bias, spec } if splits.contains_key(weight) => {
+                let split = &splits[weight];
+                let channels = split.depthwise.1.dim().0;
+                out.push(Layer::Conv2d {
+                    weight: split.depthwise.0.clone(),
+                    bias: None,
+                    spec: ConvSpec {
+                        groups: channels,
+                        ..*spec
+                    },
+                });
+                out.push(Layer::Conv2d {
+                    weight: split.pointwise.0.clone(),
+                    bias: bias.clone(),
+                    spec: ConvSpec::new(),
+                });
+            }
+            Layer::Residual { body, shortcut } => out.push(Layer::residual(
+                rewrite(body, splits),
+                rewrite(shortcut, splits),
+            )),
+            Layer::Concat { branches } => out.push(Layer::concat(
+                branches.iter().map(|b| rewrite(b, splits)).collect(),
+            )),
+            other => out.push(other.clone()),
+        }
+    }
+    out
 }

@@ -14,16 +14,24 @@
 //! - Tied filter banks (Dieleman et al. 2016), [`Layer::TiedConv2d`](crate::nn::Layer::TiedConv2d):
 //!   base filters and their [`Transforms`] (flips, rotations), stored once
 //!   ([`tied_bank`], [`tied_bank_backward`]).
+//! - Blocks with named parameters: [`SeparableBlock`] (depthwise k×k → ReLU → 1×1) and
+//!   [`FireModule`] (squeeze 1×1 → ReLU → [expand 1×1, expand 3×3] → ReLU).
+//! - [`Network::costs`](crate::nn::Network::costs): parameters and multiply-adds per
+//!   layer ([`NetworkCost`]), convolutions apart.
 //! - k×k → k×1 + 1×k is the low-rank family's
 //!   [`SpatialSeparable`](crate::lowrank::SpatialSeparable).
 //!
 //! The user guide is [`crate::guide::filters`].
 
+mod blocks;
 mod convert;
+mod count;
 mod crelu;
 mod dwsep;
 mod tied;
 
+pub use blocks::{FireModule, SeparableBlock};
+pub use count::{LayerCost, NetworkCost};
 pub(crate) use crelu::crelu_example_shape;
 pub use crelu::{crelu, crelu_backward};
 pub use dwsep::DepthwiseSeparable;

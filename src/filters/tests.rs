@@ -642,3 +642,244 @@ fn tied_bank_bad_input_is_a_typed_error() {
         "a 3×3 kernel on 1×1 (+ padding 1 fits; pooling does not)"
     );
 }
+
+#[test]
+fn costs_count_factorized_split_and_tied_layers() {
+    let mut model = Model::new();
+    let net = Network::lenet5(&mut model, 3).unwrap();
+    let dense = net.costs(&model).unwrap();
+    assert_eq!(dense.layers.len(), net.layers().len());
+    assert_eq!(dense.conv_macs(), 24 * 24 * 500 + 8 * 8 * 25_000);
+    // Factorized in place (a pipeline step) and split into real layers: the same counts.
+    let mut factorized = model.clone();
+    factorized
+        .factorize(&Selector::glob("conv2.weight"), &DepthwiseSeparable::new())
+        .unwrap();
+    let in_place = net.costs(&factorized).unwrap();
+    let (split, _) = net
+        .convert_depthwise_separable(&mut model, &Selector::glob("conv2.weight"))
+        .unwrap();
+    let split = split.costs(&model).unwrap();
+    for cost in [&in_place, &split] {
+        assert_eq!(cost.conv_params(), 520 + 500 + 1_000 + 50);
+        assert_eq!(cost.conv_macs(), 24 * 24 * 500 + 8 * 8 * 1_500);
+        assert_eq!(cost.params(), dense.params() - 25_000 + 1_500);
+    }
+    // A tied bank stores its base filters and runs the whole bank.
+    let mut model = Model::new();
+    let tied = tied_net(&mut model).costs(&model).unwrap();
+    assert_eq!(
+        tied.layers[0],
+        LayerCost {
+            params: 36 + 8,
+            macs: 8 * 18 * 36,
+            conv_params: 36 + 8,
+            conv_macs: 8 * 18 * 36,
+        }
+    );
+    assert_eq!(tied.layers[1], LayerCost::default(), "CReLU");
+    // A parameter used twice is counted once.
+    let twice = Network::new(vec![
+        Layer::Linear {
+            weight: "w".into(),
+            bias: None,
+        },
+        Layer::Linear {
+            weight: "w".into(),
+            bias: None,
+        },
+    ]);
+    let mut model = Model::new();
+    model
+        .add("w", ArrayD::from_elem(IxDyn(&[4, 4]), 0.5))
+        .unwrap();
+    let cost = twice.costs(&model).unwrap();
+    assert_eq!(
+        (cost.params(), cost.macs(), cost.conv_params()),
+        (16, 32, 0)
+    );
+    // A network that does not fit its model is an error.
+    model.remove("w").unwrap();
+    assert!(twice.costs(&model).is_err());
+}
+
+#[test]
+fn separable_block_builds_named_layers_or_nothing() {
+    let mut model = Model::new();
+    let block = SeparableBlock::new(4, 6, 3).with_stride(2).with_padding(1);
+    let mut layers = block.build(&mut model, "b", 1).unwrap();
+    assert_eq!(layers.len(), 3);
+    let names: Vec<&str> = model.params().iter().map(|p| p.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "b.depthwise.weight",
+            "b.depthwise.bias",
+            "b.pointwise.weight",
+            "b.pointwise.bias"
+        ]
+    );
+    layers.push(Layer::Flatten);
+    let net = Network::new(layers).with_input_shape(&[4, 8, 8]);
+    assert_eq!(
+        net.shapes(&model).unwrap(),
+        vec![
+            vec![4, 8, 8],
+            vec![4, 4, 4],
+            vec![4, 4, 4],
+            vec![6, 4, 4],
+            vec![96]
+        ]
+    );
+    let cost = net.costs(&model).unwrap();
+    assert_eq!(cost.conv_params(), 36 + 4 + 24 + 6);
+    assert_eq!(cost.conv_macs(), 16 * 36 + 16 * 24);
+    // Reproducible from the seed.
+    let mut again = Model::new();
+    block.build(&mut again, "b", 1).unwrap();
+    assert_eq!(snapshot(&again), snapshot(&model));
+    // Bad input: nothing added.
+    let before = snapshot(&model);
+    for bad in [
+        SeparableBlock::new(0, 6, 3),
+        SeparableBlock::new(4, 0, 3),
+        SeparableBlock::new(4, 6, 0),
+        SeparableBlock::new(4, 6, 3).with_stride(0),
+    ] {
+        assert!(matches!(
+            bad.build(&mut model, "c", 1),
+            Err(Error::InvalidParameter { .. })
+        ));
+    }
+    assert!(block.build(&mut model, "b", 2).is_err(), "names taken");
+    assert_eq!(snapshot(&model), before);
+    // A kernel that does not fit the input: the network check says so.
+    let mut model = Model::new();
+    let mut layers = SeparableBlock::new(2, 2, 5)
+        .build(&mut model, "k", 1)
+        .unwrap();
+    layers.push(Layer::Flatten);
+    let net = Network::new(layers).with_input_shape(&[2, 3, 3]);
+    assert!(matches!(net.check(&model), Err(Error::BadShape { .. })));
+    // Channels that do not divide the groups.
+    let wrong = Network::new(net.layers().to_vec()).with_input_shape(&[3, 8, 8]);
+    assert!(wrong.check(&model).is_err());
+}
+
+/// [3, 5, 5] → fire (squeeze 2, expand 3 + 2) → flatten → Linear 3.
+fn fire_net(model: &mut Model) -> Network {
+    let mut layers = FireModule::new(3, 2, 3, 2).build(model, "fire", 4).unwrap();
+    model
+        .add(
+            "fc.weight",
+            Array2::from_shape_fn((3, 5 * 25), |(i, j)| {
+                ((i * 125 + j) as f32 * 0.41).sin() * 0.3
+            })
+            .into_dyn(),
+        )
+        .unwrap();
+    layers.extend([
+        Layer::Flatten,
+        Layer::Linear {
+            weight: "fc.weight".into(),
+            bias: None,
+        },
+    ]);
+    Network::new(layers).with_input_shape(&[3, 5, 5])
+}
+
+#[test]
+fn fire_module_shapes_costs_and_gradients() {
+    let mut model = Model::new();
+    let net = fire_net(&mut model);
+    assert_eq!(
+        net.shapes(&model).unwrap(),
+        vec![
+            vec![3, 5, 5],
+            vec![2, 5, 5],
+            vec![2, 5, 5],
+            vec![5, 5, 5],
+            vec![5, 5, 5],
+            vec![125],
+            vec![3]
+        ]
+    );
+    let names: Vec<&str> = model.params().iter().map(|p| p.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "fire.squeeze.weight",
+            "fire.squeeze.bias",
+            "fire.expand1x1.weight",
+            "fire.expand1x1.bias",
+            "fire.expand3x3.weight",
+            "fire.expand3x3.bias",
+            "fc.weight"
+        ]
+    );
+    let cost = net.costs(&model).unwrap();
+    assert_eq!(cost.conv_params(), (6 + 2) + (6 + 3) + (36 + 2));
+    assert_eq!(cost.conv_macs(), 25 * (6 + 6 + 36));
+    assert_eq!(cost.macs(), cost.conv_macs() + 375);
+    let x = Array2::from_shape_fn((3, 75), |(i, j)| ((i * 75 + j) as f32 * 0.29).sin());
+    let y = ndarray::Array1::from(vec![2u8, 0, 1]);
+    let (_, grads) = net.loss_and_gradients(&model, x.view(), y.view()).unwrap();
+    assert_eq!(grads.len(), 7);
+    for (name, g) in &grads {
+        check_numeric(name, g.as_slice().unwrap(), |i, delta| {
+            let mut m = model.clone();
+            m.get_mut(name).unwrap().value_mut().as_slice_mut().unwrap()[i] += delta;
+            net.loss_and_gradients(&m, x.view(), y.view()).unwrap().0
+        });
+    }
+    // Bad input: nothing added.
+    let before = snapshot(&model);
+    assert!(
+        FireModule::new(3, 0, 3, 2)
+            .build(&mut model, "f2", 1)
+            .is_err()
+    );
+    assert!(
+        FireModule::new(3, 2, 3, 2)
+            .build(&mut model, "fire", 1)
+            .is_err()
+    );
+    assert_eq!(snapshot(&model), before);
+}
+
+#[test]
+fn conversion_reaches_convolutions_inside_blocks() {
+    let mut model = Model::new();
+    let net = fire_net(&mut model);
+    let x = Array2::from_shape_fn((2, 75), |(i, j)| ((i * 75 + j) as f32 * 0.23).cos());
+    let mut reference = model.clone();
+    let ctx = LowRankContext::new().with_conv(ConvSpec::new().with_padding(1, 1));
+    let f = DepthwiseSeparable::new()
+        .factorize(
+            &reference.get("fire.expand3x3.weight").unwrap().effective(),
+            &ctx,
+        )
+        .unwrap();
+    reference
+        .get_mut("fire.expand3x3.weight")
+        .unwrap()
+        .set_factorization(f)
+        .unwrap();
+    let want = net.forward(&reference, x.view()).unwrap();
+    let (sep, report) = net
+        .convert_depthwise_separable(&mut model, &Selector::glob("fire.expand3x3.weight"))
+        .unwrap();
+    assert_eq!(report.layers.len(), 1);
+    let Layer::Concat { branches } = &sep.layers()[2] else {
+        panic!("the fire module's concat");
+    };
+    assert_eq!(branches[1].len(), 2, "depthwise + pointwise");
+    let got = sep.forward(&model, x.view()).unwrap();
+    for (a, b) in got.iter().zip(want.iter()) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    assert_eq!(
+        sep.costs(&model).unwrap().conv_params(),
+        (6 + 2) + (6 + 3) + (2 * 9 + 2 * 2 + 2)
+    );
+}

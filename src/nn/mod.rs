@@ -12,6 +12,9 @@
 //!   [`Layer::GlobalAvgPool`] (`[n, c, h, w]` → `[n, c]`);
 //! - [`Layer::Flatten`]: `[n, c, h, w]` → `[n, c·h·w]`;
 //! - [`Layer::Relu`] on any shape, and [`Layer::Dropout`] (inverted dropout);
+//! - [`Layer::CRelu`] (`[ReLU(x), ReLU(−x)]`, twice the channels) and
+//!   [`Layer::TiedConv2d`] (base filters plus their flips and rotations), from
+//!   [`filters`](crate::filters);
 //! - block layers holding sub-sequences of layers, which make the network a graph
 //!   (an output feeds several layers): [`Layer::Residual`] (`body(x) + shortcut(x)`)
 //!   and [`Layer::Concat`] (branches concatenated on the channels).
@@ -21,9 +24,6 @@
 //! still names one activation (for taps and early exits); dropping a residual block
 //! removes one element of the list. The reasons and the limits are in
 //! [the network guide](crate::guide::nn).
-//! - [`Layer::CRelu`] (`[ReLU(x), ReLU(−x)]`, twice the channels) and
-//!   [`Layer::TiedConv2d`] (base filters plus their flips and rotations), from
-//!   [`filters`](crate::filters).
 //!
 //! Batches always arrive as `[n, features]` (as [`Dataset`](crate::io::idx::Dataset) stores images) and are
 //! reshaped to `[n, ..input shape]`: set the shape of one example with
@@ -82,6 +82,7 @@ mod im2col;
 mod pool;
 mod qat;
 mod shape;
+pub(crate) use shape::layer_output;
 mod taps;
 mod train;
 
@@ -224,7 +225,9 @@ impl Layer {
 
     fn collect_names<'a>(&'a self, names: &mut Vec<&'a str>) {
         match self {
-            Layer::Linear { weight, bias } | Layer::Conv2d { weight, bias, .. } => {
+            Layer::Linear { weight, bias }
+            | Layer::Conv2d { weight, bias, .. }
+            | Layer::TiedConv2d { weight, bias, .. } => {
                 names.push(weight);
                 names.extend(bias.as_deref());
             }
@@ -236,10 +239,6 @@ impl Layer {
                 .iter()
                 .flatten()
                 .for_each(|l| l.collect_names(names)),
-            Layer::TiedConv2d { weight, bias, .. } => {
-                names.push(weight);
-                names.extend(bias.as_deref());
-            }
             Layer::Relu
             | Layer::CRelu
             | Layer::MaxPool2d { .. }

@@ -75,7 +75,7 @@ impl Network {
 }
 
 /// The shape after `layer` of an example of `shape`.
-pub(super) fn layer_output(layer: &Layer, model: &Model, shape: &[usize]) -> Result<Vec<usize>> {
+pub(crate) fn layer_output(layer: &Layer, model: &Model, shape: &[usize]) -> Result<Vec<usize>> {
     match layer {
         Layer::Linear { weight, bias } => {
             let w = model.get(weight)?;
