@@ -437,7 +437,11 @@ impl Distillation {
         if self.hints_only {
             let last = self.hints.iter().map(|(h, _)| h.student_layer).max();
             let keep = params_up_to(student, last.unwrap_or(0));
-            gradients.retain(|name, _| keep.contains(name.as_str()));
+            // BatchNorm's running statistics travel as `<name>#running`.
+            gradients.retain(|name, _| {
+                let param = name.strip_suffix(crate::nn::RUNNING_STAT_SUFFIX);
+                keep.contains(param.unwrap_or(name))
+            });
         }
         Ok(DistillStep {
             loss,

@@ -7,7 +7,7 @@ use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, Ix1, Ix2, Ix
 
 use super::conv::{conv2d, conv2d_backward, im2col_row_norms};
 use super::eval::softmax_cross_entropy;
-use super::{Gradients, Layer, Network, avgpool, block, dropout, pool};
+use super::{Gradients, Layer, Network, avgpool, block, dropout, norm, pool};
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -35,6 +35,8 @@ pub(super) enum Saved {
     /// Each branch's states, and for a concatenation each branch's width on axis 1
     /// (Residual: body then shortcut; Concat).
     Branches(Vec<Vec<Saved>>, Vec<usize>),
+    /// What BatchNorm's backward pass needs.
+    Norm(Box<norm::Saved>),
 }
 
 impl Network {
@@ -261,6 +263,11 @@ pub(super) fn forward(
             let y = avgpool::global_forward(&x);
             (y.into_dyn(), Saved::Shape(h.shape().to_vec()))
         }
+        Layer::BatchNorm { .. } => {
+            let bn = batch_norm(layer).expect("a BatchNorm layer");
+            let (y, s) = bn.forward(model, h, matches!(mode, Mode::Train { .. }))?;
+            (y, Saved::Norm(Box::new(s)))
+        }
         Layer::Residual { body, shortcut } => {
             block::residual_forward(body, shortcut, model, h, mode, index, keep)?
         }
@@ -367,6 +374,18 @@ pub(super) fn backward(
             let shape = (shape[0], shape[1], shape[2], shape[3]);
             avgpool::global_backward(&dy, shape).into_dyn()
         }
+        (Layer::BatchNorm { .. }, Saved::Norm(saved)) => {
+            let bn = batch_norm(layer).expect("a BatchNorm layer");
+            let g = bn.backward(*saved, grad);
+            store(grads, model, bn.weight, g.weight)?;
+            store(grads, model, bn.bias, g.bias)?;
+            if let Some((mean, var)) = g.running {
+                for (name, v) in [(bn.running_mean, mean), (bn.running_var, var)] {
+                    grads.insert(format!("{name}{}", norm::RUNNING_STAT_SUFFIX), v);
+                }
+            }
+            g.input
+        }
         (Layer::Residual { body, shortcut }, Saved::Branches(saved, _)) => {
             block::residual_backward(body, shortcut, model, saved, grad, need, grads)?
         }
@@ -405,8 +424,30 @@ fn param<D: ndarray::Dimension>(model: &Model, name: &str) -> Result<ndarray::Ar
     })
 }
 
+/// The names and settings of a [`Layer::BatchNorm`].
+pub(super) fn batch_norm(layer: &Layer) -> Option<norm::BatchNorm<'_>> {
+    match layer {
+        Layer::BatchNorm {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            eps,
+            momentum,
+        } => Some(norm::BatchNorm {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            eps: *eps,
+            momentum: *momentum,
+        }),
+        _ => None,
+    }
+}
+
 /// `a` in standard (row-major) layout, copied only if it is not.
-fn standard(a: ArrayD<f32>) -> ArrayD<f32> {
+pub(super) fn standard(a: ArrayD<f32>) -> ArrayD<f32> {
     if a.is_standard_layout() {
         a
     } else {

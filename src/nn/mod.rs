@@ -15,6 +15,8 @@
 //! - [`Layer::CRelu`] (`[ReLU(x), ReLU(−x)]`, twice the channels) and
 //!   [`Layer::TiedConv2d`] (base filters plus their flips and rotations), from
 //!   [`filters`](crate::filters);
+//! - [`Layer::BatchNorm`] (1-d and 2-d; training and evaluation modes, running
+//!   statistics updated through [`Sgd::step`], see [`RUNNING_STAT_SUFFIX`]);
 //! - block layers holding sub-sequences of layers, which make the network a graph
 //!   (an output feeds several layers): [`Layer::Residual`] (`body(x) + shortcut(x)`)
 //!   and [`Layer::Concat`] (branches concatenated on the channels).
@@ -79,6 +81,7 @@ mod eval;
 pub(crate) use eval::check_labels;
 mod graph;
 mod im2col;
+mod norm;
 mod pool;
 mod qat;
 mod shape;
@@ -92,19 +95,22 @@ use ndarray::ArrayD;
 
 pub use conv::{ConvSpec, conv2d};
 pub use eval::softmax_cross_entropy;
+pub use norm::RUNNING_STAT_SUFFIX;
 pub use qat::QuantAwareTraining;
 pub use taps::TappedLoss;
 pub(crate) use train::for_each_batch;
 pub use train::{Sgd, train_epoch};
 
-/// Gradients by parameter name, each in its parameter's shape.
+/// Gradients by parameter name, each in its parameter's shape. A training-mode pass
+/// through BatchNorm layers also holds their new running statistics, under keys ending
+/// in [`RUNNING_STAT_SUFFIX`] ([`Sgd::step`] stores them).
 pub type Gradients = BTreeMap<String, ArrayD<f32>>;
 
 /// One layer of a [`Network`]. Parameters are named, and live in the
 /// [`Model`](crate::Model).
 ///
-/// Layers compare `Dropout` probabilities bit for bit, so that equality is an
-/// equivalence ([`Eq`]).
+/// Layers compare `Dropout` probabilities and BatchNorm's `eps` and `momentum` bit for
+/// bit, so that equality is an equivalence ([`Eq`]).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Layer {
@@ -201,6 +207,32 @@ pub enum Layer {
     },
     /// `[n, c, h, w]` → `[n, c]`: the mean of each channel's plane.
     GlobalAvgPool,
+    /// Batch normalisation (Ioffe & Szegedy 2015) per channel, on axis 1 of
+    /// `[n, c, …]` (`[n, f]` as PyTorch's `BatchNorm1d`, `[n, c, h, w]` as
+    /// `BatchNorm2d`): `y = γ·(x − μ)/√(σ² + ε) + β`.
+    ///
+    /// In training mode μ and σ² are the batch's statistics (over the batch and the
+    /// spatial positions, σ² biased), and the layer's running estimates move by PyTorch's
+    /// rule `running ← (1 − momentum)·running + momentum·batch` (σ² unbiased there); the
+    /// new estimates travel with the gradients (see [`RUNNING_STAT_SUFFIX`]) and
+    /// [`Sgd::step`] stores them. In evaluation mode μ and σ² are the running estimates.
+    /// Parameters: `weight` γ and `bias` β (`[c]`, kinds Norm and Bias), and the buffers
+    /// `running_mean`, `running_var` (`[c]`, kind Other, which no compressor selects by
+    /// default). `eps > 0`, `0 ≤ momentum ≤ 1`, running variances `≥ 0`.
+    BatchNorm {
+        /// γ, the scale's parameter name.
+        weight: String,
+        /// β, the shift's parameter name.
+        bias: String,
+        /// The running mean's parameter name.
+        running_mean: String,
+        /// The running (unbiased) variance's parameter name.
+        running_var: String,
+        /// ε, added to the variance.
+        eps: f32,
+        /// The weight of the batch's statistics in the running estimates.
+        momentum: f32,
+    },
 }
 
 impl Layer {
@@ -213,6 +245,20 @@ impl Layer {
     /// Branches on the same input, concatenated on axis 1.
     pub fn concat(branches: Vec<Vec<Layer>>) -> Layer {
         Layer::Concat { branches }
+    }
+
+    /// A [`Layer::BatchNorm`] over `prefix.weight`, `prefix.bias`,
+    /// `prefix.running_mean` and `prefix.running_var` (PyTorch's names), with PyTorch's
+    /// defaults `eps = 1e-5`, `momentum = 0.1`.
+    pub fn batch_norm(prefix: &str) -> Layer {
+        Layer::BatchNorm {
+            weight: format!("{prefix}.weight"),
+            bias: format!("{prefix}.bias"),
+            running_mean: format!("{prefix}.running_mean"),
+            running_var: format!("{prefix}.running_var"),
+            eps: 1e-5,
+            momentum: 0.1,
+        }
     }
 
     /// The names of the parameters this layer reads, its sub-layers' included, in
@@ -231,6 +277,13 @@ impl Layer {
                 names.push(weight);
                 names.extend(bias.as_deref());
             }
+            Layer::BatchNorm {
+                weight,
+                bias,
+                running_mean,
+                running_var,
+                ..
+            } => names.extend([weight, bias, running_mean, running_var].map(String::as_str)),
             Layer::Residual { body, shortcut } => body
                 .iter()
                 .chain(shortcut)
@@ -317,6 +370,28 @@ impl PartialEq for Layer {
                 },
             ) => a == d && b == e && c == f,
             (GlobalAvgPool, GlobalAvgPool) => true,
+            (
+                BatchNorm {
+                    weight: a,
+                    bias: b,
+                    running_mean: c,
+                    running_var: d,
+                    eps: e,
+                    momentum: f,
+                },
+                BatchNorm {
+                    weight: g,
+                    bias: h,
+                    running_mean: i,
+                    running_var: j,
+                    eps: k,
+                    momentum: l,
+                },
+            ) => {
+                (a, b, c, d) == (g, h, i, j)
+                    && e.to_bits() == k.to_bits()
+                    && f.to_bits() == l.to_bits()
+            }
             _ => false,
         }
     }

@@ -188,6 +188,11 @@ pub(crate) fn layer_output(layer: &Layer, model: &Model, shape: &[usize]) -> Res
                 "GlobalAvgPool takes [n, channels, height, width]",
             )),
         },
+        Layer::BatchNorm { .. } => {
+            let bn = super::graph::batch_norm(layer).expect("a BatchNorm layer");
+            bn.check(model, shape)?;
+            Ok(shape.to_vec())
+        }
         Layer::Residual { body, shortcut } => block::residual_output(body, shortcut, model, shape),
         Layer::Concat { branches } => block::concat_output(branches, model, shape),
     }

@@ -39,6 +39,9 @@ pub(super) fn check_gradients(
     let params: Vec<&str> = net.layers().iter().flat_map(|l| l.param_names()).collect();
     let mut checked = 0;
     for (name, g) in &grads {
+        if name.ends_with(RUNNING_STAT_SUFFIX) {
+            continue;
+        }
         assert!(params.contains(&name.as_str()), "{name}");
         let skip = |_| false;
         check_numeric(name, g.as_slice().unwrap(), skip, |i, delta| {
@@ -331,4 +334,275 @@ fn pooling_gradients_match_finite_differences() {
         Err(Error::BadShape { .. })
     ));
     assert_ne!(pool((2, 2), (1, 1), (0, 0)), pool((2, 2), (1, 1), (1, 1)));
+}
+
+/// A conv net with a 2-D BatchNorm (inside a residual block) and a 1-D one.
+fn bn_net(model: &mut Model) -> Network {
+    let positive = |shape: &[usize], s| wave(shape, s).mapv(|v| v.abs() + 0.3);
+    model
+        .add("c.weight", wave(&[3, 2, 3, 3], 0.71) * 0.5)
+        .unwrap();
+    model.add("bn1.weight", positive(&[3], 0.4)).unwrap();
+    model.add("bn1.bias", wave(&[3], 0.9)).unwrap();
+    model
+        .add("bn1.running_mean", wave(&[3], 0.3) * 0.1)
+        .unwrap();
+    model.add("bn1.running_var", positive(&[3], 0.7)).unwrap();
+    model.add("f.weight", wave(&[4, 12], 0.37) * 0.5).unwrap();
+    model.add("bn2.weight", positive(&[4], 0.2)).unwrap();
+    model.add("bn2.bias", wave(&[4], 0.5)).unwrap();
+    model
+        .add("bn2.running_mean", wave(&[4], 0.8) * 0.1)
+        .unwrap();
+    model.add("bn2.running_var", positive(&[4], 0.6)).unwrap();
+    model.add("o.weight", wave(&[3, 4], 0.61)).unwrap();
+    Network::new(vec![
+        conv("c.weight", None, ConvSpec::new()),
+        Layer::residual(vec![Layer::batch_norm("bn1")], vec![]),
+        Layer::AvgPool2d {
+            kernel: (2, 2),
+            stride: (2, 2),
+            padding: (0, 0),
+        },
+        Layer::Flatten,
+        linear("f.weight", None),
+        Layer::batch_norm("bn2"),
+        linear("o.weight", None),
+    ])
+    .with_input_shape(&[2, 6, 6])
+}
+
+#[test]
+fn batch_norm_gradients_match_finite_differences_in_both_modes() {
+    let mut model = Model::new();
+    let net = bn_net(&mut model);
+    let x = Array2::from_shape_fn((5, 72), |(i, j)| ((i * 72 + j) as f32 * 0.37).sin());
+    let y = Array1::from(vec![0u8, 2, 1, 1, 0]);
+    check_gradients(&net, &model, &x, &y, Mode::Eval);
+    check_gradients(&net, &model, &x, &y, Mode::Train { seed: 1 });
+    // Evaluation mode reports no running statistics; training mode reports all four.
+    let (_, eval) = net.loss_and_gradients(&model, x.view(), y.view()).unwrap();
+    assert!(!eval.keys().any(|k| k.ends_with(RUNNING_STAT_SUFFIX)));
+    let (_, train) = net.train_gradients(&model, x.view(), y.view(), 1).unwrap();
+    let running: Vec<&str> = train
+        .keys()
+        .filter(|k| k.ends_with(RUNNING_STAT_SUFFIX))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        running,
+        [
+            "bn1.running_mean#running",
+            "bn1.running_var#running",
+            "bn2.running_mean#running",
+            "bn2.running_var#running"
+        ]
+    );
+}
+
+/// PyTorch's rule on `[n, f]`: the batch normalised by its biased variance, the
+/// running estimates moved towards the mean and the unbiased variance.
+#[test]
+fn batch_norm_follows_pytorch_in_both_modes() {
+    let mut m = Model::new();
+    m.add("bn.weight", Array1::from(vec![2.0f32, 0.5]).into_dyn())
+        .unwrap();
+    m.add("bn.bias", Array1::from(vec![1.0f32, -1.0]).into_dyn())
+        .unwrap();
+    m.add(
+        "bn.running_mean",
+        Array1::from(vec![0.0f32, 1.0]).into_dyn(),
+    )
+    .unwrap();
+    m.add("bn.running_var", Array1::from(vec![1.0f32, 4.0]).into_dyn())
+        .unwrap();
+    let net = Network::new(vec![Layer::batch_norm("bn")]).with_input_shape(&[2]);
+    assert_eq!(
+        m.get("bn.running_var").unwrap().kind(),
+        crate::LayerKind::Other
+    );
+    let x =
+        Array2::from_shape_vec((4, 2), vec![1.0f32, 0.0, 2.0, 0.0, 3.0, 4.0, 6.0, 8.0]).unwrap();
+    // Column 0: mean 3, biased variance 3.5, unbiased 14/3.
+    let (y, _) = net
+        .run(&m, x.view(), Mode::Train { seed: 0 }, false)
+        .unwrap();
+    let want0 = (1.0 - 3.0) / (3.5f32 + 1e-5).sqrt() * 2.0 + 1.0;
+    assert!((y[[0, 0]] - want0).abs() < 1e-5);
+    let (_, g, _) = net
+        .backprop(
+            &m,
+            x.view(),
+            Array1::from(vec![0u8, 1, 0, 1]).view(),
+            Mode::Train { seed: 0 },
+            false,
+        )
+        .unwrap();
+    let rm = &g["bn.running_mean#running"];
+    let rv = &g["bn.running_var#running"];
+    assert!((rm[0] - 0.3).abs() < 1e-6 && (rm[1] - (0.9 + 0.1 * 3.0)).abs() < 1e-6);
+    assert!((rv[0] - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-5);
+    // Column 1: mean 3, unbiased variance 44/3.
+    assert!((rv[1] - (3.6 + 0.1 * 44.0 / 3.0)).abs() < 1e-5, "{rv}");
+    // Evaluation mode: the running estimates.
+    let y = net.forward(&m, x.view()).unwrap();
+    let want = (0.0 - 1.0) / (4.0f32 + 1e-5).sqrt() * 0.5 - 1.0;
+    assert!((y[[0, 1]] - want).abs() < 1e-6);
+    // One value per channel cannot be normalised by its batch statistics.
+    assert!(matches!(
+        net.run(
+            &m,
+            x.slice(ndarray::s![..1, ..]),
+            Mode::Train { seed: 0 },
+            false
+        ),
+        Err(Error::InvalidParameter { .. })
+    ));
+    assert!(net.forward(&m, x.slice(ndarray::s![..1, ..])).is_ok());
+}
+
+#[test]
+fn batch_norm_settings_and_statistics_are_checked() {
+    let mut m = Model::new();
+    let net = bn_net(&mut m);
+    assert!(net.check(&m).is_ok());
+    let with = |eps: f32, momentum: f32| {
+        let mut layers = net.layers().to_vec();
+        if let Layer::BatchNorm {
+            eps: e,
+            momentum: mo,
+            ..
+        } = &mut layers[5]
+        {
+            *e = eps;
+            *mo = momentum;
+        }
+        Network::new(layers).with_input_shape(&[2, 6, 6])
+    };
+    for (eps, momentum) in [
+        (0.0, 0.1),
+        (-1e-5, 0.1),
+        (f32::NAN, 0.1),
+        (f32::INFINITY, 0.1),
+        (1e-5, 1.5),
+        (1e-5, f32::NAN),
+    ] {
+        assert!(
+            matches!(
+                with(eps, momentum).check(&m),
+                Err(Error::InvalidParameter { .. })
+            ),
+            "{eps} {momentum}"
+        );
+    }
+    assert_ne!(with(1e-3, 0.1), net);
+    for bad in [-1.0f32, f32::NAN, f32::INFINITY] {
+        let mut m = m.clone();
+        m.get_mut("bn1.running_var").unwrap().value_mut()[1] = bad;
+        assert!(
+            matches!(net.check(&m), Err(Error::InvalidParameter { .. })),
+            "{bad}"
+        );
+    }
+    let mut wrong = m.clone();
+    wrong.remove("bn2.bias").unwrap();
+    wrong.add("bn2.bias", wave(&[3], 0.5)).unwrap();
+    assert!(matches!(
+        net.check(&wrong),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+/// The running statistics reach the data's mean and (unbiased) variance through the
+/// training paths, with no pass of their own.
+#[test]
+fn running_statistics_converge_to_the_data_statistics() {
+    let (mean, std) = ([2.0f32, -1.0, 0.5], [0.5f32, 3.0, 1.0]);
+    let n = 512;
+    let mut rng = 12345u64;
+    let mut uniform = || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((rng >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    };
+    let mut images = Array2::zeros((n, 3));
+    for mut row in images.rows_mut() {
+        for j in 0..3 {
+            // Uniform with the given mean and standard deviation.
+            row[j] = mean[j] + std[j] * 3f32.sqrt() * (2.0 * uniform() - 1.0);
+        }
+    }
+    let data = crate::io::idx::Dataset {
+        labels: images.column(0).mapv(|v| (v > 2.0) as u8),
+        images,
+        image_shape: vec![3],
+    };
+    let sample_mean: Vec<f32> = (0..3)
+        .map(|j| data.images.column(j).mean().unwrap())
+        .collect();
+    let sample_var: Vec<f32> = (0..3).map(|j| data.images.column(j).var(1.0)).collect();
+    let mut model = Model::new();
+    model
+        .add("bn.weight", ndarray::ArrayD::ones(ndarray::IxDyn(&[3])))
+        .unwrap();
+    model
+        .add("bn.bias", ndarray::ArrayD::zeros(ndarray::IxDyn(&[3])))
+        .unwrap();
+    model
+        .add(
+            "bn.running_mean",
+            ndarray::ArrayD::zeros(ndarray::IxDyn(&[3])),
+        )
+        .unwrap();
+    model
+        .add(
+            "bn.running_var",
+            ndarray::ArrayD::ones(ndarray::IxDyn(&[3])),
+        )
+        .unwrap();
+    model.add("fc.weight", wave(&[2, 3], 0.3)).unwrap();
+    let net = Network::new(vec![Layer::batch_norm("bn"), linear("fc.weight", None)])
+        .with_input_shape(&[3]);
+    let check = |model: &Model, what: &str| {
+        let rm = model.get("bn.running_mean").unwrap().value();
+        let rv = model.get("bn.running_var").unwrap().value();
+        for j in 0..3 {
+            assert!(
+                (rm[j] - sample_mean[j]).abs() < 0.15 * std[j],
+                "{what}: mean {j}: {} vs {}",
+                rm[j],
+                sample_mean[j]
+            );
+            assert!(
+                (rv[j] / sample_var[j] - 1.0).abs() < 0.15,
+                "{what}: var {j}: {} vs {}",
+                rv[j],
+                sample_var[j]
+            );
+        }
+    };
+    let mut plain = model.clone();
+    let mut sgd = Sgd::new(0.01, 0.9, 0.0).unwrap();
+    for epoch in 0..4 {
+        train_epoch(&net, &mut plain, &mut sgd, &data, 32, epoch).unwrap();
+    }
+    check(&plain, "train_epoch");
+    // Quantization-aware training updates the latent model's statistics.
+    let qat = QuantAwareTraining::new(
+        crate::Selector::prunable(),
+        crate::quant::UniformQuantizer::new(
+            4,
+            crate::quant::Scheme::Symmetric,
+            crate::quant::Granularity::PerTensor,
+        )
+        .unwrap(),
+    );
+    let mut latent = model.clone();
+    let mut sgd = Sgd::new(0.01, 0.9, 0.0).unwrap();
+    for epoch in 0..4 {
+        qat.train_epoch(&net, &mut latent, &mut sgd, &data, 32, epoch)
+            .unwrap();
+    }
+    check(&latent, "quantization-aware training");
 }

@@ -96,13 +96,22 @@ impl Sgd {
     /// non-finite gradient, or an update that overflows, is an error too. Either every
     /// parameter is updated or, on error, none (nor any velocity).
     ///
+    /// Entries under keys ending in [`RUNNING_STAT_SUFFIX`](super::RUNNING_STAT_SUFFIX)
+    /// are not gradients but the new running statistics of BatchNorm layers (from a
+    /// training-mode pass): they are assigned as they are.
+    ///
     /// A parameter that changes form (dense → shared → …) starts with zero velocity;
     /// after re-quantizing or re-factorizing it in the same form, call [`Sgd::reset`].
     ///
     /// [`Factorization::factor_gradients`]: crate::lowrank::Factorization::factor_gradients
     pub fn step(&mut self, model: &mut Model, grads: &Gradients) -> Result<()> {
         let mut planned = Vec::with_capacity(grads.len());
+        let mut running = Vec::new();
         for (name, g) in grads {
+            if let Some(target) = name.strip_suffix(super::RUNNING_STAT_SUFFIX) {
+                running.push((target, check_running(model, target, g)?));
+                continue;
+            }
             let p = model.get(name)?;
             check_same_shape(p.shape(), g.shape(), || format!("gradient of `{name}`"))?;
             let what = || format!("gradient of `{name}`");
@@ -126,6 +135,9 @@ impl Sgd {
                 NewValue::Codebook(q) => p.set_quantized(q)?,
                 NewValue::Factors(f) => p.set_factorization(f)?,
             }
+        }
+        for (name, value) in running {
+            model.get_mut(name)?.value_mut().assign(value);
         }
         Ok(())
     }
@@ -241,6 +253,25 @@ fn shared_values(q: &QuantizedTensor) -> Option<&[f32]> {
         } if scales.as_slice() == [1.0] && zero_points.iter().all(|&z| z == 0.0) => Some(t),
         _ => None,
     }
+}
+
+/// Checks a new running statistic for the dense parameter `name`: same shape, finite.
+fn check_running<'a>(model: &Model, name: &str, value: &'a ArrayD<f32>) -> Result<&'a ArrayD<f32>> {
+    let p = model.get(name)?;
+    check_same_shape(p.shape(), value.shape(), || {
+        format!("new running statistic of `{name}`")
+    })?;
+    if p.quantized().is_some() || p.factorization().is_some() {
+        return Err(Error::invalid(
+            "parameter",
+            format!("`{name}`, compressed"),
+            "a dense running statistic",
+        ));
+    }
+    crate::tensor::check_finite(&value.iter().copied().collect::<Vec<_>>(), || {
+        format!("new running statistic of `{name}`")
+    })?;
+    Ok(value)
 }
 
 fn check_lr(lr: f32) -> Result<f32> {
