@@ -121,6 +121,7 @@ const OPS: &[(&str, Op)] = &[
     ("codebook_matmul", codebook_matmul),
     ("huffman", huffman),
     ("train_step", train_step),
+    ("depthwise_conv", depthwise_conv),
 ];
 
 fn print(opts: &Opts, l: &Line) {
@@ -867,4 +868,106 @@ fn train_step(opts: &Opts) -> Vec<Line> {
             }
         })
         .collect()
+}
+
+/// `conv2d` in f64 (im2col and a product per image and group), stride 1: the reference
+/// of `depthwise_conv`.
+fn conv_f64(
+    x: &ndarray::Array4<f32>,
+    w: &ndarray::Array4<f32>,
+    groups: usize,
+    pad: usize,
+) -> ndarray::Array4<f64> {
+    let (n, _, h, wd) = x.dim();
+    let (o, cg, kh, kw) = w.dim();
+    let (oh, ow) = (h + 2 * pad - kh + 1, wd + 2 * pad - kw + 1);
+    let og = o / groups;
+    let wm = w
+        .mapv(f64::from)
+        .into_shape_with_order((o, cg * kh * kw))
+        .unwrap();
+    let mut y = ndarray::Array4::<f64>::zeros((n, o, oh, ow));
+    for b in 0..n {
+        for g in 0..groups {
+            let cols = ndarray::Array2::from_shape_fn((cg * kh * kw, oh * ow), |(r, p)| {
+                let (ci, ki, kj) = (r / (kh * kw), r / kw % kh, r % kw);
+                let (yi, xj) = (
+                    (p / ow + ki) as isize - pad as isize,
+                    (p % ow + kj) as isize - pad as isize,
+                );
+                if yi < 0 || xj < 0 || yi as usize >= h || xj as usize >= wd {
+                    0.0
+                } else {
+                    f64::from(x[[b, g * cg + ci, yi as usize, xj as usize]])
+                }
+            });
+            let prod = wm.slice(ndarray::s![g * og..(g + 1) * og, ..]).dot(&cols);
+            y.slice_mut(ndarray::s![b, g * og..(g + 1) * og, .., ..])
+                .assign(&prod.into_shape_with_order((og, oh, ow)).unwrap());
+        }
+    }
+    y
+}
+
+fn max_abs_diff4(y: &ndarray::Array4<f32>, reference: &ndarray::Array4<f64>) -> f64 {
+    y.iter()
+        .zip(reference.iter())
+        .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()))
+}
+
+/// A 3×3 depthwise convolution (padding 1) and the depthwise-separable block (3×3
+/// depthwise, then 1×1 pointwise C→C) against the dense 3×3 convolution C→C they
+/// replace (the yardstick, im2col + GEMM), at batch 1 and 8, for 256 channels of 28×28
+/// and 32 channels of 56×56.
+fn depthwise_conv(opts: &Opts) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let spec = ConvSpec::new().with_padding(1, 1);
+    for (c, side) in [(256usize, 28usize), (32, 56)] {
+        let as4 = |a: ArrayD<f32>| a.into_dimensionality::<ndarray::Ix4>().unwrap();
+        let dense_w = as4(normal(&[c, c, 3, 3], (1.0 / (9.0 * c as f32)).sqrt(), 150));
+        let dw_w = as4(normal(&[c, 1, 3, 3], 1.0 / 3.0, 151));
+        let pw_w = as4(normal(&[c, c, 1, 1], (1.0 / c as f32).sqrt(), 152));
+        let dw_spec = spec.with_groups(c);
+        for batch in [1usize, 8] {
+            let x = as4(normal(&[batch, c, side, side], 1.0, 153 + batch as u64));
+            let size = format!("{c}x{side}x{side} 3x3 @ batch {batch}");
+            let mut y = ndarray::Array4::<f32>::zeros((0, 0, 0, 0));
+            let times = repeat(opts.repeats, || {
+                timed(|| y = conv2d(&x, &dense_w, None, spec).unwrap())
+            });
+            lines.push(Line {
+                op: "depthwise_conv",
+                size: format!("{size} dense conv {c}->{c}"),
+                times,
+                quality: max_abs_diff4(&y, &conv_f64(&x, &dense_w, 1, 1)),
+                metric: "max abs difference to f64",
+            });
+            let times = repeat(opts.repeats, || {
+                timed(|| y = conv2d(&x, &dw_w, None, dw_spec).unwrap())
+            });
+            let dw_exact = conv_f64(&x, &dw_w, c, 1);
+            lines.push(Line {
+                op: "depthwise_conv",
+                size: format!("{size} depthwise"),
+                times,
+                quality: max_abs_diff4(&y, &dw_exact),
+                metric: "max abs difference to f64",
+            });
+            let times = repeat(opts.repeats, || {
+                timed(|| {
+                    let h = conv2d(&x, &dw_w, None, dw_spec).unwrap();
+                    y = conv2d(&h, &pw_w, None, ConvSpec::new()).unwrap();
+                })
+            });
+            let sep_exact = conv_f64(&dw_exact.mapv(|v| v as f32), &pw_w, 1, 0);
+            lines.push(Line {
+                op: "depthwise_conv",
+                size: format!("{size} separable dw3x3+pw1x1 {c}->{c}"),
+                times,
+                quality: max_abs_diff4(&y, &sep_exact),
+                metric: "max abs difference to f64",
+            });
+        }
+    }
+    lines
 }

@@ -4,8 +4,10 @@
 //! products of the weight gradient ([`tap_dots`]).
 //!
 //! Products and sums are separate operations (no fused multiply–add), so the scalar
-//! twin and the AVX2 copy give the same bits. The register block is [`BLOCK`] output
-//! columns, which a wider tier can keep (two AVX-512 registers).
+//! twin and the AVX2 versions give the same bits. [`taps`] has an explicit AVX2 version
+//! (the compiled copy of the scalar body shuffled its sums between registers);
+//! [`tap_dots`] is the scalar body compiled twice. The register block is [`BLOCK`] output
+//! columns (two AVX2 registers, one AVX-512 register).
 
 use super::kernel;
 
@@ -16,39 +18,167 @@ pub(crate) const BLOCK: usize = 16;
 /// Lanes of the partial sums of [`tap_dots`].
 const LANES: usize = 8;
 
+/// The rows of `out` (`[rows, cols]`), after checking that every read of [`taps`]
+/// stays inside `src`.
+fn checked_rows(
+    src: &[f32],
+    taps: &[(usize, f32)],
+    step: usize,
+    out: &[f32],
+    cols: usize,
+) -> usize {
+    assert!(
+        cols > 0 && out.len().is_multiple_of(cols),
+        "out is rows × {cols}"
+    );
+    let rows = out.len() / cols;
+    if rows > 0 {
+        let reach = (rows - 1)
+            .checked_mul(step)
+            .and_then(|r| r.checked_add(cols.next_multiple_of(BLOCK)))
+            .expect("reach fits in usize");
+        assert!(
+            taps.iter()
+                .all(|&(s, _)| s <= src.len() && reach <= src.len() - s),
+            "a tap reads past its source"
+        );
+    }
+    rows
+}
+
+/// `dst[l] = init + acc[l]` for the first `dst.len()` lanes.
 #[inline(always)]
-fn taps_body(src: &[f32], taps: &[(usize, f32)], out: &mut [f32]) {
-    let n = out.len();
-    assert!(
-        n.is_multiple_of(BLOCK),
-        "output length {n} not a multiple of {BLOCK}"
-    );
-    assert!(
-        taps.iter()
-            .all(|&(s, _)| s <= src.len() && n <= src.len() - s),
-        "a tap reads past its source"
-    );
-    for (b, block) in out.chunks_exact_mut(BLOCK).enumerate() {
-        let mut acc = [0.0f32; BLOCK];
-        for &(start, w) in taps {
-            let s: &[f32; BLOCK] = src[start + b * BLOCK..][..BLOCK]
-                .try_into()
-                .expect("BLOCK elements");
-            for l in 0..BLOCK {
-                acc[l] += w * s[l];
+fn store(dst: &mut [f32], init: f32, acc: &[f32; BLOCK]) {
+    for (o, a) in dst.iter_mut().zip(acc) {
+        *o = init + a;
+    }
+}
+
+/// The scalar twin of [`taps`] (the reference).
+fn taps_scalar(
+    src: &[f32],
+    taps: &[(usize, f32)],
+    step: usize,
+    init: f32,
+    out: &mut [f32],
+    cols: usize,
+) {
+    checked_rows(src, taps, step, out, cols);
+    for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+        for b in (0..cols).step_by(BLOCK) {
+            let mut acc = [0.0f32; BLOCK];
+            for &(start, w) in taps {
+                let s: &[f32; BLOCK] = src[start + r * step + b..][..BLOCK]
+                    .try_into()
+                    .expect("BLOCK elements");
+                for l in 0..BLOCK {
+                    acc[l] += w * s[l];
+                }
             }
-        }
-        for (o, a) in block.iter_mut().zip(acc) {
-            *o += a;
+            let n = BLOCK.min(cols - b);
+            store(&mut row[b..b + n], init, &acc);
         }
     }
 }
 
-kernel! {
-    /// `out[t] += Σ_k w_k · src[start_k + t]` for the taps `(start_k, w_k)`, summed in
-    /// tap order from zero and then added to `out` (whose length is a multiple of
-    /// [`BLOCK`]). Panics if a tap reads past `src`.
-    fn taps(src: &[f32], taps: &[(usize, f32)], out: &mut [f32]) => taps_body
+/// [`taps`] with AVX2: two output rows of a [`BLOCK`] at a time in four registers,
+/// products and sums as separate instructions (the scalar twin's bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn taps_avx2(
+    src: &[f32],
+    taps: &[(usize, f32)],
+    step: usize,
+    init: f32,
+    out: &mut [f32],
+    cols: usize,
+) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(BLOCK == 16, "two registers of 8 lanes per row");
+    let rows = checked_rows(src, taps, step, out, cols);
+    let p = src.as_ptr();
+    let vinit = _mm256_set1_ps(init);
+    // Adds `w · src[at..at + 16]` to the pair of registers `acc`.
+    macro_rules! add {
+        ($acc:expr, $w:expr, $at:expr) => {
+            // SAFETY: `checked_rows` showed `start + (rows − 1)·step + cols rounded up
+            // to BLOCK ≤ src.len()` for every tap, and `at = start + r·step + b` with
+            // `r < rows`, `b + BLOCK ≤ cols` rounded up: the 16 floats are inside `src`.
+            unsafe {
+                $acc[0] = _mm256_add_ps($acc[0], _mm256_mul_ps($w, _mm256_loadu_ps(p.add($at))));
+                $acc[1] =
+                    _mm256_add_ps($acc[1], _mm256_mul_ps($w, _mm256_loadu_ps(p.add($at + 8))));
+            }
+        };
+    }
+    // Writes `init + acc` to the `n ≤ BLOCK` floats of `dst`.
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let put = |dst: &mut [f32], acc: [__m256; 2]| {
+        let n = dst.len();
+        debug_assert!(n <= BLOCK);
+        let d = dst.as_mut_ptr();
+        for (h, v) in acc.into_iter().enumerate() {
+            let v = _mm256_add_ps(vinit, v);
+            let m = n.saturating_sub(8 * h).min(8);
+            if m == 8 {
+                // SAFETY: `dst` holds `n ≥ 8·h + 8` floats.
+                unsafe { _mm256_storeu_ps(d.add(8 * h), v) };
+            } else if m > 0 {
+                let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(m as i32), lanes);
+                // SAFETY: only the `m` lanes below `n − 8·h` are written, inside `dst`.
+                unsafe { _mm256_maskstore_ps(d.add(8 * h), mask, v) };
+            }
+        }
+    };
+    let mut r = 0;
+    while r + 2 <= rows {
+        for b in (0..cols).step_by(BLOCK) {
+            let mut a0 = [_mm256_setzero_ps(); 2];
+            let mut a1 = [_mm256_setzero_ps(); 2];
+            for &(start, w) in taps {
+                let wv = _mm256_set1_ps(w);
+                let at = start + r * step + b;
+                add!(a0, wv, at);
+                add!(a1, wv, at + step);
+            }
+            let n = BLOCK.min(cols - b);
+            put(&mut out[r * cols + b..][..n], a0);
+            put(&mut out[(r + 1) * cols + b..][..n], a1);
+        }
+        r += 2;
+    }
+    if r < rows {
+        for b in (0..cols).step_by(BLOCK) {
+            let mut a0 = [_mm256_setzero_ps(); 2];
+            for &(start, w) in taps {
+                let wv = _mm256_set1_ps(w);
+                add!(a0, wv, start + r * step + b);
+            }
+            let n = BLOCK.min(cols - b);
+            put(&mut out[r * cols + b..][..n], a0);
+        }
+    }
+}
+
+/// `out[r·cols + t] = init + Σ_k w_k · src[start_k + r·step + t]` for `out`
+/// `[rows, cols]` and the taps `(start_k, w_k)`, each sum taken in tap order from zero.
+/// Reads up to `cols` rounded up to [`BLOCK`] past each row start; panics if that
+/// passes the end of `src`.
+pub(crate) fn taps(
+    src: &[f32],
+    taps: &[(usize, f32)],
+    step: usize,
+    init: f32,
+    out: &mut [f32],
+    cols: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::level() >= super::Level::Avx2 {
+        // SAFETY: `level()` returns Avx2 or above only if the CPU reports AVX2 and FMA.
+        unsafe { taps_avx2(src, taps, step, init, out, cols) };
+        return;
+    }
+    taps_scalar(src, taps, step, init, out, cols)
 }
 
 #[inline(always)]
@@ -103,38 +233,50 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn reference_taps(src: &[f32], t: &[(usize, f32)], out: &mut [f32]) {
+    fn reference_taps(
+        src: &[f32],
+        t: &[(usize, f32)],
+        step: usize,
+        init: f32,
+        out: &mut [f32],
+        cols: usize,
+    ) {
         for (i, o) in out.iter_mut().enumerate() {
+            let (r, c) = (i / cols, i % cols);
             let mut acc = 0.0f32;
             for &(s, w) in t {
-                acc += w * src[s + i];
+                acc += w * src[s + r * step + c];
             }
-            *o += acc;
+            *o = init + acc;
         }
     }
 
-    /// Source, taps, output length, initial output.
-    type Case = (Vec<f32>, Vec<(usize, f32)>, usize, Vec<f32>);
+    /// Source, taps, row step, initial value, rows, columns.
+    type Case = (Vec<f32>, Vec<(usize, f32)>, usize, f32, usize, usize);
 
     fn case() -> impl Strategy<Value = Case> {
-        (1usize..4, 0usize..12, 0usize..40).prop_flat_map(|(blocks, n_taps, extra)| {
-            let n = blocks * BLOCK;
-            let len = n + extra;
-            (
-                prop::collection::vec(-2.0f32..2.0, len),
-                prop::collection::vec((0..=extra, -2.0f32..2.0), n_taps),
-                Just(n),
-                prop::collection::vec(-1.0f32..1.0, n),
-            )
-        })
+        (1usize..5, 1usize..50, 0usize..12, 0usize..40, 0usize..20).prop_flat_map(
+            |(rows, cols, n_taps, extra, step_extra)| {
+                let step = cols + step_extra;
+                let len = (rows - 1) * step + cols.next_multiple_of(BLOCK) + extra;
+                (
+                    prop::collection::vec(-2.0f32..2.0, len),
+                    prop::collection::vec((0..=extra, -2.0f32..2.0), n_taps),
+                    Just(step),
+                    -1.0f32..1.0,
+                    Just(rows),
+                    Just(cols),
+                )
+            },
+        )
     }
 
     proptest! {
         #[test]
-        fn taps_sum_shifted_rows((src, t, _n, out) in case()) {
-            let (mut got, mut want) = (out.clone(), out);
-            taps(&src, &t, &mut got);
-            reference_taps(&src, &t, &mut want);
+        fn taps_sum_shifted_rows((src, t, step, init, rows, cols) in case()) {
+            let (mut got, mut want) = (vec![f32::NAN; rows * cols], vec![f32::NAN; rows * cols]);
+            taps(&src, &t, step, init, &mut got, cols);
+            reference_taps(&src, &t, step, init, &mut want, cols);
             prop_assert_eq!(got, want);
         }
 
@@ -155,14 +297,14 @@ mod tests {
 
         #[cfg(target_arch = "x86_64")]
         #[test]
-        fn simd_twins_agree((src, t, _n, out) in case(), cols in 1usize..40) {
+        fn simd_twins_agree((src, t, step, init, rows, tcols) in case(), cols in 1usize..40) {
             if !crate::kernels::avx2_in_use() {
                 return Ok(());
             }
-            let (mut a, mut b) = (out.clone(), out);
+            let (mut a, mut b) = (vec![0.0f32; rows * tcols], vec![1.0f32; rows * tcols]);
             // SAFETY: the CPU reported AVX2 and FMA (checked above).
-            unsafe { taps::avx2(&src, &t, &mut a) };
-            taps::scalar(&src, &t, &mut b);
+            unsafe { taps_avx2(&src, &t, step, init, &mut a, tcols) };
+            taps_scalar(&src, &t, step, init, &mut b, tcols);
             prop_assert_eq!(&a, &b);
 
             let cols = cols.min(src.len());

@@ -31,9 +31,8 @@ struct Plan {
     m: usize,
     /// Padded rows that some output reads: `(oh − 1)·sh + kh`.
     rows: usize,
-    /// Output row length rounded up to [`BLOCK`].
-    owr: usize,
-    /// Phase row length: `(kw − 1) / sw + owr`.
+    /// Phase row length: `(kw − 1) / sw` plus the output row length rounded up to
+    /// [`BLOCK`] (what [`taps`] reads).
     qw: usize,
     /// Where tap `(ki, kj)` of output row 0 starts in `q`.
     starts: Vec<usize>,
@@ -53,7 +52,6 @@ impl Plan {
             geo: *geo,
             m: geo.o / geo.c,
             rows,
-            owr,
             qw,
             starts,
         }
@@ -122,8 +120,8 @@ pub(super) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Geometry
         .zip(x.chunks_exact(geo.h * geo.w))
         .enumerate()
         .collect();
-    let init = || (vec![0.0f32; p.q_len()], vec![0.0f32; p.owr], Vec::new());
-    run(items, n * p.work(), init, |(q, row, tp), (i, (y, xp))| {
+    let init = || (vec![0.0f32; p.q_len()], Vec::new());
+    run(items, n * p.work(), init, |(q, tp), (i, (y, xp))| {
         let ci = i % c;
         p.fill_q(xp, q);
         for (j, yf) in y.chunks_exact_mut(positions).enumerate() {
@@ -136,11 +134,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Geometry
                     .zip(w[f * kk..][..kk].iter().copied()),
             );
             let b = bias.map_or(0.0, |b| b[f]);
-            for (oi, yr) in yf.chunks_exact_mut(geo.ow).enumerate() {
-                row.fill(b);
-                taps(&q[oi * sh * p.qw..], tp, row);
-                yr.copy_from_slice(&row[..geo.ow]);
-            }
+            taps(q, tp, sh * p.qw, b, yf, geo.ow);
         }
     });
 }
@@ -183,7 +177,7 @@ pub(super) fn backward(
         (
             vec![0.0f32; p.q_len()],
             vec![0.0f32; m * oh * dw_len],
-            vec![0.0f32; tr],
+            vec![0.0f32; tn],
             Vec::new(),
         )
     };
@@ -224,8 +218,7 @@ pub(super) fn backward(
                             }
                         }
                     }
-                    row.fill(0.0);
-                    taps(dpad, tp, row);
+                    taps(dpad, tp, 0, 0.0, &mut row[..tn], tn);
                     if sw == 1 {
                         dxr.copy_from_slice(&row[pw..pw + geo.w]);
                     } else {
