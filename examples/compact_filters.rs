@@ -36,7 +36,12 @@ impl Row {
         format!(
             "{{\"name\": \"{}\", \"accuracy\": {:.4}, \"conv_params\": {}, \"macs\": {}, \
              \"time_b1_s\": {:.3}, \"time_b256_s\": {:.3}}}",
-            self.name, self.accuracy, self.conv_params, self.macs, self.time_b1_s, self.time_b256_s
+            self.name.trim(),
+            self.accuracy,
+            self.conv_params,
+            self.macs,
+            self.time_b1_s,
+            self.time_b256_s
         )
     }
 }
