@@ -179,6 +179,13 @@ fn layer_cost(
         | Layer::Dropout { .. }
         | Layer::AvgPool2d { .. }
         | Layer::GlobalAvgPool => LayerCost::default(),
+        // γ and β are parameters (the running statistics are buffers); in evaluation
+        // mode one multiply-add per element.
+        Layer::BatchNorm { weight, bias, .. } => LayerCost {
+            params: params(&[Some(weight), Some(bias)])?.0,
+            macs: out.iter().product(),
+            ..LayerCost::default()
+        },
         Layer::Residual { body, shortcut } => {
             let mut cost = seq_cost(body, model, input, seen)?.0;
             cost += seq_cost(shortcut, model, input, seen)?.0;
