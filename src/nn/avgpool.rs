@@ -22,20 +22,7 @@ impl Window {
         stride: (usize, usize),
         padding: (usize, usize),
     ) -> Result<Window> {
-        if kernel.0 == 0 || kernel.1 == 0 {
-            return Err(Error::invalid(
-                "kernel",
-                format!("{kernel:?}"),
-                "a pooling window of at least 1×1",
-            ));
-        }
-        if stride.0 == 0 || stride.1 == 0 {
-            return Err(Error::invalid(
-                "stride",
-                format!("{stride:?}"),
-                "at least 1",
-            ));
-        }
+        super::pool::check_window(kernel, stride)?;
         if 2 * padding.0 > kernel.0 || 2 * padding.1 > kernel.1 {
             return Err(Error::invalid(
                 "padding",

@@ -13,20 +13,7 @@ pub(super) fn output_size(
     kernel: (usize, usize),
     stride: (usize, usize),
 ) -> Result<(usize, usize)> {
-    if kernel.0 == 0 || kernel.1 == 0 {
-        return Err(Error::invalid(
-            "kernel",
-            format!("{kernel:?}"),
-            "a pooling window of at least 1×1",
-        ));
-    }
-    if stride.0 == 0 || stride.1 == 0 {
-        return Err(Error::invalid(
-            "stride",
-            format!("{stride:?}"),
-            "at least 1",
-        ));
-    }
+    check_window(kernel, stride)?;
     if kernel.0 > h || kernel.1 > w {
         return Err(Error::bad_shape(
             "max-pooling input",
@@ -111,6 +98,25 @@ pub(super) fn backward(
             });
     }
     dx
+}
+
+/// Checks a pooling window: kernel and stride at least 1×1 (max and average pooling).
+pub(super) fn check_window(kernel: (usize, usize), stride: (usize, usize)) -> Result<()> {
+    if kernel.0 == 0 || kernel.1 == 0 {
+        return Err(Error::invalid(
+            "kernel",
+            format!("{kernel:?}"),
+            "a pooling window of at least 1×1",
+        ));
+    }
+    if stride.0 == 0 || stride.1 == 0 {
+        return Err(Error::invalid(
+            "stride",
+            format!("{stride:?}"),
+            "at least 1",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
