@@ -16,7 +16,9 @@
 //!   [`Layer::TiedConv2d`] (base filters plus their flips and rotations), from
 //!   [`filters`](crate::filters);
 //! - [`Layer::BatchNorm`] (1-d and 2-d; training and evaluation modes, running
-//!   statistics updated through [`Sgd::step`], see [`RUNNING_STAT_SUFFIX`]);
+//!   statistics updated through [`Sgd::step`], see [`RUNNING_STAT_SUFFIX`]), folded
+//!   into the Conv2d or Linear layer before it for inference by
+//!   [`Network::fold_batch_norm`] ([`Model::fold_batch_norm`](crate::Model::fold_batch_norm));
 //! - block layers holding sub-sequences of layers, which make the network a graph
 //!   (an output feeds several layers): [`Layer::Residual`] (`body(x) + shortcut(x)`)
 //!   and [`Layer::Concat`] (branches concatenated on the channels).
@@ -79,6 +81,7 @@ mod conv;
 mod dropout;
 mod eval;
 pub(crate) use eval::check_labels;
+mod fold;
 mod graph;
 mod im2col;
 mod norm;
@@ -95,6 +98,7 @@ use ndarray::ArrayD;
 
 pub use conv::{ConvSpec, conv2d};
 pub use eval::softmax_cross_entropy;
+pub use fold::{BatchNormFold, BatchNormNames, FoldReport, created_bias_name};
 pub use norm::RUNNING_STAT_SUFFIX;
 pub use qat::QuantAwareTraining;
 pub use taps::TappedLoss;
@@ -452,3 +456,5 @@ impl Network {
 mod tests;
 #[cfg(test)]
 mod tests_blocks;
+#[cfg(test)]
+mod tests_fold;
