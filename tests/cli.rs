@@ -133,6 +133,76 @@ fn a_safetensors_output_has_the_compression_applied() {
 }
 
 #[test]
+fn fold_bn_folds_the_named_pairs_and_reports_the_batch_norm_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Model::load(model_file(dir.path())).unwrap();
+    for (name, v) in [
+        ("weight", 2.0f32),
+        ("bias", 0.25),
+        ("running_mean", 0.5),
+        ("running_var", 3.0),
+    ] {
+        m.add(format!("bn1.{name}"), Array::from_elem(IxDyn(&[64]), v))
+            .unwrap();
+    }
+    m.add_raw(slimnn::RawTensor {
+        name: "bn1.num_batches_tracked".into(),
+        dtype: "I64".into(),
+        shape: vec![],
+        bytes: vec![0; 8],
+    })
+    .unwrap();
+    let input = dir.path().join("bn.safetensors");
+    m.save(&input, &SaveOptions::default()).unwrap();
+    let input = input.display().to_string();
+    let output = dir.path().join("folded.safetensors").display().to_string();
+    let json = dir.path().join("report.json").display().to_string();
+    let out = slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &output,
+        "--fold-bn",
+        "fc1=bn1@1",
+        "--report",
+        &json,
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let folded = Model::load(&output).unwrap();
+    assert!(!folded.contains("bn1.weight"));
+    assert!(folded.raw_tensors().is_empty());
+    // s = 2/√(3 + 1) = 1: the weight is unchanged, b' = (0.5 − 0.5)·1 + 0.25.
+    assert_eq!(
+        folded.get("fc1.weight").unwrap().value(),
+        m.get("fc1.weight").unwrap().value()
+    );
+    assert!(
+        folded
+            .get("fc1.bias")
+            .unwrap()
+            .value()
+            .iter()
+            .all(|&b| b == 0.25)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["removed"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        report["original_params"].as_u64().unwrap(),
+        m.numel() as u64
+    );
+
+    let err = slimnn(&["compress", &input, "-o", &output, "--fold-bn", "fc1:bn1"]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("fold-bn"));
+}
+
+#[test]
 fn bad_requests_fail_with_one_line_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let input = model_file(dir.path());

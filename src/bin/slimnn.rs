@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use slimnn::io::safetensors::SaveOptions;
-use slimnn::pipeline::{Pipeline, Report, spec};
+use slimnn::pipeline::{FoldBatchNorm, Pipeline, Report, spec};
 use slimnn::store::LoadOptions;
 use slimnn::{Error, Model, Result, Selector};
 
@@ -51,7 +51,7 @@ enum Command {
         #[arg(long, value_name = "SPEC")]
         select: Option<String>,
     },
-    /// Compress a model: steps run in the order prune, lowrank, quantize, encode.
+    /// Compress a model: steps run in the order fold-bn, prune, lowrank, quantize, encode.
     ///
     /// Each SPEC may end in `@SELECTION`: comma-separated name globs, `!GLOB` exclusions
     /// and `kind=K[|K2]` (e.g. `int8@encoder.*,!*.LayerNorm.*`); without `kind=` the
@@ -62,6 +62,11 @@ enum Command {
         /// Where to write the result.
         #[arg(short, long)]
         output: PathBuf,
+        /// BatchNorm folds (a file has no graph: name each layer and the BatchNorm
+        /// after it, PyTorch's names), e.g. `conv1=bn1,layer1.0.conv1=layer1.0.bn1`;
+        /// `@EPS` sets ε (default 1e-5).
+        #[arg(long, value_name = "LAYER=BN,...")]
+        fold_bn: Vec<String>,
         /// Pruning steps, e.g. `global:0.9`, `nm:2:4`, `magnitude:0.5@fc1.*,!*.bias`.
         #[arg(long, value_name = "SPEC")]
         prune: Vec<String>,
@@ -152,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compress {
             model,
             output,
+            fold_bn,
             prune,
             lowrank,
             quantize,
@@ -184,6 +190,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             outputs::check(&model, &targets)?;
             let mut pipeline = Pipeline::new();
+            for s in &fold_bn {
+                pipeline.push(Box::new(FoldBatchNorm::parse(s)?));
+            }
             for s in &prune {
                 pipeline.push(spec::prune_step(s)?);
             }

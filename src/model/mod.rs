@@ -252,6 +252,12 @@ impl Model {
         &self.raw
     }
 
+    /// Removes a raw tensor (see [`RawTensor`]), returning it if the model held it.
+    pub fn remove_raw(&mut self, name: &str) -> Option<RawTensor> {
+        let i = self.raw.iter().position(|r| r.name == name)?;
+        Some(self.raw.remove(i))
+    }
+
     /// The number of parameters (raw tensors not counted).
     pub fn len(&self) -> usize {
         self.params.len()

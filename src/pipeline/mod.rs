@@ -4,7 +4,8 @@
 //!
 //! Every method family has a step here: [`Prune`], [`PruneGlobal`], [`Quantize`],
 //! [`Factorize`], [`FactorizeWithin`] and [`Encode`], each with its own [`Selector`](crate::Selector)
-//! (by name glob and [`LayerKind`](crate::LayerKind)). The report is computed from the
+//! (by name glob and [`LayerKind`](crate::LayerKind)); [`FoldBatchNorm`] folds BatchNorm
+//! layers into the layers before them. The report is computed from the
 //! model the steps leave, against the model they started from, and its stored sizes come
 //! from the very encoder that writes the compressed file
 //! ([`store`](crate::store)), so they are the bytes on disk. The user guide is
@@ -32,6 +33,7 @@
 //! # Ok::<(), slimnn::Error>(())
 //! ```
 
+mod fold;
 mod report;
 pub mod spec;
 mod steps;
@@ -41,6 +43,7 @@ use std::time::Instant;
 use crate::error::Result;
 use crate::model::Model;
 
+pub use fold::FoldBatchNorm;
 pub use report::{ParamReport, Report, SpeedupSource, StepRecord, Timing};
 pub use steps::{Encode, Factorize, FactorizeWithin, Prune, PruneGlobal, Quantize};
 

@@ -43,12 +43,15 @@ pub struct ParamReport {
     pub params: usize,
     /// Non-zero elements after compression.
     pub nonzeros: usize,
-    /// Bytes before compression (elements × the original dtype's size).
+    /// Bytes before compression (elements × the original dtype's size; 0 for a
+    /// parameter the pipeline added).
     pub original_bytes: usize,
     /// Bytes in the compressed file, by part.
     pub stored: StoredBytes,
     /// `‖W − Ŵ‖_F / ‖W‖_F` against the values before the pipeline (pruned weights of
-    /// the original count as zero).
+    /// the original count as zero); 0 for a parameter the pipeline added (see
+    /// [`Report::added`]). A BatchNorm fold changes values exactly: its layers' errors
+    /// are of the values, not of the outputs.
     pub relative_error: f64,
     /// Multiply-adds per output position of the dense layer (0 for non-weights).
     pub dense_flops: usize,
@@ -99,6 +102,14 @@ pub struct Report {
     pub steps: Vec<StepRecord>,
     /// Every parameter of the model.
     pub params: Vec<ParamReport>,
+    /// Parameter elements before the pipeline (after it: [`Report::total_params`]).
+    pub original_params: usize,
+    /// Parameters of the original model the pipeline removed (e.g. folded BatchNorms),
+    /// in the original's order.
+    pub removed: Vec<String>,
+    /// Parameters the pipeline added (e.g. the bias a BatchNorm fold gives a layer
+    /// without one), in model order; their rows have no reference to compare with.
+    pub added: Vec<String>,
     /// Bytes of the uncompressed parameters and kept raw tensors (the command line
     /// sets it to the input file's size on disk).
     pub original_bytes: usize,
@@ -109,14 +120,23 @@ pub struct Report {
 }
 
 impl Report {
-    /// The report of `compressed` against `original` (the same parameters, by name).
+    /// The report of `compressed` against `original`, parameter by parameter by name.
+    /// A parameter only `original` holds is listed in [`Report::removed`] (its bytes
+    /// count in [`Report::original_bytes`]), one only `compressed` holds in
+    /// [`Report::added`].
     pub fn compare(original: &Model, compressed: &Model, steps: Vec<StepRecord>) -> Result<Report> {
         let (file, stored) = encode_model(compressed)?;
         let mut params = Vec::with_capacity(compressed.len());
+        let mut added = Vec::new();
         for (p, s) in compressed.params().iter().zip(stored) {
-            let before = original.get(p.name())?;
             let after = p.effective();
-            let reference = before.effective();
+            let (reference, original_bytes) = if original.contains(p.name()) {
+                let before = original.get(p.name())?;
+                (before.effective(), before.numel() * before.dtype().size())
+            } else {
+                added.push(p.name().to_string());
+                (after.clone(), 0)
+            };
             crate::tensor::check_same_shape(reference.shape(), after.shape(), || {
                 format!("`{}` before and after compression", p.name())
             })?;
@@ -146,7 +166,7 @@ impl Report {
                 form: form(p, s.positions),
                 params: p.numel(),
                 nonzeros,
-                original_bytes: before.numel() * before.dtype().size(),
+                original_bytes,
                 stored: s.bytes,
                 relative_error,
                 dense_flops,
@@ -157,9 +177,23 @@ impl Report {
             });
         }
         let raw: usize = original.raw_tensors().iter().map(|t| t.bytes.len()).sum();
+        let dense: usize = original
+            .params()
+            .iter()
+            .map(|p| p.numel() * p.dtype().size())
+            .sum();
+        let removed = original
+            .params()
+            .iter()
+            .filter(|p| !compressed.contains(p.name()))
+            .map(|p| p.name().to_string())
+            .collect();
         Ok(Report {
             steps,
-            original_bytes: params.iter().map(|p| p.original_bytes).sum::<usize>() + raw,
+            original_bytes: dense + raw,
+            original_params: original.numel(),
+            removed,
+            added,
             params,
             file_bytes: file.len(),
             speedup_source: SpeedupSource::EstimatedFromFlops,
@@ -435,6 +469,16 @@ fn form(p: &Param, positions: Option<Positions>) -> String {
     format!("{held}{index}{huffman}")
 }
 
+/// `n (a, b, c, …)`: a count and the first few names.
+fn names(list: &[String]) -> String {
+    if list.is_empty() {
+        return "none".into();
+    }
+    let shown: Vec<&str> = list.iter().take(4).map(String::as_str).collect();
+    let more = if list.len() > 4 { ", …" } else { "" };
+    format!("{} ({}{more})", list.len(), shown.join(", "))
+}
+
 fn group(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
@@ -499,6 +543,16 @@ impl fmt::Display for Report {
             group(self.file_bytes),
             self.compression_rate()
         )?;
+        if !self.removed.is_empty() || !self.added.is_empty() {
+            writeln!(
+                f,
+                "\nparameters: {} → {} elements; removed {}; added {}",
+                group(self.original_params),
+                group(self.total_params()),
+                names(&self.removed),
+                names(&self.added)
+            )?;
+        }
         let coded: u64 = self.params.iter().map(|p| p.huffman_bits).sum();
         if coded > 0 {
             let entropy: f64 = self.params.iter().map(|p| p.entropy_bits).sum();
