@@ -9,11 +9,15 @@ use crate::model::{DType, LayerKind, Model};
 use crate::nn::{ConvSpec, Layer};
 
 /// PyTorch's default initialisation, reproducible from a seed: uniform in `±1/√fan_in`.
-struct Init(Xoshiro256PlusPlus);
+pub(super) struct Init(Xoshiro256PlusPlus);
 
 impl Init {
-    /// Adds `name` (`shape`, kind `kind`), `fan_in` the product of the dimensions after
-    /// the first, or the given one (a bias takes its layer's).
+    /// The initialisation drawn from `seed`.
+    pub(super) fn new(seed: u64) -> Init {
+        Init(Xoshiro256PlusPlus::seed_from_u64(seed))
+    }
+
+    /// Adds `name` (`shape`, kind `kind`), uniform in `±1/√fan_in`.
     fn add(
         &mut self,
         model: &mut Model,
@@ -33,12 +37,25 @@ impl Init {
 
     /// A convolution `PREFIX.weight` `[out, in / groups, k, k]` and `PREFIX.bias`
     /// `[out]`.
-    fn conv(
+    pub(super) fn conv(
+        &mut self,
+        model: &mut Model,
+        prefix: &str,
+        shape: (usize, usize, usize, usize),
+        spec: ConvSpec,
+    ) -> Result<Layer> {
+        self.conv_with(model, prefix, shape, spec, true)
+    }
+
+    /// A convolution `PREFIX.weight` `[out, in / groups, k, k]`, and `PREFIX.bias`
+    /// `[out]` if `bias` (none before a BatchNorm, whose β is the shift).
+    pub(super) fn conv_with(
         &mut self,
         model: &mut Model,
         prefix: &str,
         (out, cg, kh, kw): (usize, usize, usize, usize),
         spec: ConvSpec,
+        bias: bool,
     ) -> Result<Layer> {
         let fan_in = cg * kh * kw;
         let weight = self.add(
@@ -48,22 +65,38 @@ impl Init {
             &[out, cg, kh, kw],
             fan_in,
         )?;
-        let bias = self.add(
-            model,
-            format!("{prefix}.bias"),
-            LayerKind::Bias,
-            &[out],
-            fan_in,
-        )?;
-        Ok(Layer::Conv2d {
-            weight,
-            bias: Some(bias),
-            spec,
-        })
+        let bias = if bias {
+            Some(self.add(
+                model,
+                format!("{prefix}.bias"),
+                LayerKind::Bias,
+                &[out],
+                fan_in,
+            )?)
+        } else {
+            None
+        };
+        Ok(Layer::Conv2d { weight, bias, spec })
     }
 }
 
-fn positive(name: &'static str, value: usize) -> Result<()> {
+/// Adds a BatchNorm's parameters `PREFIX.weight` (γ = 1, kind Norm), `PREFIX.bias`
+/// (β = 0, kind Bias), `PREFIX.running_mean` (0) and `PREFIX.running_var` (1, both kind
+/// Other), PyTorch's initial values, and returns [`Layer::batch_norm`]`(prefix)`.
+pub(super) fn batch_norm(model: &mut Model, prefix: &str, channels: usize) -> Result<Layer> {
+    let fill = |v: f32| ArrayD::from_elem(IxDyn(&[channels]), v);
+    for (suffix, kind, value) in [
+        ("weight", LayerKind::Norm, 1.0),
+        ("bias", LayerKind::Bias, 0.0),
+        ("running_mean", LayerKind::Other, 0.0),
+        ("running_var", LayerKind::Other, 1.0),
+    ] {
+        model.add_param(format!("{prefix}.{suffix}"), kind, DType::F32, fill(value))?;
+    }
+    Ok(Layer::batch_norm(prefix))
+}
+
+pub(super) fn positive(name: &'static str, value: usize) -> Result<()> {
     if value == 0 {
         return Err(Error::invalid(name, value, "at least 1"));
     }
@@ -71,7 +104,7 @@ fn positive(name: &'static str, value: usize) -> Result<()> {
 }
 
 /// Builds the layers on a copy of `model` and keeps it only if all succeed.
-fn all_or_nothing(
+pub(super) fn all_or_nothing(
     model: &mut Model,
     build: impl FnOnce(&mut Model) -> Result<Vec<Layer>>,
 ) -> Result<Vec<Layer>> {
@@ -87,6 +120,12 @@ fn all_or_nothing(
 /// `[in, 1, k, k]`, `PREFIX.depthwise.bias` `[in]`, `PREFIX.pointwise.weight`
 /// `[out, in, 1, 1]` and `PREFIX.pointwise.bias` `[out]`, initialised as PyTorch does.
 ///
+/// With [`with_batch_norm`](SeparableBlock::with_batch_norm) it is MobileNet's layout:
+/// depthwise → BatchNorm → ReLU → pointwise → BatchNorm → ReLU, the convolutions
+/// without biases (β shifts), the BatchNorms `PREFIX.depthwise_bn.*` and
+/// `PREFIX.pointwise_bn.*` (see [`Layer::batch_norm`]; γ = 1, β = 0, running mean 0,
+/// running variance 1).
+///
 /// It has `in·k² + out·in` weights where a dense `k×k` convolution has `out·in·k²`.
 ///
 /// ```
@@ -100,6 +139,14 @@ fn all_or_nothing(
 /// let net = Network::new(layers).with_input_shape(&[8, 10, 10]);
 /// assert_eq!(net.shapes(&model)?.last().unwrap(), &[16 * 10 * 10]);
 /// assert_eq!(model.numel(), 8 * 9 + 8 + 16 * 8 + 16);
+///
+/// // MobileNet's layout: 6 layers, no conv biases, two BatchNorms of 4 vectors each.
+/// let mut model = Model::new();
+/// let block = SeparableBlock::new(8, 16, 3).with_padding(1).with_batch_norm(true);
+/// let layers = block.build(&mut model, "b1", 7)?;
+/// assert_eq!(layers.len(), 6);
+/// assert_eq!(model.numel(), 8 * 9 + 16 * 8 + 4 * (8 + 16));
+/// assert!(model.contains("b1.pointwise_bn.running_var"));
 /// # Ok::<(), slimnn::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,10 +161,13 @@ pub struct SeparableBlock {
     pub stride: usize,
     /// The depthwise convolution's zero padding (both sides, both directions).
     pub padding: usize,
+    /// A BatchNorm after each convolution (and a ReLU after the pointwise one).
+    pub batch_norm: bool,
 }
 
 impl SeparableBlock {
-    /// `in → out` channels with a `k×k` depthwise kernel, stride 1, no padding.
+    /// `in → out` channels with a `k×k` depthwise kernel, stride 1, no padding, no
+    /// BatchNorm.
     pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> SeparableBlock {
         SeparableBlock {
             in_channels,
@@ -125,6 +175,7 @@ impl SeparableBlock {
             kernel,
             stride: 1,
             padding: 0,
+            batch_norm: false,
         }
     }
 
@@ -140,6 +191,12 @@ impl SeparableBlock {
         self
     }
 
+    /// MobileNet's layout, with a BatchNorm after each convolution, or not.
+    pub fn with_batch_norm(mut self, batch_norm: bool) -> SeparableBlock {
+        self.batch_norm = batch_norm;
+        self
+    }
+
     /// Adds the block's parameters to `model` under `prefix` (initialised reproducibly
     /// from `seed`) and returns its layers. Zero channels, kernel or stride, or a name
     /// already in the model, are errors, and then the model is unchanged.
@@ -148,27 +205,42 @@ impl SeparableBlock {
         positive("out_channels", self.out_channels)?;
         positive("kernel", self.kernel)?;
         positive("stride", self.stride)?;
-        let (c, o, k) = (self.in_channels, self.out_channels, self.kernel);
+        let (c, o, k, bn) = (
+            self.in_channels,
+            self.out_channels,
+            self.kernel,
+            self.batch_norm,
+        );
         all_or_nothing(model, |model| {
-            let mut init = Init(Xoshiro256PlusPlus::seed_from_u64(seed));
+            let mut init = Init::new(seed);
             let depthwise = ConvSpec::new()
                 .with_stride(self.stride, self.stride)
                 .with_padding(self.padding, self.padding)
                 .with_groups(c);
+            let dw = init.conv_with(
+                model,
+                &format!("{prefix}.depthwise"),
+                (c, 1, k, k),
+                depthwise,
+                !bn,
+            )?;
+            let pw = init.conv_with(
+                model,
+                &format!("{prefix}.pointwise"),
+                (o, c, 1, 1),
+                ConvSpec::new(),
+                !bn,
+            )?;
+            if !bn {
+                return Ok(vec![dw, Layer::Relu, pw]);
+            }
             Ok(vec![
-                init.conv(
-                    model,
-                    &format!("{prefix}.depthwise"),
-                    (c, 1, k, k),
-                    depthwise,
-                )?,
+                dw,
+                batch_norm(model, &format!("{prefix}.depthwise_bn"), c)?,
                 Layer::Relu,
-                init.conv(
-                    model,
-                    &format!("{prefix}.pointwise"),
-                    (o, c, 1, 1),
-                    ConvSpec::new(),
-                )?,
+                pw,
+                batch_norm(model, &format!("{prefix}.pointwise_bn"), o)?,
+                Layer::Relu,
             ])
         })
     }
@@ -230,7 +302,7 @@ impl FireModule {
         positive("expand3x3", self.expand3x3)?;
         let (c, s) = (self.in_channels, self.squeeze);
         all_or_nothing(model, |model| {
-            let mut init = Init(Xoshiro256PlusPlus::seed_from_u64(seed));
+            let mut init = Init::new(seed);
             let squeeze = init.conv(
                 model,
                 &format!("{prefix}.squeeze"),

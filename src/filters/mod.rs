@@ -14,8 +14,10 @@
 //! - Tied filter banks (Dieleman et al. 2016), [`Layer::TiedConv2d`](crate::nn::Layer::TiedConv2d):
 //!   base filters and their [`Transforms`] (flips, rotations), stored once
 //!   ([`tied_bank`], [`tied_bank_backward`]).
-//! - Blocks with named parameters: [`SeparableBlock`] (depthwise k×k → ReLU → 1×1) and
-//!   [`FireModule`] (squeeze 1×1 → ReLU → [expand 1×1, expand 3×3] → ReLU).
+//! - Blocks with named parameters: [`SeparableBlock`] (depthwise k×k → ReLU → 1×1, or
+//!   MobileNet's layout with BatchNorms), [`FireModule`] (squeeze 1×1 → ReLU →
+//!   [expand 1×1, expand 3×3] → ReLU), [`ConvBnRelu`] (conv → BatchNorm → ReLU) and
+//!   [`ResidualBlock`] (ResNet's basic block).
 //! - [`Network::costs`](crate::nn::Network::costs): parameters and multiply-adds per
 //!   layer ([`NetworkCost`]), convolutions apart.
 //! - k×k → k×1 + 1×k is the low-rank family's
@@ -28,6 +30,7 @@ mod convert;
 mod count;
 mod crelu;
 mod dwsep;
+mod norm_blocks;
 mod tied;
 
 pub use blocks::{FireModule, SeparableBlock};
@@ -35,6 +38,7 @@ pub use count::{LayerCost, NetworkCost};
 pub(crate) use crelu::crelu_example_shape;
 pub use crelu::{crelu, crelu_backward};
 pub use dwsep::DepthwiseSeparable;
+pub use norm_blocks::{ConvBnRelu, ResidualBlock};
 pub(crate) use tied::tied_output;
 pub use tied::{Transform, Transforms, tied_bank, tied_bank_backward};
 
