@@ -3,6 +3,7 @@
 //! gone and the created biases, and bad requests change nothing.
 
 use ndarray::{Array2, ArrayD, IxDyn};
+use slimnn::filters::{ConvBnRelu, ResidualBlock};
 use slimnn::nn::{ConvSpec, Layer, Network};
 use slimnn::pipeline::{FoldBatchNorm, Pipeline, Prune};
 use slimnn::prune::MagnitudePruner;
@@ -266,4 +267,56 @@ fn bad_requests_are_typed_errors_and_the_model_is_unchanged() {
     let err = Pipeline::new().then(step).run(&mut model).unwrap_err();
     assert!(matches!(err, Error::UnknownParameter(_)), "{err}");
     assert_eq!(snapshot(&model), before);
+}
+
+#[test]
+fn networks_from_the_block_constructors_fold_exactly() {
+    let mut model = Model::new();
+    let mut layers = ConvBnRelu::new(1, 4, 3)
+        .with_padding(1)
+        .build(&mut model, "stem", 1)
+        .unwrap();
+    layers.extend(
+        ResidualBlock::new(4, 4)
+            .build(&mut model, "layer1", 2)
+            .unwrap(),
+    );
+    layers.extend(
+        ResidualBlock::new(4, 8)
+            .with_stride(2)
+            .build(&mut model, "layer2", 3)
+            .unwrap(),
+    );
+    layers.push(Layer::GlobalAvgPool);
+    model.add("fc.weight", wave(&[10, 8], 0.61)).unwrap();
+    layers.push(Layer::Linear {
+        weight: "fc.weight".into(),
+        bias: None,
+    });
+    let net = Network::new(layers).with_input_shape(&[1, 8, 8]);
+    // Statistics as after training, not PyTorch's initial identity.
+    let bn_names: Vec<String> = model
+        .params()
+        .iter()
+        .map(|p| p.name().to_string())
+        .filter(|n| n.contains(".bn"))
+        .collect();
+    for (i, name) in bn_names.iter().enumerate() {
+        let c = model.get(name).unwrap().numel();
+        let s = 0.3 + 0.1 * i as f32;
+        let value = if name.ends_with("running_var") {
+            wave(&[c], s).mapv(|v| v * v + 0.05)
+        } else if name.ends_with(".weight") {
+            wave(&[c], s) + 1.0
+        } else {
+            wave(&[c], s) * 0.5
+        };
+        model.get_mut(name).unwrap().value_mut().assign(&value);
+    }
+    let want = net.forward(&model, input().view()).unwrap();
+    let (folded, report) = net.fold_batch_norm(&mut model).unwrap();
+    assert_eq!(report.folds.len(), 1 + 2 + 3);
+    assert!(report.folds.iter().all(|f| f.bias_created));
+    assert!(!model.params().iter().any(|p| p.name().contains(".bn")));
+    assert_close(&folded.forward(&model, input().view()).unwrap(), &want);
 }
