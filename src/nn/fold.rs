@@ -259,8 +259,9 @@ impl Model {
     /// axis 0) and its `bias`: with `s = γ/√(σ² + ε)` per output channel,
     /// `W' = W·s` and `b' = (b − μ)·s + β`. Without a bias (`None`) one is created, named
     /// by [`created_bias_name`] (`conv1.weight` → `conv1.bias`, kind Bias, the weight's
-    /// dtype). The BatchNorm's four parameters leave the model. A pruned weight keeps
-    /// its mask (scaling keeps zeros zero).
+    /// dtype). The BatchNorm's four parameters leave the model, and so does PyTorch's
+    /// `PREFIX.num_batches_tracked` (a raw tensor) for a γ named `PREFIX.weight`. A
+    /// pruned weight keeps its mask (scaling keeps zeros zero).
     ///
     /// Errors, with the model unchanged: an unknown name; a weight that is not a Linear
     /// or Conv2d weight ([`Error::WrongKind`]), or is quantized or factorized (fold
@@ -312,6 +313,10 @@ fn apply(model: &mut Model, planned: Planned) -> Result<BatchNormFold> {
     }
     for name in fold.batch_norm.names() {
         model.remove(name)?;
+    }
+    // PyTorch's counter of the batches seen goes with its BatchNorm.
+    if let Some(prefix) = fold.batch_norm.weight.strip_suffix(".weight") {
+        model.remove_raw(&format!("{prefix}.num_batches_tracked"));
     }
     Ok(fold)
 }
@@ -429,7 +434,7 @@ fn rewrite(layers: &[Layer], sites: &mut Vec<FoldSite>) -> Vec<Layer> {
     for layer in layers {
         if let Some(bn) = BatchNormNames::of_layer(layer) {
             let previous = out.last_mut().and_then(|l| match l {
-                Layer::Conv2d { weight, bias, .. } | Layer::Linear { weight, bias } => {
+                Layer::Conv2d { weight, bias, .. } | Layer::Linear { weight, bias, .. } => {
                     Some((weight, bias))
                 }
                 _ => None,

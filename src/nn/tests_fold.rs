@@ -478,3 +478,21 @@ fn a_shared_weight_or_a_bad_statistic_fails_the_whole_network_fold() {
     assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
     assert_eq!(snapshot(&model), before);
 }
+
+#[test]
+fn pytorchs_batch_counter_goes_with_its_batch_norm() {
+    let mut m = linear_bn_model();
+    for name in ["bn.num_batches_tracked", "other.num_batches_tracked"] {
+        m.add_raw(crate::RawTensor {
+            name: name.into(),
+            dtype: "I64".into(),
+            shape: vec![],
+            bytes: vec![0; 8],
+        })
+        .unwrap();
+    }
+    m.fold_batch_norm("fc.weight", None, &BatchNormNames::new("bn"))
+        .unwrap();
+    let raw: Vec<&str> = m.raw_tensors().iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(raw, ["other.num_batches_tracked"]);
+}

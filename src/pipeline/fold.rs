@@ -180,10 +180,6 @@ impl Compressor for FoldBatchNorm {
                 Bias::Known(bias) => bias.clone(),
             };
             work.fold_batch_norm(&p.weight, bias.as_deref(), &p.batch_norm)?;
-            // PyTorch's counter of batches seen goes with the BatchNorm.
-            if let Some(prefix) = p.batch_norm.weight.strip_suffix(".weight") {
-                work.remove_raw(&format!("{prefix}.num_batches_tracked"));
-            }
         }
         *model = work;
         Ok(())
