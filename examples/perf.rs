@@ -122,6 +122,7 @@ const OPS: &[(&str, Op)] = &[
     ("huffman", huffman),
     ("train_step", train_step),
     ("depthwise_conv", depthwise_conv),
+    ("dwsep_block", dwsep_block),
 ];
 
 fn print(opts: &Opts, l: &Line) {
@@ -965,6 +966,52 @@ fn depthwise_conv(opts: &Opts) -> Vec<Line> {
                 size: format!("{size} separable dw3x3+pw1x1 {c}->{c}"),
                 times,
                 quality: max_abs_diff4(&y, &sep_exact),
+                metric: "max abs difference to f64",
+            });
+        }
+    }
+    lines
+}
+
+/// The depthwise-separable block of a compact network (3×3 depthwise, padding 1, then
+/// 1×1 pointwise C→O) against the dense 3×3 convolution C→O it replaces (the
+/// yardstick), forward, at batch 1, 64 and 256: 32→64 channels on 28×28 and 64→128 on
+/// 14×14.
+fn dwsep_block(opts: &Opts) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let spec = ConvSpec::new().with_padding(1, 1);
+    let as4 = |a: ArrayD<f32>| a.into_dimensionality::<ndarray::Ix4>().unwrap();
+    for (c, o, side) in [(32usize, 64usize, 28usize), (64, 128, 14)] {
+        let dense_w = as4(normal(&[o, c, 3, 3], (1.0 / (9.0 * c as f32)).sqrt(), 160));
+        let dw_w = as4(normal(&[c, 1, 3, 3], 1.0 / 3.0, 161));
+        let pw_w = as4(normal(&[o, c, 1, 1], (1.0 / c as f32).sqrt(), 162));
+        let dw_spec = spec.with_groups(c);
+        for batch in [1usize, 64, 256] {
+            let x = as4(normal(&[batch, c, side, side], 1.0, 163 + batch as u64));
+            let size = format!("{c}->{o} {side}x{side} 3x3 @ batch {batch}");
+            let mut y = ndarray::Array4::<f32>::zeros((0, 0, 0, 0));
+            let times = repeat(opts.repeats, || {
+                timed(|| y = conv2d(&x, &dense_w, None, spec).unwrap())
+            });
+            lines.push(Line {
+                op: "dwsep_block",
+                size: format!("{size} dense conv"),
+                times,
+                quality: max_abs_diff4(&y, &conv_f64(&x, &dense_w, 1, 1)),
+                metric: "max abs difference to f64",
+            });
+            let times = repeat(opts.repeats, || {
+                timed(|| {
+                    let h = conv2d(&x, &dw_w, None, dw_spec).unwrap();
+                    y = conv2d(&h, &pw_w, None, ConvSpec::new()).unwrap();
+                })
+            });
+            let dw_exact = conv_f64(&x, &dw_w, c, 1).mapv(|v| v as f32);
+            lines.push(Line {
+                op: "dwsep_block",
+                size: format!("{size} separable dw3x3+pw1x1"),
+                times,
+                quality: max_abs_diff4(&y, &conv_f64(&dw_exact, &pw_w, 1, 0)),
                 metric: "max abs difference to f64",
             });
         }

@@ -4,7 +4,7 @@
 use ndarray::{Array2, Array4, ArrayRef, IxDyn};
 
 use crate::error::{Error, Result};
-use crate::lowrank::linalg::svd;
+use crate::lowrank::balanced::{Sign, balanced_split, conv_factorization, energy_error};
 use crate::lowrank::{Factorization, Factors, LowRank, LowRankContext, conv_weight};
 use crate::model::LayerKind;
 
@@ -77,36 +77,25 @@ impl LowRank for DepthwiseSeparable {
         let (mut total, mut kept) = (0.0f64, 0.0f64);
         for ci in 0..c {
             let m = Array2::from_shape_fn((o, k), |(oi, j)| f64::from(w[[oi, ci, j / kw, j % kw]]));
-            total += m.iter().map(|v| v * v).sum::<f64>();
-            let (u, sv, vt) = svd(m.view())?;
-            let sigma = sv.first().copied().unwrap_or(0.0);
-            kept += sigma * sigma;
-            let (u1, v1) = (u.column(0), vt.row(0));
-            // The sign that makes the depthwise filter's largest entry positive.
-            let largest = v1
-                .iter()
-                .fold(0.0f64, |a, &v| if v.abs() > a.abs() { v } else { a });
-            let root = sigma.sqrt() * if largest < 0.0 { -1.0 } else { 1.0 };
-            for (j, &v) in v1.iter().enumerate() {
-                depthwise[[ci, 0, j / kw, j % kw]] = (v * root) as f32;
+            // The depthwise filter's largest entry positive (the sign is arbitrary).
+            let split = balanced_split(m.view(), Sign::RightLargestPositive, |_, _| Ok(1))?;
+            total += split.total;
+            kept += split.kept;
+            for (j, &v) in split.right.row(0).iter().enumerate() {
+                depthwise[[ci, 0, j / kw, j % kw]] = v as f32;
             }
-            for (oi, &v) in u1.iter().enumerate() {
-                pointwise[[oi, ci, 0, 0]] = (v * root) as f32;
+            for (oi, &v) in split.left.column(0).iter().enumerate() {
+                pointwise[[oi, ci, 0, 0]] = v as f32;
             }
         }
-        let err = if total > 0.0 {
-            ((total - kept).max(0.0) / total).sqrt()
-        } else {
-            0.0
-        };
-        Ok(Factorization::new(
-            weights.shape(),
+        conv_factorization(
+            weights,
             Factors::DepthwiseSeparable {
                 depthwise,
                 pointwise,
             },
-        )?
-        .with_conv_spec(ctx.conv)?
-        .with_error(err))
+            ctx,
+            energy_error(total, kept),
+        )
     }
 }

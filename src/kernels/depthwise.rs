@@ -5,8 +5,10 @@
 //!
 //! Products and sums are separate operations (no fused multiply–add), so the scalar
 //! twin and the AVX2 versions give the same bits. [`taps`] has an explicit AVX2 version
-//! (the compiled copy of the scalar body shuffled its sums between registers);
-//! [`tap_dots`] is the scalar body compiled twice. The register block is [`BLOCK`] output
+//! (the compiled copy of the scalar body shuffled its sums between registers), one
+//! generic block routine for blocks of 4, 2 or 1 rows by [`BLOCK`] or 8 columns;
+//! [`tap_dots`] is the scalar body compiled twice, taking the taps four at a time so
+//! that four independent sums are in flight. The register block is [`BLOCK`] output
 //! columns (two AVX2 registers, one AVX-512 register).
 
 use super::kernel;
@@ -15,7 +17,7 @@ use super::kernel;
 /// multiple of this.
 pub(crate) const BLOCK: usize = 16;
 
-/// Lanes of the partial sums of [`tap_dots`].
+/// Lanes of the partial sums of each tap in [`tap_dots`].
 const LANES: usize = 8;
 
 /// The rows of `out` (`[rows, cols]`), after checking that every read of [`taps`]
@@ -81,8 +83,8 @@ fn taps_scalar(
     }
 }
 
-/// [`taps`] with AVX2: two output rows of a [`BLOCK`] at a time in four registers,
-/// products and sums as separate instructions (the scalar twin's bits).
+/// [`taps`] with AVX2: blocks of four output rows at a time, then two, then one
+/// ([`taps_block_avx2`]); a last block of at most 8 columns takes one register per row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn taps_avx2(
@@ -93,69 +95,95 @@ fn taps_avx2(
     out: &mut [f32],
     cols: usize,
 ) {
+    let rows = checked_rows(src, taps, step, out, cols);
+    let mut r = 0;
+    while r < rows {
+        // Four rows at a time keep eight (or four) independent sums in flight.
+        let n_rows = match rows - r {
+            1 => 1,
+            2 | 3 => 2,
+            _ => 4,
+        };
+        for b in (0..cols).step_by(BLOCK) {
+            macro_rules! block {
+                ($r:literal, $h:literal) => {
+                    // SAFETY: `checked_rows` passed, `r + R ≤ rows`, and `b` is a
+                    // multiple of BLOCK below `cols`.
+                    unsafe { taps_block_avx2::<$r, $h>(src, taps, step, init, out, cols, r, b) }
+                };
+            }
+            match (n_rows, cols - b > 8) {
+                (4, true) => block!(4, 2),
+                (4, false) => block!(4, 1),
+                (2, true) => block!(2, 2),
+                (2, false) => block!(2, 1),
+                (_, true) => block!(1, 2),
+                (_, false) => block!(1, 1),
+            }
+        }
+        r += n_rows;
+    }
+}
+
+/// Columns `b..b + 8·H` (clipped to `cols`) of rows `r..r + R` of [`taps_avx2`], each
+/// row's in `H` registers, the `R` rows sharing each tap's broadcast weight; products
+/// and sums as separate instructions (the scalar twin's bits).
+///
+/// # Safety
+///
+/// The CPU has AVX2; `checked_rows(src, taps, step, out, cols)` returned `rows` without
+/// panicking; `r + R ≤ rows`, `b` is a multiple of [`BLOCK`] below `cols`, and `H ≤ 2`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn taps_block_avx2<const R: usize, const H: usize>(
+    src: &[f32],
+    taps: &[(usize, f32)],
+    step: usize,
+    init: f32,
+    out: &mut [f32],
+    cols: usize,
+    r: usize,
+    b: usize,
+) {
     use std::arch::x86_64::*;
     const _: () = assert!(BLOCK == 16, "two registers of 8 lanes per row");
-    let rows = checked_rows(src, taps, step, out, cols);
     let p = src.as_ptr();
-    let vinit = _mm256_set1_ps(init);
-    // Adds `w · src[at..at + 16]` to the pair of registers `acc`.
-    macro_rules! add {
-        ($acc:expr, $w:expr, $at:expr) => {
-            // SAFETY: `checked_rows` showed `start + (rows − 1)·step + cols rounded up
-            // to BLOCK ≤ src.len()` for every tap, and `at = start + r·step + b` with
-            // `r < rows`, `b + BLOCK ≤ cols` rounded up: the 16 floats are inside `src`.
-            unsafe {
-                $acc[0] = _mm256_add_ps($acc[0], _mm256_mul_ps($w, _mm256_loadu_ps(p.add($at))));
-                $acc[1] =
-                    _mm256_add_ps($acc[1], _mm256_mul_ps($w, _mm256_loadu_ps(p.add($at + 8))));
+    let mut acc = [[_mm256_setzero_ps(); H]; R];
+    for &(start, w) in taps {
+        let wv = _mm256_set1_ps(w);
+        for (i, a) in acc.iter_mut().enumerate() {
+            let at = start + (r + i) * step + b;
+            for (h, v) in a.iter_mut().enumerate() {
+                // SAFETY: `checked_rows` showed `start + (rows − 1)·step + cols rounded
+                // up to BLOCK ≤ src.len()` for every tap, and `r + i < rows`, `b + 8·h + 8
+                // ≤ b + BLOCK ≤ cols` rounded up: the 8 floats are inside `src`.
+                *v = _mm256_add_ps(
+                    *v,
+                    _mm256_mul_ps(wv, unsafe { _mm256_loadu_ps(p.add(at + 8 * h)) }),
+                );
             }
-        };
+        }
     }
-    // Writes `init + acc` to the `n ≤ BLOCK` floats of `dst`.
+    let n = BLOCK.min(cols - b);
+    let vinit = _mm256_set1_ps(init);
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let put = |dst: &mut [f32], acc: [__m256; 2]| {
-        let n = dst.len();
-        debug_assert!(n <= BLOCK);
-        let d = dst.as_mut_ptr();
-        for (h, v) in acc.into_iter().enumerate() {
+    for (i, a) in acc.into_iter().enumerate() {
+        // `init + acc` into the `n ≤ BLOCK` floats of the row's block.
+        let d = out[(r + i) * cols + b..][..n].as_mut_ptr();
+        for (h, v) in a.into_iter().enumerate() {
             let v = _mm256_add_ps(vinit, v);
             let m = n.saturating_sub(8 * h).min(8);
             if m == 8 {
-                // SAFETY: `dst` holds `n ≥ 8·h + 8` floats.
+                // SAFETY: the block holds `n ≥ 8·h + 8` floats.
                 unsafe { _mm256_storeu_ps(d.add(8 * h), v) };
             } else if m > 0 {
                 let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(m as i32), lanes);
-                // SAFETY: only the `m` lanes below `n − 8·h` are written, inside `dst`.
+                // SAFETY: only the `m` lanes below `n − 8·h` are written, inside the
+                // block.
                 unsafe { _mm256_maskstore_ps(d.add(8 * h), mask, v) };
             }
-        }
-    };
-    let mut r = 0;
-    while r + 2 <= rows {
-        for b in (0..cols).step_by(BLOCK) {
-            let mut a0 = [_mm256_setzero_ps(); 2];
-            let mut a1 = [_mm256_setzero_ps(); 2];
-            for &(start, w) in taps {
-                let wv = _mm256_set1_ps(w);
-                let at = start + r * step + b;
-                add!(a0, wv, at);
-                add!(a1, wv, at + step);
-            }
-            let n = BLOCK.min(cols - b);
-            put(&mut out[r * cols + b..][..n], a0);
-            put(&mut out[(r + 1) * cols + b..][..n], a1);
-        }
-        r += 2;
-    }
-    if r < rows {
-        for b in (0..cols).step_by(BLOCK) {
-            let mut a0 = [_mm256_setzero_ps(); 2];
-            for &(start, w) in taps {
-                let wv = _mm256_set1_ps(w);
-                add!(a0, wv, start + r * step + b);
-            }
-            let n = BLOCK.min(cols - b);
-            put(&mut out[r * cols + b..][..n], a0);
         }
     }
 }
@@ -181,6 +209,47 @@ pub(crate) fn taps(
     taps_scalar(src, taps, step, init, out, cols)
 }
 
+/// Taps per group of [`tap_dots`]: each tap of a group has its own accumulators, so
+/// the group's sums are independent dependency chains (a single accumulator waits on
+/// the latency of every add) and each row of `dy` is loaded once per group.
+const TAPS: usize = 4;
+const _: () = assert!(TAPS == 4, "tap_dots_body handles remainders of 1 to 3 taps");
+
+/// [`tap_dots`] for the `T` taps `starts`, added to `out`.
+#[inline(always)]
+fn tap_group<const T: usize>(
+    dy: &[f32],
+    cols: usize,
+    src: &[f32],
+    step: usize,
+    starts: &[usize],
+    out: &mut [f32],
+) {
+    let whole = cols - cols % LANES;
+    let mut lanes = [[0.0f32; LANES]; T];
+    let mut tail = [0.0f32; T];
+    for (r, d) in dy.chunks_exact(cols).enumerate() {
+        let s: [&[f32]; T] = std::array::from_fn(|t| &src[starts[t] + r * step..][..cols]);
+        let (dh, dt) = d.split_at(whole);
+        for (c, a) in dh.chunks_exact(LANES).enumerate() {
+            for (acc, st) in lanes.iter_mut().zip(&s) {
+                let b = &st[c * LANES..][..LANES];
+                for l in 0..LANES {
+                    acc[l] += a[l] * b[l];
+                }
+            }
+        }
+        for (acc, st) in tail.iter_mut().zip(&s) {
+            for (a, b) in dt.iter().zip(&st[whole..]) {
+                *acc += a * b;
+            }
+        }
+    }
+    for ((o, acc), t) in out.iter_mut().zip(&lanes).zip(tail) {
+        *o += acc.iter().sum::<f32>() + t;
+    }
+}
+
 #[inline(always)]
 fn tap_dots_body(
     dy: &[f32],
@@ -196,29 +265,24 @@ fn tap_dots_body(
     );
     let rows = dy.len() / cols;
     assert_eq!(starts.len(), out.len(), "one output per tap");
-    let whole = cols - cols % LANES;
-    for (&start, o) in starts.iter().zip(out.iter_mut()) {
-        let last = (rows - 1) * step;
-        assert!(
-            start <= src.len() && last <= src.len() - start && cols <= src.len() - start - last,
-            "a tap reads past its source"
-        );
-        let mut lanes = [0.0f32; LANES];
-        let mut tail = 0.0f32;
-        for (r, d) in dy.chunks_exact(cols).enumerate() {
-            let s = &src[start + r * step..][..cols];
-            let (dh, dt) = d.split_at(whole);
-            let (sh, st) = s.split_at(whole);
-            for (a, b) in dh.chunks_exact(LANES).zip(sh.chunks_exact(LANES)) {
-                for l in 0..LANES {
-                    lanes[l] += a[l] * b[l];
-                }
-            }
-            for (a, b) in dt.iter().zip(st) {
-                tail += a * b;
-            }
-        }
-        *o += lanes.iter().sum::<f32>() + tail;
+    let last = rows.saturating_sub(1) * step;
+    assert!(
+        starts.iter().all(|&start| start <= src.len()
+            && last <= src.len() - start
+            && cols <= src.len() - start - last),
+        "a tap reads past its source"
+    );
+    let mut groups = starts.chunks_exact(TAPS).zip(out.chunks_exact_mut(TAPS));
+    for (s, o) in &mut groups {
+        tap_group::<TAPS>(dy, cols, src, step, s, o);
+    }
+    let rest = starts.len() - starts.len() % TAPS;
+    let (s, o) = (&starts[rest..], &mut out[rest..]);
+    match s.len() {
+        0 => {}
+        1 => tap_group::<1>(dy, cols, src, step, s, o),
+        2 => tap_group::<2>(dy, cols, src, step, s, o),
+        _ => tap_group::<3>(dy, cols, src, step, s, o),
     }
 }
 

@@ -19,6 +19,7 @@
 //! [`Model::factorize_within`](crate::Model::factorize_within) does so over a model's
 //! Linear layers. The user guide with measured results is [`crate::guide::lowrank`].
 
+pub(crate) mod balanced;
 mod budget;
 mod cp;
 mod factorization;

@@ -1,8 +1,8 @@
 //! [`SpatialSeparable`]: a k×k convolution as a k×1 convolution followed by a 1×k one.
 
-use ndarray::{Array4, ArrayRef, IxDyn, s};
+use ndarray::{Array4, ArrayRef, IxDyn};
 
-use super::linalg::svd;
+use super::balanced::{Sign, balanced_split, conv_factorization, energy_error};
 use super::{Factorization, Factors, LowRank, LowRankContext, Rank, conv_weight};
 use crate::error::Result;
 
@@ -53,47 +53,25 @@ impl LowRank for SpatialSeparable {
             .into_owned()
             .into_shape_with_order((c * kh, o * kw))
             .expect("contiguous");
-        let (u, sv, vt) = svd(m.view())?;
-        let s: Vec<f64> = sv.to_vec();
-        let total: f64 = m.iter().map(|v| v * v).sum();
-        let r = self.rank.choose(
-            &s,
-            total,
-            (c * kh, o * kw),
-            c * kh + o * kw,
-            o * c * kh * kw,
-        )?;
-        let mut vertical = Array4::<f32>::zeros((r, c, kh, 1));
-        let mut horizontal = Array4::<f32>::zeros((o, r, 1, kw));
-        for j in 0..r {
-            let root = s[j].sqrt();
-            let col = u.column(j);
-            for ci in 0..c {
-                for y in 0..kh {
-                    vertical[[j, ci, y, 0]] = (col[ci * kh + y] * root) as f32;
-                }
-            }
-            let row = vt.slice(s![j, ..]);
-            for oi in 0..o {
-                for x in 0..kw {
-                    horizontal[[oi, j, 0, x]] = (row[oi * kw + x] * root) as f32;
-                }
-            }
-        }
-        let kept: f64 = s[..r].iter().map(|v| v * v).sum();
-        let err = if total > 0.0 {
-            ((total - kept).max(0.0) / total).sqrt()
-        } else {
-            0.0
-        };
-        Ok(Factorization::new(
-            weights.shape(),
+        let split = balanced_split(m.view(), Sign::AsComputed, |s, total| {
+            self.rank
+                .choose(s, total, (c * kh, o * kw), c * kh + o * kw, o * c * kh * kw)
+        })?;
+        let r = split.left.ncols();
+        let vertical = Array4::from_shape_fn((r, c, kh, 1), |(j, ci, y, _)| {
+            split.left[[ci * kh + y, j]] as f32
+        });
+        let horizontal = Array4::from_shape_fn((o, r, 1, kw), |(oi, j, _, x)| {
+            split.right[[j, oi * kw + x]] as f32
+        });
+        conv_factorization(
+            weights,
             Factors::Separable {
                 vertical,
                 horizontal,
             },
-        )?
-        .with_conv_spec(ctx.conv)?
-        .with_error(err))
+            ctx,
+            energy_error(split.total, split.kept),
+        )
     }
 }

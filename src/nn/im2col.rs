@@ -71,6 +71,12 @@ impl Geometry {
         self.cg * self.kh * self.kw
     }
 
+    /// Whether the columns of a group are its input itself: a 1×1 kernel, stride 1, no
+    /// padding (a pointwise convolution is a plain matrix product).
+    pub fn is_pointwise(&self) -> bool {
+        (self.kh, self.kw) == (1, 1) && self.spec.stride == (1, 1) && self.spec.padding == (0, 0)
+    }
+
     /// Output positions of one image: `oh·ow`.
     pub fn positions(&self) -> usize {
         self.oh * self.ow
@@ -147,6 +153,19 @@ pub(super) fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
                 }
             }
         }
+    }
+}
+
+/// The columns (`[cg·kh·kw, oh·ow]`) of one group's channels `x`: `x` itself when the
+/// convolution [is pointwise](Geometry::is_pointwise) (no copy), else [`im2col`] of it
+/// written into `cols`.
+pub(super) fn columns<'a>(x: &'a [f32], g: &Geometry, cols: &'a mut [f32]) -> &'a [f32] {
+    if g.is_pointwise() {
+        debug_assert_eq!(x.len(), g.rows() * g.positions());
+        x
+    } else {
+        im2col(x, g, cols);
+        cols
     }
 }
 
