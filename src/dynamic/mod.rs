@@ -1,0 +1,16 @@
+//! Conditional computation: spend less computation on easy inputs, or remove whole
+//! blocks (the survey's closing family).
+//!
+//! - [`ExitPolicy`]: when a sample may leave at an early exit (softmax entropy below a
+//!   threshold, or top probability above one), on a slice of logits, for engines;
+//!   [`route`] sends samples through a chain of exits, and [`ThresholdCalibration`]
+//!   picks the thresholds on held-out logits to meet an accuracy target relative to
+//!   the final exit (BranchyNet, Teerapittayanon et al. 2016).
+//!
+//! The guide is [`guide::dynamic`](crate::guide::dynamic).
+
+mod calibrate;
+mod policy;
+
+pub use calibrate::{Calibrated, ThresholdCalibration, route};
+pub use policy::{ExitPolicy, PolicyKind};
