@@ -6,11 +6,18 @@
 //!   [`route`] sends samples through a chain of exits, and [`ThresholdCalibration`]
 //!   picks the thresholds on held-out logits to meet an accuracy target relative to
 //!   the final exit (BranchyNet, Teerapittayanon et al. 2016).
+//! - [`StochasticDepth`]: residual blocks dropped at random in training, with survival
+//!   probabilities decaying linearly with depth (Huang et al. 2016).
 //!
 //! The guide is [`guide::dynamic`](crate::guide::dynamic).
 
 mod calibrate;
+mod depth;
 mod policy;
 
 pub use calibrate::{Calibrated, ThresholdCalibration, route};
+pub use depth::StochasticDepth;
 pub use policy::{ExitPolicy, PolicyKind};
+
+#[cfg(test)]
+mod tests_depth;
