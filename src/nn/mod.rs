@@ -82,6 +82,8 @@ pub(crate) use eval::check_labels;
 mod graph;
 mod im2col;
 mod norm;
+mod part;
+pub(crate) use part::{PartState, backward_part, forward_part, input_batch, seed_stream};
 mod pool;
 mod qat;
 mod shape;
