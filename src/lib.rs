@@ -19,6 +19,8 @@
 //! - [`encode`]: storage formats of compressed weights (CSR/CSC, bitmask, N:M, Deep
 //!   Compression's relative index) and canonical Huffman coding; [`sparse_ops`]: products
 //!   straight from CSR, N:M and weight-shared codes.
+//! - [`dynamic`]: conditional computation: early exits (exit policies on logits,
+//!   threshold calibration).
 //! - [`pipeline`]: steps of every family chained over a model, and the [`Report`] of
 //!   what they gained; [`store`]: the compressed model file.
 //!
@@ -40,6 +42,7 @@
 #![deny(missing_docs)]
 
 pub mod distill;
+pub mod dynamic;
 pub mod encode;
 pub mod error;
 pub mod filters;
@@ -92,6 +95,9 @@ pub mod guide {
 
     #[doc = include_str!("../docs/nn.md")]
     pub mod nn {}
+
+    #[doc = include_str!("../docs/dynamic.md")]
+    pub mod dynamic {}
 
     #[doc = include_str!("../docs/results.md")]
     pub mod results {}

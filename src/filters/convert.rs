@@ -172,7 +172,7 @@ fn visit<'a>(layers: &'a [Layer], f: &mut impl FnMut(&'a Layer)) {
     for layer in layers {
         f(layer);
         match layer {
-            Layer::Residual { body, shortcut } => {
+            Layer::Residual { body, shortcut, .. } => {
                 visit(body, f);
                 visit(shortcut, f);
             }
@@ -204,10 +204,15 @@ fn rewrite(layers: &[Layer], splits: &BTreeMap<String, Split>) -> Vec<Layer> {
                     spec: ConvSpec::new(),
                 });
             }
-            Layer::Residual { body, shortcut } => out.push(Layer::residual(
-                rewrite(body, splits),
-                rewrite(shortcut, splits),
-            )),
+            Layer::Residual {
+                body,
+                shortcut,
+                survival,
+            } => out.push(Layer::Residual {
+                body: rewrite(body, splits),
+                shortcut: rewrite(shortcut, splits),
+                survival: *survival,
+            }),
             Layer::Concat { branches } => out.push(Layer::concat(
                 branches.iter().map(|b| rewrite(b, splits)).collect(),
             )),

@@ -186,7 +186,7 @@ fn layer_cost(
             macs: out.iter().product(),
             ..LayerCost::default()
         },
-        Layer::Residual { body, shortcut } => {
+        Layer::Residual { body, shortcut, .. } => {
             let mut cost = seq_cost(body, model, input, seen)?.0;
             cost += seq_cost(shortcut, model, input, seen)?.0;
             cost

@@ -59,16 +59,59 @@ pub(super) fn backward_seq(
     Ok(grad)
 }
 
-/// `body(x) + shortcut(x)`; saves both branches' states.
+/// Whether stochastic depth keeps a residual block's body in a training pass: a draw
+/// below `survival` from the pass's seed and the block's index (its own stream, apart
+/// from the branches' dropout streams), so once per batch and reproducibly.
+fn survives(survival: f32, mode: Mode, index: usize) -> bool {
+    match mode {
+        Mode::Eval => true,
+        Mode::Train { .. } if survival >= 1.0 => true,
+        Mode::Train { seed } => {
+            let u = dropout::mix(dropout::mix(seed, index as u64), u64::MAX) >> 40;
+            // A uniform draw on the 2²⁴ multiples of 2⁻²⁴: P(keep) = survival (to 2⁻²⁴).
+            (u as f64) < survival as f64 * (1u64 << 24) as f64
+        }
+    }
+}
+
+/// What a residual block keeps for backpropagation.
+pub(super) struct ResidualSaved {
+    /// The body's states, `None` if stochastic depth dropped it in this pass.
+    pub(super) body: Option<Vec<Saved>>,
+    /// The shortcut's states.
+    pub(super) shortcut: Vec<Saved>,
+    /// The scale of the body's output (the survival probability in evaluation mode).
+    pub(super) scale: f32,
+}
+
+/// `body(x) + shortcut(x)`, with stochastic depth: in training mode the body runs with
+/// probability `survival` (else `y = shortcut(x)`), in evaluation mode its output is
+/// scaled by `survival` (`survival = 1` is the plain block, bit for bit).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn residual_forward(
     body: &[Layer],
     shortcut: &[Layer],
+    survival: f32,
     model: &Model,
     h: ArrayD<f32>,
     mode: Mode,
     index: usize,
     keep: bool,
 ) -> Result<(ArrayD<f32>, Saved)> {
+    let runs = survives(survival, mode, index);
+    let scale = match mode {
+        Mode::Eval => survival,
+        Mode::Train { .. } => 1.0,
+    };
+    if !runs {
+        let (y, s_short) = forward_seq(shortcut, model, h, branch_mode(mode, index, 1), keep)?;
+        let saved = if keep {
+            Saved::Residual(None, s_short, 0.0)
+        } else {
+            Saved::Nothing
+        };
+        return Ok((y, saved));
+    }
     let (short, s_short) = forward_seq(
         shortcut,
         model,
@@ -77,9 +120,12 @@ pub(super) fn residual_forward(
         keep,
     )?;
     let (mut y, s_body) = forward_seq(body, model, h, branch_mode(mode, index, 0), keep)?;
+    if scale != 1.0 {
+        y.mapv_inplace(|v| v * scale);
+    }
     y += &short;
     let saved = if keep {
-        Saved::Branches(vec![s_body, s_short], Vec::new())
+        Saved::Residual(Some(s_body), s_short, scale)
     } else {
         Saved::Nothing
     };
@@ -91,17 +137,19 @@ pub(super) fn residual_backward(
     body: &[Layer],
     shortcut: &[Layer],
     model: &Model,
-    saved: Vec<Vec<Saved>>,
+    saved: ResidualSaved,
     grad: ArrayD<f32>,
     need: bool,
     grads: &mut Gradients,
 ) -> Result<ArrayD<f32>> {
-    let mut saved = saved.into_iter();
-    let (s_body, s_short) = (
-        saved.next().unwrap_or_default(),
-        saved.next().unwrap_or_default(),
-    );
-    let d_short = backward_seq(shortcut, model, s_short, grad.clone(), need, grads)?;
+    let Some(s_body) = saved.body else {
+        return backward_seq(shortcut, model, saved.shortcut, grad, need, grads);
+    };
+    let d_short = backward_seq(shortcut, model, saved.shortcut, grad.clone(), need, grads)?;
+    let mut grad = grad;
+    if saved.scale != 1.0 {
+        grad.mapv_inplace(|g| g * saved.scale);
+    }
     let mut dx = backward_seq(body, model, s_body, grad, need, grads)?;
     if need {
         dx += &d_short;

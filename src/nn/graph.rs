@@ -32,9 +32,11 @@ pub(super) enum Saved {
     Shape(Vec<usize>),
     /// The factors the activations were multiplied by (Dropout in training mode).
     Factors(Vec<f32>),
-    /// Each branch's states, and for a concatenation each branch's width on axis 1
-    /// (Residual: body then shortcut; Concat).
+    /// Each branch's states, and each branch's width on axis 1 (Concat).
     Branches(Vec<Vec<Saved>>, Vec<usize>),
+    /// A residual block's states: the body's (`None` if stochastic depth dropped it in
+    /// this pass), the shortcut's, and the scale the body's output was multiplied by.
+    Residual(Option<Vec<Saved>>, Vec<Saved>, f32),
     /// What BatchNorm's backward pass needs.
     Norm(Box<norm::Saved>),
 }
@@ -268,9 +270,11 @@ pub(super) fn forward(
             let (y, s) = bn.forward(model, h, matches!(mode, Mode::Train { .. }))?;
             (y, Saved::Norm(Box::new(s)))
         }
-        Layer::Residual { body, shortcut } => {
-            block::residual_forward(body, shortcut, model, h, mode, index, keep)?
-        }
+        Layer::Residual {
+            body,
+            shortcut,
+            survival,
+        } => block::residual_forward(body, shortcut, *survival, model, h, mode, index, keep)?,
         Layer::Concat { branches } => block::concat_forward(branches, model, h, mode, index, keep)?,
     })
 }
@@ -386,7 +390,12 @@ pub(super) fn backward(
             }
             g.input
         }
-        (Layer::Residual { body, shortcut }, Saved::Branches(saved, _)) => {
+        (Layer::Residual { body, shortcut, .. }, Saved::Residual(s_body, s_short, scale)) => {
+            let saved = block::ResidualSaved {
+                body: s_body,
+                shortcut: s_short,
+                scale,
+            };
             block::residual_backward(body, shortcut, model, saved, grad, need, grads)?
         }
         (Layer::Concat { branches }, Saved::Branches(saved, widths)) => {
@@ -475,10 +484,11 @@ fn collect_norms(
                 let n = im2col_row_norms(&x, (w[0], w[1], w[2], w[3]), *spec)?;
                 norms.insert(weight.clone(), n);
             }
-            (Layer::Residual { body, shortcut }, Saved::Branches(saved, _)) => {
-                let mut saved = saved.into_iter();
-                collect_norms(model, body, saved.next().unwrap_or_default(), norms)?;
-                collect_norms(model, shortcut, saved.next().unwrap_or_default(), norms)?;
+            (Layer::Residual { body, shortcut, .. }, Saved::Residual(s_body, s_short, _)) => {
+                if let Some(s_body) = s_body {
+                    collect_norms(model, body, s_body, norms)?;
+                }
+                collect_norms(model, shortcut, s_short, norms)?;
             }
             (Layer::Concat { branches }, Saved::Branches(saved, _)) => {
                 for (branch, saved) in branches.iter().zip(saved) {

@@ -85,6 +85,8 @@ mod fold;
 mod graph;
 mod im2col;
 mod norm;
+mod part;
+pub(crate) use part::{PartState, backward_part, forward_part, input_batch, seed_stream};
 mod pool;
 mod qat;
 mod shape;
@@ -113,8 +115,8 @@ pub type Gradients = BTreeMap<String, ArrayD<f32>>;
 /// One layer of a [`Network`]. Parameters are named, and live in the
 /// [`Model`](crate::Model).
 ///
-/// Layers compare `Dropout` probabilities and BatchNorm's `eps` and `momentum` bit for
-/// bit, so that equality is an equivalence ([`Eq`]).
+/// Layers compare `Dropout` probabilities, BatchNorm's `eps` and `momentum` and
+/// residual blocks' survival probabilities bit for bit, so that equality is an equivalence ([`Eq`]).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Layer {
@@ -177,15 +179,23 @@ pub enum Layer {
     /// A residual block: `y = body(x) + shortcut(x)`, each a sub-sequence of layers
     /// applied to the same input; an empty shortcut is the identity (He et al. 2016),
     /// a 1×1 strided convolution a down-sampling shortcut. The two outputs must have the
-    /// same shape ([`Network::check`]). Build it with [`Layer::residual`]; the variant is
-    /// `#[non_exhaustive]` so that it can grow (a survival probability for stochastic
-    /// depth).
+    /// same shape ([`Network::check`]). Build it with [`Layer::residual`].
+    ///
+    /// Stochastic depth (Huang et al. 2016) is the block's `survival` probability `p`
+    /// (1 unless set by [`Layer::with_survival`]): in training mode the body runs with
+    /// probability `p`, drawn once per batch from the pass's seed (a dropped block is
+    /// `y = shortcut(x)`, and its body gets no gradient); in evaluation mode
+    /// `y = p·body(x) + shortcut(x)`. With `p = 1` the block is the plain one, bit for
+    /// bit. `0 < p ≤ 1` ([`Network::check`]).
     #[non_exhaustive]
     Residual {
         /// The residual branch F(x).
         body: Vec<Layer>,
         /// The shortcut; empty for the identity.
         shortcut: Vec<Layer>,
+        /// The probability that the body runs in a training pass, and its scale in
+        /// evaluation mode (stochastic depth); 1 for a plain residual block.
+        survival: f32,
     },
     /// Parallel branches on the same input, their outputs concatenated on axis 1 (the
     /// channels of `[n, c, h, w]`, the features of `[n, f]`); the other dimensions must
@@ -243,7 +253,50 @@ impl Layer {
     /// A residual block `y = body(x) + shortcut(x)` (an empty shortcut is the
     /// identity).
     pub fn residual(body: Vec<Layer>, shortcut: Vec<Layer>) -> Layer {
-        Layer::Residual { body, shortcut }
+        Layer::Residual {
+            body,
+            shortcut,
+            survival: 1.0,
+        }
+    }
+
+    /// This residual block with survival probability `p` for stochastic depth (see
+    /// [`Layer::Residual`]); [`dynamic::StochasticDepth`](crate::dynamic::StochasticDepth)
+    /// sets it on every block of a network by the linear decay rule. `p` outside
+    /// `(0, 1]`, or a layer that is not a residual block, is an error.
+    ///
+    /// ```
+    /// use slimnn::nn::Layer;
+    ///
+    /// let block = Layer::residual(vec![Layer::Relu], vec![]).with_survival(0.8)?;
+    /// assert_eq!(block.survival(), Some(0.8));
+    /// assert!(Layer::residual(vec![], vec![]).with_survival(0.0).is_err());
+    /// assert!(Layer::Relu.with_survival(0.5).is_err());
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn with_survival(self, p: f32) -> crate::Result<Layer> {
+        check_survival(p)?;
+        match self {
+            Layer::Residual { body, shortcut, .. } => Ok(Layer::Residual {
+                body,
+                shortcut,
+                survival: p,
+            }),
+            other => Err(crate::Error::invalid(
+                "layer",
+                format!("{other:?}"),
+                "a residual block (only residual blocks have a survival probability)",
+            )),
+        }
+    }
+
+    /// A residual block's survival probability (stochastic depth); `None` for other
+    /// layers.
+    pub fn survival(&self) -> Option<f32> {
+        match self {
+            Layer::Residual { survival, .. } => Some(*survival),
+            _ => None,
+        }
     }
 
     /// Branches on the same input, concatenated on axis 1.
@@ -288,7 +341,7 @@ impl Layer {
                 running_var,
                 ..
             } => names.extend([weight, bias, running_mean, running_var].map(String::as_str)),
-            Layer::Residual { body, shortcut } => body
+            Layer::Residual { body, shortcut, .. } => body
                 .iter()
                 .chain(shortcut)
                 .for_each(|l| l.collect_names(names)),
@@ -354,12 +407,14 @@ impl PartialEq for Layer {
                 Residual {
                     body: a,
                     shortcut: b,
+                    survival: p,
                 },
                 Residual {
                     body: c,
                     shortcut: d,
+                    survival: q,
                 },
-            ) => a == c && b == d,
+            ) => a == c && b == d && p.to_bits() == q.to_bits(),
             (Concat { branches: a }, Concat { branches: b }) => a == b,
             (
                 AvgPool2d {
@@ -402,6 +457,19 @@ impl PartialEq for Layer {
 }
 
 impl Eq for Layer {}
+
+/// Checks a survival probability: `0 < p ≤ 1`.
+pub(crate) fn check_survival(p: f32) -> crate::Result<()> {
+    if p > 0.0 && p <= 1.0 {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(
+            "survival",
+            p,
+            "a survival probability in (0, 1]",
+        ))
+    }
+}
 
 /// Accuracy and mean loss on a data set.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -193,7 +193,14 @@ pub(crate) fn layer_output(layer: &Layer, model: &Model, shape: &[usize]) -> Res
             bn.check(model, shape)?;
             Ok(shape.to_vec())
         }
-        Layer::Residual { body, shortcut } => block::residual_output(body, shortcut, model, shape),
+        Layer::Residual {
+            body,
+            shortcut,
+            survival,
+        } => {
+            super::check_survival(*survival)?;
+            block::residual_output(body, shortcut, model, shape)
+        }
         Layer::Concat { branches } => block::concat_output(branches, model, shape),
     }
 }
