@@ -6,7 +6,11 @@
 use std::path::Path;
 
 /// (a word naming the family in the texts, the module that implements it under `src/`)
-const FAMILIES: [(&str, &str); 2] = [("compact", "filters"), ("distillation", "distill")];
+const FAMILIES: [(&str, &str); 3] = [
+    ("compact", "filters"),
+    ("distillation", "distill"),
+    ("conditional", "dynamic"),
+];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -11,17 +11,22 @@
 //!   computing.
 //! - [`StochasticDepth`]: residual blocks dropped at random in training, with survival
 //!   probabilities decaying linearly with depth (Huang et al. 2016).
+//! - [`BlockDropping`]: residual blocks removed after training, greedily by the
+//!   smallest increase of a calibration loss; [`drop_curve`] gives the accuracy against
+//!   the number of blocks removed.
 //!
 //! The guide is [`guide::dynamic`](crate::guide::dynamic).
 
 mod calibrate;
 mod depth;
+mod drop;
 mod exits;
 mod joint;
 mod policy;
 
 pub use calibrate::{Calibrated, ThresholdCalibration, route};
 pub use depth::StochasticDepth;
+pub use drop::{BlockDropping, DropReport, drop_curve, remove_blocks};
 pub use exits::{EarlyExitNetwork, ExitCosts, ExitEvaluation, ExitOutput, ExitPoint};
 pub use joint::JointLoss;
 pub use policy::{ExitPolicy, PolicyKind};

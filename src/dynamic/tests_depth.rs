@@ -179,3 +179,90 @@ fn survival_probabilities_outside_zero_one_are_typed_errors() {
     let sd = rule.apply(&net).unwrap();
     assert_eq!(sd.layers()[1].survival(), Some(0.5));
 }
+
+#[test]
+fn removing_blocks_splices_their_shortcuts_and_every_block_is_an_error() {
+    let (model, net) = residual_mlp(3);
+    // Layers: 0 stem, 1 block, 2 relu, 3 block, 4 relu, 5 block, 6 relu, 7 head.
+    let cut = remove_blocks(&net, &[1]).unwrap();
+    let mut want = net.layers().to_vec();
+    want.remove(3);
+    assert_eq!(cut.layers(), &want[..]);
+    cut.check(&model).unwrap();
+    let short = Network::new(vec![
+        Layer::residual(vec![Layer::Relu], vec![Layer::Flatten, Layer::Relu]),
+        Layer::residual(vec![], vec![]),
+    ]);
+    assert_eq!(
+        remove_blocks(&short, &[0]).unwrap().layers(),
+        &[Layer::Flatten, Layer::Relu, Layer::residual(vec![], vec![])]
+    );
+    for bad in [&[0usize, 1, 2][..], &[3], &[0, 0]] {
+        assert!(
+            matches!(
+                remove_blocks(&net, bad),
+                Err(Error::InvalidParameter { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    let plain = Network::new(vec![Layer::Relu]);
+    assert!(matches!(
+        remove_blocks(&plain, &[]),
+        Err(Error::Empty { .. })
+    ));
+}
+
+#[test]
+fn greedy_dropping_removes_the_harmless_block_first_and_reports_each_step() {
+    let (mut model, net) = residual_mlp(3);
+    model
+        .get_mut("b2.fc2.weight")
+        .unwrap()
+        .value_mut()
+        .fill(0.0);
+    let data = crate::io::idx::Dataset {
+        images: batch(30, 6, 0.33),
+        labels: Array1::from_iter((0..30).map(|i| (i % 3) as u8)),
+        image_shape: vec![6],
+    };
+    let report = BlockDropping::new(2, 7)
+        .unwrap()
+        .run(&net, &model, &data)
+        .unwrap();
+    assert_eq!(report.order.len(), 2);
+    // The first choice is the block whose removal alone gives the lowest loss.
+    let alone: Vec<f64> = (0..3)
+        .map(|b| {
+            let cut = remove_blocks(&net, &[b]).unwrap();
+            cut.evaluate(&model, &data, 7).unwrap().loss
+        })
+        .collect();
+    let min = alone.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(alone[report.order[0]], min);
+    assert_eq!(report.steps[1].loss, min);
+    // Removing the block with a zero body changes nothing.
+    assert_eq!(alone[2], report.steps[0].loss);
+    assert!(min <= report.steps[0].loss);
+    assert_eq!(report.steps.len(), 3);
+    assert_eq!(report.steps[0], net.evaluate(&model, &data, 7).unwrap());
+    let curve = drop_curve(&net, &model, &report.order, &data, 5).unwrap();
+    assert_eq!(curve.len(), 3);
+    for (c, s) in curve.iter().zip(&report.steps) {
+        assert_eq!(c.correct, s.correct);
+        assert!((c.loss - s.loss).abs() < 1e-6);
+    }
+    assert!(matches!(
+        BlockDropping::new(3, 7).unwrap().run(&net, &model, &data),
+        Err(Error::InvalidParameter { name: "remove", .. })
+    ));
+    assert!(matches!(
+        BlockDropping::new(1, 0),
+        Err(Error::InvalidParameter { .. })
+    ));
+    let plain = Network::mlp(&mut Model::new(), &[6, 3], 1).unwrap();
+    assert!(matches!(
+        BlockDropping::new(0, 4).unwrap().run(&plain, &model, &data),
+        Err(Error::Empty { .. })
+    ));
+}
