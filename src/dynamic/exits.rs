@@ -267,21 +267,23 @@ impl EarlyExitNetwork {
     /// activation it attaches to and gives logits of the trunk's classes. Returns the
     /// number of classes.
     pub fn check(&self, model: &Model) -> Result<usize> {
-        self.trunk.check(model)?;
         let shapes = self.trunk.shapes(model)?;
-        let classes = shapes.last().expect("the input shape at least")[0];
-        for k in 0..self.exits.len() {
-            let branch = self.branch_network(model, k)?;
-            branch.check(model)?;
-            let out = branch
-                .shapes(model)?
-                .pop()
-                .expect("the input shape at least");
-            if out != [classes] {
+        let out = shapes.last().expect("the input shape at least");
+        if out.len() != 1 {
+            // The trunk's own error (a classifier ends in [n, classes]).
+            self.trunk.check(model)?;
+        }
+        let classes = out[0];
+        for (k, e) in self.exits.iter().enumerate() {
+            let mut shape = shapes[e.after + 1].clone();
+            for layer in &e.layers {
+                shape = crate::nn::layer_output(layer, model, &shape)?;
+            }
+            if shape != [classes] {
                 return Err(Error::ShapeMismatch {
                     what: format!("logits of side exit {k} (the trunk's classes)"),
                     expected: vec![classes],
-                    got: out,
+                    got: shape,
                 });
             }
         }

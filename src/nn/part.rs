@@ -13,17 +13,29 @@ use crate::model::Model;
 /// What a part's forward pass keeps for its backward pass.
 pub(crate) struct PartState(Vec<Saved>);
 
-/// Checks `net` and the batch `[n, features]` (as [`Network::forward`] does) and
-/// returns it reshaped to `[n, ..input shape]`.
+/// The batch `[n, features]` reshaped to `[n, ..input shape]` of `net`, after checking
+/// its width and that it is finite. The caller has checked `net` against `model`
+/// ([`Network::check`]), so that a pass pays for one shape inference, not two.
 pub(crate) fn input_batch(
     net: &Network,
     model: &Model,
     x: ArrayView2<'_, f32>,
 ) -> Result<ArrayD<f32>> {
-    let shape = net.check_input(model, x)?;
-    Ok(x.as_standard_layout()
-        .into_owned()
-        .into_shape_with_order(IxDyn(&shape))
+    let example = net.example_shape(model)?;
+    let features: usize = example.iter().product();
+    if x.ncols() != features {
+        return Err(crate::Error::ShapeMismatch {
+            what: "input batch [n, features]".into(),
+            expected: vec![x.nrows(), features],
+            got: x.shape().to_vec(),
+        });
+    }
+    let x = x.as_standard_layout().into_owned();
+    crate::tensor::check_finite(x.as_slice().expect("standard layout"), || {
+        "input batch".into()
+    })?;
+    let shape: Vec<usize> = std::iter::once(x.nrows()).chain(example).collect();
+    Ok(x.into_shape_with_order(IxDyn(&shape))
         .expect("the element count is checked"))
 }
 
