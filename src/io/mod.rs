@@ -2,7 +2,9 @@
 //!
 //! - [`safetensors`]: load and save a [`Model`](crate::Model).
 //! - [`idx`]: the gzip-compressed IDX files that MNIST and the digits set come in.
+//! - [`gguf`]: llama.cpp's GGUF v3 files, read and written.
 
+pub mod gguf;
 pub mod idx;
 pub mod safetensors;
 
