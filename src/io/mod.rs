@@ -5,7 +5,10 @@
 //! - [`gguf`]: llama.cpp's GGUF v3 files, read and written.
 
 pub mod gguf;
+mod gguf_model;
 pub mod idx;
+
+pub use gguf_model::GgufOptions;
 pub mod safetensors;
 
 use std::io::Read;
