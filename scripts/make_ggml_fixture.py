@@ -237,12 +237,339 @@ CASES = [
 ]
 
 
+# ----------------------------------------------------------------------------------
+# k-quants Q4_K and Q6_K. The gguf package dequantizes them but does not quantize, so
+# the blocks come from the NumPy port below of ggml's reference quantizers
+# (quantize_row_q4_K_ref / quantize_row_q6_K_ref in ggml/src/ggml-quants.c, no
+# importance matrix), every operation in float32 in the C code's order, without fused
+# multiply-add; their dequantized values come from gguf.quants.dequantize.
+
+QK_K = 256
+Q4_K_BLOCK_BYTES = 144
+Q6_K_BLOCK_BYTES = 210
+KQ_MAGIC = b"GGMLKQX1"
+F = np.float32
+GROUP_MAX_EPS = F(1e-15)
+
+
+def nearest_int(fval) -> int:
+    val = np.array([F(fval) + F(12582912.0)], dtype=np.float32).view(np.int32)[0]
+    return int(val & 0x007FFFFF) - 0x00400000
+
+
+def make_qkx2_quants(nmax, x, weights, rmin, rdelta, nstep):
+    n = len(x)
+    mn = x[0]
+    mx = x[0]
+    sum_w = weights[0]
+    sum_x = F(sum_w * x[0])
+    for i in range(1, n):
+        if x[i] < mn:
+            mn = x[i]
+        if x[i] > mx:
+            mx = x[i]
+        w = weights[i]
+        sum_w = F(sum_w + w)
+        sum_x = F(sum_x + F(w * x[i]))
+    if mn > 0:
+        mn = F(0)
+    L = [0] * n
+    if mx == mn:
+        return F(0), F(-mn), L
+    iscale = F(F(nmax) / F(mx - mn))
+    scale = F(F(1) / iscale)
+    best_error = F(0)
+    for i in range(n):
+        l = max(0, min(nmax, nearest_int(F(iscale * F(x[i] - mn)))))
+        L[i] = l
+        diff = F(F(F(scale * F(l)) + mn) - x[i])
+        best_error = F(best_error + F(weights[i] * F(diff * diff)))
+    for is_ in range(nstep + 1):
+        iscale = F(F(F(rmin + F(rdelta * F(is_))) + F(nmax)) / F(mx - mn))
+        sum_l = sum_l2 = sum_xl = F(0)
+        laux = [0] * n
+        for i in range(n):
+            l = max(0, min(nmax, nearest_int(F(iscale * F(x[i] - mn)))))
+            laux[i] = l
+            w = weights[i]
+            lf = F(l)
+            sum_l = F(sum_l + F(w * lf))
+            sum_l2 = F(sum_l2 + F(F(w * lf) * lf))
+            sum_xl = F(sum_xl + F(F(w * lf) * x[i]))
+        D = F(F(sum_w * sum_l2) - F(sum_l * sum_l))
+        if D > 0:
+            this_scale = F(F(F(sum_w * sum_xl) - F(sum_x * sum_l)) / D)
+            this_min = F(F(F(sum_l2 * sum_x) - F(sum_l * sum_xl)) / D)
+            if this_min > 0:
+                this_min = F(0)
+                this_scale = F(sum_xl / sum_l2)
+            cur_error = F(0)
+            for i in range(n):
+                diff = F(F(F(this_scale * F(laux[i])) + this_min) - x[i])
+                cur_error = F(cur_error + F(weights[i] * F(diff * diff)))
+            if cur_error < best_error:
+                L = list(laux)
+                best_error = cur_error
+                scale = this_scale
+                mn = this_min
+    return scale, F(-mn), L
+
+
+def make_qx_quants_rmse1(nmax, x):
+    n = len(x)
+    mx = F(0)
+    amax = F(0)
+    for v in x:
+        ax = F(abs(v))
+        if ax > amax:
+            amax = ax
+            mx = v
+    if amax < GROUP_MAX_EPS:
+        return F(0), [0] * n
+    iscale = F(F(-nmax) / mx)
+    L = [0] * n
+    sumlx = suml2 = F(0)
+    for i in range(n):
+        l = max(-nmax, min(nmax - 1, nearest_int(F(iscale * x[i]))))
+        L[i] = l + nmax
+        w = F(x[i] * x[i])
+        sumlx = F(sumlx + F(F(w * x[i]) * F(l)))
+        suml2 = F(suml2 + F(F(w * F(l)) * F(l)))
+    scale = F(sumlx / suml2) if suml2 != 0 else F(0)
+    best = F(scale * sumlx)
+    for is_ in range(-9, 10):
+        if is_ == 0:
+            continue
+        iscale = F(F(-F(F(nmax) + F(F(0.1) * F(is_)))) / mx)
+        sumlx = suml2 = F(0)
+        for i in range(n):
+            l = max(-nmax, min(nmax - 1, nearest_int(F(iscale * x[i]))))
+            w = F(x[i] * x[i])
+            sumlx = F(sumlx + F(F(w * x[i]) * F(l)))
+            suml2 = F(suml2 + F(F(w * F(l)) * F(l)))
+        if suml2 > 0 and F(sumlx * sumlx) > F(best * suml2):
+            for i in range(n):
+                l = max(-nmax, min(nmax - 1, nearest_int(F(iscale * x[i]))))
+                L[i] = nmax + l
+            scale = F(sumlx / suml2)
+            best = F(scale * sumlx)
+    return scale, L
+
+
+def scale_min_k4(j, q):
+    if j < 4:
+        return q[j] & 63, q[j + 4] & 63
+    return (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)
+
+
+def f16_round(v) -> np.float16:
+    return np.float16(F(v))
+
+
+def quantize_q4_k(x: np.ndarray) -> bytes:
+    out = bytearray()
+    for xb in x.reshape(-1, QK_K):
+        xb = [F(v) for v in xb]
+        L = [0] * QK_K
+        scales = [F(0)] * 8
+        mins = [F(0)] * 8
+        max_scale = F(0)
+        max_min = F(0)
+        for j in range(8):
+            xs = xb[32 * j : 32 * j + 32]
+            sum_x2 = F(0)
+            for v in xs:
+                sum_x2 = F(sum_x2 + F(v * v))
+            av_x = F(np.sqrt(F(sum_x2 / F(32))))
+            weights = [F(av_x + F(abs(v))) for v in xs]
+            s, m, l = make_qkx2_quants(15, xs, weights, F(-1.0), F(0.1), 20)
+            L[32 * j : 32 * j + 32] = l
+            scales[j] = s
+            mins[j] = m
+            if s > max_scale:
+                max_scale = s
+            if m > max_min:
+                max_min = m
+        inv_scale = F(F(63) / max_scale) if max_scale > 0 else F(0)
+        inv_min = F(F(63) / max_min) if max_min > 0 else F(0)
+        sc = [0] * 12
+        for j in range(8):
+            ls = min(63, nearest_int(F(inv_scale * scales[j])) & 0xFF)
+            lm = min(63, nearest_int(F(inv_min * mins[j])) & 0xFF)
+            if j < 4:
+                sc[j] = ls
+                sc[j + 4] = lm
+            else:
+                sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4)
+                sc[j - 4] |= (ls >> 4) << 6
+                sc[j] |= (lm >> 4) << 6
+        d16 = f16_round(F(max_scale / F(63)))
+        dmin16 = f16_round(F(max_min / F(63)))
+        for j in range(8):
+            s, m = scale_min_k4(j, sc)
+            d = F(F(d16) * F(s))
+            if d == 0:
+                continue
+            dm = F(F(dmin16) * F(m))
+            for ii in range(32):
+                L[32 * j + ii] = max(0, min(15, nearest_int(F(F(xb[32 * j + ii] + dm) / d))))
+        out += np.array([d16, dmin16], dtype="<f2").tobytes()
+        out += bytes(sc)
+        for j in range(0, QK_K, 64):
+            out += bytes(L[j + k] | (L[j + k + 32] << 4) for k in range(32))
+    return bytes(out)
+
+
+def quantize_q6_k(x: np.ndarray) -> bytes:
+    out = bytearray()
+    for xb in x.reshape(-1, QK_K):
+        xb = [F(v) for v in xb]
+        L = [0] * QK_K
+        scales = [F(0)] * 16
+        max_scale = F(0)
+        max_abs_scale = F(0)
+        for ib in range(16):
+            s, l = make_qx_quants_rmse1(32, xb[16 * ib : 16 * ib + 16])
+            L[16 * ib : 16 * ib + 16] = l
+            scales[ib] = s
+            if F(abs(s)) > max_abs_scale:
+                max_abs_scale = F(abs(s))
+                max_scale = s
+        if max_abs_scale < GROUP_MAX_EPS:
+            out += bytes(Q6_K_BLOCK_BYTES)
+            continue
+        iscale = F(F(-128.0) / max_scale)
+        d16 = f16_round(F(F(1) / iscale))
+        sc = [min(127, nearest_int(F(iscale * s))) for s in scales]
+        for j in range(16):
+            d = F(F(d16) * F(sc[j]))
+            if d == 0:
+                continue
+            for ii in range(16):
+                L[16 * j + ii] = max(-32, min(31, nearest_int(F(xb[16 * j + ii] / d)))) + 32
+        ql = [0] * 128
+        qh = [0] * 64
+        for h, j in enumerate(range(0, QK_K, 128)):
+            for k in range(32):
+                q1, q2, q3, q4 = L[j + k], L[j + k + 32], L[j + k + 64], L[j + k + 96]
+                ql[64 * h + k] = (q1 & 0xF) | ((q3 & 0xF) << 4)
+                ql[64 * h + k + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4)
+                qh[32 * h + k] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)
+        out += bytes(ql) + bytes(qh) + bytes(s & 0xFF for s in sc)
+        out += np.array([d16], dtype="<f2").tobytes()
+    return bytes(out)
+
+
+def kcase_normal(rng):
+    return rng.normal(0.0, 0.02, 4 * QK_K).astype(np.float32)
+
+
+def kcase_wide(rng):
+    # a different magnitude per 16 values, and some sub-blocks all positive / all negative
+    x = rng.uniform(-1.0, 1.0, (4 * QK_K // 16, 16)) * 10.0 ** rng.uniform(-4.0, 2.0, (4 * QK_K // 16, 1))
+    x[3] = np.abs(x[3])
+    x[7] = -np.abs(x[7])
+    x[20] = np.abs(x[20]) + 5.0
+    return x.astype(np.float32).ravel()
+
+
+def kcase_zeros(rng):
+    x = np.zeros(3 * QK_K, dtype=np.float32)
+    x[QK_K : QK_K + 32] = rng.normal(0.0, 1.0, 32)   # one live sub-block, the rest zero
+    x[2 * QK_K + 100] = 0.5                           # a single nonzero value
+    return x
+
+
+def kcase_tiny_large(rng):
+    blocks = [rng.normal(0.0, 1.0, QK_K) * s for s in (1e-6, 1e-12, 1e-20, 1e3, 3e4)]
+    return np.concatenate(blocks).astype(np.float32)
+
+
+def kcase_ties(rng):
+    # repeated values, exact small integers and a max of either sign
+    x = np.round(rng.uniform(-8.0, 8.0, 2 * QK_K)).astype(np.float32)
+    x[:16] = 3.0
+    x[16:32] = -3.0
+    x[QK_K + 5] = -40.0
+    x[QK_K + 200] = 40.0
+    return x
+
+
+KCASES = [
+    ("normal", kcase_normal, "1024 values ~ N(0, 0.02^2)"),
+    ("wide", kcase_wide, "U(-1,1) * 10^U(-4,2) per 16 values; all-positive / all-negative / offset sub-blocks"),
+    ("zeros", kcase_zeros, "zero super-block, one live sub-block, a single nonzero value"),
+    ("tiny_large", kcase_tiny_large, "N(0,1) * 1e-6, 1e-12, 1e-20, 1e3, 3e4 per super-block"),
+    ("ties", kcase_ties, "rounded integers, runs of equal values, +-40 outliers"),
+]
+
+
+def write_kquants(out_dir: Path) -> None:
+    rng = np.random.default_rng(SEED + 1)
+    buf = bytearray()
+    buf += KQ_MAGIC
+    buf += struct.pack("<II", FORMAT_VERSION, len(KCASES))
+    index = []
+    for name, make, description in KCASES:
+        x = make(rng)
+        assert x.dtype == np.float32 and x.size % QK_K == 0, name
+        n = x.size
+        q4 = np.frombuffer(quantize_q4_k(x), dtype=np.uint8)
+        q6 = np.frombuffer(quantize_q6_k(x), dtype=np.uint8)
+        assert q4.size == n // QK_K * Q4_K_BLOCK_BYTES and q6.size == n // QK_K * Q6_K_BLOCK_BYTES
+        dq4 = dequantize(q4, GGMLQuantizationType.Q4_K).astype(np.float32, copy=False)
+        dq6 = dequantize(q6, GGMLQuantizationType.Q6_K).astype(np.float32, copy=False)
+        name_bytes = name.encode("utf-8")
+        buf += struct.pack("<I", len(name_bytes)) + name_bytes
+        buf += struct.pack("<I", n)
+        offsets = {}
+        for key, arr in (
+            ("input_f32", x.astype("<f4")),
+            ("q4_k", q4),
+            ("q6_k", q6),
+            ("q4_k_dequant_f32", dq4.astype("<f4")),
+            ("q6_k_dequant_f32", dq6.astype("<f4")),
+        ):
+            raw = arr.tobytes()
+            offsets[key] = {"offset": len(buf), "len": len(raw)}
+            buf += raw
+        rel = float(np.linalg.norm(dq4 - x) / max(np.linalg.norm(x), 1e-30))
+        index.append({"name": name, "description": description, "n": n, "arrays": offsets,
+                      "q4_k_rel_error": rel})
+    bin_path = out_dir / "ggml_kquants.bin"
+    json_path = out_dir / "ggml_kquants.json"
+    bin_path.write_bytes(bytes(buf))
+    sha = hashlib.sha256(buf).hexdigest()
+    meta = {
+        "generator": "scripts/make_ggml_fixture.py",
+        "reference": "blocks: this script's NumPy port of ggml's quantize_row_q4_K_ref / "
+        "quantize_row_q6_K_ref; values: gguf.quants.dequantize (Python gguf package)",
+        "gguf_version": GGUF_VERSION,
+        "numpy_version": np.__version__,
+        "seed": SEED + 1,
+        "file": bin_path.name,
+        "file_len": len(buf),
+        "sha256": sha,
+        "format": "magic b'GGMLKQX1', u32 version, u32 n_cases; per case u32 name_len, "
+        "name, u32 n, then input f32[n], Q4_K u8[n/256*144], Q6_K u8[n/256*210], "
+        "dequant Q4_K f32[n], dequant Q6_K f32[n]; all little-endian",
+        "format_version": FORMAT_VERSION,
+        "cases": index,
+    }
+    json_path.write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {bin_path} ({len(buf)} bytes, sha256 {sha})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     repo = Path(__file__).resolve().parent.parent
     ap.add_argument("--out-dir", type=Path, default=repo / "tests" / "fixtures")
+    ap.add_argument("--only-kquants", action="store_true", help="write only ggml_kquants.*")
     args = ap.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    write_kquants(args.out_dir)
+    if args.only_kquants:
+        return
 
     rng = np.random.default_rng(SEED)
     buf = bytearray()

@@ -19,8 +19,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use slimnn::io::GgufOptions;
 use slimnn::io::safetensors::SaveOptions;
 use slimnn::pipeline::{FoldBatchNorm, Pipeline, Report, spec};
+use slimnn::quant::GgmlFormat;
 use slimnn::store::LoadOptions;
 use slimnn::{Error, Model, Result, Selector};
 
@@ -73,13 +75,15 @@ enum Command {
         /// Low-rank steps, e.g. `svd:0.95`, `svd:64@fc*`, `tucker2:vbmf`, `budget:100000`.
         #[arg(long, value_name = "SPEC")]
         lowrank: Vec<String>,
-        /// Quantization steps, e.g. `kmeans:32`, `int8`, `int4-group128`, `q4_0`.
+        /// Quantization steps, e.g. `kmeans:32`, `int8`, `int4-group128`, `q4_0`, `q6_k`;
+        /// `q4_k` with `--format gguf` only (its weights are quantized as written).
         #[arg(long, value_name = "SPEC")]
         quantize: Vec<String>,
         /// Storage of the compressed format, e.g. `relative:4+huffman`, `csr`, `auto`.
         #[arg(long, value_name = "SPEC")]
         encode: Vec<String>,
-        /// Output format (default: safetensors if the output ends in `.safetensors`).
+        /// Output format (default: safetensors if the output ends in `.safetensors`,
+        /// GGUF if it ends in `.gguf`).
         #[arg(long, value_enum)]
         format: Option<Format>,
         /// Also write the report as JSON.
@@ -125,6 +129,9 @@ enum Format {
     Compressed,
     /// A dense safetensors file with the compression applied.
     Safetensors,
+    /// A GGUF v3 file (llama.cpp): ggml-quantized weights as their block types, the
+    /// rest dense.
+    Gguf,
 }
 
 fn main() -> ExitCode {
@@ -167,18 +174,28 @@ fn run(cli: Cli) -> Result<()> {
             quiet,
             measure,
         } => {
-            let format =
-                format.unwrap_or(if output.extension().is_some_and(|e| e == "safetensors") {
-                    Format::Safetensors
-                } else {
-                    Format::Compressed
+            let format = format.unwrap_or(match output.extension() {
+                Some(e) if e == "safetensors" => Format::Safetensors,
+                Some(e) if e == "gguf" => Format::Gguf,
+                _ => Format::Compressed,
+            });
+            // `q4_k` has no in-memory quantized form: GGUF output quantizes as it writes.
+            let (q4_k, quantize): (Vec<String>, Vec<String>) =
+                quantize.into_iter().partition(|s| s == "q4_k");
+            if !q4_k.is_empty() && format != Format::Gguf {
+                return Err(Error::InvalidParameter {
+                    name: "--quantize",
+                    value: "q4_k".into(),
+                    expected: "q4_k with --format gguf only (other outputs: q4_0, q6_k, ...)"
+                        .into(),
                 });
-            if format == Format::Safetensors && !encode.is_empty() {
+            }
+            if format != Format::Compressed && !encode.is_empty() {
                 return Err(Error::InvalidParameter {
                     name: "--encode",
                     value: encode.join(" "),
-                    expected: "no encoding with a safetensors output (encodings are of the \
-                               compressed format)"
+                    expected: "no encoding with a safetensors or GGUF output (encodings are \
+                               of the compressed format)"
                         .into(),
                 });
             }
@@ -225,6 +242,12 @@ fn run(cli: Cli) -> Result<()> {
                     let bytes = model.to_safetensors(&options)?;
                     result.describe_dense_file(&model, options.dtype, bytes.len())?;
                     bytes
+                }
+                Format::Gguf => {
+                    let options = GgufOptions {
+                        quantize: (!q4_k.is_empty()).then_some(GgmlFormat::Q4_K),
+                    };
+                    model.to_gguf(&options)?.to_bytes()?
                 }
             };
             result.file_bytes = bytes.len();
@@ -315,10 +338,22 @@ fn is_compressed(path: &Path) -> Result<bool> {
     Ok(std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"SLIMNNCM")
 }
 
-/// A safetensors or compressed model, told apart by the compressed format's magic.
+/// Whether `path` starts with GGUF's magic.
+fn is_gguf(path: &Path) -> Result<bool> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    let mut magic = [0u8; 4];
+    Ok(std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"GGUF")
+}
+
+/// A safetensors, GGUF or compressed model, told apart by their magic.
 fn load(path: &Path, limits: &LoadOptions) -> Result<Model> {
     if is_compressed(path)? {
         Model::load_compressed_with(path, limits)
+    } else if is_gguf(path)? {
+        Model::load_gguf(path)
     } else {
         Model::load(path)
     }

@@ -2,8 +2,13 @@
 //!
 //! - [`safetensors`]: load and save a [`Model`](crate::Model).
 //! - [`idx`]: the gzip-compressed IDX files that MNIST and the digits set come in.
+//! - [`gguf`]: llama.cpp's GGUF v3 files, read and written.
 
+pub mod gguf;
+mod gguf_model;
 pub mod idx;
+
+pub use gguf_model::GgufOptions;
 pub mod safetensors;
 
 use std::io::Read;

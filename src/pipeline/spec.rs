@@ -13,7 +13,7 @@
 //! | quantize | `int4-group128` (any bits, any group) | affine, per group along rows |
 //! | quantize | `kmeans:K`, `kmeans-optimal:K` | weight sharing, Lloyd (linear init) or exact |
 //! | quantize | `pow2:B`, `ternary`, `binary` | logarithmic, TWN, XNOR (per channel) |
-//! | quantize | `q8_0`, `q4_0` | llama.cpp block formats |
+//! | quantize | `q8_0`, `q4_0`, `q6_k` | llama.cpp block formats (`q4_k`: GGUF output only) |
 //! | lowrank | `svd:R` or `svd:E` | truncated SVD, rank `R` (integer) or energy `E` (< 1) |
 //! | lowrank | `svd:vbmf`, `rsvd:R` | VBMF rank; randomized SVD |
 //! | lowrank | `tucker2:R` or `tucker2:E`, `cp:R`, `separable:R` | convolutions |
@@ -70,7 +70,7 @@ fn default_selector(method: &str) -> Option<Selector> {
     let method = method.strip_suffix("+huffman").unwrap_or(method);
     Some(match method {
         "magnitude" | "global" | "random" | "nm" | "structured" | "kmeans" | "kmeans-optimal"
-        | "pow2" | "ternary" | "binary" | "q8_0" | "q4_0" => Selector::prunable(),
+        | "pow2" | "ternary" | "binary" | "q8_0" | "q4_0" | "q6_k" => Selector::prunable(),
         m if m.starts_with("int") => Selector::prunable(),
         "svd" | "rsvd" | "budget" => Selector::kinds(&[LayerKind::Linear]),
         "tucker2" | "cp" | "separable" | "dwsep" => Selector::kinds(&[LayerKind::Conv2d]),
@@ -186,7 +186,7 @@ pub fn quantize_step(spec: &str) -> Result<Box<dyn Compressor>> {
     let (s, selector) = split(spec, Selector::prunable())?;
     let per_row = Granularity::PerChannel { axis: 0 };
     let label = format!("quantize: {s}");
-    let expected = "int8..int2, intB-groupG, kmeans:K, kmeans-optimal:K, pow2:B, ternary, binary, q8_0 or q4_0";
+    let expected = "int8..int2, intB-groupG, kmeans:K, kmeans-optimal:K, pow2:B, ternary, binary, q8_0, q4_0 or q6_k";
     macro_rules! step {
         ($q:expr) => {
             Box::new(Quantize::new(selector, $q).with_label(label)) as Box<dyn Compressor>
@@ -215,6 +215,7 @@ pub fn quantize_step(spec: &str) -> Result<Box<dyn Compressor>> {
         ("binary", None) => step!(BinaryQuantizer::new(per_row)),
         ("q8_0", None) => step!(GgmlQuantizer::new(GgmlFormat::Q8_0)),
         ("q4_0", None) => step!(GgmlQuantizer::new(GgmlFormat::Q4_0)),
+        ("q6_k", None) => step!(GgmlQuantizer::new(GgmlFormat::Q6_K)),
         (m, None) if m.starts_with("int") => {
             let rest = &m[3..];
             match rest.split_once("-group") {
@@ -364,6 +365,7 @@ mod tests {
             "binary",
             "q8_0",
             "q4_0",
+            "q6_k",
             "kmeans:16@fc1.*",
         ] {
             quantize_step(s).unwrap_or_else(|e| panic!("{s}: {e}"));

@@ -32,7 +32,9 @@ pub use calibrate::{
     Calibration, HistogramObserver, MinMaxObserver, MovingAverageObserver, Observer,
 };
 pub use fake::straight_through;
-pub use ggml::{GgmlFormat, GgmlQuantizer, from_ggml_blocks, to_ggml_blocks};
+pub use ggml::{
+    GgmlFormat, GgmlQuantizer, dequantize_ggml, from_ggml_blocks, quantize_ggml, to_ggml_blocks,
+};
 pub use kmeans::{KMeansInit, KMeansQuantizer, centroid_gradients};
 pub(crate) use linear::{Int8Weights, check_input, check_input_slice, check_int8};
 pub use linear::{QuantizedLinear, group_matmul};

@@ -1,12 +1,18 @@
-//! llama.cpp's block formats Q8_0 and Q4_0 ([`GgmlQuantizer`]), bit-exact with ggml's
-//! reference quantizers, and conversion to and from their block bytes.
+//! llama.cpp's block formats Q8_0, Q4_0 and the k-quants Q4_K, Q6_K ([`GgmlQuantizer`],
+//! [`quantize_ggml`], [`dequantize_ggml`]), bit-exact with ggml's reference quantizers,
+//! and conversion to and from their block bytes.
 
+mod kquants;
 mod reference;
 
 use half::f16;
 use ndarray::{ArrayRef, IxDyn};
 use rayon::prelude::*;
 
+use self::kquants::{
+    Q4_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES, QK_K, dequantize_q4_k, dequantize_q6_k, q6_k_from_parts,
+    q6_k_parts, quantize_q4_k, quantize_q6_k,
+};
 use self::reference::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK, quantize_q4_0, quantize_q8_0};
 use super::binary::prepare;
 use super::{Decoding, Granularity, Levels, PackedCodes, QuantContext, QuantizedTensor, Quantizer};
@@ -20,23 +26,136 @@ pub enum GgmlFormat {
     Q8_0,
     /// Blocks of 32: an f16 scale `max/−8` and 32 nibbles (`(q − 8)·d`); 4.5 bits per weight.
     Q4_0,
+    /// k-quant super-blocks of 256: f16 `d` and `dmin`, 6-bit scale and min per 32
+    /// values, 4-bit quants (`(d·sc)·q − dmin·m`); 4.5 bits per weight.
+    #[allow(non_camel_case_types)]
+    Q4_K,
+    /// k-quant super-blocks of 256: 6-bit quants, an `i8` scale per 16 values and an f16
+    /// `d` (`(d·sc)·(q − 32)`); 6.5625 bits per weight.
+    #[allow(non_camel_case_types)]
+    Q6_K,
 }
 
 impl GgmlFormat {
-    fn block_bytes(self) -> usize {
+    /// Bytes of one block.
+    pub fn block_bytes(self) -> usize {
         match self {
             GgmlFormat::Q8_0 => Q8_0_BLOCK_BYTES,
             GgmlFormat::Q4_0 => Q4_0_BLOCK_BYTES,
+            GgmlFormat::Q4_K => Q4_K_BLOCK_BYTES,
+            GgmlFormat::Q6_K => Q6_K_BLOCK_BYTES,
         }
     }
 
-    /// Code width and the levels of codes 0 and 2^bits − 1.
-    fn grid(self) -> (u8, i32, i32) {
+    /// Values per block: 32, or 256 for the k-quants. A GGUF tensor's rows (its
+    /// innermost dimension) must be a multiple of it.
+    pub fn block_len(self) -> usize {
         match self {
-            GgmlFormat::Q8_0 => (8, -128, 127),
-            GgmlFormat::Q4_0 => (4, -8, 7),
+            GgmlFormat::Q8_0 | GgmlFormat::Q4_0 => QK,
+            GgmlFormat::Q4_K | GgmlFormat::Q6_K => QK_K,
         }
     }
+
+    /// Code width, the levels of codes 0 and 2^bits − 1, and the scale group size of
+    /// the [`QuantizedTensor`] form (`None`: no such form, Q4_K's offsets are not).
+    fn grid(self) -> Option<(u8, i32, i32, usize)> {
+        match self {
+            GgmlFormat::Q8_0 => Some((8, -128, 127, QK)),
+            GgmlFormat::Q4_0 => Some((4, -8, 7, QK)),
+            GgmlFormat::Q6_K => Some((6, -32, 31, 16)),
+            GgmlFormat::Q4_K => None,
+        }
+    }
+}
+
+/// Checks that `n` values of rows `row` long fill whole blocks of `format`.
+fn check_blocks(shape: &[usize], format: GgmlFormat) -> Result<usize> {
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::bad_shape("ggml tensor", shape, "element count overflows"))?;
+    let row = shape.last().copied().unwrap_or(1);
+    if n > 0 && !row.is_multiple_of(format.block_len()) {
+        return Err(Error::bad_shape(
+            format!("{format:?} tensor"),
+            shape,
+            format!(
+                "rows (the last dimension) must be a multiple of {} for {format:?}",
+                format.block_len()
+            ),
+        ));
+    }
+    Ok(n)
+}
+
+/// Quantizes `values` (row-major, of `shape`) to `format`'s block bytes, exactly as
+/// ggml's reference quantizer (`quantize_row_*_ref`) does. Rows (the last dimension)
+/// must be a multiple of [`GgmlFormat::block_len`]; values must be finite.
+///
+/// ```
+/// use slimnn::quant::{GgmlFormat, dequantize_ggml, quantize_ggml};
+///
+/// let w: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin()).collect();
+/// let blocks = quantize_ggml(&w, &[2, 256], GgmlFormat::Q4_K)?;
+/// assert_eq!(blocks.len(), 2 * 144);
+/// let back = dequantize_ggml(&blocks, &[2, 256], GgmlFormat::Q4_K)?;
+/// assert!(w.iter().zip(&back).all(|(a, b)| (a - b).abs() < 0.2));
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn quantize_ggml(values: &[f32], shape: &[usize], format: GgmlFormat) -> Result<Vec<u8>> {
+    let n = check_blocks(shape, format)?;
+    if values.len() != n {
+        return Err(Error::ShapeMismatch {
+            what: "values (one per element)".into(),
+            expected: vec![n],
+            got: vec![values.len()],
+        });
+    }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            what: format!("{format:?} input"),
+            index: i,
+            value: values[i] as f64,
+        });
+    }
+    let per = format.block_len();
+    Ok(values
+        .par_chunks(per * 64)
+        .flat_map_iter(|x| {
+            let mut out = Vec::with_capacity(x.len() / per * format.block_bytes());
+            match format {
+                GgmlFormat::Q8_0 => quantize_q8_0(x, &mut out),
+                GgmlFormat::Q4_0 => quantize_q4_0(x, &mut out),
+                GgmlFormat::Q4_K => quantize_q4_k(x, &mut out),
+                GgmlFormat::Q6_K => quantize_q6_k(x, &mut out),
+            }
+            out
+        })
+        .collect())
+}
+
+/// Decodes `format`'s block bytes of a tensor of `shape` to f32, bit for bit as the
+/// Python `gguf` package's `gguf.quants.dequantize` does.
+pub fn dequantize_ggml(blocks: &[u8], shape: &[usize], format: GgmlFormat) -> Result<Vec<f32>> {
+    let n = check_blocks(shape, format)?;
+    let want = n / format.block_len() * format.block_bytes();
+    if blocks.len() != want {
+        return Err(Error::invalid(
+            "blocks",
+            format!("{} bytes", blocks.len()),
+            format!("{want} bytes of {format:?} blocks for {n} values"),
+        ));
+    }
+    let mut out = vec![0f32; n];
+    match format {
+        GgmlFormat::Q4_K => dequantize_q4_k(blocks, &mut out),
+        GgmlFormat::Q6_K => dequantize_q6_k(blocks, &mut out),
+        GgmlFormat::Q8_0 | GgmlFormat::Q4_0 => {
+            let q = from_ggml_blocks(blocks, shape, format)?;
+            q.dequantize_into(&mut out)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Quantizes to llama.cpp's Q8_0 or Q4_0, giving exactly the bytes ggml's
@@ -68,7 +187,7 @@ impl GgmlQuantizer {
 }
 
 impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
-    /// `"ggml Q8_0"` or `"ggml Q4_0"`.
+    /// `"ggml Q8_0"`, `"ggml Q4_0"` or `"ggml Q6_K"`.
     fn describe(&self) -> String {
         format!("ggml {:?}", self.format)
     }
@@ -78,10 +197,27 @@ impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
         weights: &ArrayRef<T, IxDyn>,
         ctx: &QuantContext<'_>,
     ) -> Result<QuantizedTensor> {
-        let (values, _) = prepare(weights, Granularity::PerGroup { size: QK }, ctx)?;
-        let limit = match self.format {
+        let format = self.format;
+        if format == GgmlFormat::Q4_K {
+            return Err(Error::invalid(
+                "ggml format",
+                "Q4_K",
+                "Q8_0, Q4_0 or Q6_K: Q4_K's per-32 offsets have no QuantizedTensor form; \
+                 write Q4_K through quantize_ggml or GGUF output",
+            ));
+        }
+        check_blocks(weights.shape(), format)?;
+        let (values, _) = prepare(
+            weights,
+            Granularity::PerGroup {
+                size: format.block_len(),
+            },
+            ctx,
+        )?;
+        let limit = match format {
             GgmlFormat::Q8_0 => 127.0 * 65504.0,
             GgmlFormat::Q4_0 => 8.0 * 65504.0,
+            _ => 32.0 * 65504.0,
         };
         if let Some(i) = values.iter().position(|v| v.abs() > limit) {
             return Err(Error::invalid(
@@ -90,64 +226,65 @@ impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
                 format!("|w| ≤ {limit} so the block scale fits in f16"),
             ));
         }
-        let format = self.format;
-        let blocks: Vec<u8> = values
-            .par_chunks(QK * 1024)
-            .flat_map_iter(|x| {
-                let mut out = Vec::with_capacity(x.len() / QK * format.block_bytes());
-                match format {
-                    GgmlFormat::Q8_0 => quantize_q8_0(x, &mut out),
-                    GgmlFormat::Q4_0 => quantize_q4_0(x, &mut out),
-                }
-                out
-            })
-            .collect();
+        let blocks = quantize_ggml(&values, weights.shape(), format)?;
         from_ggml_blocks(&blocks, weights.shape(), format)
     }
 }
 
 /// A quantized tensor from ggml block bytes (e.g. a GGUF tensor's data) of `shape`.
+/// Q8_0, Q4_0 and Q6_K have such a form (Q6_K: a scale `d·sc` per 16 values, 6-bit
+/// codes); Q4_K does not (use [`dequantize_ggml`]).
 pub fn from_ggml_blocks(
     blocks: &[u8],
     shape: &[usize],
     format: GgmlFormat,
 ) -> Result<QuantizedTensor> {
-    let n = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| Error::bad_shape("ggml tensor", shape, "element count overflows"))?;
-    super::scheme::Runs::new(shape, Granularity::PerGroup { size: QK })?;
+    let n = check_blocks(shape, format)?;
+    let Some((bits, min, max, group)) = format.grid() else {
+        return Err(Error::invalid(
+            "ggml format",
+            "Q4_K",
+            "Q8_0, Q4_0 or Q6_K (Q4_K has no QuantizedTensor form; use dequantize_ggml)",
+        ));
+    };
+    super::scheme::Runs::new(shape, Granularity::PerGroup { size: group })?;
     let per = format.block_bytes();
-    if blocks.len() != n / QK * per {
+    let count = n / format.block_len();
+    if blocks.len() != count * per {
         return Err(Error::invalid(
             "blocks",
             format!("{} bytes", blocks.len()),
-            format!("{} bytes: {} blocks of {per}", n / QK * per, n / QK),
+            format!("{} bytes: {count} blocks of {per}", count * per),
         ));
     }
-    let (bits, min, max) = format.grid();
-    let mut scales = Vec::with_capacity(n / QK);
-    let mut codes = Vec::with_capacity(n);
-    for block in blocks.chunks_exact(per) {
-        scales.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
-        let qs = &block[2..];
-        match format {
-            GgmlFormat::Q8_0 => codes.extend(qs.iter().map(|&q| (q as i8 as i32 - min) as u8)),
-            GgmlFormat::Q4_0 => {
-                codes.extend(qs.iter().map(|q| q & 0x0F));
-                codes.extend(qs.iter().map(|q| q >> 4));
+    let (scales, codes, scale_bits) = if format == GgmlFormat::Q6_K {
+        let (scales, codes) = q6_k_parts(blocks);
+        (scales, codes, 32)
+    } else {
+        let mut scales = Vec::with_capacity(count);
+        let mut codes = Vec::with_capacity(n);
+        for block in blocks.chunks_exact(per) {
+            scales.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
+            let qs = &block[2..];
+            match format {
+                GgmlFormat::Q4_0 => {
+                    codes.extend(qs.iter().map(|q| q & 0x0F));
+                    codes.extend(qs.iter().map(|q| q >> 4));
+                }
+                _ => codes.extend(qs.iter().map(|&q| (q as i8 as i32 - min) as u8)),
             }
         }
-    }
+        (scales, codes, 16)
+    };
     QuantizedTensor::new(
         shape,
         PackedCodes::pack(&codes, bits)?,
         Decoding::Scalar {
             levels: Levels::Integers { min, max },
-            granularity: Granularity::PerGroup { size: QK },
+            granularity: Granularity::PerGroup { size: group },
             scales,
             zero_points: Vec::new(),
-            scale_bits: 16,
+            scale_bits,
         },
     )
 }
@@ -155,27 +292,49 @@ pub fn from_ggml_blocks(
 /// The tensor in ggml's block layout, if it is in `format`'s form: 32-element groups,
 /// f16-exact scales, the format's code width and levels.
 pub fn to_ggml_blocks(q: &QuantizedTensor, format: GgmlFormat) -> Result<Vec<u8>> {
-    let (bits, min, max) = format.grid();
+    let Some((bits, min, max, group)) = format.grid() else {
+        return Err(Error::invalid(
+            "ggml format",
+            "Q4_K",
+            "Q8_0, Q4_0 or Q6_K (Q4_K has no QuantizedTensor form)",
+        ));
+    };
+    let wrong = || {
+        Error::invalid(
+            "quantized tensor",
+            "another scheme",
+            format!(
+                "{format:?}'s form (groups of {group}, {bits}-bit codes from level {min}, no zero points)"
+            ),
+        )
+    };
     let scales = match q.decoding() {
         Decoding::Scalar {
             levels: Levels::Integers { min: m, max: top },
-            granularity: Granularity::PerGroup { size: QK },
+            granularity: Granularity::PerGroup { size },
             scales,
             zero_points,
             ..
-        } if *m == min && *top == max && zero_points.is_empty() && q.codes().bits() == bits => {
+        } if *m == min
+            && *top == max
+            && *size == group
+            && zero_points.is_empty()
+            && q.codes().bits() == bits =>
+        {
             scales
         }
-        _ => {
-            return Err(Error::invalid(
-                "quantized tensor",
-                "another scheme",
-                format!(
-                    "{format:?}'s form (groups of 32, {bits}-bit codes from level {min}, no zero points)"
-                ),
-            ));
-        }
+        _ => return Err(wrong()),
     };
+    check_blocks(q.shape(), format)?;
+    if format == GgmlFormat::Q6_K {
+        return q6_k_from_parts(scales, &q.codes().unpack()).ok_or_else(|| {
+            Error::invalid(
+                "scales",
+                "not of the form d·sc",
+                "per super-block an f16 d times i8 multipliers",
+            )
+        });
+    }
     if let Some(s) = scales.iter().find(|&&s| f16::from_f32(s).to_f32() != s) {
         return Err(Error::invalid(
             "scale",
@@ -188,8 +347,8 @@ pub fn to_ggml_blocks(q: &QuantizedTensor, format: GgmlFormat) -> Result<Vec<u8>
     for (&s, c) in scales.iter().zip(codes.chunks_exact(QK)) {
         out.extend_from_slice(&f16::from_f32(s).to_le_bytes());
         match format {
-            GgmlFormat::Q8_0 => out.extend(c.iter().map(|&c| (c as i32 + min) as i8 as u8)),
             GgmlFormat::Q4_0 => out.extend((0..QK / 2).map(|j| c[j] | c[j + QK / 2] << 4)),
+            _ => out.extend(c.iter().map(|&c| (c as i32 + min) as i8 as u8)),
         }
     }
     Ok(out)
