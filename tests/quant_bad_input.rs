@@ -388,3 +388,24 @@ fn product_codewords_beyond_the_distinct_subvectors() {
         "{err}"
     );
 }
+
+/// Values whose block scale overflows f16 are an error, not blocks of infinities.
+#[test]
+fn ggml_scales_beyond_f16_are_an_overflow_error() {
+    use slimnn::quant::quantize_ggml;
+    for (f, n) in [
+        (GgmlFormat::Q8_0, 32),
+        (GgmlFormat::Q4_0, 32),
+        (GgmlFormat::Q4_K, 256),
+        (GgmlFormat::Q6_K, 256),
+    ] {
+        let mut x = vec![0.5f32; 2 * n];
+        x[n + 3] = 1.0e10;
+        assert!(
+            matches!(quantize_ggml(&x, &[2, n], f), Err(Error::Overflow { .. })),
+            "{f:?}"
+        );
+        x[n + 3] = 1.0;
+        assert!(quantize_ggml(&x, &[2, n], f).is_ok(), "{f:?}");
+    }
+}

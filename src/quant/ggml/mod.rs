@@ -119,7 +119,7 @@ pub fn quantize_ggml(values: &[f32], shape: &[usize], format: GgmlFormat) -> Res
         });
     }
     let per = format.block_len();
-    Ok(values
+    let blocks: Vec<u8> = values
         .par_chunks(per * 64)
         .flat_map_iter(|x| {
             let mut out = Vec::with_capacity(x.len() / per * format.block_bytes());
@@ -131,7 +131,29 @@ pub fn quantize_ggml(values: &[f32], shape: &[usize], format: GgmlFormat) -> Res
             }
             out
         })
-        .collect())
+        .collect();
+    // The f16 scales of every block (Q6_K's is last; Q4_K has d and dmin first).
+    let scale_at: &[usize] = match format {
+        GgmlFormat::Q8_0 | GgmlFormat::Q4_0 => &[0],
+        GgmlFormat::Q4_K => &[0, 2],
+        GgmlFormat::Q6_K => &[Q6_K_BLOCK_BYTES - 2],
+    };
+    let per_bytes = format.block_bytes();
+    if let Some(b) = blocks.chunks_exact(per_bytes).position(|b| {
+        scale_at
+            .iter()
+            .any(|&at| !f16::from_le_bytes([b[at], b[at + 1]]).is_finite())
+    }) {
+        return Err(Error::Overflow {
+            what: format!(
+                "{format:?} quantization of values {}..{}",
+                b * per,
+                (b + 1) * per
+            ),
+            reason: "a block scale exceeds f16's range (65504); scale the weights down".into(),
+        });
+    }
+    Ok(blocks)
 }
 
 /// Decodes `format`'s block bytes of a tensor of `shape` to f32, bit for bit as the
