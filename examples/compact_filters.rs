@@ -11,8 +11,9 @@
 //! and 256, in the same run as the dense network) and test accuracy. Trained networks
 //! are cached in `target/slimnn-examples/` (LeNet-5 with the other examples, the rest in
 //! `compact_filters/`, keyed by their training recipe), so a second run only measures.
-//! `--json` prints one line per dense network, LeNet-5's first; the last line is the
-//! wide BatchNorm net's: `{"dense": {…}, "variants": [{"name", …}]}`.
+//! `--json` ends with one line: the wide BatchNorm net's `{"dense": {…}, "variants":
+//! [{"name", …}]}`, with LeNet-5's in the same form under `"lenet5"` (with `--only`, the
+//! one network run).
 //!
 //! ```text
 //! cargo run --release --example compact_filters -- [--epochs N] [--compact-epochs N]
@@ -682,20 +683,25 @@ fn main() -> Result<()> {
         seed,
         fresh,
     };
-    let mut lines = Vec::new();
-    if only.as_deref() != Some("wide") {
-        let (dense, rows) = lenet5(&run, epochs, compact)?;
-        lines.push(json_line(&dense, &rows));
-    }
-    if only.as_deref() != Some("lenet5") {
-        let (dense, rows) = wide(&run, epochs, compact)?;
-        lines.push(json_line(&dense, &rows));
-    }
+    let lenet = match only.as_deref() {
+        Some("wide") => None,
+        _ => Some(lenet5(&run, epochs, compact)?),
+    };
+    let wide_net = match only.as_deref() {
+        Some("lenet5") => None,
+        _ => Some(wide(&run, epochs, compact)?),
+    };
     if json {
-        // LeNet-5's line first, the wide BatchNorm net's last (the issue's one line).
-        for line in lines {
-            println!("{line}");
-        }
+        let line = match (&lenet, &wide_net) {
+            (Some((ld, lr)), Some((wd, wr))) => {
+                let main = json_line(wd, wr);
+                let inner = json_line(ld, lr);
+                format!("{}, \"lenet5\": {inner}}}", &main[..main.len() - 1])
+            }
+            (Some((d, r)), None) | (None, Some((d, r))) => json_line(d, r),
+            (None, None) => unreachable!("at least one network runs"),
+        };
+        println!("{line}");
     }
     Ok(())
 }

@@ -239,6 +239,11 @@ pub(super) fn forward(
                 .expect("same element count");
             (y, Saved::Shape(shape))
         }
+        Layer::Relu if !keep => {
+            let mut y = standard(h);
+            y.mapv_inplace(|v| v.max(0.0));
+            (y, Saved::Nothing)
+        }
         Layer::Relu => (h.mapv(|v| v.max(0.0)), keep_input(h)),
         Layer::Dropout { p } => match mode {
             Mode::Eval => (h, Saved::Nothing),
@@ -264,6 +269,10 @@ pub(super) fn forward(
             let x = h.view().into_dimensionality::<Ix4>().expect("checked 4-D");
             let y = avgpool::global_forward(&x);
             (y.into_dyn(), Saved::Shape(h.shape().to_vec()))
+        }
+        Layer::BatchNorm { .. } if !keep && matches!(mode, Mode::Eval) => {
+            let bn = batch_norm(layer).expect("a BatchNorm layer");
+            (bn.infer(model, h)?, Saved::Nothing)
         }
         Layer::BatchNorm { .. } => {
             let bn = batch_norm(layer).expect("a BatchNorm layer");

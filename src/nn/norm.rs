@@ -94,6 +94,31 @@ impl BatchNorm<'_> {
         Ok(())
     }
 
+    /// Evaluation mode without what backward needs: `x·s + t` per channel, in place,
+    /// with `s = γ/√(σ² + ε)` and `t = β − μ·s` from the running estimates.
+    pub(super) fn infer(&self, model: &Model, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let (c, rest) = (x.shape()[1], x.shape()[2..].iter().product());
+        let gamma = values(model, self.weight)?;
+        let beta = values(model, self.bias)?;
+        let mean = values(model, self.running_mean)?;
+        let var = values(model, self.running_var)?;
+        let scale: Vec<f32> = gamma
+            .iter()
+            .zip(&var)
+            .map(|(g, v)| g / (v + self.eps).sqrt())
+            .collect();
+        let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+        let mut x = super::graph::standard(x);
+        affine(
+            x.as_slice_mut().expect("standard layout"),
+            c,
+            rest,
+            &scale,
+            &shift,
+        );
+        Ok(x)
+    }
+
     /// `γ·(x − μ)/√(σ² + ε) + β` per channel of `x` `[n, c, …]`, with the batch's
     /// statistics (`train`) or the running ones; also what backward needs.
     pub(super) fn forward(
@@ -151,18 +176,11 @@ impl BatchNorm<'_> {
             (mean, var, None)
         };
         let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        for ch in 0..c {
-            for k in channel(ch) {
-                xs[k] = (xs[k] - mean[ch]) * inv_std[ch];
-            }
-        }
+        let shift: Vec<f32> = mean.iter().zip(&inv_std).map(|(m, s)| -m * s).collect();
+        affine(xs, c, rest, &inv_std, &shift);
         let mut y = x.clone();
         let ys = y.as_slice_mut().expect("standard layout");
-        for ch in 0..c {
-            for k in channel(ch) {
-                ys[k] = gamma[ch] * ys[k] + beta[ch];
-            }
-        }
+        affine(ys, c, rest, &gamma, &beta);
         Ok((
             y,
             Saved {
@@ -238,6 +256,17 @@ pub(super) struct Backward {
     pub bias: ArrayD<f32>,
     /// The new running mean and variance (training mode).
     pub running: Option<(ArrayD<f32>, ArrayD<f32>)>,
+}
+
+/// `v ← v·scale[ch] + shift[ch]` over a standard-layout `[n, c, rest]` buffer.
+fn affine(xs: &mut [f32], c: usize, rest: usize, scale: &[f32], shift: &[f32]) {
+    if rest == 0 {
+        return;
+    }
+    for (j, plane) in xs.chunks_exact_mut(rest).enumerate() {
+        let (s, t) = (scale[j % c], shift[j % c]);
+        plane.iter_mut().for_each(|v| *v = *v * s + t);
+    }
 }
 
 /// The flat positions of channel `ch` in a standard-layout `[n, c, rest]` buffer.
