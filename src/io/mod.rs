@@ -2,9 +2,11 @@
 //!
 //! - [`safetensors`]: load and save a [`Model`](crate::Model).
 //! - [`idx`]: the gzip-compressed IDX files that MNIST and the digits set come in.
+//! - [`synthetic`]: a synthetic Llama-shaped bf16 checkpoint in shards, for scale tests.
 
 pub mod idx;
 pub mod safetensors;
+pub mod synthetic;
 
 use std::io::Read;
 use std::path::Path;
