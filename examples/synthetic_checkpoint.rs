@@ -5,7 +5,7 @@
 //!     [--max-shard-size 2G] [--seed 0]
 //! ```
 //!
-//! `--shape` is `tiny` (a few MB, 2 layers) or `llama-3b` (6.4 GB in 4 shards of at most
+//! `--shape` is `tiny` (a few MB, 2 layers) or `llama-3b` (7.2 GB in 4 shards of at most
 //! 2 GB). See `slimnn::io::synthetic`.
 
 use std::path::PathBuf;

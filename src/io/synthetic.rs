@@ -47,7 +47,7 @@ pub struct LlamaShape {
 
 impl LlamaShape {
     /// A Llama 3.2 3B-like model: hidden 3072, intermediate 8192, 28 layers, vocabulary
-    /// 128,256, 24 heads and 8 key/value heads (6.4 GB in bf16).
+    /// 128,256, 24 heads and 8 key/value heads (7.2 GB in bf16, with an untied `lm_head`).
     pub const LLAMA_3B: LlamaShape = LlamaShape {
         hidden: 3072,
         intermediate: 8192,
