@@ -154,3 +154,38 @@ fn a_hostile_index_is_a_typed_error() {
     .unwrap();
     assert!(invalid(dir.path()).contains("weight_map"));
 }
+
+#[test]
+fn a_model_saved_sharded_loads_back_and_a_failed_save_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = tiny(&dir.path().join("in"));
+    let model = Model::load(&written.index).unwrap();
+    let out = dir.path().join("out");
+    let options = slimnn::io::safetensors::SaveOptions::default();
+    let shards = model.save_sharded(&out, &options, 1_500_000).unwrap();
+    assert!(shards.len() >= 3, "{shards:?}");
+    assert!(out.join("model.safetensors.index.json").is_file());
+    // bf16 values written back byte for byte: the shards hold the input's tensors.
+    assert_eq!(shard_by_shard(&shards), shard_by_shard(&written.shards),);
+    let back = Model::load(&out).unwrap();
+    assert_eq!(back.len(), model.len());
+
+    // A non-empty output directory is refused, and nothing is left beside it.
+    let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(matches!(
+        model.save_sharded(&out, &options, 1_500_000),
+        Err(Error::Io { .. })
+    ));
+    let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(before.len(), after.len());
+    // An empty directory is fine.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    model.save_sharded(&empty, &options, 10_000_000).unwrap();
+    assert_eq!(
+        slimnn::io::safetensors::checkpoint_files(&empty)
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -84,6 +84,21 @@ fn invalid(source_name: &str, reason: String) -> Error {
     }
 }
 
+/// Writes `head` then `parts` to a new file at `path` and syncs it.
+fn write_synced<'a>(path: &Path, head: &[u8], parts: impl Iterator<Item = &'a [u8]>) -> Result<()> {
+    use std::io::Write;
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    w.write_all(head).map_err(|e| Error::io(path, e))?;
+    for p in parts {
+        w.write_all(p).map_err(|e| Error::io(path, e))?;
+    }
+    w.into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?
+        .sync_all()
+        .map_err(|e| Error::io(path, e))
+}
+
 /// The name of a sharded checkpoint's index inside its directory.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
@@ -275,6 +290,106 @@ impl Model {
                 .sync_all()
                 .map_err(|e| Error::io(tmp, e))
         })
+    }
+
+    /// Saves the model as a Hugging Face sharded checkpoint in the directory `dir`:
+    /// `model-0000N-of-0000M.safetensors` (tensors in natural name order, a shard filled
+    /// up to `max_shard_bytes` of data; a larger tensor gets a shard of its own) and
+    /// `model.safetensors.index.json`, which [`Model::load`] reads back.
+    ///
+    /// Atomic for the whole set: every file is written into a temporary directory
+    /// beside `dir`, which is renamed to `dir` only when all are complete, so a failure
+    /// leaves nothing behind. `dir` must not exist, or be an empty directory (an
+    /// [`Error::Io`] otherwise). Returns the shard paths.
+    pub fn save_sharded(
+        &self,
+        dir: impl AsRef<Path>,
+        options: &SaveOptions,
+        max_shard_bytes: u64,
+    ) -> Result<Vec<PathBuf>> {
+        let dir = dir.as_ref();
+        if max_shard_bytes == 0 {
+            return Err(Error::invalid("max_shard_bytes", 0, "at least 1"));
+        }
+        if let Ok(mut entries) = std::fs::read_dir(dir)
+            && entries.next().is_some()
+        {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the output directory exists and is not empty",
+                ),
+            ));
+        }
+        let mut tensors = self.tensors_for_saving(options)?;
+        tensors.sort_by(|a, b| natural_cmp(&a.0, &b.0));
+        let mut shards: Vec<Vec<(String, Buffer)>> = vec![];
+        let mut size = 0u64;
+        for t in tensors {
+            let bytes = t.1.bytes.len() as u64;
+            match shards.last_mut() {
+                Some(last) if size + bytes <= max_shard_bytes => last.push(t),
+                _ => {
+                    shards.push(vec![t]);
+                    size = 0;
+                }
+            }
+            size += bytes;
+        }
+        if shards.is_empty() {
+            shards.push(vec![]);
+        }
+        let parent = match dir.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".slimnn-")
+            .suffix(".tmp")
+            .tempdir_in(parent)
+            .map_err(|e| Error::io(parent, e))?;
+        let n = shards.len();
+        let mut weight_map = BTreeMap::new();
+        let mut total_size = 0u64;
+        let mut files = vec![];
+        for (k, shard) in shards.iter_mut().enumerate() {
+            let file = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
+            let header = safetensors_header(shard, self.metadata());
+            let path = tmp.path().join(&file);
+            let mut out = Vec::with_capacity(8 + header.len());
+            out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+            out.extend_from_slice(&header);
+            write_synced(&path, &out, shard.iter().map(|(_, t)| t.bytes.as_slice()))?;
+            for (name, t) in shard.iter() {
+                weight_map.insert(name.clone(), file.clone());
+                total_size += t.bytes.len() as u64;
+            }
+            files.push(dir.join(&file));
+        }
+        let index = serde_json::json!({
+            "metadata": { "total_size": total_size },
+            "weight_map": weight_map,
+        });
+        let text = serde_json::to_string_pretty(&index).expect("a JSON value serializes");
+        write_synced(
+            &tmp.path().join(INDEX_FILE),
+            text.as_bytes(),
+            std::iter::empty(),
+        )?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io(tmp.path(), e))?;
+        }
+        // `rename` replaces an empty directory and fails on a non-empty one.
+        let staged = tmp.keep();
+        if let Err(e) = std::fs::rename(&staged, dir) {
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(Error::io(dir, e));
+        }
+        Ok(files)
     }
 
     /// The model as safetensors bytes: the same bytes [`Model::save`] writes.
