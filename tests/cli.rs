@@ -603,3 +603,31 @@ fn a_trusted_file_beyond_the_default_memory_bound_loads_with_max_memory() {
     let bad = slimnn(&["report", &slim, "--max-memory", "lots"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn compress_reads_a_sharded_checkpoint_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("llama");
+    let options = slimnn::io::synthetic::SyntheticOptions {
+        max_shard_bytes: 2_000_000,
+        ..Default::default()
+    };
+    let written = slimnn::io::synthetic::write_checkpoint(&input, &options).unwrap();
+    let output = dir.path().join("out.safetensors");
+    let out = slimnn(&[
+        "compress",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--quantize",
+        "int8",
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Model::load(&output).unwrap();
+    assert_eq!(m.len(), written.tensors);
+}

@@ -222,7 +222,7 @@ fn run(cli: Cli) -> Result<()> {
             for s in &encode {
                 pipeline.push(spec::encode_step(s)?);
             }
-            let input_bytes = file_size(&model)?;
+            let input_bytes = input_size(&model)?;
             let mut model = load(&model)?;
             let bar = progress(quiet, pipeline.describe_steps().len());
             let result = pipeline.run_with(&mut model, |i, description| {
@@ -377,6 +377,18 @@ fn file_size(path: &Path) -> Result<usize> {
         source: e,
     })?;
     Ok(usize::try_from(meta.len()).unwrap_or(usize::MAX))
+}
+
+/// The size of a model input on disk: of all its shards for a sharded checkpoint.
+fn input_size(path: &Path) -> Result<usize> {
+    if is_compressed(path)? {
+        return file_size(path);
+    }
+    let mut total = 0usize;
+    for shard in slimnn::io::safetensors::checkpoint_files(path)? {
+        total = total.saturating_add(file_size(&shard)?);
+    }
+    Ok(total)
 }
 
 fn inspect(model: &Model, selector: Option<&Selector>) -> Result<()> {

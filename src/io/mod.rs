@@ -3,6 +3,7 @@
 //! - [`safetensors`]: load and save a [`Model`](crate::Model).
 //! - [`idx`]: the gzip-compressed IDX files that MNIST and the digits set come in.
 //! - [`gguf`]: llama.cpp's GGUF v3 files, read and written.
+//! - [`synthetic`]: a synthetic Llama-shaped bf16 checkpoint in shards, for scale tests.
 
 pub mod gguf;
 mod gguf_model;
@@ -10,6 +11,7 @@ pub mod idx;
 
 pub use gguf_model::GgufOptions;
 pub mod safetensors;
+pub mod synthetic;
 
 use std::io::Read;
 use std::path::Path;

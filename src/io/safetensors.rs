@@ -11,7 +11,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -47,78 +47,224 @@ impl Model {
     /// Corrupt, truncated or hostile files (headers claiming more data than the file
     /// holds, overlapping offsets, overflowing shapes) are an [`Error::InvalidFormat`];
     /// anything but a regular file (a device, a pipe) is an [`Error::Io`].
+    ///
+    /// The file is memory-mapped, not read whole. `path` may also be a Hugging Face
+    /// sharded checkpoint: a directory holding `model.safetensors.index.json`, or that
+    /// index file itself (any name ending in `.index.json`); its shards load as one
+    /// model. A hostile index (a shard missing or outside the index's directory, a name
+    /// the index puts in a shard that lacks it, a tensor in two shards or in none the
+    /// index names) is an [`Error::InvalidFormat`] or, for a missing file, an
+    /// [`Error::Io`].
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
-        let bytes = super::read_regular(path)?;
+        if let Some(index) = sharded_index(path) {
+            return load_sharded(&index);
+        }
+        let bytes = crate::kernels::mmap::map_regular(path)?;
         Model::from_safetensors(&bytes, &path.display().to_string())
     }
 
     /// Parses safetensors bytes; `source_name` names them in errors.
     pub fn from_safetensors(bytes: &[u8], source_name: &str) -> Result<Model> {
-        let bad = |reason: String| Error::InvalidFormat {
-            format: "safetensors",
-            source_name: source_name.to_string(),
-            reason,
-        };
+        let bad = |reason: String| invalid(source_name, reason);
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
-
-        let mut views: Vec<(String, TensorView<'_>)> =
+        let views: Vec<(String, TensorView<'_>)> =
             st.iter().map(|(n, v)| (n.to_string(), v)).collect();
-        views.sort_by(|a, b| natural_cmp(&a.0, &b.0));
-        let names: HashMap<&str, usize> = views
-            .iter()
-            .enumerate()
-            .map(|(i, (n, _))| (n.as_str(), i))
-            .collect();
-
-        let mut model = Model::new();
-        if let Some(meta) = header.metadata() {
-            model
-                .metadata_mut()
-                .extend(meta.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        for (name, view) in &views {
-            // `x_mask` is consumed by its `x_orig`; `x_orig` becomes `x` with a mask.
-            if let Some(base) = name.strip_suffix("_mask")
-                && let Some(&orig) = names.get(format!("{base}_orig").as_str())
-                && pairs(&views[orig].1, view)
-                && !names.contains_key(base)
-            {
-                continue;
-            }
-            let paired_mask = name
-                .strip_suffix("_orig")
-                .filter(|base| !names.contains_key(base))
-                .and_then(|base| {
-                    let mask = names.get(format!("{base}_mask").as_str())?;
-                    Some((base, &views[*mask].1))
-                })
-                .filter(|(_, m)| pairs(view, m));
-            let (param_name, mask_view) = match paired_mask {
-                Some((base, m)) => (base.to_string(), Some(m)),
-                None => (name.clone(), None),
-            };
-            match float_dtype(view.dtype()) {
-                Some(dtype) => {
-                    let value = decode(view, dtype);
-                    let kind = LayerKind::infer(&param_name, view.shape());
-                    let p = model.add_param(param_name, kind, dtype, value)?;
-                    if let Some(m) = mask_view {
-                        p.set_mask(decode_mask(m))?;
-                    }
-                }
-                None => model.add_raw(RawTensor {
-                    name: name.clone(),
-                    dtype: dtype_name(view.dtype()),
-                    shape: view.shape().to_vec(),
-                    bytes: view.data().to_vec(),
-                })?,
-            }
-        }
-        Ok(model)
+        let metadata = header.metadata().clone().unwrap_or_default();
+        model_from_views(views, metadata)
     }
+}
 
+fn invalid(source_name: &str, reason: String) -> Error {
+    Error::InvalidFormat {
+        format: "safetensors",
+        source_name: source_name.to_string(),
+        reason,
+    }
+}
+
+/// Writes `head` then `parts` to a new file at `path` and syncs it.
+fn write_synced<'a>(path: &Path, head: &[u8], parts: impl Iterator<Item = &'a [u8]>) -> Result<()> {
+    use std::io::Write;
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    w.write_all(head).map_err(|e| Error::io(path, e))?;
+    for p in parts {
+        w.write_all(p).map_err(|e| Error::io(path, e))?;
+    }
+    w.into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?
+        .sync_all()
+        .map_err(|e| Error::io(path, e))
+}
+
+/// The name of a sharded checkpoint's index inside its directory.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The index file if `path` names a sharded checkpoint (a directory, or a file whose
+/// name ends in `.index.json`).
+fn sharded_index(path: &Path) -> Option<PathBuf> {
+    if path.is_dir() {
+        Some(path.join(INDEX_FILE))
+    } else if path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".index.json"))
+    {
+        Some(path.to_path_buf())
+    } else {
+        None
+    }
+}
+
+/// The files holding the checkpoint at `path`: the shards of a sharded checkpoint (see
+/// [`Model::load`]), in the order of their names, or `path` itself. The index is read
+/// and checked; the shards are not opened.
+pub fn checkpoint_files(path: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    let path = path.as_ref();
+    match sharded_index(path) {
+        Some(index) => Ok(read_index(&index)?.into_keys().collect()),
+        None => Ok(vec![path.to_path_buf()]),
+    }
+}
+
+/// The index's weight map grouped by shard: shard path → tensor names.
+fn read_index(index: &Path) -> Result<BTreeMap<PathBuf, Vec<String>>> {
+    let source = index.display().to_string();
+    let bad = |reason: String| invalid(&source, reason);
+    let bytes = super::read_regular(index)?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("index is not JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("index has no `weight_map` object".into()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut shards: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    for (name, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("`{name}` maps to {file}, not a file name")))?;
+        // Shards live beside the index: a plain file name, nothing that leaves the
+        // directory (`..`, `/`, an absolute path).
+        let mut parts = Path::new(file).components();
+        if !matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        ) {
+            return Err(bad(format!(
+                "shard `{file}` of `{name}` is not a file name in the index's directory"
+            )));
+        }
+        shards.entry(dir.join(file)).or_default().push(name.clone());
+    }
+    if shards.is_empty() {
+        return Err(bad("index names no tensors".into()));
+    }
+    Ok(shards)
+}
+
+/// Loads the shards an index names as one model.
+fn load_sharded(index: &Path) -> Result<Model> {
+    let shards = read_index(index)?;
+    let maps = shards
+        .keys()
+        .map(|p| crate::kernels::mmap::map_regular(p))
+        .collect::<Result<Vec<_>>>()?;
+    let mut views: Vec<(String, TensorView<'_>)> = vec![];
+    let mut metadata = HashMap::new();
+    let mut owner: HashMap<String, &Path> = HashMap::new();
+    for ((path, names), bytes) in shards.iter().zip(&maps) {
+        let source = path.display().to_string();
+        let bad = |reason: String| invalid(&source, reason);
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+        if let Some(meta) = header.metadata() {
+            metadata.extend(meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let listed: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+        for name in names {
+            if st.tensor(name).is_err() {
+                return Err(bad(format!(
+                    "the index puts `{name}` in this shard, which does not hold it"
+                )));
+            }
+        }
+        for (name, view) in st.iter() {
+            if let Some(first) = owner.insert(name.to_string(), path) {
+                return Err(bad(format!(
+                    "tensor `{name}` is also in {}",
+                    first.display()
+                )));
+            }
+            if !listed.contains(name) {
+                return Err(bad(format!(
+                    "tensor `{name}` is in this shard, but the index does not put it here"
+                )));
+            }
+            views.push((name.to_string(), view));
+        }
+    }
+    model_from_views(views, metadata)
+}
+
+/// Builds a model from tensors (of one file or of all shards).
+fn model_from_views(
+    mut views: Vec<(String, TensorView<'_>)>,
+    metadata: HashMap<String, String>,
+) -> Result<Model> {
+    views.sort_by(|a, b| natural_cmp(&a.0, &b.0));
+    let names: HashMap<&str, usize> = views
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (n.as_str(), i))
+        .collect();
+
+    let mut model = Model::new();
+    model.metadata_mut().extend(metadata);
+    for (name, view) in &views {
+        // `x_mask` is consumed by its `x_orig`; `x_orig` becomes `x` with a mask.
+        if let Some(base) = name.strip_suffix("_mask")
+            && let Some(&orig) = names.get(format!("{base}_orig").as_str())
+            && pairs(&views[orig].1, view)
+            && !names.contains_key(base)
+        {
+            continue;
+        }
+        let paired_mask = name
+            .strip_suffix("_orig")
+            .filter(|base| !names.contains_key(base))
+            .and_then(|base| {
+                let mask = names.get(format!("{base}_mask").as_str())?;
+                Some((base, &views[*mask].1))
+            })
+            .filter(|(_, m)| pairs(view, m));
+        let (param_name, mask_view) = match paired_mask {
+            Some((base, m)) => (base.to_string(), Some(m)),
+            None => (name.clone(), None),
+        };
+        match float_dtype(view.dtype()) {
+            Some(dtype) => {
+                let value = decode(view, dtype);
+                let kind = LayerKind::infer(&param_name, view.shape());
+                let p = model.add_param(param_name, kind, dtype, value)?;
+                if let Some(m) = mask_view {
+                    p.set_mask(decode_mask(m))?;
+                }
+            }
+            None => model.add_raw(RawTensor {
+                name: name.clone(),
+                dtype: dtype_name(view.dtype()),
+                shape: view.shape().to_vec(),
+                bytes: view.data().to_vec(),
+            })?,
+        }
+    }
+    Ok(model)
+}
+
+impl Model {
     /// Saves the model as a safetensors file, atomically: written to a temporary file
     /// beside `path` (mode 0644 less the umask on Unix, like every file slimnn writes)
     /// and renamed over it only when complete. The bytes are those of
@@ -144,6 +290,106 @@ impl Model {
                 .sync_all()
                 .map_err(|e| Error::io(tmp, e))
         })
+    }
+
+    /// Saves the model as a Hugging Face sharded checkpoint in the directory `dir`:
+    /// `model-0000N-of-0000M.safetensors` (tensors in natural name order, a shard filled
+    /// up to `max_shard_bytes` of data; a larger tensor gets a shard of its own) and
+    /// `model.safetensors.index.json`, which [`Model::load`] reads back.
+    ///
+    /// Atomic for the whole set: every file is written into a temporary directory
+    /// beside `dir`, which is renamed to `dir` only when all are complete, so a failure
+    /// leaves nothing behind. `dir` must not exist, or be an empty directory (an
+    /// [`Error::Io`] otherwise). Returns the shard paths.
+    pub fn save_sharded(
+        &self,
+        dir: impl AsRef<Path>,
+        options: &SaveOptions,
+        max_shard_bytes: u64,
+    ) -> Result<Vec<PathBuf>> {
+        let dir = dir.as_ref();
+        if max_shard_bytes == 0 {
+            return Err(Error::invalid("max_shard_bytes", 0, "at least 1"));
+        }
+        if let Ok(mut entries) = std::fs::read_dir(dir)
+            && entries.next().is_some()
+        {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the output directory exists and is not empty",
+                ),
+            ));
+        }
+        let mut tensors = self.tensors_for_saving(options)?;
+        tensors.sort_by(|a, b| natural_cmp(&a.0, &b.0));
+        let mut shards: Vec<Vec<(String, Buffer)>> = vec![];
+        let mut size = 0u64;
+        for t in tensors {
+            let bytes = t.1.bytes.len() as u64;
+            match shards.last_mut() {
+                Some(last) if size + bytes <= max_shard_bytes => last.push(t),
+                _ => {
+                    shards.push(vec![t]);
+                    size = 0;
+                }
+            }
+            size += bytes;
+        }
+        if shards.is_empty() {
+            shards.push(vec![]);
+        }
+        let parent = match dir.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".slimnn-")
+            .suffix(".tmp")
+            .tempdir_in(parent)
+            .map_err(|e| Error::io(parent, e))?;
+        let n = shards.len();
+        let mut weight_map = BTreeMap::new();
+        let mut total_size = 0u64;
+        let mut files = vec![];
+        for (k, shard) in shards.iter_mut().enumerate() {
+            let file = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
+            let header = safetensors_header(shard, self.metadata());
+            let path = tmp.path().join(&file);
+            let mut out = Vec::with_capacity(8 + header.len());
+            out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+            out.extend_from_slice(&header);
+            write_synced(&path, &out, shard.iter().map(|(_, t)| t.bytes.as_slice()))?;
+            for (name, t) in shard.iter() {
+                weight_map.insert(name.clone(), file.clone());
+                total_size += t.bytes.len() as u64;
+            }
+            files.push(dir.join(&file));
+        }
+        let index = serde_json::json!({
+            "metadata": { "total_size": total_size },
+            "weight_map": weight_map,
+        });
+        let text = serde_json::to_string_pretty(&index).expect("a JSON value serializes");
+        write_synced(
+            &tmp.path().join(INDEX_FILE),
+            text.as_bytes(),
+            std::iter::empty(),
+        )?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io(tmp.path(), e))?;
+        }
+        // `rename` replaces an empty directory and fails on a non-empty one.
+        let staged = tmp.keep();
+        if let Err(e) = std::fs::rename(&staged, dir) {
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(Error::io(dir, e));
+        }
+        Ok(files)
     }
 
     /// The model as safetensors bytes: the same bytes [`Model::save`] writes.
@@ -228,6 +474,32 @@ fn safetensors_header(
     metadata: &BTreeMap<String, String>,
 ) -> Vec<u8> {
     tensors.sort_by(|(ln, l), (rn, r)| r.dtype.cmp(&l.dtype).then(ln.cmp(rn)));
+    let entries: Vec<HeaderEntry<'_>> = tensors
+        .iter()
+        .map(|(name, t)| HeaderEntry {
+            name,
+            dtype: t.dtype,
+            shape: &t.shape,
+            bytes: t.bytes.len(),
+        })
+        .collect();
+    header_bytes(&entries, metadata)
+}
+
+/// One tensor's line in a safetensors header: its data follows the previous entry's.
+pub(crate) struct HeaderEntry<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: &'a [usize],
+    pub(crate) bytes: usize,
+}
+
+/// The header for `entries` in the order given (the caller writes the data in that
+/// order), padded with spaces to a multiple of 8 bytes, metadata sorted.
+pub(crate) fn header_bytes(
+    entries: &[HeaderEntry<'_>],
+    metadata: &BTreeMap<String, String>,
+) -> Vec<u8> {
     let json = |s: &str| serde_json::to_string(s).expect("a string is valid JSON");
     let mut out = String::from("{");
     if !metadata.is_empty() {
@@ -243,16 +515,16 @@ fn safetensors_header(
         out.push('}');
     }
     let mut offset = 0;
-    for (i, (name, t)) in tensors.iter().enumerate() {
+    for (i, t) in entries.iter().enumerate() {
         if i > 0 || !metadata.is_empty() {
             out.push(',');
         }
         let start = offset;
-        offset += t.bytes.len();
+        offset += t.bytes;
         let shape: Vec<String> = t.shape.iter().map(usize::to_string).collect();
         out.push_str(&format!(
             "{}:{{\"dtype\":{},\"shape\":[{}],\"data_offsets\":[{start},{offset}]}}",
-            json(name),
+            json(t.name),
             json(&dtype_name(t.dtype)),
             shape.join(","),
         ));
