@@ -306,7 +306,8 @@ impl EarlyExitNetwork {
                     )
                 })?,
         };
-        if index + 1 >= layers.len() {
+        // `index + 1 >= len` without overflow (`usize::MAX` is an index like any other).
+        if index >= layers.len().saturating_sub(1) {
             return Err(Error::invalid(
                 "exit position",
                 index,

@@ -80,6 +80,7 @@ fn exits_attach_where_asked_and_bad_positions_are_typed_errors() {
     for bad in [
         EarlyExitNetwork::new(trunk.clone()).with_exit(7, vec![]),
         EarlyExitNetwork::new(trunk.clone()).with_exit(99, vec![]),
+        EarlyExitNetwork::new(trunk.clone()).with_exit(usize::MAX, vec![]),
         EarlyExitNetwork::new(trunk.clone()).with_exit("fc9.weight", vec![]),
         EarlyExitNetwork::new(trunk.clone()).with_exit("fc2.weight", vec![]),
         net.clone().with_exit(1, vec![]),
