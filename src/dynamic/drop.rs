@@ -136,10 +136,7 @@ impl BlockDropping {
 
     /// Checks `batch ≥ 1` (the block count is checked against the network).
     pub fn check(&self) -> Result<()> {
-        if self.batch == 0 {
-            return Err(Error::invalid("batch", self.batch, "at least 1"));
-        }
-        Ok(())
+        super::exits::check_batch(self.batch)
     }
 
     /// Removes blocks from `network` greedily by the calibration loss on `data`
@@ -184,7 +181,7 @@ impl BlockDropping {
 
 /// Accuracy and loss on `data` with the first `k` blocks of `order` removed, for
 /// `k = 0..=order.len()` (e.g. a [`DropReport::order`] found on a calibration set,
-/// measured on a test set).
+/// measured on a test set), in batches of `batch ≥ 1`.
 pub fn drop_curve(
     network: &Network,
     model: &Model,
@@ -192,6 +189,7 @@ pub fn drop_curve(
     data: &Dataset,
     batch: usize,
 ) -> Result<Vec<Evaluation>> {
+    super::exits::check_batch(batch)?;
     (0..=order.len())
         .map(|k| {
             if k == 0 {

@@ -159,6 +159,15 @@ pub struct ExitEvaluation {
     pub mean_macs: f64,
 }
 
+/// Checks an evaluation batch size: `0` is [`Error::InvalidParameter`] (as in
+/// training and [`BlockDropping`](super::BlockDropping)), not silently 1.
+pub(super) fn check_batch(batch: usize) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::invalid("batch", batch, "at least 1"));
+    }
+    Ok(())
+}
+
 /// Whether a policy lets nothing out whatever the logits.
 fn is_never(p: &ExitPolicy) -> bool {
     match *p {
@@ -448,7 +457,7 @@ impl EarlyExitNetwork {
         Ok(out)
     }
 
-    /// Thresholds for the side exits from held-out `data` (in batches of `batch`):
+    /// Thresholds for the side exits from held-out `data` (in batches of `batch ≥ 1`):
     /// every exit's logits are collected with [`exit_logits`](EarlyExitNetwork::exit_logits)
     /// and passed to [`ThresholdCalibration::calibrate`].
     pub fn calibrate(
@@ -459,6 +468,7 @@ impl EarlyExitNetwork {
         calibration: &ThresholdCalibration,
     ) -> Result<Calibrated> {
         calibration.check()?;
+        check_batch(batch)?;
         if data.is_empty() {
             return Err(Error::Empty {
                 what: "calibration data set".into(),
@@ -467,8 +477,8 @@ impl EarlyExitNetwork {
         let classes = self.check(model)?;
         let mut all: Vec<Vec<f32>> =
             vec![Vec::with_capacity(data.len() * classes); self.exits.len() + 1];
-        for start in (0..data.len()).step_by(batch.max(1)) {
-            let end = (start + batch.max(1)).min(data.len());
+        for start in (0..data.len()).step_by(batch) {
+            let end = (start + batch).min(data.len());
             let logits = self.exit_logits(model, data.images.slice(s![start..end, ..]))?;
             for (acc, l) in all.iter_mut().zip(&logits) {
                 acc.extend(l.iter());
@@ -480,7 +490,7 @@ impl EarlyExitNetwork {
     }
 
     /// Accuracy, exit counts and mean multiply-adds per example on `data` with
-    /// `policies`, in batches of `batch`.
+    /// `policies`, in batches of `batch ≥ 1`.
     pub fn evaluate(
         &self,
         model: &Model,
@@ -488,6 +498,7 @@ impl EarlyExitNetwork {
         batch: usize,
         policies: &[ExitPolicy],
     ) -> Result<ExitEvaluation> {
+        check_batch(batch)?;
         if data.is_empty() {
             return Err(Error::Empty {
                 what: "evaluation data set".into(),
@@ -496,8 +507,8 @@ impl EarlyExitNetwork {
         let costs = self.costs(model)?;
         let mut counts = vec![0usize; self.exits.len() + 1];
         let mut correct = 0usize;
-        for start in (0..data.len()).step_by(batch.max(1)) {
-            let end = (start + batch.max(1)).min(data.len());
+        for start in (0..data.len()).step_by(batch) {
+            let end = (start + batch).min(data.len());
             let out = self.forward(model, data.images.slice(s![start..end, ..]), policies)?;
             for (c, o) in counts.iter_mut().zip(&out.counts) {
                 *c += o;

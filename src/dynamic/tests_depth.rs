@@ -24,7 +24,7 @@ pub(super) fn batch(n: usize, features: usize, s: f32) -> Array2<f32> {
 
 /// A residual MLP on 6 features: stem, `blocks` residual blocks (Linear, ReLU, Linear),
 /// head to 3 classes.
-fn residual_mlp(blocks: usize) -> (Model, Network) {
+pub(super) fn residual_mlp(blocks: usize) -> (Model, Network) {
     let mut model = Model::new();
     let mut layers = Vec::new();
     model.add("stem.weight", wave(&[5, 6], 0.3)).unwrap();

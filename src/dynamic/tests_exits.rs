@@ -207,6 +207,36 @@ fn per_exit_counts_and_macs_per_sample() {
     assert_eq!(eval.correct, plain.correct);
 }
 
+#[test]
+fn a_batch_of_zero_is_a_typed_error_everywhere() {
+    let (model, net) = branchy();
+    let data = Dataset {
+        images: batch(6, 36, 0.23),
+        labels: Array1::from_iter((0..6).map(|i| (i % 4) as u8)),
+        image_shape: vec![6, 6],
+    };
+    let zero =
+        |r: &Result<_, Error>| matches!(r, Err(Error::InvalidParameter { name: "batch", .. }));
+    let never = [ExitPolicy::never(PolicyKind::Entropy); 2];
+    assert!(zero(&net.evaluate(&model, &data, 0, &never).map(drop)));
+    let calibration = ThresholdCalibration::new(PolicyKind::MaxProb, 1.0).unwrap();
+    assert!(zero(
+        &net.calibrate(&model, &data, 0, &calibration).map(drop)
+    ));
+    let mut m = model.clone();
+    let mut sgd = Sgd::new(0.1, 0.9, 0.0).unwrap();
+    assert!(zero(
+        &net.train_epoch(&mut m, &mut sgd, &data, 0, 1).map(drop)
+    ));
+    let (rmodel, rnet) = super::tests_depth::residual_mlp(2);
+    let rdata = Dataset {
+        images: batch(6, 6, 0.3),
+        labels: Array1::from_iter((0..6).map(|i| (i % 3) as u8)),
+        image_shape: vec![6],
+    };
+    assert!(zero(&drop_curve(&rnet, &rmodel, &[0], &rdata, 0).map(drop)));
+}
+
 /// Central finite differences against the analytic gradient of the joint loss.
 #[test]
 fn joint_loss_gradients_match_finite_differences() {
