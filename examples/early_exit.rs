@@ -314,7 +314,7 @@ fn main() -> Result<()> {
         name: "LeNet-5 (plain trunk)".into(),
         accuracy: plain_eval.accuracy,
         fractions: vec![0.0, 1.0],
-        macs: costs.trunk as f64,
+        macs: costs.trunk() as f64,
         time_b1: plain_b1,
         time_b256: plain_b256,
     };

@@ -99,21 +99,54 @@ pub struct ExitOutput {
     pub counts: Vec<usize>,
 }
 
-/// Multiply-adds of one sample along each path of an [`EarlyExitNetwork`].
+/// Multiply-adds of one sample along each path of an [`EarlyExitNetwork`]: from
+/// [`EarlyExitNetwork::costs`], or built by hand with [`ExitCosts::new`] (one trunk
+/// cost and one branch cost per side exit, checked).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExitCosts {
-    /// Multiply-adds of the trunk up to and including each side exit's position.
-    pub trunk_to_exit: Vec<usize>,
-    /// Multiply-adds of each side branch.
-    pub branch: Vec<usize>,
-    /// Multiply-adds of the whole trunk (the plain network).
-    pub trunk: usize,
+    trunk_to_exit: Vec<usize>,
+    branch: Vec<usize>,
+    trunk: usize,
 }
 
 impl ExitCosts {
+    /// The costs of a network with `trunk_to_exit.len()` side exits: the multiply-adds
+    /// of the trunk up to and including each side exit's position, of each side branch,
+    /// and of the whole trunk. Lengths that differ are [`Error::ShapeMismatch`].
+    pub fn new(trunk_to_exit: Vec<usize>, branch: Vec<usize>, trunk: usize) -> Result<ExitCosts> {
+        if branch.len() != trunk_to_exit.len() {
+            return Err(Error::ShapeMismatch {
+                what: "side branch costs (one per side exit)".into(),
+                expected: vec![trunk_to_exit.len()],
+                got: vec![branch.len()],
+            });
+        }
+        Ok(ExitCosts {
+            trunk_to_exit,
+            branch,
+            trunk,
+        })
+    }
+
+    /// Multiply-adds of the trunk up to and including each side exit's position.
+    pub fn trunk_to_exit(&self) -> &[usize] {
+        &self.trunk_to_exit
+    }
+
+    /// Multiply-adds of each side branch.
+    pub fn branch(&self) -> &[usize] {
+        &self.branch
+    }
+
+    /// Multiply-adds of the whole trunk (the plain network).
+    pub fn trunk(&self) -> usize {
+        self.trunk
+    }
+
     /// The multiply-adds of a sample leaving at `exit` (the final exit is the number of
-    /// side exits), with the side branches whose `ran` is false not computed (a policy
-    /// that lets nothing out skips its branch).
+    /// side exits; any larger value counts as the final exit too), with the side
+    /// branches whose `ran` is false not computed (a policy that lets nothing out skips
+    /// its branch; a missing entry counts as true).
     pub fn path(&self, exit: usize, ran: &[bool]) -> usize {
         let k = self.branch.len();
         let trunk = if exit < k {
@@ -121,7 +154,7 @@ impl ExitCosts {
         } else {
             self.trunk
         };
-        let branches: usize = (0..k.min(exit + 1))
+        let branches: usize = (0..k.min(exit.saturating_add(1)))
             .filter(|&j| ran.get(j).copied().unwrap_or(true))
             .map(|j| self.branch[j])
             .sum();
@@ -339,11 +372,7 @@ impl EarlyExitNetwork {
             trunk_to_exit.push(trunk.layers[..=e.after].iter().map(|l| l.macs).sum());
             branch.push(self.branch_network(model, k)?.costs(model)?.macs());
         }
-        Ok(ExitCosts {
-            trunk_to_exit,
-            branch,
-            trunk: trunk.macs(),
-        })
+        ExitCosts::new(trunk_to_exit, branch, trunk.macs())
     }
 
     /// Checks one policy per side exit.

@@ -179,14 +179,30 @@ fn per_exit_counts_and_macs_per_sample() {
     let (model, net) = branchy();
     let costs = net.costs(&model).unwrap();
     // conv1: 4·4 positions × 27; fc1 96; fc2 32; exit0 48; exit1 32.
-    assert_eq!(costs.trunk, 432 + 96 + 32);
-    assert_eq!(costs.trunk_to_exit, vec![432, 432 + 96]);
-    assert_eq!(costs.branch, vec![48, 32]);
+    assert_eq!(costs.trunk(), 432 + 96 + 32);
+    assert_eq!(costs.trunk_to_exit(), &[432, 432 + 96]);
+    assert_eq!(costs.branch(), &[48, 32]);
     let ran = [true, true];
     assert_eq!(costs.path(0, &ran), 480);
     assert_eq!(costs.path(1, &ran), 528 + 80);
     assert_eq!(costs.path(2, &ran), 560 + 80);
     assert_eq!(costs.path(2, &[false, false]), 560);
+    // Past the final exit is the final exit; no overflow.
+    assert_eq!(costs.path(usize::MAX, &ran), 560 + 80);
+    // Built by hand: the same, and mismatched lengths are a typed error.
+    assert_eq!(
+        ExitCosts::new(vec![432, 528], vec![48, 32], 560).unwrap(),
+        costs
+    );
+    for (to_exit, branch, trunk) in [
+        (vec![432], vec![48, 32], 560),
+        (vec![432, 528], vec![48], 560),
+    ] {
+        assert!(matches!(
+            ExitCosts::new(to_exit, branch, trunk),
+            Err(Error::ShapeMismatch { .. })
+        ));
+    }
     let data = Dataset {
         images: batch(10, 36, 0.21),
         labels: Array1::from_iter((0..10).map(|i| (i % 4) as u8)),
