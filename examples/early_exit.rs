@@ -379,6 +379,19 @@ fn main() -> Result<()> {
     })?;
     println!("wrote {} and {}", csv_path.display(), svg_path.display());
     let t = &rows[target.expect("the −0.1 pt entropy row")];
+    let gap = 100.0 * (plain_row.accuracy - t.accuracy);
+    println!(
+        "exit_accuracy (entropy threshold calibrated for −0.1 pt on the held-out split): test \
+         {:.2}% vs final exit {:.2}% ({:+.2} points): {}",
+        100.0 * t.accuracy,
+        100.0 * plain_row.accuracy,
+        -gap,
+        if within_points(plain_row.accuracy, t.accuracy, 0.1) {
+            "within 0.1 pt of the final exit"
+        } else {
+            "NOT within 0.1 pt of the final exit"
+        }
+    );
 
     // 2. Stochastic depth against block dropping.
     let blocks = 6;
@@ -430,4 +443,22 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether accuracy `exit` is at most `points` percentage points below `reference`
+/// (fractions in [0, 1]; a hair of slack for the subtraction's rounding).
+fn within_points(reference: f64, exit: f64, points: f64) -> bool {
+    100.0 * (reference - exit) <= points + 1e-9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within_points;
+
+    #[test]
+    fn within_points_compares_in_percentage_points() {
+        assert!(within_points(0.9912, 0.9902, 0.1)); // exactly 0.1 pt below
+        assert!(within_points(0.9912, 0.9950, 0.1)); // above the final exit
+        assert!(!within_points(0.9912, 0.9901, 0.1));
+    }
 }
