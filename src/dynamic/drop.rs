@@ -3,6 +3,8 @@
 //! against the number of blocks removed (Veit et al. 2016 show residual networks
 //! tolerate it; stochastic depth trains them to).
 
+use std::collections::HashSet;
+
 use super::depth::{rebuild, residual_blocks};
 use crate::error::{Error, Result};
 use crate::io::idx::Dataset;
@@ -77,6 +79,78 @@ pub fn remove_blocks(network: &Network, blocks: &[usize]) -> Result<Network> {
     Ok(rebuild(network, layers))
 }
 
+/// [`remove_blocks`], and the parameters only the removed blocks read taken out of
+/// `model` too (with a BatchNorm's `num_batches_tracked` counter), so that a saved model
+/// is smaller. Parameters the remaining network still reads (a shortcut's, or one shared
+/// with a kept block) stay, and so do those no layer of `network` reads. On an error
+/// `model` is left as it was.
+///
+/// ```
+/// use slimnn::Model;
+/// use slimnn::dynamic::remove_blocks_from_model;
+/// use slimnn::nn::{Layer, Network};
+///
+/// let mut model = Model::new();
+/// for name in ["a.weight", "b.weight"] {
+///     model.add(name, ndarray::ArrayD::zeros(ndarray::IxDyn(&[2, 2])))?;
+/// }
+/// let lin = |w: &str| Layer::Linear { weight: w.into(), bias: None };
+/// let net = Network::new(vec![
+///     Layer::residual(vec![lin("a.weight")], vec![]),
+///     Layer::residual(vec![lin("b.weight")], vec![]),
+/// ]);
+/// let cut = remove_blocks_from_model(&net, &mut model, &[0])?;
+/// assert_eq!(cut.layers().len(), 1);
+/// assert!(!model.contains("a.weight") && model.contains("b.weight"));
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn remove_blocks_from_model(
+    network: &Network,
+    model: &mut Model,
+    blocks: &[usize],
+) -> Result<Network> {
+    let cut = remove_blocks(network, blocks)?;
+    let kept: HashSet<&str> = cut.layers().iter().flat_map(Layer::param_names).collect();
+    let mut counters = Vec::new();
+    let mut orphans: Vec<&str> = Vec::new();
+    for layer in network.layers() {
+        for name in layer.param_names() {
+            if !kept.contains(name) && !orphans.contains(&name) && model.contains(name) {
+                orphans.push(name);
+            }
+        }
+        collect_batch_norm_counters(layer, &kept, &mut counters);
+    }
+    for name in orphans {
+        model.remove(name)?;
+    }
+    for counter in counters {
+        model.remove_raw(&counter);
+    }
+    Ok(cut)
+}
+
+/// The `num_batches_tracked` counters (PyTorch's) of the BatchNorm layers in `layer`
+/// whose weight the remaining network no longer reads.
+fn collect_batch_norm_counters(layer: &Layer, kept: &HashSet<&str>, out: &mut Vec<String>) {
+    match layer {
+        Layer::BatchNorm { weight, .. } if !kept.contains(weight.as_str()) => {
+            if let Some(prefix) = weight.strip_suffix(".weight") {
+                out.push(format!("{prefix}.num_batches_tracked"));
+            }
+        }
+        Layer::Residual { body, shortcut, .. } => body
+            .iter()
+            .chain(shortcut)
+            .for_each(|l| collect_batch_norm_counters(l, kept, out)),
+        Layer::Concat { branches } => branches
+            .iter()
+            .flatten()
+            .for_each(|l| collect_batch_norm_counters(l, kept, out)),
+        _ => {}
+    }
+}
+
 /// Greedy block dropping: `remove` residual blocks, one at a time, each time the block
 /// whose removal raises the loss on a calibration set the least.
 ///
@@ -136,10 +210,7 @@ impl BlockDropping {
 
     /// Checks `batch ≥ 1` (the block count is checked against the network).
     pub fn check(&self) -> Result<()> {
-        if self.batch == 0 {
-            return Err(Error::invalid("batch", self.batch, "at least 1"));
-        }
-        Ok(())
+        super::exits::check_batch(self.batch)
     }
 
     /// Removes blocks from `network` greedily by the calibration loss on `data`
@@ -184,7 +255,7 @@ impl BlockDropping {
 
 /// Accuracy and loss on `data` with the first `k` blocks of `order` removed, for
 /// `k = 0..=order.len()` (e.g. a [`DropReport::order`] found on a calibration set,
-/// measured on a test set).
+/// measured on a test set), in batches of `batch ≥ 1`.
 pub fn drop_curve(
     network: &Network,
     model: &Model,
@@ -192,6 +263,7 @@ pub fn drop_curve(
     data: &Dataset,
     batch: usize,
 ) -> Result<Vec<Evaluation>> {
+    super::exits::check_batch(batch)?;
     (0..=order.len())
         .map(|k| {
             if k == 0 {

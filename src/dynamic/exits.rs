@@ -99,21 +99,54 @@ pub struct ExitOutput {
     pub counts: Vec<usize>,
 }
 
-/// Multiply-adds of one sample along each path of an [`EarlyExitNetwork`].
+/// Multiply-adds of one sample along each path of an [`EarlyExitNetwork`]: from
+/// [`EarlyExitNetwork::costs`], or built by hand with [`ExitCosts::new`] (one trunk
+/// cost and one branch cost per side exit, checked).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExitCosts {
-    /// Multiply-adds of the trunk up to and including each side exit's position.
-    pub trunk_to_exit: Vec<usize>,
-    /// Multiply-adds of each side branch.
-    pub branch: Vec<usize>,
-    /// Multiply-adds of the whole trunk (the plain network).
-    pub trunk: usize,
+    trunk_to_exit: Vec<usize>,
+    branch: Vec<usize>,
+    trunk: usize,
 }
 
 impl ExitCosts {
+    /// The costs of a network with `trunk_to_exit.len()` side exits: the multiply-adds
+    /// of the trunk up to and including each side exit's position, of each side branch,
+    /// and of the whole trunk. Lengths that differ are [`Error::ShapeMismatch`].
+    pub fn new(trunk_to_exit: Vec<usize>, branch: Vec<usize>, trunk: usize) -> Result<ExitCosts> {
+        if branch.len() != trunk_to_exit.len() {
+            return Err(Error::ShapeMismatch {
+                what: "side branch costs (one per side exit)".into(),
+                expected: vec![trunk_to_exit.len()],
+                got: vec![branch.len()],
+            });
+        }
+        Ok(ExitCosts {
+            trunk_to_exit,
+            branch,
+            trunk,
+        })
+    }
+
+    /// Multiply-adds of the trunk up to and including each side exit's position.
+    pub fn trunk_to_exit(&self) -> &[usize] {
+        &self.trunk_to_exit
+    }
+
+    /// Multiply-adds of each side branch.
+    pub fn branch(&self) -> &[usize] {
+        &self.branch
+    }
+
+    /// Multiply-adds of the whole trunk (the plain network).
+    pub fn trunk(&self) -> usize {
+        self.trunk
+    }
+
     /// The multiply-adds of a sample leaving at `exit` (the final exit is the number of
-    /// side exits), with the side branches whose `ran` is false not computed (a policy
-    /// that lets nothing out skips its branch).
+    /// side exits; any larger value counts as the final exit too), with the side
+    /// branches whose `ran` is false not computed (a policy that lets nothing out skips
+    /// its branch; a missing entry counts as true).
     pub fn path(&self, exit: usize, ran: &[bool]) -> usize {
         let k = self.branch.len();
         let trunk = if exit < k {
@@ -121,7 +154,7 @@ impl ExitCosts {
         } else {
             self.trunk
         };
-        let branches: usize = (0..k.min(exit + 1))
+        let branches: usize = (0..k.min(exit.saturating_add(1)))
             .filter(|&j| ran.get(j).copied().unwrap_or(true))
             .map(|j| self.branch[j])
             .sum();
@@ -157,6 +190,15 @@ pub struct ExitEvaluation {
     pub counts: Vec<usize>,
     /// Mean multiply-adds per example.
     pub mean_macs: f64,
+}
+
+/// Checks an evaluation batch size: `0` is [`Error::InvalidParameter`] (as in
+/// training and [`BlockDropping`](super::BlockDropping)), not silently 1.
+pub(super) fn check_batch(batch: usize) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::invalid("batch", batch, "at least 1"));
+    }
+    Ok(())
 }
 
 /// Whether a policy lets nothing out whatever the logits.
@@ -306,7 +348,8 @@ impl EarlyExitNetwork {
                     )
                 })?,
         };
-        if index + 1 >= layers.len() {
+        // `index + 1 >= len` without overflow (`usize::MAX` is an index like any other).
+        if index >= layers.len().saturating_sub(1) {
             return Err(Error::invalid(
                 "exit position",
                 index,
@@ -329,11 +372,7 @@ impl EarlyExitNetwork {
             trunk_to_exit.push(trunk.layers[..=e.after].iter().map(|l| l.macs).sum());
             branch.push(self.branch_network(model, k)?.costs(model)?.macs());
         }
-        Ok(ExitCosts {
-            trunk_to_exit,
-            branch,
-            trunk: trunk.macs(),
-        })
+        ExitCosts::new(trunk_to_exit, branch, trunk.macs())
     }
 
     /// Checks one policy per side exit.
@@ -447,7 +486,7 @@ impl EarlyExitNetwork {
         Ok(out)
     }
 
-    /// Thresholds for the side exits from held-out `data` (in batches of `batch`):
+    /// Thresholds for the side exits from held-out `data` (in batches of `batch ≥ 1`):
     /// every exit's logits are collected with [`exit_logits`](EarlyExitNetwork::exit_logits)
     /// and passed to [`ThresholdCalibration::calibrate`].
     pub fn calibrate(
@@ -458,6 +497,7 @@ impl EarlyExitNetwork {
         calibration: &ThresholdCalibration,
     ) -> Result<Calibrated> {
         calibration.check()?;
+        check_batch(batch)?;
         if data.is_empty() {
             return Err(Error::Empty {
                 what: "calibration data set".into(),
@@ -466,8 +506,8 @@ impl EarlyExitNetwork {
         let classes = self.check(model)?;
         let mut all: Vec<Vec<f32>> =
             vec![Vec::with_capacity(data.len() * classes); self.exits.len() + 1];
-        for start in (0..data.len()).step_by(batch.max(1)) {
-            let end = (start + batch.max(1)).min(data.len());
+        for start in (0..data.len()).step_by(batch) {
+            let end = (start + batch).min(data.len());
             let logits = self.exit_logits(model, data.images.slice(s![start..end, ..]))?;
             for (acc, l) in all.iter_mut().zip(&logits) {
                 acc.extend(l.iter());
@@ -479,7 +519,7 @@ impl EarlyExitNetwork {
     }
 
     /// Accuracy, exit counts and mean multiply-adds per example on `data` with
-    /// `policies`, in batches of `batch`.
+    /// `policies`, in batches of `batch ≥ 1`.
     pub fn evaluate(
         &self,
         model: &Model,
@@ -487,6 +527,7 @@ impl EarlyExitNetwork {
         batch: usize,
         policies: &[ExitPolicy],
     ) -> Result<ExitEvaluation> {
+        check_batch(batch)?;
         if data.is_empty() {
             return Err(Error::Empty {
                 what: "evaluation data set".into(),
@@ -495,8 +536,8 @@ impl EarlyExitNetwork {
         let costs = self.costs(model)?;
         let mut counts = vec![0usize; self.exits.len() + 1];
         let mut correct = 0usize;
-        for start in (0..data.len()).step_by(batch.max(1)) {
-            let end = (start + batch.max(1)).min(data.len());
+        for start in (0..data.len()).step_by(batch) {
+            let end = (start + batch).min(data.len());
             let out = self.forward(model, data.images.slice(s![start..end, ..]), policies)?;
             for (c, o) in counts.iter_mut().zip(&out.counts) {
                 *c += o;

@@ -13,7 +13,8 @@
 //!   probabilities decaying linearly with depth (Huang et al. 2016).
 //! - [`BlockDropping`]: residual blocks removed after training, greedily by the
 //!   smallest increase of a calibration loss; [`drop_curve`] gives the accuracy against
-//!   the number of blocks removed.
+//!   the number of blocks removed; [`remove_blocks_from_model`] also takes the removed
+//!   blocks' parameters out of the model.
 //!
 //! The guide is [`guide::dynamic`](crate::guide::dynamic).
 
@@ -26,7 +27,7 @@ mod policy;
 
 pub use calibrate::{Calibrated, ThresholdCalibration, route};
 pub use depth::StochasticDepth;
-pub use drop::{BlockDropping, DropReport, drop_curve, remove_blocks};
+pub use drop::{BlockDropping, DropReport, drop_curve, remove_blocks, remove_blocks_from_model};
 pub use exits::{EarlyExitNetwork, ExitCosts, ExitEvaluation, ExitOutput, ExitPoint};
 pub use joint::JointLoss;
 pub use policy::{ExitPolicy, PolicyKind};

@@ -24,7 +24,7 @@ pub(super) fn batch(n: usize, features: usize, s: f32) -> Array2<f32> {
 
 /// A residual MLP on 6 features: stem, `blocks` residual blocks (Linear, ReLU, Linear),
 /// head to 3 classes.
-fn residual_mlp(blocks: usize) -> (Model, Network) {
+pub(super) fn residual_mlp(blocks: usize) -> (Model, Network) {
     let mut model = Model::new();
     let mut layers = Vec::new();
     model.add("stem.weight", wave(&[5, 6], 0.3)).unwrap();
@@ -265,4 +265,49 @@ fn greedy_dropping_removes_the_harmless_block_first_and_reports_each_step() {
         BlockDropping::new(0, 4).unwrap().run(&plain, &model, &data),
         Err(Error::Empty { .. })
     ));
+}
+
+#[test]
+fn removing_blocks_from_a_model_drops_their_orphaned_parameters() {
+    let (mut model, net) = residual_mlp(3);
+    let x = batch(4, 6, 0.61);
+    let plain_cut = remove_blocks(&net, &[0, 2]).unwrap();
+    let want = plain_cut.forward(&model, x.view()).unwrap();
+    let before = model.len();
+    // Errors leave the model as it was.
+    assert!(matches!(
+        remove_blocks_from_model(&net, &mut model, &[0, 1, 2]),
+        Err(Error::InvalidParameter { .. })
+    ));
+    assert_eq!(model.len(), before);
+    let cut = remove_blocks_from_model(&net, &mut model, &[2, 0]).unwrap();
+    assert_eq!(cut, plain_cut);
+    assert_eq!(model.len(), before - 4);
+    for gone in [
+        "b0.fc1.weight",
+        "b0.fc2.weight",
+        "b2.fc1.weight",
+        "b2.fc2.weight",
+    ] {
+        assert!(!model.contains(gone), "{gone}");
+    }
+    assert!(model.contains("b1.fc1.weight") && model.contains("head.weight"));
+    cut.check(&model).unwrap();
+    assert_eq!(cut.forward(&model, x.view()).unwrap(), want);
+    // A parameter the remaining network still reads (a shortcut's, or one shared with a
+    // kept block) stays.
+    let mut shared = Model::new();
+    shared.add("s.weight", wave(&[6, 6], 0.4)).unwrap();
+    shared.add("p.weight", wave(&[6, 6], 0.8)).unwrap();
+    let lin = |w: &str| Layer::Linear {
+        weight: w.into(),
+        bias: None,
+    };
+    let two = Network::new(vec![
+        Layer::residual(vec![lin("s.weight")], vec![lin("p.weight")]),
+        Layer::residual(vec![lin("s.weight")], vec![]),
+    ]);
+    let cut = remove_blocks_from_model(&two, &mut shared, &[0]).unwrap();
+    assert_eq!(cut.layers()[0], lin("p.weight"));
+    assert_eq!(shared.len(), 2);
 }

@@ -80,6 +80,7 @@ fn exits_attach_where_asked_and_bad_positions_are_typed_errors() {
     for bad in [
         EarlyExitNetwork::new(trunk.clone()).with_exit(7, vec![]),
         EarlyExitNetwork::new(trunk.clone()).with_exit(99, vec![]),
+        EarlyExitNetwork::new(trunk.clone()).with_exit(usize::MAX, vec![]),
         EarlyExitNetwork::new(trunk.clone()).with_exit("fc9.weight", vec![]),
         EarlyExitNetwork::new(trunk.clone()).with_exit("fc2.weight", vec![]),
         net.clone().with_exit(1, vec![]),
@@ -178,14 +179,30 @@ fn per_exit_counts_and_macs_per_sample() {
     let (model, net) = branchy();
     let costs = net.costs(&model).unwrap();
     // conv1: 4·4 positions × 27; fc1 96; fc2 32; exit0 48; exit1 32.
-    assert_eq!(costs.trunk, 432 + 96 + 32);
-    assert_eq!(costs.trunk_to_exit, vec![432, 432 + 96]);
-    assert_eq!(costs.branch, vec![48, 32]);
+    assert_eq!(costs.trunk(), 432 + 96 + 32);
+    assert_eq!(costs.trunk_to_exit(), &[432, 432 + 96]);
+    assert_eq!(costs.branch(), &[48, 32]);
     let ran = [true, true];
     assert_eq!(costs.path(0, &ran), 480);
     assert_eq!(costs.path(1, &ran), 528 + 80);
     assert_eq!(costs.path(2, &ran), 560 + 80);
     assert_eq!(costs.path(2, &[false, false]), 560);
+    // Past the final exit is the final exit; no overflow.
+    assert_eq!(costs.path(usize::MAX, &ran), 560 + 80);
+    // Built by hand: the same, and mismatched lengths are a typed error.
+    assert_eq!(
+        ExitCosts::new(vec![432, 528], vec![48, 32], 560).unwrap(),
+        costs
+    );
+    for (to_exit, branch, trunk) in [
+        (vec![432], vec![48, 32], 560),
+        (vec![432, 528], vec![48], 560),
+    ] {
+        assert!(matches!(
+            ExitCosts::new(to_exit, branch, trunk),
+            Err(Error::ShapeMismatch { .. })
+        ));
+    }
     let data = Dataset {
         images: batch(10, 36, 0.21),
         labels: Array1::from_iter((0..10).map(|i| (i % 4) as u8)),
@@ -204,6 +221,36 @@ fn per_exit_counts_and_macs_per_sample() {
     assert_eq!(eval.mean_macs, 560.0);
     let plain = net.trunk().evaluate(&model, &data, 3).unwrap();
     assert_eq!(eval.correct, plain.correct);
+}
+
+#[test]
+fn a_batch_of_zero_is_a_typed_error_everywhere() {
+    let (model, net) = branchy();
+    let data = Dataset {
+        images: batch(6, 36, 0.23),
+        labels: Array1::from_iter((0..6).map(|i| (i % 4) as u8)),
+        image_shape: vec![6, 6],
+    };
+    let zero =
+        |r: &Result<_, Error>| matches!(r, Err(Error::InvalidParameter { name: "batch", .. }));
+    let never = [ExitPolicy::never(PolicyKind::Entropy); 2];
+    assert!(zero(&net.evaluate(&model, &data, 0, &never).map(drop)));
+    let calibration = ThresholdCalibration::new(PolicyKind::MaxProb, 1.0).unwrap();
+    assert!(zero(
+        &net.calibrate(&model, &data, 0, &calibration).map(drop)
+    ));
+    let mut m = model.clone();
+    let mut sgd = Sgd::new(0.1, 0.9, 0.0).unwrap();
+    assert!(zero(
+        &net.train_epoch(&mut m, &mut sgd, &data, 0, 1).map(drop)
+    ));
+    let (rmodel, rnet) = super::tests_depth::residual_mlp(2);
+    let rdata = Dataset {
+        images: batch(6, 6, 0.3),
+        labels: Array1::from_iter((0..6).map(|i| (i % 3) as u8)),
+        image_shape: vec![6],
+    };
+    assert!(zero(&drop_curve(&rnet, &rmodel, &[0], &rdata, 0).map(drop)));
 }
 
 /// Central finite differences against the analytic gradient of the joint loss.
