@@ -25,10 +25,12 @@
 //! depthwise-separable and fire variants. `--repeat N` times each test-set pass `N`
 //! times and keeps the fastest (for a shared machine).
 
+#[path = "common/cache.rs"]
+mod cache;
 #[path = "common/mnist.rs"]
 mod mnist;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -36,7 +38,6 @@ use ndarray::{ArrayD, IxDyn};
 use slimnn::distill::{DistillConfig, Distillation, Teacher};
 use slimnn::filters::{ConvBnRelu, FireModule, SeparableBlock, Transforms};
 use slimnn::io::idx::Dataset;
-use slimnn::io::safetensors::SaveOptions;
 use slimnn::nn::{ConvSpec, Evaluation, Layer, Network, Sgd, train_epoch};
 use slimnn::{DType, LayerKind, Model, Result, Selector};
 
@@ -267,49 +268,17 @@ impl Recipe {
 
 /// Where a trained variant is cached.
 fn cache_path(key: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/slimnn-examples/compact_filters")
-        .join(format!("{key}.safetensors"))
+    cache::path("compact_filters", key)
 }
 
 /// Loads `key`'s cached values into `model` if they were made by `recipe`; `false`
-/// if there is no such cache.
+/// if there is no such cache (or `fresh` asks to retrain).
 fn load_cached(key: &str, recipe: &str, model: &mut Model, fresh: bool) -> Result<bool> {
-    let path = cache_path(key);
-    if fresh || !path.exists() {
-        return Ok(false);
-    }
-    let cached = Model::load(&path)?;
-    if cached.metadata().get("trained").map(String::as_str) != Some(recipe) {
-        return Ok(false);
-    }
-    let names: Vec<String> = model
-        .params()
-        .iter()
-        .map(|p| p.name().to_string())
-        .collect();
-    if cached.len() != names.len() || names.iter().any(|n| !cached.contains(n)) {
-        return Ok(false);
-    }
-    for name in names {
-        let value = cached.get(&name)?.value().clone();
-        model.get_mut(&name)?.value_mut().assign(&value);
-    }
-    eprintln!("    loaded {} ({recipe})", path.display());
-    Ok(true)
+    Ok(!fresh && cache::load(&cache_path(key), recipe, model)?)
 }
 
 fn save_cached(key: &str, recipe: &str, model: &Model) -> Result<()> {
-    let path = cache_path(key);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| slimnn::Error::Io {
-            path: dir.into(),
-            source: e,
-        })?;
-    }
-    let mut m = model.clone();
-    m.metadata_mut().insert("trained".into(), recipe.into());
-    m.save(&path, &SaveOptions::default())
+    cache::save(&cache_path(key), recipe, model)
 }
 
 /// What the run shares: the data, the seed, whether to retrain.

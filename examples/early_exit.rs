@@ -17,6 +17,8 @@
 //! cargo run --release --example early_exit -- [--epochs N] [--seed S] [--json]
 //! ```
 
+#[path = "common/cache.rs"]
+mod cache;
 #[path = "common/mnist.rs"]
 #[allow(dead_code)]
 mod mnist;
@@ -272,40 +274,96 @@ fn svg(rows: &[&Row]) -> String {
 }
 
 fn main() -> Result<()> {
-    let json = std::env::args().any(|a| a == "--json");
-    let argv: Vec<String> = std::env::args().filter(|a| a != "--json").collect();
-    let (mut epochs, mut seed) = (3usize, 1u64);
+    let flag = |f: &str| std::env::args().any(|a| a == f);
+    let (json, fresh) = (flag("--json"), flag("--retrain-from-scratch"));
+    let argv: Vec<String> = std::env::args()
+        .filter(|a| a != "--json" && a != "--retrain-from-scratch")
+        .collect();
+    let (mut epochs, mut seed, mut only) = (3usize, 1u64, None::<String>);
     let mut it = argv.iter().skip(1);
     while let Some(a) = it.next() {
-        let v = it.next().and_then(|v| v.parse::<u64>().ok());
-        match (a.as_str(), v) {
+        let v = it.next();
+        match (a.as_str(), v.and_then(|v| v.parse::<u64>().ok())) {
             ("--epochs", Some(v)) => epochs = v as usize,
             ("--seed", Some(v)) => seed = v,
+            ("--only", _) if v.is_some_and(|v| v == "exits" || v == "depth") => only = v.cloned(),
             _ => {
-                eprintln!("usage: early_exit [--epochs N] [--seed S] [--json]");
+                eprintln!(
+                    "usage: early_exit [--epochs N] [--seed S] [--only exits|depth] \
+                     [--retrain-from-scratch] [--json]"
+                );
                 std::process::exit(2)
             }
         }
     }
+    let run_exits = only.as_deref() != Some("depth");
+    let run_depth = only.as_deref() != Some("exits");
     let (all_train, test) = mnist::load()?;
     let train = split(&all_train, 0, 55_000);
     let held_out = split(&all_train, 55_000, all_train.len());
 
-    // 1. B-LeNet, trained jointly.
+    let exits = if run_exits {
+        Some(early_exits(&train, &held_out, &test, epochs, seed, fresh)?)
+    } else {
+        None
+    };
+    let drops = if run_depth {
+        Some(stochastic_depth(
+            &train, &held_out, &test, epochs, seed, fresh,
+        )?)
+    } else {
+        None
+    };
+    if json {
+        // One line; the keys of a part left out by `--only` are absent.
+        let mut keys = vec![];
+        if let Some((plain, t)) = &exits {
+            keys.push(format!("\"plain_accuracy\": {:.4}", plain.accuracy));
+            keys.push(format!("\"exit_accuracy\": {:.4}", t.accuracy));
+            keys.push(format!("\"speedup_b1\": {:.2}", plain.time_b1 / t.time_b1));
+            keys.push(format!(
+                "\"speedup_b256\": {:.2}",
+                plain.time_b256 / t.time_b256
+            ));
+        }
+        if let Some(d) = &drops {
+            keys.push(format!("\"sd_drop_points\": {:.2}", d[1]));
+            keys.push(format!("\"baseline_drop_points\": {:.2}", d[0]));
+        }
+        println!("{{{}}}", keys.join(", "));
+    }
+    Ok(())
+}
+
+/// B-LeNet trained jointly (or loaded from the cache), its threshold sweep, the CSV and
+/// the chart; returns the plain network's row and the −0.1 pt entropy row.
+fn early_exits(
+    train: &Dataset,
+    held_out: &Dataset,
+    test: &Dataset,
+    epochs: usize,
+    seed: u64,
+    fresh: bool,
+) -> Result<(Row, Row)> {
     let mut model = Model::new();
     let net = b_lenet(&mut model, seed)?;
-    let mut sgd = Sgd::new(0.01, 0.9, 5e-4)?;
-    println!("training B-LeNet jointly for {epochs} epochs (exit weights 1, 1)");
-    for epoch in 0..epochs {
-        sgd.set_lr(lr_at(epoch, epochs))?;
-        let (loss, t) =
-            timed(|| net.train_epoch(&mut model, &mut sgd, &train, 64, seed + epoch as u64))?;
-        println!("  epoch {}: joint loss {loss:.4} ({t:.1} s)", epoch + 1);
+    let recipe = format!("{epochs} epochs, joint exit weights 1 1, seed {seed}");
+    let cached = cache::path("early_exit", "b_lenet");
+    if fresh || !cache::load(&cached, &recipe, &mut model)? {
+        let mut sgd = Sgd::new(0.01, 0.9, 5e-4)?;
+        println!("training B-LeNet jointly for {epochs} epochs (exit weights 1, 1)");
+        for epoch in 0..epochs {
+            sgd.set_lr(lr_at(epoch, epochs))?;
+            let (loss, t) =
+                timed(|| net.train_epoch(&mut model, &mut sgd, train, 64, seed + epoch as u64))?;
+            println!("  epoch {}: joint loss {loss:.4} ({t:.1} s)", epoch + 1);
+        }
+        cache::save(&cached, &recipe, &model)?;
     }
     let costs = net.costs(&model)?;
     let plain = net.trunk();
-    let (plain_eval, plain_b1) = timed(|| plain.evaluate(&model, &test, 1))?;
-    let (_, plain_b256) = timed(|| plain.evaluate(&model, &test, 256))?;
+    let (plain_eval, plain_b1) = timed(|| plain.evaluate(&model, test, 1))?;
+    let (_, plain_b256) = timed(|| plain.evaluate(&model, test, 256))?;
     println!(
         "\n{:<30} {:>8} {:>16} {:>11} {:>10} {:>10}",
         "network / threshold", "accuracy", "exit 1 / final", "MACs", "time b1", "time b256"
@@ -327,10 +385,10 @@ fn main() -> Result<()> {
     ] {
         for &drop in drops {
             let cal = ThresholdCalibration::new(kind, drop)?;
-            let found = net.calibrate(&model, &held_out, 1000, &cal)?;
+            let found = net.calibrate(&model, held_out, 1000, &cal)?;
             let policies = found.policies.clone();
-            let (eval, b1) = timed(|| net.evaluate(&model, &test, 1, &policies))?;
-            let (_, b256) = timed(|| net.evaluate(&model, &test, 256, &policies))?;
+            let (eval, b1) = timed(|| net.evaluate(&model, test, 1, &policies))?;
+            let (_, b256) = timed(|| net.evaluate(&model, test, 256, &policies))?;
             let row = Row {
                 name: match policies[0].threshold() {
                     t if t > 1e30 => format!("{kind:?} any (−{drop} pt)"),
@@ -378,7 +436,7 @@ fn main() -> Result<()> {
         source: e,
     })?;
     println!("wrote {} and {}", csv_path.display(), svg_path.display());
-    let t = &rows[target.expect("the −0.1 pt entropy row")];
+    let t = rows.swap_remove(target.expect("the −0.1 pt entropy row"));
     let gap = 100.0 * (plain_row.accuracy - t.accuracy);
     println!(
         "exit_accuracy (entropy threshold calibrated for −0.1 pt on the held-out split): test \
@@ -393,7 +451,20 @@ fn main() -> Result<()> {
         }
     );
 
-    // 2. Stochastic depth against block dropping.
+    Ok((plain_row, t))
+}
+
+/// The residual network trained with and without stochastic depth (or loaded from the
+/// cache), its blocks removed greedily; returns the drop in points with a third of the
+/// blocks removed, without then with stochastic depth.
+fn stochastic_depth(
+    train: &Dataset,
+    held_out: &Dataset,
+    test: &Dataset,
+    epochs: usize,
+    seed: u64,
+    fresh: bool,
+) -> Result<Vec<f64>> {
     let blocks = 6;
     let mut drops = Vec::new();
     for (name, sd) in [
@@ -405,19 +476,29 @@ fn main() -> Result<()> {
         if let Some(p) = sd {
             res = StochasticDepth::linear(p)?.apply(&res)?;
         }
-        let mut sgd = Sgd::new(0.01, 0.9, 5e-4)?;
-        println!("\ntraining the residual network ({blocks} blocks), {name}, {epochs} epochs");
-        for epoch in 0..epochs {
-            sgd.set_lr(lr_at(epoch, epochs))?;
-            let (loss, t) = timed(|| {
-                train_epoch(&res, &mut m, &mut sgd, &train, 64, seed + 50 + epoch as u64)
-            })?;
-            println!("  epoch {}: loss {loss:.4} ({t:.1} s)", epoch + 1);
+        let recipe = format!("{epochs} epochs, {name}, seed {seed}");
+        let key = if sd.is_some() {
+            "resnet_sd"
+        } else {
+            "resnet_plain"
+        };
+        let cached = cache::path("early_exit", key);
+        println!("\nthe residual network ({blocks} blocks), {name}, {epochs} epochs");
+        if fresh || !cache::load(&cached, &recipe, &mut m)? {
+            let mut sgd = Sgd::new(0.01, 0.9, 5e-4)?;
+            for epoch in 0..epochs {
+                sgd.set_lr(lr_at(epoch, epochs))?;
+                let (loss, t) = timed(|| {
+                    train_epoch(&res, &mut m, &mut sgd, train, 64, seed + 50 + epoch as u64)
+                })?;
+                println!("  epoch {}: loss {loss:.4} ({t:.1} s)", epoch + 1);
+            }
+            cache::save(&cached, &recipe, &m)?;
         }
         // The whole curve, 0 to all but one block removed (greedy: the first k of the
         // order are the k-block choice).
-        let report = BlockDropping::new(blocks - 1, 1000)?.run(&res, &m, &held_out)?;
-        let curve = drop_curve(&res, &m, &report.order, &test, 1000)?;
+        let report = BlockDropping::new(blocks - 1, 1000)?.run(&res, &m, held_out)?;
+        let curve = drop_curve(&res, &m, &report.order, test, 1000)?;
         let accs: Vec<String> = curve
             .iter()
             .map(|e| format!("{:.2}%", 100.0 * e.accuracy))
@@ -433,19 +514,7 @@ fn main() -> Result<()> {
         drops.push(lost);
     }
 
-    if json {
-        println!(
-            "{{\"plain_accuracy\": {:.4}, \"exit_accuracy\": {:.4}, \"speedup_b1\": {:.2}, \
-             \"speedup_b256\": {:.2}, \"sd_drop_points\": {:.2}, \"baseline_drop_points\": {:.2}}}",
-            plain_row.accuracy,
-            t.accuracy,
-            plain_row.time_b1 / t.time_b1,
-            plain_row.time_b256 / t.time_b256,
-            drops[1],
-            drops[0]
-        );
-    }
-    Ok(())
+    Ok(drops)
 }
 
 /// Whether accuracy `exit` is at most `points` percentage points below `reference`

@@ -10,6 +10,7 @@
 //! `SLIMNN_FORCE_AVX2` is set. This module is the only place for `unsafe` and
 //! `std::arch`.
 
+pub(crate) mod dense;
 pub(crate) mod depthwise;
 pub(crate) mod gemm;
 pub(crate) mod mmap;

@@ -815,7 +815,19 @@ mod tests {
             let (row_ptr, col_idx, values) = csr(&mut g, rows, cols);
             check_driver(&Csr { row_ptr: &row_ptr, col_idx: &col_idx, values: &values }, rows, cols, batch, &mut g);
             let n = 1 + g.below(m);
-            let idx: Vec<u8> = (0..rows * groups * n).map(|_| g.below(m) as u8).collect();
+            // n distinct positions in each group of m, as N:M storage holds them (a
+            // repeated position could cancel below the f64 check's tolerance).
+            let idx: Vec<u8> = (0..rows * groups)
+                .flat_map(|_| {
+                    let mut pos: Vec<u8> = (0..m as u8).collect();
+                    for i in 0..n {
+                        let j = i + g.below(m - i);
+                        pos.swap(i, j);
+                    }
+                    pos.truncate(n);
+                    pos
+                })
+                .collect();
             let vals = g.values(idx.len());
             check_driver(&NM { values: &vals, idx: &idx, n, m, cols }, rows, cols, batch, &mut g);
             let entries = 1 + g.below(256);

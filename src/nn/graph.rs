@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, Ix1, Ix2, Ix4, IxDyn};
+use ndarray::{
+    Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, CowArray, Ix1, Ix2, Ix4, IxDyn,
+};
 
 use super::conv::{conv2d, conv2d_backward, im2col_row_norms};
 use super::eval::softmax_cross_entropy;
@@ -174,9 +176,9 @@ pub(super) fn forward(
     index: usize,
     keep: bool,
 ) -> Result<(ArrayD<f32>, Saved)> {
-    let keep_weighted = |h: ArrayD<f32>, w: ArrayD<f32>| {
+    let keep_weighted = |h: ArrayD<f32>, w: CowArray<'_, f32, IxDyn>| {
         if keep {
-            Saved::Weighted(h, w)
+            Saved::Weighted(h, w.into_owned())
         } else {
             Saved::Nothing
         }
@@ -192,7 +194,7 @@ pub(super) fn forward(
         Layer::Linear { weight, bias } => {
             let w = param::<Ix2>(model, weight)?;
             let x = h.view().into_dimensionality::<Ix2>().expect("checked 2-D");
-            let mut y = x.dot(&w.t());
+            let mut y = super::linear::forward(x, &w);
             if let Some(b) = bias {
                 y += &param::<Ix1>(model, b)?;
             }
@@ -214,7 +216,10 @@ pub(super) fn forward(
             spec,
             transforms,
         } => {
-            let w = crate::filters::tied_bank(&param::<Ix4>(model, weight)?, transforms)?;
+            let w = CowArray::from(crate::filters::tied_bank(
+                &param::<Ix4>(model, weight)?,
+                transforms,
+            )?);
             let b = bias
                 .as_deref()
                 .map(|b| param::<Ix1>(model, b))
@@ -226,9 +231,16 @@ pub(super) fn forward(
         Layer::CRelu => (crate::filters::crelu(&h)?, keep_input(h)),
         Layer::MaxPool2d { kernel, stride } => {
             let x = h.view().into_dimensionality::<Ix4>().expect("checked 4-D");
-            let (y, arg) = pool::forward(&x, *kernel, *stride)?;
-            let (n, c, hh, ww) = x.dim();
-            (y.into_dyn(), Saved::Pool([n, c, hh, ww], arg))
+            if keep {
+                let (y, arg) = pool::forward(&x, *kernel, *stride)?;
+                let (n, c, hh, ww) = x.dim();
+                (y.into_dyn(), Saved::Pool([n, c, hh, ww], arg))
+            } else {
+                (
+                    pool::infer(&x, *kernel, *stride)?.into_dyn(),
+                    Saved::Nothing,
+                )
+            }
         }
         Layer::Flatten => {
             let shape = h.shape().to_vec();
@@ -431,9 +443,15 @@ fn store(grads: &mut Gradients, model: &Model, name: &str, g: ArrayD<f32>) -> Re
 }
 
 /// A parameter's effective values (mask applied) in dimension `D`.
-fn param<D: ndarray::Dimension>(model: &Model, name: &str) -> Result<ndarray::Array<f32, D>> {
+/// The effective values of parameter `name`, borrowed unless a mask must be applied (an
+/// inference pass then copies nothing).
+fn param<'a, D: ndarray::Dimension>(model: &'a Model, name: &str) -> Result<CowArray<'a, f32, D>> {
     let p = model.get(name)?;
-    p.effective().into_dimensionality::<D>().map_err(|_| {
+    let value = match p.mask() {
+        None => CowArray::from(p.value().view()),
+        Some(_) => CowArray::from(p.effective()),
+    };
+    value.into_dimensionality::<D>().map_err(|_| {
         Error::bad_shape(
             format!("`{name}`"),
             p.shape(),

@@ -84,6 +84,7 @@ pub(crate) use eval::check_labels;
 mod fold;
 mod graph;
 mod im2col;
+mod linear;
 mod norm;
 mod part;
 pub(crate) use part::{PartState, backward_part, forward_part, input_batch, seed_stream};

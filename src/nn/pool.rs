@@ -75,6 +75,81 @@ pub(super) fn forward(
     ))
 }
 
+/// The pooled batch `[n, c, oh, ow]` without the positions of the maxima (inference):
+/// the same values as [`forward`], a 2×2 window moved by 2 on a fast path.
+pub(super) fn infer(
+    x: &ArrayRef<f32, Ix4>,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+) -> Result<Array4<f32>> {
+    let (n, c, h, w) = x.dim();
+    let (oh, ow) = output_size((h, w), kernel, stride)?;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let mut out = vec![0.0f32; n * c * oh * ow];
+    if !out.is_empty() {
+        // Whole planes per task, enough of them to outweigh the scheduling.
+        let planes_per_task = (1 << 14) / (h * w) + 1;
+        out.par_chunks_mut(oh * ow)
+            .zip(xs.par_chunks(h * w))
+            .with_min_len(planes_per_task)
+            .for_each(|(out, plane)| {
+                if kernel == (2, 2) && stride == (2, 2) {
+                    pool_2x2(plane, w, out, ow);
+                } else {
+                    pool_plane(plane, w, kernel, stride, out, ow);
+                }
+            });
+    }
+    Ok(Array4::from_shape_vec((n, c, oh, ow), out).expect("n·c·oh·ow"))
+}
+
+/// `a` or `b`, whichever is larger, `a` on a tie; a NaN wins and stays (as [`forward`]
+/// scans a window).
+#[inline]
+fn max_first(a: f32, b: f32) -> f32 {
+    if b > a || (b.is_nan() && !a.is_nan()) {
+        b
+    } else {
+        a
+    }
+}
+
+/// Max pooling of one `? × w` plane into `out` (`? × ow`), any window.
+fn pool_plane(
+    plane: &[f32],
+    w: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    out: &mut [f32],
+    ow: usize,
+) {
+    for (oi, orow) in out.chunks_exact_mut(ow).enumerate() {
+        let rows = &plane[oi * stride.0 * w..][..kernel.0 * w];
+        for (oj, o) in orow.iter_mut().enumerate() {
+            let x0 = oj * stride.1;
+            *o = rows
+                .chunks_exact(w)
+                .flat_map(|row| &row[x0..x0 + kernel.1])
+                .fold(rows[x0], |best, &v| max_first(best, v));
+        }
+    }
+}
+
+/// [`pool_plane`] for a 2×2 window moved by 2, in the same scan order.
+fn pool_2x2(plane: &[f32], w: usize, out: &mut [f32], ow: usize) {
+    for (oi, orow) in out.chunks_exact_mut(ow).enumerate() {
+        let (r0, r1) = plane[2 * oi * w..][..2 * w].split_at(w);
+        for ((o, a), b) in orow
+            .iter_mut()
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+        {
+            *o = max_first(max_first(max_first(a[0], a[1]), b[0]), b[1]);
+        }
+    }
+}
+
 /// The gradient with respect to the input `[n, c, h, w]` (`shape`): each output's
 /// gradient added at the position of its maximum.
 pub(super) fn backward(
@@ -121,6 +196,8 @@ pub(super) fn check_window(kernel: (usize, usize), stride: (usize, usize)) -> Re
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -184,5 +261,32 @@ mod tests {
             forward(&x, (1, 1), (1, 0)),
             Err(Error::InvalidParameter { .. })
         ));
+    }
+
+    /// A batch of small values with NaNs, zeros of both signs and many ties.
+    fn batch() -> impl Strategy<Value = Array4<f32>> {
+        (1usize..3, 1usize..4, 2usize..9, 2usize..9).prop_flat_map(|dims| {
+            let value = prop_oneof![Just(f32::NAN), Just(-0.0f32), (-3i8..3).prop_map(f32::from)];
+            proptest::collection::vec(value, dims.0 * dims.1 * dims.2 * dims.3)
+                .prop_map(move |v| Array4::from_shape_vec(dims, v).unwrap())
+        })
+    }
+
+    proptest! {
+        /// Inference pools to the same values as the training pass, NaNs and ties
+        /// included, for any window (the 2×2 fast path among them).
+        #[test]
+        fn inference_equals_the_training_pass(
+            x in batch(),
+            window in (1usize..3, 1usize..3, 1usize..3, 1usize..3),
+            square in proptest::bool::ANY,
+        ) {
+            let (kh, kw, sh, sw) = window;
+            let (kernel, stride) = if square { ((2, 2), (2, 2)) } else { ((kh, kw), (sh, sw)) };
+            let (want, _) = forward(&x, kernel, stride).unwrap();
+            let got = infer(&x, kernel, stride).unwrap();
+            let bits = |a: &Array4<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&got), bits(&want));
+        }
     }
 }
