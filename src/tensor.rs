@@ -111,6 +111,46 @@ fn shape_len_error(shape: &[usize], len: usize) -> Error {
     )
 }
 
+/// `(‖a − b‖², ‖a‖²)` over paired elements, accumulated in f64 (see
+/// [`relative_error`]; sums of several tensors give one error over all of them).
+pub(crate) fn squared_errors<'a>(
+    reference: impl IntoIterator<Item = &'a f32>,
+    approx: impl IntoIterator<Item = &'a f32>,
+) -> (f64, f64) {
+    reference
+        .into_iter()
+        .zip(approx)
+        .fold((0.0, 0.0), |(diff, norm), (&a, &b)| {
+            (
+                diff + (a as f64 - b as f64).powi(2),
+                norm + (a as f64).powi(2),
+            )
+        })
+}
+
+/// The relative error from [`squared_errors`]' sums: `sqrt(diff / norm)`; 0 when
+/// nothing differs, and the absolute error `sqrt(diff)` against a zero reference.
+pub(crate) fn relative_from(diff: f64, norm: f64) -> f64 {
+    if diff == 0.0 {
+        0.0
+    } else if norm > 0.0 {
+        (diff / norm).sqrt()
+    } else {
+        diff.sqrt()
+    }
+}
+
+/// `‖a − b‖₂ / ‖a‖₂` of an approximation `b` of `a` (elements paired in iteration
+/// order): the crate's one relative error, used by quantization rows, factorizations
+/// and the pipeline's report.
+pub(crate) fn relative_error<'a>(
+    reference: impl IntoIterator<Item = &'a f32>,
+    approx: impl IntoIterator<Item = &'a f32>,
+) -> f64 {
+    let (diff, norm) = squared_errors(reference, approx);
+    relative_from(diff, norm)
+}
+
 /// The elements of `a` in row-major order: borrowed when `a` is already contiguous.
 pub(crate) fn row_major<'a, T: Clone>(a: &'a ArrayRef<T, IxDyn>) -> Cow<'a, [T]> {
     match a.as_slice() {

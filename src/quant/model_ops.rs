@@ -5,6 +5,7 @@ use std::fmt;
 use super::{QuantContext, QuantizedTensor, Quantizer};
 use crate::error::Result;
 use crate::model::{LayerKind, Model, Selector};
+use crate::tensor::{relative_from, squared_errors};
 
 impl Model {
     /// Quantizes each selected parameter (its values with the mask applied; the mask is
@@ -55,7 +56,7 @@ impl Model {
                     crate::tensor::check_same_shape(values.shape(), q.shape(), || {
                         format!("quantized form of {what}")
                     })?;
-                    let (n, d) = squared_error(values, &q.dequantize::<f32>());
+                    let (n, d) = squared_errors(values.iter(), q.dequantize::<f32>().iter());
                     (num, den) = (num + n, den + d);
                     codes.push(q);
                 }
@@ -67,7 +68,7 @@ impl Model {
                     numel: f.params(),
                     storage_bits,
                     bits_per_weight: storage_bits as f64 / f.params().max(1) as f64,
-                    relative_error: relative(num, den),
+                    relative_error: relative_from(num, den),
                 };
                 done.push((Quantized::Factors(f), row));
                 continue;
@@ -93,14 +94,14 @@ impl Model {
                 q = q.with_mask(m.clone())?;
                 m.apply(&mut decoded)?;
             }
-            let (num, den) = squared_error(&values, &decoded);
+            let (num, den) = squared_errors(values.iter(), decoded.iter());
             let row = QuantRow {
                 name: name.clone(),
                 kind: p.kind(),
                 numel: p.numel(),
                 storage_bits: q.storage_bits(),
                 bits_per_weight: q.bits_per_weight(),
-                relative_error: relative(num, den),
+                relative_error: relative_from(num, den),
             };
             done.push((Quantized::Whole(q), row));
         }
@@ -123,27 +124,6 @@ enum Quantized {
     Whole(QuantizedTensor),
     /// Its factorization with quantized factors.
     Factors(crate::lowrank::Factorization),
-}
-
-/// `(‖a − b‖², ‖a‖²)`.
-fn squared_error(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> (f64, f64) {
-    a.iter()
-        .zip(b.iter())
-        .fold((0.0, 0.0), |(num, den), (&a, &b)| {
-            (
-                num + (a as f64 - b as f64).powi(2),
-                den + (a as f64).powi(2),
-            )
-        })
-}
-
-/// `sqrt(num / den)`, or `sqrt(num)` for a zero reference.
-fn relative(num: f64, den: f64) -> f64 {
-    if den > 0.0 {
-        (num / den).sqrt()
-    } else {
-        num.sqrt()
-    }
 }
 
 /// One parameter's line in a [`QuantReport`].
