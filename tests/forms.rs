@@ -272,3 +272,38 @@ fn network_records_conv_specs_for_factorizing() {
     let e = m.set_conv_spec("conv.weight", ConvSpec::new().with_stride(0, 1));
     assert!(e.is_err());
 }
+
+/// Quantizing and then factorizing would lose the codes: refused before any change. A
+/// factorized weight quantized as a whole is refused too (its factors are quantized).
+#[test]
+fn quantize_then_factorize_is_refused_before_any_change() {
+    use slimnn::quant::{Granularity, Scheme, UniformQuantizer};
+    let int8 =
+        UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerChannel { axis: 0 }).unwrap();
+    let svd = TruncatedSvd::new(Rank::Fixed(4)).unwrap();
+    let mut m = model();
+    m.quantize(&Selector::parse("fc1.weight").unwrap(), &int8)
+        .unwrap();
+    let before = snapshot(&m);
+    let e = m.factorize(&Selector::prunable(), &svd).unwrap_err();
+    assert!(
+        matches!(e, Error::FormConflict { ref name, .. } if name == "fc1.weight"),
+        "{e}"
+    );
+    assert_eq!(snapshot(&m), before);
+
+    let mut m = model();
+    m.factorize(&Selector::parse("fc2.weight").unwrap(), &svd)
+        .unwrap();
+    let q = {
+        use slimnn::quant::Quantizer;
+        let p = m.get("fc2.weight").unwrap();
+        int8.quantize(p.value(), &Default::default()).unwrap()
+    };
+    let p = m.get_mut("fc2.weight").unwrap();
+    assert!(matches!(
+        p.set_quantized(q),
+        Err(Error::FormConflict { .. })
+    ));
+    assert!(p.factorization().is_some() && p.quantized().is_none());
+}
