@@ -111,8 +111,9 @@ fn shape_len_error(shape: &[usize], len: usize) -> Error {
     )
 }
 
-/// `(‖a − b‖², ‖a‖²)` over paired elements, accumulated in f64 (see
-/// [`relative_error`]; sums of several tensors give one error over all of them).
+/// `(‖a − b‖², ‖a‖²)` over paired elements (in iteration order), accumulated in f64;
+/// sums over several tensors give one error over all of them. With [`relative_from`],
+/// the crate's one relative error `‖a − b‖₂ / ‖a‖₂` (quantization rows, SVD residuals).
 pub(crate) fn squared_errors<'a>(
     reference: impl IntoIterator<Item = &'a f32>,
     approx: impl IntoIterator<Item = &'a f32>,
@@ -138,17 +139,6 @@ pub(crate) fn relative_from(diff: f64, norm: f64) -> f64 {
     } else {
         diff.sqrt()
     }
-}
-
-/// `‖a − b‖₂ / ‖a‖₂` of an approximation `b` of `a` (elements paired in iteration
-/// order): the crate's one relative error, used by quantization rows, factorizations
-/// and the pipeline's report.
-pub(crate) fn relative_error<'a>(
-    reference: impl IntoIterator<Item = &'a f32>,
-    approx: impl IntoIterator<Item = &'a f32>,
-) -> f64 {
-    let (diff, norm) = squared_errors(reference, approx);
-    relative_from(diff, norm)
 }
 
 /// The elements of `a` in row-major order: borrowed when `a` is already contiguous.

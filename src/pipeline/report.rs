@@ -140,7 +140,17 @@ impl Report {
             crate::tensor::check_same_shape(reference.shape(), after.shape(), || {
                 format!("`{}` before and after compression", p.name())
             })?;
-            let relative_error = crate::tensor::relative_error(reference.iter(), after.iter());
+            let (diff, norm) = reference
+                .iter()
+                .zip(after.iter())
+                .fold((0f64, 0f64), |(d, n), (&a, &b)| {
+                    (d + (a as f64 - b as f64).powi(2), n + (a as f64).powi(2))
+                });
+            let relative_error = if diff == 0.0 {
+                0.0
+            } else {
+                (diff / norm).sqrt()
+            };
             let nonzeros = after.iter().filter(|&&v| v != 0.0).count();
             let weight = matches!(p.kind(), LayerKind::Linear | LayerKind::Conv2d);
             let dense_flops = if weight { p.numel() } else { 0 };
