@@ -140,6 +140,20 @@ pub enum Error {
         /// Which result would overflow, and how to avoid it.
         reason: String,
     },
+    /// A parameter asked to take a form that cannot sit with the one it holds (a mask
+    /// on a factorized weight, factors of a pruned one): refused before anything
+    /// changes, never silently dropped.
+    #[error("`{name}` is {held}; it cannot also be {requested} ({hint})")]
+    FormConflict {
+        /// The parameter.
+        name: String,
+        /// The form it holds, e.g. "pruned (masked)".
+        held: String,
+        /// The form asked for, e.g. "factorized".
+        requested: String,
+        /// What to do instead.
+        hint: String,
+    },
 }
 
 /// `Result` with slimnn's [`Error`].

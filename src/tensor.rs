@@ -111,6 +111,36 @@ fn shape_len_error(shape: &[usize], len: usize) -> Error {
     )
 }
 
+/// `(‖a − b‖², ‖a‖²)` over paired elements (in iteration order), accumulated in f64;
+/// sums over several tensors give one error over all of them. With [`relative_from`],
+/// the crate's one relative error `‖a − b‖₂ / ‖a‖₂` (quantization rows, SVD residuals).
+pub(crate) fn squared_errors<'a>(
+    reference: impl IntoIterator<Item = &'a f32>,
+    approx: impl IntoIterator<Item = &'a f32>,
+) -> (f64, f64) {
+    reference
+        .into_iter()
+        .zip(approx)
+        .fold((0.0, 0.0), |(diff, norm), (&a, &b)| {
+            (
+                diff + (a as f64 - b as f64).powi(2),
+                norm + (a as f64).powi(2),
+            )
+        })
+}
+
+/// The relative error from [`squared_errors`]' sums: `sqrt(diff / norm)`; 0 when
+/// nothing differs, and the absolute error `sqrt(diff)` against a zero reference.
+pub(crate) fn relative_from(diff: f64, norm: f64) -> f64 {
+    if diff == 0.0 {
+        0.0
+    } else if norm > 0.0 {
+        (diff / norm).sqrt()
+    } else {
+        diff.sqrt()
+    }
+}
+
 /// The elements of `a` in row-major order: borrowed when `a` is already contiguous.
 pub(crate) fn row_major<'a, T: Clone>(a: &'a ArrayRef<T, IxDyn>) -> Cow<'a, [T]> {
     match a.as_slice() {

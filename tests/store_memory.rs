@@ -351,6 +351,23 @@ fn seeds() -> &'static [Vec<u8>] {
                 Selector::glob("fc1.weight"),
                 TtSvd::new(vec![3, 4], vec![4, 8], Rank::Fixed(2)).unwrap(),
             )),
+            // Quantized factors (record form 4).
+            Box::new(
+                Pipeline::new()
+                    .then(Factorize::new(
+                        Selector::glob("fc1.weight"),
+                        TruncatedSvd::new(Rank::Fixed(3)).unwrap(),
+                    ))
+                    .then(Quantize::new(
+                        Selector::glob("fc1.weight"),
+                        UniformQuantizer::new(
+                            8,
+                            Scheme::Symmetric,
+                            Granularity::PerChannel { axis: 0 },
+                        )
+                        .unwrap(),
+                    )),
+            ),
         ];
         let positions = [
             Positions::Dense,
@@ -362,7 +379,8 @@ fn seeds() -> &'static [Vec<u8>] {
         for (i, step) in steps.iter().enumerate() {
             for (j, p) in positions.iter().enumerate() {
                 let mut m = base();
-                if j > 0 {
+                // A pruned weight cannot be factorized: factorizing steps get no pruning.
+                if j > 0 && !step.describe().contains("factorize") {
                     PruneGlobal::new(Selector::prunable(), GlobalPruner::magnitude(0.7).unwrap())
                         .compress(&mut m)
                         .unwrap();

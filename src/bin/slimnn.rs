@@ -224,6 +224,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let input_bytes = input_size(&model)?;
             let mut model = load(&model)?;
+            spec::check_prune_lowrank(&model, &prune, &lowrank)?;
             let bar = progress(quiet, pipeline.describe_steps().len());
             let result = pipeline.run_with(&mut model, |i, description| {
                 bar.set_position(i as u64);

@@ -19,6 +19,92 @@ struct Compressed {
     values: Vec<f32>,
 }
 
+/// The CSR (or, `by_col`, CSC) pattern of the kept positions of `stored`, a
+/// `[rows, cols]` matrix: the pointers (one per major line, plus one), each entry's
+/// minor index (increasing within a line), and each entry's flat row-major position.
+/// The crate's one builder of compressed sparse layouts: [`Csr`], [`Csc`] and the
+/// compressed file's CSR positions use it. At most `u32::MAX` entries (callers check).
+pub(crate) fn pattern(
+    stored: &Mask,
+    shape: [usize; 2],
+    by_col: bool,
+) -> (Vec<u32>, Vec<u32>, Vec<usize>) {
+    let [rows, cols] = shape;
+    let cols = cols.max(1);
+    // (major, minor) of a flat row-major index.
+    let split: fn(usize, usize) -> (usize, usize) = if by_col {
+        |i, cols| (i % cols, i / cols)
+    } else {
+        |i, cols| (i / cols, i % cols)
+    };
+    let major_len = if by_col { shape[1] } else { rows };
+    // Counting sort by major line; row-major order keeps the minor indices sorted.
+    let mut ptr = vec![0u32; major_len + 1];
+    for i in stored.iter_kept() {
+        ptr[split(i, cols).0 + 1] += 1;
+    }
+    for j in 0..major_len {
+        ptr[j + 1] += ptr[j];
+    }
+    let nnz = ptr[major_len] as usize;
+    let mut next: Vec<u32> = ptr[..major_len].to_vec();
+    let (mut idx, mut flat) = (vec![0u32; nnz], vec![0usize; nnz]);
+    for i in stored.iter_kept() {
+        let (major, minor) = split(i, cols);
+        let k = next[major] as usize;
+        next[major] += 1;
+        idx[k] = minor as u32;
+        flat[k] = i;
+    }
+    (ptr, idx, flat)
+}
+
+/// Checks the pointers of a compressed sparse pattern read from untrusted bytes: from
+/// 0, never decreasing. The reason, on failure.
+pub(crate) fn check_pointers(ptr: &[u32]) -> std::result::Result<(), String> {
+    if let Some(&first) = ptr.first()
+        && first != 0
+    {
+        return Err(format!("the first pointer is {first}, not 0"));
+    }
+    if let Some(j) = ptr.windows(2).position(|w| w[0] > w[1]) {
+        return Err(format!("pointers decrease after line {j}"));
+    }
+    Ok(())
+}
+
+/// Checks the minor indices of a pattern whose pointers [`check_pointers`] accepted:
+/// as many as the last pointer says, below `minor_len`, strictly increasing within a
+/// line. The reason, on failure.
+pub(crate) fn check_indices(
+    ptr: &[u32],
+    idx: &[u32],
+    minor_len: usize,
+) -> std::result::Result<(), String> {
+    if let Some(&last) = ptr.last()
+        && last as usize != idx.len()
+    {
+        return Err(format!(
+            "the last pointer is {last}, for {} indices",
+            idx.len()
+        ));
+    }
+    for (line, w) in ptr.windows(2).enumerate() {
+        let run = &idx[w[0] as usize..w[1] as usize];
+        if let Some(&i) = run.iter().find(|&&i| i as usize >= minor_len) {
+            return Err(format!(
+                "index {i} in line {line} is out of range for {minor_len}"
+            ));
+        }
+        if run.windows(2).any(|p| p[0] >= p[1]) {
+            return Err(format!(
+                "indices of line {line} are not strictly increasing"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Compressed {
     /// Builds from dense row-major values; `by_col` selects the CSC layout.
     fn build(values: &[f32], shape: [usize; 2], mask: Option<&Mask>, by_col: bool) -> Result<Self> {
@@ -31,36 +117,12 @@ impl Compressed {
                 format!("{nnz} stored values do not fit u32 pointers"),
             ));
         }
-        let [rows, cols] = shape;
-        // (major, minor) of a flat row-major index.
-        let split: fn(usize, usize) -> (usize, usize) = if by_col {
-            |i, cols| (i % cols, i / cols)
-        } else {
-            |i, cols| (i / cols, i % cols)
-        };
-        let major_len = if by_col { cols } else { rows };
-        // Counting sort by major line; row-major order keeps the minor indices sorted.
-        let mut ptr = vec![0u32; major_len + 1];
-        for i in stored.iter_kept() {
-            ptr[split(i, cols).0 + 1] += 1;
-        }
-        for j in 0..major_len {
-            ptr[j + 1] += ptr[j];
-        }
-        let mut next: Vec<u32> = ptr[..major_len].to_vec();
-        let (mut idx, mut vals) = (vec![0u32; nnz], vec![0f32; nnz]);
-        for i in stored.iter_kept() {
-            let (major, minor) = split(i, cols);
-            let k = next[major] as usize;
-            next[major] += 1;
-            idx[k] = minor as u32;
-            vals[k] = values[i];
-        }
+        let (ptr, idx, flat) = pattern(&stored, shape, by_col);
         Ok(Compressed {
             shape,
             ptr,
             idx,
-            values: vals,
+            values: flat.into_iter().map(|i| values[i]).collect(),
         })
     }
 
@@ -121,27 +183,10 @@ impl Compressed {
             (shape[0], shape[1])
         };
         let ptr = r.u32s(major_len.saturating_add(1), "pointers")?;
-        if ptr[0] != 0 {
-            return Err(r.bad(format!("the first pointer is {}, not 0", ptr[0])));
-        }
-        if let Some(j) = ptr.windows(2).position(|w| w[0] > w[1]) {
-            return Err(r.bad(format!("pointers decrease after line {j}")));
-        }
+        check_pointers(&ptr).map_err(|e| r.bad(e))?;
         let nnz = ptr[major_len] as usize;
         let idx = r.u32s(nnz, "indices")?;
-        for (line, w) in ptr.windows(2).enumerate() {
-            let run = &idx[w[0] as usize..w[1] as usize];
-            if let Some(&i) = run.iter().find(|&&i| i as usize >= minor_len) {
-                return Err(r.bad(format!(
-                    "index {i} in line {line} is out of range for {minor_len}"
-                )));
-            }
-            if run.windows(2).any(|p| p[0] >= p[1]) {
-                return Err(r.bad(format!(
-                    "indices of line {line} are not strictly increasing"
-                )));
-            }
-        }
+        check_indices(&ptr, &idx, minor_len).map_err(|e| r.bad(e))?;
         let values = r.finite_f32s(nnz, "values")?;
         *bytes = r.rest();
         Ok(Compressed {

@@ -32,7 +32,7 @@
 pub mod huffman;
 
 mod bitmask;
-mod compressed;
+pub(crate) mod compressed;
 mod nm;
 mod relative;
 mod wire;

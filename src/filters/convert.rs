@@ -155,6 +155,22 @@ impl Network {
         Ok(net)
     }
 
+    /// Records in `model` the stride, padding and groups of each Conv2d layer of this
+    /// network ([`Model::set_conv_spec`]), so that [`Model::factorize`] factorizes the
+    /// convolutions for their geometry and the stored factors run with each layer's
+    /// output shape. Returns the number of weights recorded; a layer whose weight the
+    /// model lacks is an [`Error::UnknownParameter`], before any change.
+    pub fn record_conv_specs(&self, model: &mut Model) -> Result<usize> {
+        let specs = self.conv_specs();
+        for name in specs.keys() {
+            model.get(name)?;
+        }
+        for (name, spec) in &specs {
+            model.set_conv_spec(name, *spec)?;
+        }
+        Ok(specs.len())
+    }
+
     /// Each Conv2d weight's spec, by weight name (blocks' layers included).
     fn conv_specs(&self) -> BTreeMap<&str, ConvSpec> {
         let mut specs = BTreeMap::new();

@@ -5,6 +5,7 @@ use ndarray::{Array2, Array4, ArrayD, ArrayRef, ArrayView2, Ix2, Ix4, IxDyn, s};
 
 use crate::error::{Error, Result};
 use crate::nn::{ConvSpec, conv2d};
+use crate::quant::QuantizedTensor;
 
 /// The factors of a low-rank weight.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,14 +71,18 @@ pub enum Factors {
     },
 }
 
-/// A low-rank approximation of a weight: its factors, the original shape, and for
-/// convolutions the stride and padding the layer runs with.
+/// A low-rank approximation of a weight: its factors, the original shape, for
+/// convolutions the stride and padding the layer runs with, and optionally each
+/// factor's quantized form ([`Factorization::with_quantized_factors`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Factorization {
     shape: Vec<usize>,
     factors: Factors,
     spec: ConvSpec,
     error: Option<f64>,
+    /// Each factor's quantized form, in the order of [`Factorization::factor_values`];
+    /// empty for `f32` factors. The factors then hold the decoded values.
+    quantized: Vec<QuantizedTensor>,
 }
 
 fn all_finite<'a>(mut values: impl Iterator<Item = &'a f32>) -> bool {
@@ -243,7 +248,53 @@ impl Factorization {
             factors,
             spec: ConvSpec::default(),
             error: None,
+            quantized: Vec::new(),
         })
+    }
+
+    /// The factors quantized: `quantized` holds one quantized form per factor, in the
+    /// order of [`Factorization::factor_values`] and of the same shapes (e.g. each
+    /// factor quantized to int8 per row), and the factors take their decoded values.
+    /// The factorization is then stored as the codes ([`crate::store`]). The recorded
+    /// relative error stays the low-rank method's (before quantization).
+    ///
+    /// ```
+    /// use ndarray::{Array, IxDyn};
+    /// use slimnn::lowrank::{LowRank, LowRankContext, Rank, TruncatedSvd};
+    /// use slimnn::quant::{Granularity, Quantizer, Scheme, UniformQuantizer};
+    ///
+    /// let w = Array::from_shape_fn(IxDyn(&[32, 24]), |i| ((i[0] * 24 + i[1]) as f32 * 0.3).sin());
+    /// let f = TruncatedSvd::new(Rank::Fixed(4))?.factorize(&w, &LowRankContext::new())?;
+    /// let int8 = UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerChannel { axis: 0 })?;
+    /// let codes = f
+    ///     .factor_values()
+    ///     .iter()
+    ///     .map(|v| int8.quantize(v, &Default::default()))
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let q = f.clone().with_quantized_factors(codes)?;
+    /// assert_eq!(q.quantized_factors().unwrap().len(), 2);
+    /// let (a, b) = (f.reconstruct(), q.reconstruct());
+    /// let err = (&a - &b).mapv(|v| v * v).sum().sqrt() / a.mapv(|v| v * v).sum().sqrt();
+    /// assert!(err < 0.02, "{err}");
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn with_quantized_factors(
+        mut self,
+        quantized: Vec<QuantizedTensor>,
+    ) -> Result<Factorization> {
+        let values = quantized.iter().map(|q| q.dequantize::<f32>()).collect();
+        let error = self.error;
+        self.quantized.clear();
+        self.set_factor_values(values)?;
+        self.error = error;
+        self.quantized = quantized;
+        Ok(self)
+    }
+
+    /// Each factor's quantized form, in the order of [`Factorization::factor_values`],
+    /// if the factors are quantized.
+    pub fn quantized_factors(&self) -> Option<&[QuantizedTensor]> {
+        (!self.quantized.is_empty()).then_some(self.quantized.as_slice())
     }
 
     /// Records the relative error `‖W − Ŵ‖_F / ‖W‖_F` the method reached.

@@ -190,8 +190,18 @@ impl Factorization {
 
     /// Replaces the factors by `values` of the same shapes, in the order of
     /// [`Factorization::factor_values`] (e.g. after a fine-tuning step). The recorded
-    /// approximation error no longer applies and is dropped.
+    /// approximation error no longer applies and is dropped. Quantized factors are
+    /// refused (their codes would no longer match the values; see
+    /// [`Factorization::with_quantized_factors`]).
     pub fn set_factor_values(&mut self, values: Vec<ArrayD<f32>>) -> Result<()> {
+        if self.quantized_factors().is_some() {
+            return Err(Error::invalid(
+                "factors",
+                "quantized",
+                "f32 factors (new values would not match the codes: quantize again with \
+                 Factorization::with_quantized_factors)",
+            ));
+        }
         let old = self.factor_values();
         if values.len() != old.len() {
             return Err(Error::ShapeMismatch {

@@ -10,11 +10,13 @@ use crate::error::Result;
 use crate::model::{LayerKind, Model, Selector};
 
 impl Model {
-    /// Factorizes each selected parameter (its values with the mask applied) with
-    /// `method`. Each parameter takes its reconstruction as its value — a low-rank weight
-    /// is dense, so any mask or quantized form is dropped — and the report holds the
-    /// factorizations, to run as smaller layers. Convolutions are assumed to have stride
-    /// 1 (FLOP counts). Either every selected parameter is factorized or, on error, none.
+    /// Factorizes each selected parameter with `method`. Each parameter keeps its
+    /// factors and takes their reconstruction as its value, and the report holds the
+    /// factorizations, to run as smaller layers. A low-rank weight is dense: a pruned or
+    /// quantized parameter among the selected is refused with
+    /// [`Error::FormConflict`](crate::Error::FormConflict) before any work (quantize
+    /// after factorizing: the factors get quantized). Either every selected parameter
+    /// is factorized or, on error, none.
     ///
     /// ```
     /// use ndarray::{Array, IxDyn};
@@ -34,10 +36,13 @@ impl Model {
         method: &L,
     ) -> Result<LowRankReport> {
         let names = self.selected_names(selector)?;
+        self.check_can_factorize(&names)?;
         self.factorize_each(names, |name, p| {
+            // The convolution's geometry, if known (a model has no graph).
             let ctx = LowRankContext {
                 name: Some(name),
                 kind: Some(p.kind()),
+                conv: p.conv_spec().unwrap_or_default(),
                 ..LowRankContext::default()
             };
             method.factorize(&p.effective(), &ctx)
@@ -68,6 +73,7 @@ impl Model {
         budget: Budget,
     ) -> Result<LowRankReport> {
         let names = self.selected_names(selector)?;
+        self.check_can_factorize(&names)?;
         let mut spectra = Vec::with_capacity(names.len());
         for name in &names {
             let ctx = LowRankContext::new().with_name(name);
@@ -110,6 +116,15 @@ impl Model {
                 .set_factorization(l.factorization.clone())?;
         }
         Ok(LowRankReport { layers })
+    }
+
+    /// Fails with [`Error::FormConflict`](crate::Error::FormConflict) before any work
+    /// if a named parameter cannot take factors (it is pruned or quantized).
+    fn check_can_factorize(&self, names: &[String]) -> Result<()> {
+        for n in names {
+            self.get(n)?.check_can_factorize()?;
+        }
+        Ok(())
     }
 
     fn selected_names(&self, selector: &Selector) -> Result<Vec<String>> {

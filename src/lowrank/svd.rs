@@ -38,10 +38,8 @@ fn tail_error(s: &[f32], r: usize, total: f64) -> f64 {
 /// `‖W − A·B‖_F / ‖W‖_F`, measured.
 fn residual_error(w: ArrayView2<'_, f32>, a: &Array2<f32>, b: &Array2<f32>, total: f64) -> f64 {
     let approx = matmul(a.view(), b.view());
-    let diff: f64 = ndarray::Zip::from(&w)
-        .and(&approx)
-        .fold(0.0, |acc, &x, &y| acc + ((x - y) as f64).powi(2));
-    (diff / total.max(f64::MIN_POSITIVE)).sqrt()
+    let (diff, _) = crate::tensor::squared_errors(w.iter(), approx.iter());
+    crate::tensor::relative_from(diff, total)
 }
 
 /// Truncated SVD of a Linear weight (Denton, Zaremba, Bruna, LeCun & Fergus, "Exploiting

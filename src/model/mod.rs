@@ -237,6 +237,56 @@ impl Model {
         Ok(())
     }
 
+    /// Records the stride, padding and groups of the convolution whose weight is
+    /// `name` (a `[out, in/groups, kh, kw]` parameter): [`Model::factorize`] then
+    /// factorizes it for that geometry, and its factors run with the layer's output
+    /// shape ([`Factorization::forward`](crate::lowrank::Factorization::forward)). A
+    /// factorized weight takes the geometry at once. A stride of 0, or groups that do
+    /// not divide the output channels, is an [`Error::InvalidParameter`].
+    ///
+    /// ```
+    /// use ndarray::{ArrayD, IxDyn};
+    /// use slimnn::nn::ConvSpec;
+    /// use slimnn::Model;
+    ///
+    /// let mut model = Model::new();
+    /// model.add("conv.weight", ArrayD::zeros(IxDyn(&[8, 3, 3, 3])))?;
+    /// model.set_conv_spec("conv.weight", ConvSpec::new().with_stride(2, 2).with_padding(1, 1))?;
+    /// assert_eq!(model.get("conv.weight")?.conv_spec().unwrap().stride, (2, 2));
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn set_conv_spec(&mut self, name: &str, spec: crate::nn::ConvSpec) -> Result<()> {
+        let p = self.get_mut(name)?;
+        if p.shape().len() != 4 {
+            return Err(Error::bad_shape(
+                format!("`{name}`"),
+                p.shape(),
+                "a convolution weight is [out, in/groups, kh, kw]",
+            ));
+        }
+        let out = p.shape()[0];
+        if spec.stride.0 == 0 || spec.stride.1 == 0 {
+            return Err(Error::invalid(
+                "stride",
+                format!("{:?}", spec.stride),
+                "at least 1 in each direction",
+            ));
+        }
+        if spec.groups == 0 || out % spec.groups != 0 {
+            return Err(Error::invalid(
+                "groups",
+                spec.groups,
+                format!("a divisor of the {out} output channels of `{name}`"),
+            ));
+        }
+        if let Some(f) = p.factorization() {
+            let f = f.clone().with_conv_spec(spec)?;
+            p.set_factorization(f)?;
+        }
+        p.set_conv(spec);
+        Ok(())
+    }
+
     /// The parameters, in order.
     pub fn params(&self) -> &[Param] {
         &self.params

@@ -7,6 +7,7 @@ use super::{DType, LayerKind};
 use crate::error::{Error, Result};
 use crate::lowrank::Factorization;
 use crate::mask::Mask;
+use crate::nn::ConvSpec;
 use crate::quant::QuantizedTensor;
 use crate::store::Encoding;
 use crate::tensor::check_same_shape;
@@ -22,6 +23,7 @@ pub struct Param {
     quantized: Option<QuantizedTensor>,
     factorization: Option<Factorization>,
     encoding: Encoding,
+    conv: Option<ConvSpec>,
 }
 
 impl Param {
@@ -36,6 +38,7 @@ impl Param {
             quantized: None,
             factorization: None,
             encoding: Encoding::default(),
+            conv: None,
         }
     }
 
@@ -88,15 +91,78 @@ impl Param {
         self.quantized.as_ref()
     }
 
-    /// Stores a quantized form and replaces the values by its decoding; the mask stays,
-    /// a factorized form goes.
+    /// Stores a quantized form and replaces the values by its decoding; the mask stays.
+    /// A factorized parameter is refused with [`Error::FormConflict`] (its factors are
+    /// quantized instead: [`Model::quantize`](crate::Model::quantize) does so).
     pub fn set_quantized(&mut self, q: QuantizedTensor) -> Result<()> {
         check_same_shape(self.value.shape(), q.shape(), || {
             format!("quantized form of `{}`", self.name)
         })?;
+        self.check_can_quantize_whole()?;
         self.value = q.dequantize();
         self.quantized = Some(q);
-        self.factorization = None;
+        Ok(())
+    }
+
+    /// The form the parameter holds, in words, for errors.
+    fn held(&self) -> &'static str {
+        match (&self.factorization, &self.quantized, &self.mask) {
+            (Some(_), _, _) => "factorized",
+            (None, Some(q), m) if m.is_some() || q.mask().is_some() => "pruned and quantized",
+            (None, Some(_), _) => "quantized",
+            (None, None, Some(_)) => "pruned (masked)",
+            (None, None, None) => "dense",
+        }
+    }
+
+    fn conflict(&self, requested: &str, hint: &str) -> Error {
+        Error::FormConflict {
+            name: self.name.clone(),
+            held: self.held().into(),
+            requested: requested.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// Fails with [`Error::FormConflict`] unless a mask can be set: a factorized weight
+    /// is dense, and its factors do not know a mask.
+    pub(crate) fn check_can_mask(&self) -> Result<()> {
+        if self.factorization.is_some() {
+            return Err(self.conflict(
+                "pruned",
+                "prune and factorize different weights, e.g. with @SELECTION",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fails with [`Error::FormConflict`] unless the parameter can take factors: a
+    /// pruned weight would lose its mask, a quantized one its codes.
+    pub(crate) fn check_can_factorize(&self) -> Result<()> {
+        if self.mask.is_some() || self.quantized.as_ref().is_some_and(|q| q.mask().is_some()) {
+            return Err(self.conflict(
+                "factorized",
+                "prune and factorize different weights, e.g. with @SELECTION",
+            ));
+        }
+        if self.quantized.is_some() {
+            return Err(self.conflict(
+                "factorized",
+                "factorize first, then quantize: the factors are quantized",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fails with [`Error::FormConflict`] if the parameter is factorized (its factors,
+    /// not its reconstruction, are what gets quantized).
+    fn check_can_quantize_whole(&self) -> Result<()> {
+        if self.factorization.is_some() {
+            return Err(self.conflict(
+                "quantized as a whole",
+                "quantize its factors: Model::quantize does",
+            ));
+        }
         Ok(())
     }
 
@@ -106,17 +172,31 @@ impl Param {
         self.factorization.as_ref()
     }
 
-    /// Stores a factorized form and replaces the values by its reconstruction. A
-    /// low-rank weight is dense: the mask and any quantized form go.
+    /// Stores a factorized form (replacing any earlier one) and replaces the values by
+    /// its reconstruction. A pruned or quantized parameter is refused with
+    /// [`Error::FormConflict`]: a low-rank weight is dense, and its factors would drop
+    /// the mask or the codes.
     pub fn set_factorization(&mut self, f: Factorization) -> Result<()> {
         check_same_shape(self.value.shape(), f.shape(), || {
             format!("factorization of `{}`", self.name)
         })?;
+        self.check_can_factorize()?;
         self.value = f.reconstruct();
-        self.mask = None;
-        self.quantized = None;
         self.factorization = Some(f);
         Ok(())
+    }
+
+    /// The stride, padding and groups of the convolution this weight belongs to, if
+    /// known ([`Model::set_conv_spec`](crate::Model::set_conv_spec),
+    /// [`Network::record_conv_specs`](crate::nn::Network::record_conv_specs), or the
+    /// factors of a loaded compressed file). A model has no graph: without it,
+    /// factorizing assumes stride 1 and no padding.
+    pub fn conv_spec(&self) -> Option<ConvSpec> {
+        self.conv
+    }
+
+    pub(crate) fn set_conv(&mut self, spec: ConvSpec) {
+        self.conv = Some(spec);
     }
 
     /// How the parameter is stored in a compressed model file.
@@ -169,12 +249,13 @@ impl Param {
 
     /// Sets (or replaces) the mask; its shape must equal the parameter's.
     /// A quantized form gets the mask too, so that it decodes pruned weights to 0; a
-    /// factorized form goes (its factors do not know the mask).
+    /// factorized parameter is refused with [`Error::FormConflict`] (its factors do not
+    /// know a mask).
     pub fn set_mask(&mut self, mask: Mask) -> Result<()> {
         check_same_shape(self.value.shape(), mask.shape(), || {
             format!("mask of `{}`", self.name)
         })?;
-        self.factorization = None;
+        self.check_can_mask()?;
         if let Some(q) = self.quantized.take() {
             self.quantized = Some(q.with_mask(mask.clone())?);
         }

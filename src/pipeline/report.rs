@@ -437,7 +437,14 @@ fn median_seconds(run: impl Fn() -> Result<()>) -> Result<f64> {
 /// How a parameter is held and stored, in a few words.
 fn form(p: &Param, positions: Option<Positions>) -> String {
     let held = if let Some(f) = p.factorization() {
-        format!("factorized, ranks {:?}", f.ranks())
+        match f.quantized_factors().and_then(|q| q.first()) {
+            Some(q) => format!(
+                "factorized, ranks {:?}, quantized factors ({}-bit codes)",
+                f.ranks(),
+                q.codes().bits()
+            ),
+            None => format!("factorized, ranks {:?}", f.ranks()),
+        }
     } else if let Some(q) = p.quantized() {
         let bits = q.codes().bits();
         match q.decoding() {

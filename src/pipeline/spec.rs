@@ -253,6 +253,63 @@ fn rank(spec: &str, field: Option<&str>) -> Result<Rank> {
     }
 }
 
+/// The selector of a lowrank step spec: its selection, or the method's default kinds.
+fn lowrank_selection(spec: &str) -> Result<Selector> {
+    let s = spec.split('@').next().unwrap_or(spec);
+    let method = s.split(':').next().unwrap_or(s);
+    let default = match method {
+        "svd" | "rsvd" | "budget" => Selector::kinds(&[LayerKind::Linear]),
+        _ => Selector::kinds(&[LayerKind::Conv2d]),
+    };
+    Ok(split(spec, default)?.1)
+}
+
+/// Refuses, before any work, prune and lowrank step specs that select the same
+/// parameter of `model`: a factorized weight is dense, so a weight cannot be both
+/// (see [`Error::FormConflict`]). Give them different layers with `@SELECTION`.
+///
+/// ```
+/// use ndarray::{ArrayD, IxDyn};
+/// use slimnn::pipeline::spec;
+/// use slimnn::Model;
+///
+/// let mut model = Model::new();
+/// model.add("fc1.weight", ArrayD::zeros(IxDyn(&[8, 4])))?;
+/// model.add("fc2.weight", ArrayD::zeros(IxDyn(&[2, 8])))?;
+/// assert!(spec::check_prune_lowrank(&model, &["global:0.9".into()], &["svd:2".into()]).is_err());
+/// spec::check_prune_lowrank(&model, &["global:0.9@fc1.*".into()], &["svd:2@fc2.*".into()])?;
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn check_prune_lowrank(
+    model: &crate::Model,
+    prune: &[String],
+    lowrank: &[String],
+) -> Result<()> {
+    let mut pruned = std::collections::HashSet::new();
+    for s in prune {
+        let (_, sel) = split(s, Selector::prunable())?;
+        pruned.extend(selected(model, &sel));
+    }
+    for s in lowrank {
+        let sel = lowrank_selection(s)?;
+        if let Some(name) = selected(model, &sel).find(|n| pruned.contains(n)) {
+            return Err(Error::FormConflict {
+                name: name.to_string(),
+                held: "selected for pruning".into(),
+                requested: format!("factorized (--lowrank {s})"),
+                hint: "prune and factorize different weights, e.g. with @SELECTION".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The names `selector` picks in `model` (none if it picks nothing: the step reports
+/// that itself).
+fn selected<'m>(model: &'m crate::Model, selector: &Selector) -> impl Iterator<Item = &'m str> {
+    model.select(selector).unwrap_or_default().into_iter()
+}
+
 /// A low-rank step from its spec (see the module's table).
 pub fn lowrank_step(spec: &str) -> Result<Box<dyn Compressor>> {
     const FAMILY: &str = "lowrank";
@@ -261,11 +318,7 @@ pub fn lowrank_step(spec: &str) -> Result<Box<dyn Compressor>> {
         Some((m, a)) => (m, Some(a)),
         None => (s, None),
     };
-    let default = match method {
-        "svd" | "rsvd" | "budget" => Selector::kinds(&[LayerKind::Linear]),
-        _ => Selector::kinds(&[LayerKind::Conv2d]),
-    };
-    let (_, sel) = split(spec, default)?;
+    let sel = lowrank_selection(spec)?;
     let label = format!("factorize: {s}");
     Ok(match method {
         "svd" => {

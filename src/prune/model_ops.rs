@@ -98,7 +98,8 @@ impl Model {
     ///
     /// Masks are monotone: a weight an earlier call pruned stays pruned, and built-in
     /// pruners count it toward their target. Either every selected parameter gets its
-    /// mask or, on error, none does.
+    /// mask or, on error, none does; a factorized parameter among the selected is
+    /// refused with [`Error::FormConflict`] before any work.
     ///
     /// ```
     /// use ndarray::{ArrayD, IxDyn};
@@ -126,6 +127,7 @@ impl Model {
             .into_iter()
             .map(String::from)
             .collect();
+        self.check_can_mask(&names)?;
         let mut masks = Vec::with_capacity(names.len());
         for name in &names {
             let p = self.get(name)?;
@@ -159,6 +161,7 @@ impl Model {
             .into_iter()
             .map(String::from)
             .collect();
+        self.check_can_mask(&names)?;
         let params: Vec<&Param> = names.iter().map(|n| self.get(n)).collect::<Result<_>>()?;
         let values: Vec<Cow<'_, ArrayD<f32>>> = params.iter().map(|p| effective(p)).collect();
         let views: Vec<ArrayViewD<'_, f32>> = values.iter().map(|v| v.view()).collect();
@@ -175,6 +178,15 @@ impl Model {
         self.set_masks(&names, masks)
     }
 
+    /// Fails with [`Error::FormConflict`] before any work if a named parameter cannot
+    /// take a mask (it is factorized).
+    fn check_can_mask(&self, names: &[String]) -> Result<()> {
+        for n in names {
+            self.get(n)?.check_can_mask()?;
+        }
+        Ok(())
+    }
+
     fn set_masks(&mut self, names: &[String], masks: Vec<crate::Mask>) -> Result<PruneReport> {
         for (name, mask) in names.iter().zip(masks) {
             self.get_mut(name)?.set_mask(mask)?;
@@ -188,6 +200,7 @@ impl Model {
     /// (`x.weight` → `x.bias`). Returns the number of bias entries masked.
     pub fn mask_biases_of_pruned_channels(&mut self, selector: &Selector) -> Result<usize> {
         let mut masked = 0;
+        let mut new_masks = Vec::new();
         for name in self
             .select(selector)?
             .into_iter()
@@ -202,7 +215,7 @@ impl Model {
             };
             let dead = super::structured::zero_channels(&mask.to_array::<f32>(), axis);
             let bias = bias.to_string();
-            let b = self.get_mut(&bias)?;
+            let b = self.get(&bias)?;
             if b.shape() != [dead.len()] {
                 return Err(Error::ShapeMismatch {
                     what: format!("bias `{bias}` of `{name}`"),
@@ -216,7 +229,12 @@ impl Model {
                 .unwrap_or_else(|| crate::Mask::ones(&[dead.len()]));
             let new = old.and(&crate::Mask::from_fn(&[dead.len()], |c| !dead[c]))?;
             masked += old.count_kept() - new.count_kept();
-            b.set_mask(new)?;
+            b.check_can_mask()?;
+            new_masks.push((bias, new));
+        }
+        // Everything is checked before the model changes.
+        for (bias, mask) in new_masks {
+            self.get_mut(&bias)?.set_mask(mask)?;
         }
         Ok(masked)
     }

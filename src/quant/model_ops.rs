@@ -5,12 +5,16 @@ use std::fmt;
 use super::{QuantContext, QuantizedTensor, Quantizer};
 use crate::error::Result;
 use crate::model::{LayerKind, Model, Selector};
+use crate::tensor::{relative_from, squared_errors};
 
 impl Model {
     /// Quantizes each selected parameter (its values with the mask applied; the mask is
     /// passed on, so codebook methods fit the kept weights). Each parameter keeps its
-    /// quantized form and takes its decoded values; masks stay. Either every selected
-    /// parameter is quantized or, on error, none is.
+    /// quantized form and takes its decoded values; masks stay. A factorized parameter
+    /// has its factors quantized, each on its own
+    /// ([`Factorization::with_quantized_factors`](crate::lowrank::Factorization::with_quantized_factors));
+    /// its row then counts the factors' elements. Either every selected parameter is
+    /// quantized or, on error, none is.
     ///
     /// ```
     /// use ndarray::{Array, IxDyn};
@@ -35,9 +39,40 @@ impl Model {
             .into_iter()
             .map(String::from)
             .collect();
-        let mut done: Vec<(QuantizedTensor, QuantRow)> = Vec::with_capacity(names.len());
+        let mut done: Vec<(Quantized, QuantRow)> = Vec::with_capacity(names.len());
         for name in &names {
             let p = self.get(name)?;
+            if let Some(f) = p.factorization() {
+                let mut codes = Vec::new();
+                let (mut num, mut den) = (0.0f64, 0.0f64);
+                for (i, values) in f.factor_values().iter().enumerate() {
+                    let what = format!("{name} (factor {i})");
+                    let ctx = QuantContext {
+                        name: Some(&what),
+                        kind: None,
+                        mask: None,
+                    };
+                    let q = quantizer.quantize(values, &ctx)?;
+                    crate::tensor::check_same_shape(values.shape(), q.shape(), || {
+                        format!("quantized form of {what}")
+                    })?;
+                    let (n, d) = squared_errors(values.iter(), q.dequantize::<f32>().iter());
+                    (num, den) = (num + n, den + d);
+                    codes.push(q);
+                }
+                let storage_bits = codes.iter().map(QuantizedTensor::storage_bits).sum();
+                let f = f.clone().with_quantized_factors(codes)?;
+                let row = QuantRow {
+                    name: name.clone(),
+                    kind: p.kind(),
+                    numel: f.params(),
+                    storage_bits,
+                    bits_per_weight: storage_bits as f64 / f.params().max(1) as f64,
+                    relative_error: relative_from(num, den),
+                };
+                done.push((Quantized::Factors(f), row));
+                continue;
+            }
             let values = p.effective();
             let ctx = QuantContext {
                 name: Some(name),
@@ -59,32 +94,36 @@ impl Model {
                 q = q.with_mask(m.clone())?;
                 m.apply(&mut decoded)?;
             }
-            let (mut num, mut den) = (0.0f64, 0.0f64);
-            for (&a, &b) in values.iter().zip(decoded.iter()) {
-                num += (a as f64 - b as f64).powi(2);
-                den += (a as f64).powi(2);
-            }
+            let (num, den) = squared_errors(values.iter(), decoded.iter());
             let row = QuantRow {
                 name: name.clone(),
                 kind: p.kind(),
                 numel: p.numel(),
                 storage_bits: q.storage_bits(),
                 bits_per_weight: q.bits_per_weight(),
-                relative_error: if den > 0.0 {
-                    (num / den).sqrt()
-                } else {
-                    num.sqrt()
-                },
+                relative_error: relative_from(num, den),
             };
-            done.push((q, row));
+            done.push((Quantized::Whole(q), row));
         }
         let mut rows = Vec::with_capacity(done.len());
         for (name, (q, row)) in names.iter().zip(done) {
-            self.get_mut(name)?.set_quantized(q)?;
+            let p = self.get_mut(name)?;
+            match q {
+                Quantized::Whole(q) => p.set_quantized(q)?,
+                Quantized::Factors(f) => p.set_factorization(f)?,
+            }
             rows.push(row);
         }
         Ok(QuantReport { rows })
     }
+}
+
+/// What quantizing one parameter made.
+enum Quantized {
+    /// The parameter's quantized form.
+    Whole(QuantizedTensor),
+    /// Its factorization with quantized factors.
+    Factors(crate::lowrank::Factorization),
 }
 
 /// One parameter's line in a [`QuantReport`].

@@ -2,7 +2,7 @@
 //! as bytes.
 
 use half::f16;
-use ndarray::{Array2, Array4};
+use ndarray::{Array2, Array4, ArrayD, IxDyn};
 
 use super::bytes::{Reader, Writer};
 use crate::error::Result;
@@ -160,137 +160,146 @@ fn read_values(r: &mut Reader<'_>, shape: &[usize]) -> Result<Vec<f32>> {
         .collect())
 }
 
-fn read_array2(r: &mut Reader<'_>) -> Result<Array2<f32>> {
-    let shape = r.dims()?;
-    let [a, b] = shape[..] else {
-        return Err(r.error(format!("a 2-D factor has shape {shape:?}")));
-    };
-    let v = read_values(r, &shape)?;
-    Array2::from_shape_vec((a, b), v).map_err(|e| r.error(e.to_string()))
-}
-
-fn read_array4(r: &mut Reader<'_>) -> Result<Array4<f32>> {
-    let shape = r.dims()?;
-    let [a, b, c, d] = shape[..] else {
-        return Err(r.error(format!("a 4-D factor has shape {shape:?}")));
-    };
-    let v = read_values(r, &shape)?;
-    Array4::from_shape_vec((a, b, c, d), v).map_err(|e| r.error(e.to_string()))
-}
-
-fn write2(w: &mut Writer, a: &Array2<f32>) {
-    write_array(w, a.shape(), a.iter().copied());
-}
-
-fn write4(w: &mut Writer, a: &Array4<f32>) {
-    write_array(w, a.shape(), a.iter().copied());
-}
-
-pub(crate) fn write_factorization(w: &mut Writer, f: &Factorization) {
+/// The head of a factorized record: stride, padding, relative error, the factors' tag
+/// (and a tensor train's core count). The factors follow, in the order of
+/// [`Factorization::factor_values`].
+pub(crate) fn write_factors_head(w: &mut Writer, f: &Factorization) {
     let spec = f.conv_spec();
     w.usize(spec.stride.0);
     w.usize(spec.stride.1);
     w.usize(spec.padding.0);
     w.usize(spec.padding.1);
     w.f64(f.relative_error().unwrap_or(f64::NAN));
-    match f.factors() {
-        Factors::Linear { a, b } => {
-            w.u8(0);
-            write2(w, a);
-            write2(w, b);
-        }
-        Factors::Tucker2 { u_out, core, u_in } => {
-            w.u8(1);
-            write2(w, u_out);
-            write4(w, core);
-            write2(w, u_in);
-        }
-        Factors::Cp {
-            out,
-            input,
-            rows,
-            cols,
-        } => {
-            w.u8(2);
-            for a in [out, input, rows, cols] {
-                write2(w, a);
-            }
-        }
-        Factors::Separable {
-            vertical,
-            horizontal,
-        } => {
-            w.u8(3);
-            write4(w, vertical);
-            write4(w, horizontal);
-        }
-        Factors::DepthwiseSeparable {
-            depthwise,
-            pointwise,
-        } => {
-            w.u8(5);
-            write4(w, depthwise);
-            write4(w, pointwise);
-        }
-        Factors::TensorTrain { cores } => {
-            w.u8(4);
-            w.usize(cores.len());
-            for c in cores {
-                write4(w, c);
-            }
-        }
+    w.u8(factors_tag(f.factors()));
+    if let Factors::TensorTrain { cores } = f.factors() {
+        w.usize(cores.len());
     }
 }
 
-pub(crate) fn read_factorization(r: &mut Reader<'_>, shape: &[usize]) -> Result<Factorization> {
+fn factors_tag(f: &Factors) -> u8 {
+    match f {
+        Factors::Linear { .. } => 0,
+        Factors::Tucker2 { .. } => 1,
+        Factors::Cp { .. } => 2,
+        Factors::Separable { .. } => 3,
+        Factors::TensorTrain { .. } => 4,
+        Factors::DepthwiseSeparable { .. } => 5,
+    }
+}
+
+/// What [`write_factors_head`] wrote, and the dimensions of each factor in order (a
+/// tensor train's core count bounded by the record's bytes).
+pub(crate) struct FactorsHead {
+    spec: ConvSpec,
+    error: f64,
+    tag: u8,
+    /// The number of dimensions of each factor, in order.
+    pub(crate) ndims: Vec<usize>,
+}
+
+pub(crate) fn read_factors_head(r: &mut Reader<'_>) -> Result<FactorsHead> {
     let spec = ConvSpec::new()
         .with_stride(r.usize()?, r.usize()?)
         .with_padding(r.usize()?, r.usize()?);
     let error = r.f64()?;
-    let factors = match r.u8()? {
+    let tag = r.u8()?;
+    let ndims = match tag {
+        0 => vec![2, 2],
+        1 => vec![2, 4, 2],
+        2 => vec![2; 4],
+        3 | 5 => vec![4, 4],
+        // Each core needs at least its 1-byte dims count: bounds the count.
+        4 => vec![4; r.count(1)?],
+        t => return Err(r.error(format!("unknown factors tag {t}"))),
+    };
+    Ok(FactorsHead {
+        spec,
+        error,
+        tag,
+        ndims,
+    })
+}
+
+/// The factorization of `shape` from its head and its factors' values (in order, of
+/// the dimensions the head gives), checked as [`Factorization::new`] checks.
+pub(crate) fn factorization_from(
+    r: &Reader<'_>,
+    head: &FactorsHead,
+    shape: &[usize],
+    values: Vec<ArrayD<f32>>,
+) -> Result<Factorization> {
+    let mut it = values.into_iter();
+    let mut next = || it.next().ok_or_else(|| r.error("a factor is missing"));
+    let d2 = |a: ArrayD<f32>| -> Result<Array2<f32>> {
+        a.into_dimensionality().map_err(|e| r.error(e.to_string()))
+    };
+    let d4 = |a: ArrayD<f32>| -> Result<Array4<f32>> {
+        a.into_dimensionality().map_err(|e| r.error(e.to_string()))
+    };
+    let factors = match head.tag {
         0 => Factors::Linear {
-            a: read_array2(r)?,
-            b: read_array2(r)?,
+            a: d2(next()?)?,
+            b: d2(next()?)?,
         },
         1 => Factors::Tucker2 {
-            u_out: read_array2(r)?,
-            core: read_array4(r)?,
-            u_in: read_array2(r)?,
+            u_out: d2(next()?)?,
+            core: d4(next()?)?,
+            u_in: d2(next()?)?,
         },
         2 => Factors::Cp {
-            out: read_array2(r)?,
-            input: read_array2(r)?,
-            rows: read_array2(r)?,
-            cols: read_array2(r)?,
+            out: d2(next()?)?,
+            input: d2(next()?)?,
+            rows: d2(next()?)?,
+            cols: d2(next()?)?,
         },
         3 => Factors::Separable {
-            vertical: read_array4(r)?,
-            horizontal: read_array4(r)?,
+            vertical: d4(next()?)?,
+            horizontal: d4(next()?)?,
         },
-        4 => {
-            // Each core needs at least its 1-byte rank field: bounds the count.
-            let n = r.count(1)?;
-            let cores = (0..n).map(|_| read_array4(r)).collect::<Result<Vec<_>>>()?;
-            Factors::TensorTrain { cores }
-        }
         5 => Factors::DepthwiseSeparable {
-            depthwise: read_array4(r)?,
-            pointwise: read_array4(r)?,
+            depthwise: d4(next()?)?,
+            pointwise: d4(next()?)?,
         },
-        t => return Err(r.error(format!("unknown factors tag {t}"))),
+        _ => Factors::TensorTrain {
+            cores: (0..head.ndims.len())
+                .map(|_| d4(next()?))
+                .collect::<Result<_>>()?,
+        },
     };
     let mut f = Factorization::new(shape, factors)
         .map_err(|e| r.error(format!("inconsistent factors: {e}")))?;
     if shape.len() == 4 {
         f = f
-            .with_conv_spec(spec)
+            .with_conv_spec(head.spec)
             .map_err(|e| r.error(format!("bad convolution: {e}")))?;
     }
-    Ok(if error.is_nan() {
+    Ok(if head.error.is_nan() {
         f
     } else {
-        f.with_error(error)
+        f.with_error(head.error)
     })
+}
+
+/// Writes `f32` factors: the head, then each factor's dimensions and values.
+pub(crate) fn write_factorization(w: &mut Writer, f: &Factorization) {
+    write_factors_head(w, f);
+    for a in f.factor_values() {
+        write_array(w, a.shape(), a.iter().copied());
+    }
+}
+
+pub(crate) fn read_factorization(r: &mut Reader<'_>, shape: &[usize]) -> Result<Factorization> {
+    let head = read_factors_head(r)?;
+    let mut values = Vec::with_capacity(head.ndims.len());
+    for &ndim in &head.ndims {
+        let dims = r.dims()?;
+        if dims.len() != ndim {
+            return Err(r.error(format!("a {ndim}-D factor has shape {dims:?}")));
+        }
+        let v = read_values(r, &dims)?;
+        values.push(ArrayD::from_shape_vec(IxDyn(&dims), v).map_err(|e| r.error(e.to_string()))?);
+    }
+    factorization_from(r, &head, shape, values)
 }
 
 /// An upper bound on the elements of the buffers [`Factorization::reconstruct`] allocates

@@ -467,6 +467,9 @@ fn add_decoded(model: &mut Model, name: String, d: record::Decoded) -> Result<()
         p.set_quantized(q)?;
     }
     if let Some(f) = d.factorization {
+        if f.shape().len() == 4 {
+            p.set_conv(f.conv_spec());
+        }
         p.set_factorization(f)?;
     }
     if let Some(m) = d.mask {

@@ -4,6 +4,7 @@
 use super::bytes::{Reader, Writer};
 use super::{Coded, Encoding, Positions};
 use crate::encode::RelativeIndex;
+use crate::encode::compressed::{check_indices, check_pointers, pattern};
 use crate::encode::huffman::{BitStream, HuffmanCode, entropy_bits, symbol_counts};
 use crate::error::Result;
 use crate::mask::Mask;
@@ -62,20 +63,13 @@ pub(crate) fn write_positions(
             let cols = mask.len() / rows;
             let wide = cols > 1 << 16;
             w.u8(if wide { 4 } else { 2 });
-            let mut row_ptr = vec![0u32; rows + 1];
-            for i in mask.iter_kept() {
-                row_ptr[i / cols + 1] += 1;
-            }
-            for r in 0..rows {
-                row_ptr[r + 1] += row_ptr[r];
-            }
+            let (row_ptr, col_idx, _) = pattern(mask, [rows, cols], false);
             for p in &row_ptr {
                 w.u32(*p);
             }
-            for i in mask.iter_kept() {
-                let c = i % cols;
+            for &c in &col_idx {
                 if wide {
-                    w.u32(c as u32);
+                    w.u32(c);
                 } else {
                     w.bytes.extend_from_slice(&(c as u16).to_le_bytes());
                 }
@@ -133,30 +127,24 @@ pub(crate) fn read_positions(r: &mut Reader<'_>, shape: &[usize]) -> Result<(Mas
                 return Err(r.error(format!("{rows} row pointers do not fit")));
             }
             let row_ptr = (0..=rows).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
+            check_pointers(&row_ptr).map_err(|e| r.error(format!("CSR positions: {e}")))?;
             let nnz = *row_ptr.last().unwrap_or(&0) as usize;
-            if row_ptr[0] != 0 || row_ptr.windows(2).any(|p| p[0] > p[1]) {
-                return Err(r.error("row pointers are not increasing from 0"));
-            }
             let raw = r.take(nnz.saturating_mul(width as usize))?;
-            let col = |k: usize| -> usize {
-                let c = &raw[k * width as usize..];
-                if width == 2 {
-                    u16::from_le_bytes([c[0], c[1]]) as usize
-                } else {
-                    u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize
-                }
+            let col_idx: Vec<u32> = if width == 2 {
+                raw.chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+                    .collect()
+            } else {
+                raw.chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
             };
+            check_indices(&row_ptr, &col_idx, cols)
+                .map_err(|e| r.error(format!("CSR positions: {e}")))?;
             let mut mask = Mask::zeros(shape);
-            for row in 0..rows {
-                let (start, end) = (row_ptr[row] as usize, row_ptr[row + 1] as usize);
-                let mut previous = None;
-                for k in start..end {
-                    let c = col(k);
-                    if c >= cols || previous.is_some_and(|p| c <= p) {
-                        return Err(r.error("column indices out of range or not increasing"));
-                    }
-                    previous = Some(c);
-                    mask.set(row * cols + c, true);
+            for (row, w) in row_ptr.windows(2).enumerate() {
+                for &c in &col_idx[w[0] as usize..w[1] as usize] {
+                    mask.set(row * cols + c as usize, true);
                 }
             }
             Ok((

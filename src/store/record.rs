@@ -5,7 +5,8 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::bytes::{Reader, Writer};
 use super::decoding::{
-    read_decoding, read_factorization, reconstruction_elements, write_decoding, write_factorization,
+    factorization_from, read_decoding, read_factorization, read_factors_head,
+    reconstruction_elements, write_decoding, write_factorization, write_factors_head,
 };
 use super::positions::{read_codes, read_positions, write_codes, write_positions};
 use super::{Coded, Encoding, Positions, StoredBytes};
@@ -29,6 +30,8 @@ const DENSE: u8 = 0;
 const SPARSE: u8 = 1;
 const QUANTIZED: u8 = 2;
 const FACTORIZED: u8 = 3;
+/// Factorized, each factor stored as its quantized form.
+const QUANTIZED_FACTORS: u8 = 4;
 
 /// A parameter's record and the breakdown of its bytes.
 pub(crate) struct Encoded {
@@ -127,8 +130,21 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
         w.dims(p.shape());
     });
     if let Some(f) = p.factorization() {
-        s.section(StoredBytes::header, |w| w.u8(FACTORIZED));
-        s.section(StoredBytes::values, |w| write_factorization(w, f));
+        match f.quantized_factors() {
+            None => {
+                s.section(StoredBytes::header, |w| w.u8(FACTORIZED));
+                s.section(StoredBytes::values, |w| write_factorization(w, f));
+            }
+            Some(factors) => {
+                s.section(StoredBytes::header, |w| {
+                    w.u8(QUANTIZED_FACTORS);
+                    write_factors_head(w, f);
+                });
+                for q in factors {
+                    write_quantized_factor(&mut s, q, encoding.huffman)?;
+                }
+            }
+        }
         return Ok(Encoded {
             bytes: s.w.bytes,
             stored: s.stored,
@@ -193,6 +209,59 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
         positions: kept.map(|_| positions),
         coded: s.coded,
     })
+}
+
+/// One quantized factor: its dimensions, its decoding, an optional bitmask, and its
+/// codes (all of them, each `bits` wide or Huffman-coded).
+fn write_quantized_factor(s: &mut Sections, q: &QuantizedTensor, huffman: bool) -> Result<()> {
+    s.section(StoredBytes::header, |w| w.dims(q.shape()));
+    s.section(StoredBytes::decoding, |w| write_decoding(w, q.decoding()));
+    s.section(StoredBytes::header, |w| w.u8(q.mask().is_some() as u8));
+    if let Some(m) = q.mask() {
+        s.coded_section(StoredBytes::indices, |w| {
+            write_positions(w, m, Positions::Bitmask, false)
+        })?;
+    }
+    let codes = q.codes().unpack();
+    s.coded_section(StoredBytes::values, |w| {
+        w.usize(codes.len());
+        write_codes(w, &codes, q.codes().bits(), huffman)
+    })
+}
+
+/// Reads what [`write_quantized_factor`] wrote, for a factor of `ndim` dimensions;
+/// `budget` is what its decoded values may still take, in elements.
+fn read_quantized_factor(
+    r: &mut Reader<'_>,
+    ndim: usize,
+    budget: &mut usize,
+) -> Result<(QuantizedTensor, bool)> {
+    let dims = r.dims()?;
+    if dims.len() != ndim {
+        return Err(r.error(format!("a {ndim}-D factor has shape {dims:?}")));
+    }
+    let n = dims.iter().fold(1usize, |a, &d| a.saturating_mul(d));
+    *budget = budget
+        .checked_sub(n)
+        .ok_or_else(|| r.error("the factors take more than the file may claim"))?;
+    let decoding = read_decoding(r)?;
+    let mask = match r.u8()? {
+        0 => None,
+        1 => Some(read_positions(r, &dims)?.0),
+        t => return Err(r.error(format!("unknown mask flag {t}"))),
+    };
+    let count = r.usize()?;
+    if count > n {
+        return Err(r.error(format!("{count} codes for {n} elements")));
+    }
+    let (codes, bits, huffman) = read_codes(r, count)?;
+    let packed = PackedCodes::pack(&codes, bits).map_err(|e| r.error(e.to_string()))?;
+    let mut q = QuantizedTensor::new(&dims, packed, decoding)
+        .map_err(|e| r.error(format!("inconsistent quantized factor: {e}")))?;
+    if let Some(m) = mask {
+        q = q.with_mask(m).map_err(|e| r.error(e.to_string()))?;
+    }
+    Ok((q, huffman))
 }
 
 fn read_values(r: &mut Reader<'_>, dtype: DType, n: usize) -> Result<Vec<f32>> {
@@ -264,6 +333,30 @@ pub(crate) fn decode(r: &mut Reader<'_>, spare: usize) -> Result<Decoded> {
                 "rebuilding the factors takes {transient} elements, more than the file may claim"
             )));
         }
+        out.value = f.reconstruct();
+        out.factorization = Some(f);
+        return Ok(out);
+    }
+    if form == QUANTIZED_FACTORS {
+        let head = read_factors_head(r)?;
+        let mut budget = spare / 4;
+        let mut factors = Vec::with_capacity(head.ndims.len());
+        for &ndim in &head.ndims {
+            let (q, huffman) = read_quantized_factor(r, ndim, &mut budget)?;
+            out.encoding.huffman |= huffman;
+            factors.push(q);
+        }
+        let values = factors.iter().map(|q| q.dequantize::<f32>()).collect();
+        let f = factorization_from(r, &head, &shape, values)?;
+        let transient = reconstruction_elements(f.factors(), &shape);
+        if transient > budget {
+            return Err(r.error(format!(
+                "rebuilding the factors takes {transient} elements, more than the file may claim"
+            )));
+        }
+        let f = f
+            .with_quantized_factors(factors)
+            .map_err(|e| r.error(format!("inconsistent quantized factors: {e}")))?;
         out.value = f.reconstruct();
         out.factorization = Some(f);
         return Ok(out);
