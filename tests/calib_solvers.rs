@@ -302,3 +302,83 @@ fn bad_statistics_are_typed_errors() {
     assert!(Obs::new(-0.1).is_err());
     let _ = IxDyn(&[1]);
 }
+
+/// The lazy batched updates are exact: the block size changes nothing but rounding.
+#[test]
+fn block_size_does_not_change_the_result() {
+    let (w, x) = layer(9, 12, 48, 192);
+    let h = hessian(&x);
+    let codes = |bs: usize, group: Option<usize>| {
+        let mut g = Gptq::new(3)
+            .unwrap()
+            .with_block_size(bs)
+            .unwrap()
+            .with_dynamic_groups(true);
+        if let Some(s) = group {
+            g = g.with_group(s).unwrap();
+        }
+        g.quantize(w.view(), h.view(), 192)
+            .unwrap()
+            .codes()
+            .unpack()
+    };
+    for group in [None, Some(8), Some(12)] {
+        let reference = codes(1, group);
+        for bs in [5, 16, 48, 128] {
+            assert_eq!(codes(bs, group), reference, "block {bs}, group {group:?}");
+        }
+    }
+    let nm = |bs: usize| {
+        SparseGpt::new(SparsityPattern::NM { n: 2, m: 4 })
+            .unwrap()
+            .with_block_size(bs)
+            .unwrap()
+            .prune(w.view(), h.view(), 192)
+            .unwrap()
+    };
+    let reference = nm(4);
+    for bs in [8, 16, 48, 128] {
+        let p = nm(bs);
+        assert_eq!(p.mask, reference.mask, "block {bs}");
+        for (a, b) in p.weights.iter().zip(reference.weights.iter()) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()));
+        }
+    }
+}
+
+/// GPTQ's result is the crate's quantized form: the int4-group kernel and the int8 layer
+/// take it as they take round-to-nearest's.
+#[test]
+fn gptq_output_runs_on_the_quantized_kernels() {
+    use slimnn::quant::{QuantizedLinear, group_matmul};
+    let (w, x) = layer(4, 8, 256, 512);
+    let h = hessian(&x);
+    let xs = x.slice(ndarray::s![0..3, ..]).mapv(|v| v as f32);
+    let q4 = Gptq::new(4)
+        .unwrap()
+        .with_group(128)
+        .unwrap()
+        .quantize(w.view(), h.view(), 512)
+        .unwrap();
+    let y_ref = xs.dot(&dense(q4.dequantize()).t());
+    let y = group_matmul(&xs, &q4, None).unwrap();
+    assert!(
+        y.iter()
+            .zip(y_ref.iter())
+            .all(|(a, b)| (a - b).abs() <= 1e-3 * (1.0 + b.abs()))
+    );
+    let q8 = Gptq::new(8)
+        .unwrap()
+        .with_scheme(Scheme::Symmetric)
+        .quantize(w.view(), h.view(), 512)
+        .unwrap();
+    let layer8 = QuantizedLinear::from_quantized(&q8, None).unwrap();
+    let y8 = layer8.forward(&xs).unwrap();
+    let dense8 = xs.dot(&dense(q8.dequantize()).t());
+    let scale = dense8.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        y8.iter()
+            .zip(dense8.iter())
+            .all(|(a, b)| (a - b).abs() <= 0.02 * scale)
+    );
+}
