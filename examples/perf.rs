@@ -123,6 +123,8 @@ const OPS: &[(&str, Op)] = &[
     ("train_step", train_step),
     ("depthwise_conv", depthwise_conv),
     ("dwsep_block", dwsep_block),
+    ("gptq", gptq),
+    ("sparsegpt", sparsegpt),
 ];
 
 fn print(opts: &Opts, l: &Line) {
@@ -1015,6 +1017,139 @@ fn dwsep_block(opts: &Opts) -> Vec<Line> {
                 metric: "max abs difference to f64",
             });
         }
+    }
+    lines
+}
+
+/// The layer of the `gptq` and `sparsegpt` ops: W 4096×4096 N(0, 0.02²), calibration
+/// inputs X 2,048×4096 N(0, 1) with every 256th channel ×10, and H = XᵀX in f64.
+fn calibrated_layer() -> (
+    ndarray::Array2<f32>,
+    ndarray::Array2<f32>,
+    ndarray::Array2<f64>,
+) {
+    let w = normal(&[4096, 4096], 0.02, 150)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let mut x = normal(&[2048, 4096], 1.0, 151)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    for j in (0..4096).step_by(256) {
+        x.column_mut(j).mapv_inplace(|v| v * 10.0);
+    }
+    let x64 = x.mapv(f64::from);
+    let h = x64.t().dot(&x64);
+    (w, x, h)
+}
+
+/// ‖(W − Ŵ)Xᵀ‖ / ‖W Xᵀ‖ on the calibration rows.
+fn output_error(
+    w: &ndarray::Array2<f32>,
+    w_hat: &ndarray::Array2<f32>,
+    x: &ndarray::Array2<f32>,
+) -> f64 {
+    let d = w - w_hat;
+    let num = d
+        .dot(&x.t())
+        .iter()
+        .map(|&v| (v as f64).powi(2))
+        .sum::<f64>();
+    let den = w
+        .dot(&x.t())
+        .iter()
+        .map(|&v| (v as f64).powi(2))
+        .sum::<f64>();
+    (num / den).sqrt()
+}
+
+fn gptq(opts: &Opts) -> Vec<Line> {
+    use slimnn::calib::gptq::Gptq;
+    let (w, x, h) = calibrated_layer();
+    let metric = "relative output error";
+    let g = Gptq::new(4).unwrap().with_group(128).unwrap();
+    let mut q = None;
+    let times = repeat(opts.repeats, || {
+        timed(|| q = Some(g.quantize(w.view(), h.view(), 2048).unwrap()))
+    });
+    let w_hat = q
+        .unwrap()
+        .dequantize::<f32>()
+        .into_dimensionality()
+        .unwrap();
+    let gptq_err = output_error(&w, &w_hat, &x);
+    let rtn =
+        UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 128 }).unwrap();
+    let wd = w.clone().into_dyn();
+    let mut r = None;
+    let rtn_times = repeat(opts.repeats, || {
+        timed(|| r = Some(rtn.quantize(&wd, &QuantContext::new()).unwrap()))
+    });
+    let r_hat = r
+        .unwrap()
+        .dequantize::<f32>()
+        .into_dimensionality()
+        .unwrap();
+    vec![
+        Line {
+            op: "gptq",
+            size: "4096x4096 @ 2048 rows, 4-bit group 128".into(),
+            times,
+            quality: gptq_err,
+            metric,
+        },
+        Line {
+            op: "gptq",
+            size: "4096x4096, 4-bit group 128 round-to-nearest".into(),
+            times: rtn_times,
+            quality: output_error(&w, &r_hat, &x),
+            metric,
+        },
+    ]
+}
+
+fn sparsegpt(opts: &Opts) -> Vec<Line> {
+    use slimnn::calib::sparsegpt::{SparseGpt, SparsityPattern};
+    use slimnn::prune::UnstructuredPruner;
+    let (w, x, h) = calibrated_layer();
+    let metric = "relative output error";
+    let s = SparseGpt::new(SparsityPattern::Unstructured(0.5)).unwrap();
+    let mut p = None;
+    let times = repeat(opts.repeats, || {
+        timed(|| p = Some(s.prune(w.view(), h.view(), 2048).unwrap()))
+    });
+    let sgpt_err = output_error(&w, &p.unwrap().weights, &x);
+    let norms = h.diag().mapv(|v| v.sqrt() as f32);
+    let wd = w.clone().into_dyn();
+    let mut lines = vec![Line {
+        op: "sparsegpt",
+        size: "4096x4096 @ 2048 rows, 50%".into(),
+        times,
+        quality: sgpt_err,
+        metric,
+    }];
+    let pruners: [(&str, Box<dyn Pruner>); 2] = [
+        (
+            "magnitude",
+            Box::new(UnstructuredPruner::magnitude(0.5).unwrap()),
+        ),
+        ("wanda", Box::new(UnstructuredPruner::wanda(0.5).unwrap())),
+    ];
+    for (name, pruner) in pruners {
+        let ctx = PruneContext::new().with_activation_norms(norms.view());
+        let mut m = None;
+        let t = repeat(opts.repeats, || {
+            timed(|| m = Some(pruner.mask(&wd, &ctx).unwrap()))
+        });
+        let mut pruned = wd.clone();
+        m.unwrap().apply(&mut pruned).unwrap();
+        let pruned = pruned.into_dimensionality().unwrap();
+        lines.push(Line {
+            op: "sparsegpt",
+            size: format!("4096x4096, 50% {name}"),
+            times: t,
+            quality: output_error(&w, &pruned, &x),
+            metric,
+        });
     }
     lines
 }

@@ -154,6 +154,15 @@ pub enum Error {
         /// What to do instead.
         hint: String,
     },
+    /// A matrix that must be invertible (positive definite) is not, e.g. a layer Hessian
+    /// `Σ x xᵀ` that stays singular after dampening.
+    #[error("{what} is singular: {reason}")]
+    Singular {
+        /// The matrix and what it belongs to.
+        what: String,
+        /// Why, and what to change.
+        reason: String,
+    },
 }
 
 /// `Result` with slimnn's [`Error`].

@@ -41,6 +41,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod calib;
 pub mod distill;
 pub mod dynamic;
 pub mod encode;
