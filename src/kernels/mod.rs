@@ -12,6 +12,7 @@
 
 pub(crate) mod depthwise;
 pub(crate) mod gemm;
+pub(crate) mod half;
 pub(crate) mod mmap;
 pub(crate) mod quant;
 pub(crate) mod select;
