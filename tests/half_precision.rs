@@ -327,3 +327,59 @@ proptest! {
         check_prune(&p, &half, &[n], &ctx, |p, w| p.prune_half_slice(w, &[n], &ctx));
     }
 }
+
+/// Untouched f16 and bf16 tensors come back byte for byte through load → compress →
+/// save: quiet and signalling NaNs with any payload, −0, subnormals, infinities.
+#[test]
+fn untouched_16_bit_tensors_are_written_back_byte_identical() {
+    use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+    use slimnn::io::safetensors::SaveOptions;
+    use slimnn::prune::Statistics;
+    use slimnn::{Model, Selector};
+
+    let specials: [u16; 12] = [
+        0x0000, 0x8000, 0x0001, 0x8001, 0x7F80, 0xFF80, 0x7FC0, 0xFFC1, 0x7F81, 0xFF85, 0x7C01,
+        0xFE00,
+    ];
+    let patterns: Vec<u16> = specials
+        .iter()
+        .copied()
+        .chain((0..52u16).map(|i| i.wrapping_mul(2654).rotate_left(3)))
+        .collect();
+    let bytes16: Vec<u8> = patterns.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let weight: Vec<u8> = values(32, 9).iter().flat_map(|x| x.to_le_bytes()).collect();
+    let file = safetensors::serialize(
+        [
+            (
+                "fc.weight",
+                TensorView::new(Dtype::F32, vec![4, 8], &weight).unwrap(),
+            ),
+            (
+                "ln.weight",
+                TensorView::new(Dtype::BF16, vec![64], &bytes16).unwrap(),
+            ),
+            (
+                "ln2.weight",
+                TensorView::new(Dtype::F16, vec![64], &bytes16).unwrap(),
+            ),
+        ],
+        None,
+    )
+    .unwrap();
+    let mut model = Model::from_safetensors(&file, "test").unwrap();
+    model
+        .prune(
+            &Selector::prunable(),
+            &MagnitudePruner::magnitude(0.5).unwrap(),
+            &Statistics::new(),
+        )
+        .unwrap();
+    let out = model.to_safetensors(&SaveOptions::default()).unwrap();
+    let st = SafeTensors::deserialize(&out).unwrap();
+    for name in ["ln.weight", "ln2.weight"] {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.data(), &bytes16[..], "{name}");
+    }
+    assert_eq!(st.tensor("ln.weight").unwrap().dtype(), Dtype::BF16);
+    assert_eq!(st.tensor("ln2.weight").unwrap().dtype(), Dtype::F16);
+}

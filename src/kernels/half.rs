@@ -272,7 +272,10 @@ pub(crate) mod x86 {
                 let subnormal = _mm512_testn_epi32_mask(x, exp) & _mm512_test_epi32_mask(x, man);
                 if subnormal == 0 {
                     let b: __m256bh = _mm512_cvtneps_pbh(v);
-                    _mm256_storeu_si256(d.as_mut_ptr().cast::<__m256i>(), std::mem::transmute::<__m256bh, __m256i>(b));
+                    _mm256_storeu_si256(
+                        d.as_mut_ptr().cast::<__m256i>(),
+                        std::mem::transmute::<__m256bh, __m256i>(b),
+                    );
                 } else {
                     narrow_bf16_bits(f32_bits(s), d.reinterpret_cast_mut());
                 }
