@@ -35,9 +35,11 @@ pub(crate) fn magnitude_mask<H: HalfFloat>(
         }
         h
     };
+    // Few large tasks: each one zeroes and merges a 32,768-bin histogram.
+    let hist_task = TASK.max(n.div_ceil(4 * rayon::current_num_threads()));
     let hist: Vec<u64> = if n > 2 * TASK {
         values
-            .par_chunks(TASK)
+            .par_chunks(hist_task)
             .map(hist)
             .fold(
                 || vec![0u64; BINS],
@@ -78,43 +80,59 @@ pub(crate) fn magnitude_mask<H: HalfFloat>(
         t += 1;
     }
     let ties = k as u64 - below;
-    // Pass 2: how many ties each task may prune (in position order).
-    let allow: Vec<u64> = if ties == 0 {
-        vec![0; n.div_ceil(TASK)]
+    // Pass 2: how many ties each task may prune (in position order), of how many.
+    let (counts, allow): (Vec<u64>, Vec<u64>) = if ties == 0 {
+        (vec![0; n.div_ceil(TASK)], vec![0; n.div_ceil(TASK)])
     } else {
         let counts: Vec<u64> = values
             .par_chunks(TASK)
             .map(|c| c.iter().filter(|&&x| key(x) == t).count() as u64)
             .collect();
         let mut left = ties;
-        counts
-            .into_iter()
-            .map(|c| {
+        let allow = counts
+            .iter()
+            .map(|&c| {
                 let a = c.min(left);
                 left -= a;
                 a
             })
-            .collect()
+            .collect();
+        (counts, allow)
     };
-    // Pass 3: the mask words.
+    // Pass 3: the mask words. Every task but at most one prunes all of its ties or none
+    // (a plain comparison); the one in between counts them.
     let mut mask = Mask::zeros(shape);
     mask.words_mut()
         .par_chunks_mut(TASK / 64)
         .zip(values.par_chunks(TASK))
-        .zip(allow.par_iter())
-        .for_each(|((words, c), &allow)| {
+        .zip(allow.par_iter().zip(counts.par_iter()))
+        .for_each(|((words, c), (&allow, &count))| {
+            let cut = match (allow, count) {
+                (0, _) => Some(t),
+                (a, c) if a == c => Some(t + 1),
+                _ => None,
+            };
             let mut left = allow;
             for (w, xs) in words.iter_mut().zip(c.chunks(64)) {
                 let mut bits = 0u64;
-                for (j, &x) in xs.iter().enumerate() {
-                    let kx = key(x);
-                    let keep = if kx == t && left > 0 {
-                        left -= 1;
-                        false
-                    } else {
-                        kx >= t
-                    };
-                    bits |= (keep as u64) << j;
+                match cut {
+                    Some(cut) => {
+                        for (j, &x) in xs.iter().enumerate() {
+                            bits |= ((key(x) >= cut) as u64) << j;
+                        }
+                    }
+                    None => {
+                        for (j, &x) in xs.iter().enumerate() {
+                            let kx = key(x);
+                            let keep = if kx == t && left > 0 {
+                                left -= 1;
+                                false
+                            } else {
+                                kx >= t
+                            };
+                            bits |= (keep as u64) << j;
+                        }
+                    }
                 }
                 *w = bits;
             }
