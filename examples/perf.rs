@@ -125,6 +125,8 @@ const OPS: &[(&str, Op)] = &[
     ("dwsep_block", dwsep_block),
     ("gptq", gptq),
     ("sparsegpt", sparsegpt),
+    ("half_convert", half_convert),
+    ("prune_half", prune_half),
 ];
 
 fn print(opts: &Opts, l: &Line) {
@@ -1152,4 +1154,113 @@ fn sparsegpt(opts: &Opts) -> Vec<Line> {
         });
     }
     lines
+}
+
+/// f16/bf16 ↔ f32 of 4096×4096 values with slimnn's kernels; quality: elements whose bits
+/// differ from the `half` crate's conversion (0 expected).
+fn half_convert(opts: &Opts) -> Vec<Line> {
+    use slimnn::half::{bf16, f16};
+    let src = normal(&[4096, 4096], 1.0, 40);
+    let src = src.as_slice().unwrap();
+    let n = src.len();
+    let mut lines = Vec::new();
+    let mut wide = vec![0f32; n];
+    let mut b = vec![bf16::ZERO; n];
+    let times = repeat(opts.repeats, || {
+        timed(|| slimnn::tensor::narrow(src, &mut b).unwrap())
+    });
+    let bad = src
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| bf16::from_f32(**x).to_bits() != y.to_bits())
+        .count();
+    lines.push(("4096x4096 f32->bf16", times, bad));
+    let times = repeat(opts.repeats, || {
+        timed(|| slimnn::tensor::widen(&b, &mut wide).unwrap())
+    });
+    let bad = b
+        .iter()
+        .zip(&wide)
+        .filter(|(x, y)| x.to_f32().to_bits() != y.to_bits())
+        .count();
+    lines.push(("4096x4096 bf16->f32", times, bad));
+    let mut h = vec![f16::ZERO; n];
+    let times = repeat(opts.repeats, || {
+        timed(|| slimnn::tensor::narrow(src, &mut h).unwrap())
+    });
+    let bad = src
+        .iter()
+        .zip(&h)
+        .filter(|(x, y)| f16::from_f32(**x).to_bits() != y.to_bits())
+        .count();
+    lines.push(("4096x4096 f32->f16", times, bad));
+    let times = repeat(opts.repeats, || {
+        timed(|| slimnn::tensor::widen(&h, &mut wide).unwrap())
+    });
+    let bad = h
+        .iter()
+        .zip(&wide)
+        .filter(|(x, y)| x.to_f32().to_bits() != y.to_bits())
+        .count();
+    lines.push(("4096x4096 f16->f32", times, bad));
+    lines
+        .into_iter()
+        .map(|(size, times, bad)| Line {
+            op: "half_convert",
+            size: size.into(),
+            times,
+            quality: bad as f64,
+            metric: "elements differing from the half crate",
+        })
+        .collect()
+}
+
+/// Magnitude pruning to 90% of a 4096×4096 bf16 tensor read in place, and the same
+/// values as f32 through the f32 path (the yardstick); quality: achieved sparsity.
+fn prune_half(opts: &Opts) -> Vec<Line> {
+    use slimnn::half::bf16;
+    use slimnn::prune::{HalfPruner, MagnitudePruner};
+    let original = normal(&[4096, 4096], 0.02, 41);
+    let original_b: Vec<bf16> = original.iter().map(|&x| bf16::from_f32(x)).collect();
+    let original_w: Vec<f32> = original_b.iter().map(|x| x.to_f32()).collect();
+    let pruner = MagnitudePruner::magnitude(0.9).unwrap();
+    let ctx = PruneContext::new();
+    let mut b = original_b.clone();
+    let mut sparsity = 0.0;
+    let times = repeat(opts.repeats, || {
+        b.copy_from_slice(&original_b);
+        timed(|| {
+            sparsity = pruner
+                .prune_half_slice(&mut b, &[4096, 4096], &ctx)
+                .unwrap()
+                .sparsity()
+        })
+    });
+    let mut w = original_w.clone();
+    let mut sparsity_f32 = 0.0;
+    let times_f32 = repeat(opts.repeats, || {
+        w.copy_from_slice(&original_w);
+        timed(|| {
+            sparsity_f32 = pruner
+                .prune_slice(&mut w, &[4096, 4096], &ctx)
+                .unwrap()
+                .sparsity()
+        })
+    });
+    vec![
+        Line {
+            op: "prune_half",
+            size: "4096x4096 bf16 in place".into(),
+            times,
+            quality: sparsity,
+            metric: "sparsity",
+        },
+        Line {
+            op: "prune_half",
+            size: "4096x4096 f32 (yardstick)".into(),
+            times: times_f32,
+            quality: sparsity_f32,
+            metric: "sparsity",
+        },
+    ]
 }

@@ -107,7 +107,11 @@ pub mod guide {
 /// The ndarray version slimnn's API takes and returns (0.17), so a user's arrays match.
 pub use ndarray;
 
+/// The `half` version slimnn's 16-bit entry points take (2.x), so a user's `f16` and
+/// `bf16` buffers match.
+pub use half;
+
 pub use error::{Error, Result};
 pub use mask::Mask;
 pub use model::{DType, LayerKind, Model, Param, RawTensor, Selector};
-pub use tensor::Scalar;
+pub use tensor::{HalfFloat, Scalar};

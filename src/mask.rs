@@ -6,7 +6,7 @@ use ndarray::{ArrayD, ArrayRef, Dimension, IxDyn};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::tensor::{Scalar, check_same_shape};
+use crate::tensor::{HalfFloat, Scalar, check_same_shape};
 
 const WORD: usize = 64;
 /// Elements per parallel task when applying a mask (a multiple of 64).
@@ -281,6 +281,37 @@ impl Mask {
             "buffer the mask is applied to".into()
         })?;
         self.apply_unchecked(weights);
+        Ok(())
+    }
+
+    /// Sets the pruned elements of a row-major 16-bit buffer (`half::f16` or
+    /// `half::bf16`) to +0; kept elements keep their bits.
+    ///
+    /// Fails with [`Error::ShapeMismatch`] unless the buffer has [`Mask::len`] elements.
+    ///
+    /// ```
+    /// use slimnn::Mask;
+    /// use slimnn::half::bf16;
+    ///
+    /// let mut w = [bf16::from_f32(1.0), bf16::from_f32(-2.0), bf16::from_f32(3.0)];
+    /// Mask::from_fn(&[3], |i| i != 1).apply_half_slice(&mut w)?;
+    /// assert_eq!(w, [bf16::from_f32(1.0), bf16::ZERO, bf16::from_f32(3.0)]);
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn apply_half_slice<H: HalfFloat>(&self, weights: &mut [H]) -> Result<()> {
+        check_same_shape(&[self.len], &[weights.len()], || {
+            format!("{} buffer the mask is applied to", H::NAME)
+        })?;
+        for (w, &m) in weights.chunks_mut(WORD).zip(&self.words) {
+            if m == !0 {
+                continue;
+            }
+            for (j, x) in w.iter_mut().enumerate() {
+                if m >> j & 1 == 0 {
+                    *x = H::ZERO;
+                }
+            }
+        }
         Ok(())
     }
 

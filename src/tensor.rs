@@ -22,7 +22,7 @@ mod sealed {
 /// A floating-point element type slimnn computes with: `f32` or `f64`.
 ///
 /// Sealed: the kernels and storage formats are written for exactly these two types.
-/// Half-precision tensors (f16, bf16) are loaded into `f32` by [`crate::io`].
+/// Engines holding 16-bit weights pass them as they are: see [`HalfFloat`].
 pub trait Scalar:
     Float
     + FromPrimitive
@@ -48,6 +48,10 @@ pub trait Scalar:
 
     /// The slice itself when `Self` is `f32`: lets f32 paths borrow instead of convert.
     fn as_f32_slice(s: &[Self]) -> Option<&[f32]>;
+
+    /// The slice itself when `Self` is `f32`, mutably.
+    #[doc(hidden)]
+    fn as_f32_slice_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Scalar for f32 {
@@ -61,6 +65,9 @@ impl Scalar for f32 {
         self as f64
     }
     fn as_f32_slice(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_slice_mut(s: &mut [Self]) -> Option<&mut [f32]> {
         Some(s)
     }
 }
@@ -77,6 +84,206 @@ impl Scalar for f64 {
     }
     fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
         None
+    }
+    fn as_f32_slice_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+}
+
+mod sealed_half {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// A 16-bit float an engine may keep its weights in: `half::f16` or `half::bf16`.
+///
+/// The engine entry points take such buffers as they are, convert them to f32 in
+/// registers (F16C on AVX2 machines, AVX-512 BF16 where present) a block at a time, and
+/// write results back in the same type:
+/// [`HalfPruner::prune_half_slice`] (any pruner), [`HalfQuantizer::quantize_half_slice`]
+/// and [`HalfQuantizer::fake_quantize_half_slice`] (any quantizer),
+/// [`Mask::apply_half_slice`]. Conversions round to nearest even, exactly as
+/// `half::f16::from_f32` / `half::bf16::from_f32` do; NaN keeps its sign and payload and
+/// becomes quiet. Sealed: the kernels are written for exactly these two types.
+///
+/// [`HalfPruner::prune_half_slice`]: crate::prune::HalfPruner::prune_half_slice
+/// [`HalfQuantizer::quantize_half_slice`]: crate::quant::HalfQuantizer::quantize_half_slice
+/// [`HalfQuantizer::fake_quantize_half_slice`]: crate::quant::HalfQuantizer::fake_quantize_half_slice
+/// [`Mask::apply_half_slice`]: crate::Mask::apply_half_slice
+pub trait HalfFloat:
+    Copy + Default + Debug + Display + PartialEq + Send + Sync + 'static + sealed_half::Sealed
+{
+    /// The type's name in messages: `"f16"` or `"bf16"`.
+    const NAME: &'static str;
+    /// Positive zero.
+    const ZERO: Self;
+    /// The value as f32 (exact).
+    fn to_f32(self) -> f32;
+    /// The nearest value to `x` (ties to even).
+    fn from_f32(x: f32) -> Self;
+    /// The raw bits.
+    fn to_bits(self) -> u16;
+    /// The magnitude bits (`to_bits() & 0x7FFF`) at and above which a value is infinite
+    /// or NaN.
+    #[doc(hidden)]
+    const NON_FINITE_BITS: u16;
+    #[doc(hidden)]
+    fn wrap(s: &[Self]) -> HalfSlice<'_>;
+    #[doc(hidden)]
+    fn wrap_mut(s: &mut [Self]) -> HalfSliceMut<'_>;
+    #[doc(hidden)]
+    fn widen_kernel(src: &[Self], dst: &mut [f32]);
+    #[doc(hidden)]
+    fn narrow_kernel(src: &[f32], dst: &mut [Self]);
+}
+
+macro_rules! half_float {
+    ($t:ty, $name:literal, $non_finite:literal, $widen:ident, $narrow:ident, $v:ident) => {
+        impl HalfFloat for $t {
+            const NAME: &'static str = $name;
+            const NON_FINITE_BITS: u16 = $non_finite;
+            const ZERO: Self = <$t>::ZERO;
+            #[inline]
+            fn to_f32(self) -> f32 {
+                <$t>::to_f32(self)
+            }
+            #[inline]
+            fn from_f32(x: f32) -> Self {
+                <$t>::from_f32(x)
+            }
+            #[inline]
+            fn to_bits(self) -> u16 {
+                <$t>::to_bits(self)
+            }
+            fn wrap(s: &[Self]) -> HalfSlice<'_> {
+                HalfSlice::$v(s)
+            }
+            fn wrap_mut(s: &mut [Self]) -> HalfSliceMut<'_> {
+                HalfSliceMut::$v(s)
+            }
+            fn widen_kernel(src: &[Self], dst: &mut [f32]) {
+                crate::kernels::half::$widen(src, dst)
+            }
+            fn narrow_kernel(src: &[f32], dst: &mut [Self]) {
+                crate::kernels::half::$narrow(src, dst)
+            }
+        }
+    };
+}
+half_float!(half::f16, "f16", 0x7C00, f16_to_f32, f32_to_f16, F16);
+half_float!(half::bf16, "bf16", 0x7F80, bf16_to_f32, f32_to_bf16, Bf16);
+
+/// A 16-bit buffer of either type: plumbing between the 16-bit entry points and the
+/// methods that read such buffers in place. Not part of the public API.
+#[doc(hidden)]
+pub enum HalfSlice<'a> {
+    /// IEEE binary16.
+    F16(&'a [half::f16]),
+    /// bfloat16.
+    Bf16(&'a [half::bf16]),
+}
+
+/// A mutable [`HalfSlice`]. Not part of the public API.
+#[doc(hidden)]
+pub enum HalfSliceMut<'a> {
+    /// IEEE binary16.
+    F16(&'a mut [half::f16]),
+    /// bfloat16.
+    Bf16(&'a mut [half::bf16]),
+}
+
+/// Widens a 16-bit buffer into an f32 buffer of the same length (exact), in registers.
+///
+/// Fails with [`Error::ShapeMismatch`] if the lengths differ.
+///
+/// ```
+/// use half::bf16;
+///
+/// let src = [bf16::from_f32(1.5), bf16::from_f32(-0.25)];
+/// let mut dst = [0f32; 2];
+/// slimnn::tensor::widen(&src, &mut dst)?;
+/// assert_eq!(dst, [1.5, -0.25]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn widen<H: HalfFloat>(src: &[H], dst: &mut [f32]) -> Result<()> {
+    check_same_shape(&[src.len()], &[dst.len()], || {
+        format!("f32 buffer for {} values", H::NAME)
+    })?;
+    H::widen_kernel(src, dst);
+    Ok(())
+}
+
+/// Narrows an f32 buffer into a 16-bit buffer of the same length, rounding to nearest
+/// even (as `half` does), in registers.
+///
+/// Fails with [`Error::ShapeMismatch`] if the lengths differ.
+///
+/// ```
+/// use half::f16;
+///
+/// let mut dst = [f16::ZERO; 2];
+/// slimnn::tensor::narrow(&[1.0f32 / 3.0, 70000.0], &mut dst)?;
+/// assert_eq!(dst, [f16::from_f32(1.0 / 3.0), f16::INFINITY]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn narrow<H: HalfFloat>(src: &[f32], dst: &mut [H]) -> Result<()> {
+    check_same_shape(&[src.len()], &[dst.len()], || {
+        format!("{} buffer for f32 values", H::NAME)
+    })?;
+    H::narrow_kernel(src, dst);
+    Ok(())
+}
+
+/// `src` widened to `T` as an array of `shape` (checked against the length): the
+/// default path of the 16-bit engine entry points for methods that need the whole
+/// tensor.
+pub(crate) fn widen_array<H: HalfFloat, T: Scalar>(
+    src: &[H],
+    shape: &[usize],
+) -> Result<ndarray::ArrayD<T>> {
+    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if numel != Some(src.len()) {
+        return Err(shape_len_error(shape, src.len()));
+    }
+    let mut out = vec![T::zero(); src.len()];
+    match T::as_f32_slice_mut(&mut out) {
+        Some(o) => H::widen_kernel(src, o),
+        None => {
+            let mut buf = [0f32; crate::kernels::half::CHUNK];
+            for (s, o) in src
+                .chunks(crate::kernels::half::CHUNK)
+                .zip(out.chunks_mut(crate::kernels::half::CHUNK))
+            {
+                let b = &mut buf[..s.len()];
+                H::widen_kernel(s, b);
+                for (o, &x) in o.iter_mut().zip(b.iter()) {
+                    *o = T::of(x as f64);
+                }
+            }
+        }
+    }
+    ndarray::ArrayD::from_shape_vec(IxDyn(shape), out)
+        .map_err(|_| shape_len_error(shape, src.len()))
+}
+
+/// Narrows `values` (row-major, `T`) into `dst`, a block at a time.
+pub(crate) fn narrow_from<H: HalfFloat, T: Scalar>(values: &[T], dst: &mut [H]) {
+    match T::as_f32_slice(values) {
+        Some(v) => H::narrow_kernel(v, dst),
+        None => {
+            let mut buf = [0f32; crate::kernels::half::CHUNK];
+            for (v, d) in values
+                .chunks(crate::kernels::half::CHUNK)
+                .zip(dst.chunks_mut(crate::kernels::half::CHUNK))
+            {
+                let b = &mut buf[..v.len()];
+                for (b, &x) in b.iter_mut().zip(v) {
+                    *b = x.as_f64() as f32;
+                }
+                H::narrow_kernel(b, d);
+            }
+        }
     }
 }
 

@@ -51,10 +51,10 @@ impl DType {
             DType::F32 => values.for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
             DType::F64 => values.for_each(|v| out.extend_from_slice(&(v as f64).to_le_bytes())),
             DType::F16 => {
-                values.for_each(|v| out.extend_from_slice(&f16::from_f32(v).to_le_bytes()))
+                values.for_each(|v| out.extend_from_slice(&f32_to_f16_bits(v).to_le_bytes()))
             }
             DType::BF16 => {
-                values.for_each(|v| out.extend_from_slice(&bf16::from_f32(v).to_le_bytes()))
+                values.for_each(|v| out.extend_from_slice(&f32_to_bf16_bits(v).to_le_bytes()))
             }
         }
     }
@@ -73,12 +73,48 @@ impl DType {
                 })
                 .collect(),
             DType::F16 => chunks
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .map(|c| f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]])))
                 .collect(),
             DType::BF16 => chunks
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
                 .collect(),
         }
+    }
+}
+
+// Loading and saving convert 16-bit values as the `half` crate does, except NaN: its
+// payload is kept bit for bit both ways (no quiet bit added), so a tensor loaded and
+// saved untouched is written back byte-identical, signalling NaNs included. (bf16 → f32
+// is a plain shift.)
+
+/// f16 bits → f32, NaN payloads kept as they are.
+fn f16_bits_to_f32(b: u16) -> f32 {
+    if b & 0x7C00 == 0x7C00 && b & 0x03FF != 0 {
+        f32::from_bits(((b & 0x8000) as u32) << 16 | 0x7F80_0000 | ((b & 0x03FF) as u32) << 13)
+    } else {
+        f16::from_bits(b).to_f32()
+    }
+}
+
+/// f32 → f16 bits (nearest even); a NaN keeps its sign and high payload bits, and only
+/// gets the quiet bit when those are all zero (it would otherwise become infinity).
+fn f32_to_f16_bits(x: f32) -> u16 {
+    if x.is_nan() {
+        let b = x.to_bits();
+        let payload = ((b >> 13) & 0x03FF) as u16;
+        ((b >> 16) as u16 & 0x8000) | 0x7C00 | if payload == 0 { 0x0200 } else { payload }
+    } else {
+        f16::from_f32(x).to_bits()
+    }
+}
+
+/// f32 → bf16 bits (nearest even); a NaN as in [`f32_to_f16_bits`].
+fn f32_to_bf16_bits(x: f32) -> u16 {
+    if x.is_nan() {
+        let t = (x.to_bits() >> 16) as u16;
+        if t & 0x007F == 0 { t | 0x0040 } else { t }
+    } else {
+        bf16::from_f32(x).to_bits()
     }
 }
 

@@ -23,6 +23,7 @@
 
 mod amount;
 mod global;
+mod half_magnitude;
 mod merge;
 mod model_ops;
 mod nm;
@@ -38,7 +39,7 @@ use ndarray::{ArrayRef, ArrayView1, ArrayViewD, IxDyn};
 use crate::error::Result;
 use crate::mask::Mask;
 use crate::model::LayerKind;
-use crate::tensor::{Scalar, subject, view_mut};
+use crate::tensor::{HalfFloat, HalfSliceMut, Scalar, subject, view_mut, widen_array};
 
 pub use amount::Amount;
 pub use global::GlobalPruner;
@@ -224,6 +225,80 @@ pub trait Pruner<T: Scalar = f32>: Send + Sync {
         let mut view = view_mut(weights, shape)?;
         self.prune(&mut view, ctx)
     }
+
+    /// The 16-bit path behind [`HalfPruner::prune_half_slice`]; the default widens the
+    /// tensor once. Not part of the public API.
+    #[doc(hidden)]
+    fn prune_half_hook(
+        &self,
+        weights: HalfSliceMut<'_>,
+        shape: &[usize],
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<Mask> {
+        match weights {
+            HalfSliceMut::F16(w) => prune_half_widened(self, w, shape, ctx),
+            HalfSliceMut::Bf16(w) => prune_half_widened(self, w, shape, ctx),
+        }
+    }
+}
+
+/// Pruning of an engine's 16-bit buffer (`half::f16` or `half::bf16`), for every
+/// [`Pruner`] (blanket-implemented; bring it into scope with `use
+/// slimnn::prune::HalfPruner`).
+///
+/// The mask is the one the pruner computes from the values widened to f32 (exact), and
+/// pruned entries become +0 in the 16-bit buffer; kept entries keep their bits. NaN and
+/// infinity, shape mismatches: the same typed errors as [`Pruner::prune_slice`].
+/// [`MagnitudePruner`] (per tensor, no prior mask) reads the 16-bit values in place, with
+/// no f32 copy; other pruners widen the tensor once.
+///
+/// ```
+/// use slimnn::half::{bf16, f16};
+/// use slimnn::prune::{HalfPruner, MagnitudePruner, NmPruner, PruneContext};
+///
+/// let mut w: Vec<f16> = [0.1f32, -0.9, 0.3, 0.8, -0.05, 0.5].map(f16::from_f32).to_vec();
+/// let mask = MagnitudePruner::magnitude(0.5)?.prune_half_slice(&mut w, &[2, 3], &PruneContext::new())?;
+/// assert_eq!(mask.count_pruned(), 3);
+/// assert_eq!(w, [0.0f32, -0.9, 0.0, 0.8, 0.0, 0.5].map(f16::from_f32));
+///
+/// let mut w: Vec<bf16> = [0.1f32, -0.9, 0.3, 0.8].map(bf16::from_f32).to_vec();
+/// NmPruner::magnitude(2, 4)?.prune_half_slice(&mut w, &[1, 4], &PruneContext::new())?;
+/// assert_eq!(w, [0.0f32, -0.9, 0.0, 0.8].map(bf16::from_f32));
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub trait HalfPruner {
+    /// [`Pruner::prune_slice`] on a row-major 16-bit buffer of `shape`.
+    fn prune_half_slice<H: HalfFloat>(
+        &self,
+        weights: &mut [H],
+        shape: &[usize],
+        ctx: &PruneContext<'_, f32>,
+    ) -> Result<Mask>;
+}
+
+impl<P: Pruner<f32> + ?Sized> HalfPruner for P {
+    fn prune_half_slice<H: HalfFloat>(
+        &self,
+        weights: &mut [H],
+        shape: &[usize],
+        ctx: &PruneContext<'_, f32>,
+    ) -> Result<Mask> {
+        self.prune_half_hook(H::wrap_mut(weights), shape, ctx)
+    }
+}
+
+/// The default 16-bit path: widen once, compute the mask, zero the pruned entries.
+pub(crate) fn prune_half_widened<T: Scalar, H: HalfFloat, P: Pruner<T> + ?Sized>(
+    pruner: &P,
+    weights: &mut [H],
+    shape: &[usize],
+    ctx: &PruneContext<'_, T>,
+) -> Result<Mask> {
+    let wide = widen_array::<H, T>(weights, shape)?;
+    let mask = pruner.mask(&wide, ctx)?;
+    drop(wide);
+    mask.apply_half_slice(weights)?;
+    Ok(mask)
 }
 
 impl<T: Scalar, P: Pruner<T> + ?Sized> Pruner<T> for &P {
@@ -236,6 +311,14 @@ impl<T: Scalar, P: Pruner<T> + ?Sized> Pruner<T> for &P {
     fn prune(&self, weights: &mut ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         (**self).prune(weights, ctx)
     }
+    fn prune_half_hook(
+        &self,
+        weights: HalfSliceMut<'_>,
+        shape: &[usize],
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<Mask> {
+        (**self).prune_half_hook(weights, shape, ctx)
+    }
 }
 
 impl<T: Scalar, P: Pruner<T> + ?Sized> Pruner<T> for Box<P> {
@@ -247,5 +330,13 @@ impl<T: Scalar, P: Pruner<T> + ?Sized> Pruner<T> for Box<P> {
     }
     fn prune(&self, weights: &mut ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         (**self).prune(weights, ctx)
+    }
+    fn prune_half_hook(
+        &self,
+        weights: HalfSliceMut<'_>,
+        shape: &[usize],
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<Mask> {
+        (**self).prune_half_hook(weights, shape, ctx)
     }
 }

@@ -7,10 +7,13 @@ use rayon::prelude::*;
 
 use super::threshold::{self, NonFiniteAt};
 use super::{Amount, Magnitude, PruneContext, Pruner, Random, Saliency, Wanda};
+use super::{half_magnitude, prune_half_widened};
 use crate::error::{Error, Result};
 use crate::kernels::Abs;
 use crate::mask::Mask;
-use crate::tensor::{Scalar, check_finite, check_nonempty, check_same_shape, row_major};
+use crate::tensor::{
+    HalfFloat, HalfSliceMut, Scalar, check_finite, check_nonempty, check_same_shape, row_major,
+};
 
 /// Where the pruned fraction is counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -222,9 +225,62 @@ impl<T: Scalar, S: Saliency<T>> Pruner<T> for UnstructuredPruner<S> {
             }
         }
     }
+
+    /// Magnitude per tensor without a prior mask reads the 16-bit values in place (no
+    /// f32 copy); other settings widen once.
+    fn prune_half_hook(
+        &self,
+        weights: HalfSliceMut<'_>,
+        shape: &[usize],
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<Mask> {
+        match weights {
+            HalfSliceMut::F16(w) => self.prune_half(w, shape, ctx),
+            HalfSliceMut::Bf16(w) => self.prune_half(w, shape, ctx),
+        }
+    }
 }
 
 impl<S> UnstructuredPruner<S> {
+    /// The mask of 16-bit `values` read in place when that is possible (magnitude, per
+    /// tensor, no prior mask): `None` means the caller must widen.
+    pub(crate) fn mask_half_in_place<T: Scalar, H: HalfFloat>(
+        &self,
+        values: &[H],
+        shape: &[usize],
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<Option<Mask>>
+    where
+        S: Saliency<T>,
+    {
+        if !(self.saliency.is_magnitude() && ctx.mask.is_none() && self.scope == Scope::Tensor) {
+            return Ok(None);
+        }
+        crate::tensor::view(values, shape)?;
+        check_nonempty(shape, || ctx.what())?;
+        let k = self.amount.count_of(values.len())?;
+        half_magnitude::magnitude_mask(values, shape, k, || ctx.what()).map(Some)
+    }
+
+    fn prune_half<T: Scalar, H: HalfFloat>(
+        &self,
+        weights: &mut [H],
+        shape: &[usize],
+        ctx: &PruneContext<'_, T>,
+    ) -> Result<Mask>
+    where
+        S: Saliency<T>,
+        Self: Pruner<T>,
+    {
+        match self.mask_half_in_place(weights, shape, ctx)? {
+            Some(mask) => {
+                mask.apply_half_slice(weights)?;
+                Ok(mask)
+            }
+            None => prune_half_widened(self, weights, shape, ctx),
+        }
+    }
+
     fn per_row<T: Scalar>(
         &self,
         keys: &Keys<'_, T>,

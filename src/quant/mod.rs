@@ -25,7 +25,8 @@ use ndarray::{ArrayRef, IxDyn};
 use crate::error::Result;
 use crate::mask::Mask;
 use crate::model::LayerKind;
-use crate::tensor::{Scalar, subject};
+use crate::tensor::{HalfFloat, HalfSlice, Scalar, narrow_from, subject, widen_array};
+use half::{bf16, f16};
 
 pub use binary::{BinaryQuantizer, TernaryQuantizer};
 pub use calibrate::{
@@ -33,7 +34,8 @@ pub use calibrate::{
 };
 pub use fake::straight_through;
 pub use ggml::{
-    GgmlFormat, GgmlQuantizer, dequantize_ggml, from_ggml_blocks, quantize_ggml, to_ggml_blocks,
+    GgmlFormat, GgmlQuantizer, dequantize_ggml, from_ggml_blocks, quantize_ggml,
+    quantize_ggml_half, to_ggml_blocks,
 };
 pub use kmeans::{KMeansInit, KMeansQuantizer, centroid_gradients};
 pub(crate) use linear::{Int8Weights, check_input, check_input_slice, check_int8};
@@ -178,6 +180,94 @@ pub trait Quantizer<T: Scalar = f32>: Send + Sync {
     ) -> Result<ndarray::ArrayD<T>> {
         Ok(self.quantize(weights, ctx)?.dequantize())
     }
+
+    /// The 16-bit path behind [`HalfQuantizer::quantize_half_slice`]; the default
+    /// widens the tensor once. Not part of the public API.
+    #[doc(hidden)]
+    fn quantize_half_hook(
+        &self,
+        weights: HalfSlice<'_>,
+        shape: &[usize],
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
+        match weights {
+            HalfSlice::F16(w) => self.quantize(&widen_array::<f16, T>(w, shape)?, ctx),
+            HalfSlice::Bf16(w) => self.quantize(&widen_array::<bf16, T>(w, shape)?, ctx),
+        }
+    }
+}
+
+/// Quantization of an engine's 16-bit buffer (`half::f16` or `half::bf16`), for every
+/// [`Quantizer`] (blanket-implemented; bring it into scope with `use
+/// slimnn::quant::HalfQuantizer`).
+///
+/// The result equals [`Quantizer::quantize`] of the values widened to f32 (exact); NaN
+/// and infinity, shape mismatches: the same typed errors. [`GgmlQuantizer`] reads the
+/// 16-bit values a block of 4096 at a time (no f32 copy of the tensor); other quantizers
+/// widen the tensor once.
+///
+/// ```
+/// use slimnn::half::{bf16, f16};
+/// use slimnn::quant::{
+///     GgmlFormat, GgmlQuantizer, Granularity, HalfQuantizer, QuantContext, Scheme,
+///     UniformQuantizer,
+/// };
+///
+/// let w: Vec<f16> = [0.5f32, -1.0, 0.25, 1.0].map(f16::from_f32).to_vec();
+/// let int8 = UniformQuantizer::new(8, Scheme::Symmetric, Granularity::PerTensor)?;
+/// let q = int8.quantize_half_slice(&w, &[2, 2], &QuantContext::new())?;
+/// assert_eq!(q.shape(), &[2, 2]);
+/// assert_eq!(q.dequantize::<f32>()[[1, 1]], 1.0);
+///
+/// // Fake quantization in place: the decoded values, rounded back to bf16.
+/// let mut w: Vec<bf16> = (0..64).map(|i| bf16::from_f32((i as f32 * 0.37).sin())).collect();
+/// let q8 = GgmlQuantizer::new(GgmlFormat::Q8_0);
+/// q8.fake_quantize_half_slice(&mut w, &[2, 32], &QuantContext::new())?;
+/// assert!((w[5].to_f32() - (5.0f32 * 0.37).sin()).abs() < 0.01);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub trait HalfQuantizer {
+    /// [`Quantizer::quantize`] of a row-major 16-bit buffer of `shape`.
+    fn quantize_half_slice<H: HalfFloat>(
+        &self,
+        weights: &[H],
+        shape: &[usize],
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor>;
+
+    /// Quantizes a 16-bit buffer and writes the decoded values back in place, rounded to
+    /// the buffer's type (nearest even): [`Quantizer::fake_quantize`] for 16-bit
+    /// weights. Nothing is written unless quantization succeeds.
+    fn fake_quantize_half_slice<H: HalfFloat>(
+        &self,
+        weights: &mut [H],
+        shape: &[usize],
+        ctx: &QuantContext<'_>,
+    ) -> Result<()> {
+        let q = self.quantize_half_slice(weights, shape, ctx)?;
+        write_back(&q, weights);
+        Ok(())
+    }
+}
+
+impl<Q: Quantizer<f32> + ?Sized> HalfQuantizer for Q {
+    fn quantize_half_slice<H: HalfFloat>(
+        &self,
+        weights: &[H],
+        shape: &[usize],
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
+        self.quantize_half_hook(H::wrap(weights), shape, ctx)
+    }
+}
+
+/// Decodes `q` into a 16-bit buffer of its length.
+fn write_back<H: HalfFloat>(q: &QuantizedTensor, weights: &mut [H]) {
+    let values = q.dequantize::<f32>();
+    match values.as_slice() {
+        Some(v) => narrow_from(v, weights),
+        None => narrow_from(&values.iter().copied().collect::<Vec<_>>(), weights),
+    }
 }
 
 impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for &Q {
@@ -191,6 +281,14 @@ impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for &Q {
     fn describe(&self) -> String {
         (**self).describe()
     }
+    fn quantize_half_hook(
+        &self,
+        weights: HalfSlice<'_>,
+        shape: &[usize],
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
+        (**self).quantize_half_hook(weights, shape, ctx)
+    }
 }
 
 impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for Box<Q> {
@@ -203,5 +301,13 @@ impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for Box<Q> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn quantize_half_hook(
+        &self,
+        weights: HalfSlice<'_>,
+        shape: &[usize],
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
+        (**self).quantize_half_hook(weights, shape, ctx)
     }
 }

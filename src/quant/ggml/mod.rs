@@ -17,7 +17,8 @@ use self::reference::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK, quantize_q4_0, qua
 use super::binary::prepare;
 use super::{Decoding, Granularity, Levels, PackedCodes, QuantContext, QuantizedTensor, Quantizer};
 use crate::error::{Error, Result};
-use crate::tensor::Scalar;
+use crate::kernels::half::{AsF32Block, CHUNK, for_each_chunk};
+use crate::tensor::{HalfFloat, HalfSlice, Scalar, check_nonempty};
 
 /// A ggml block format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -103,6 +104,38 @@ fn check_blocks(shape: &[usize], format: GgmlFormat) -> Result<usize> {
 /// # Ok::<(), slimnn::Error>(())
 /// ```
 pub fn quantize_ggml(values: &[f32], shape: &[usize], format: GgmlFormat) -> Result<Vec<u8>> {
+    quantize_blocks(values, shape, format)
+}
+
+/// [`quantize_ggml`] reading 16-bit values (`half::f16` or `half::bf16`) directly, a
+/// block of 4096 at a time (no f32 copy of the tensor): the same bytes as
+/// `quantize_ggml` of the values widened to f32.
+///
+/// ```
+/// use slimnn::half::bf16;
+/// use slimnn::quant::{GgmlFormat, quantize_ggml, quantize_ggml_half};
+///
+/// let w: Vec<bf16> = (0..256).map(|i| bf16::from_f32((i as f32 * 0.37).sin())).collect();
+/// let wide: Vec<f32> = w.iter().map(|x| x.to_f32()).collect();
+/// assert_eq!(
+///     quantize_ggml_half(&w, &[2, 128], GgmlFormat::Q4_0)?,
+///     quantize_ggml(&wide, &[2, 128], GgmlFormat::Q4_0)?
+/// );
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn quantize_ggml_half<H: HalfFloat>(
+    values: &[H],
+    shape: &[usize],
+    format: GgmlFormat,
+) -> Result<Vec<u8>> {
+    quantize_blocks(values, shape, format)
+}
+
+fn quantize_blocks<E: AsF32Block>(
+    values: &[E],
+    shape: &[usize],
+    format: GgmlFormat,
+) -> Result<Vec<u8>> {
     let n = check_blocks(shape, format)?;
     if values.len() != n {
         return Err(Error::ShapeMismatch {
@@ -111,34 +144,47 @@ pub fn quantize_ggml(values: &[f32], shape: &[usize], format: GgmlFormat) -> Res
             got: vec![values.len()],
         });
     }
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+    let per = format.block_len();
+    let per_bytes = format.block_bytes();
+    let mut blocks = vec![0u8; n / per * per_bytes];
+    // Tasks of CHUNK values (a multiple of every block length) each widen into their own
+    // stack buffer when the input is 16-bit.
+    let finite = blocks
+        .par_chunks_mut(CHUNK / per * per_bytes)
+        .zip(values.par_chunks(CHUNK))
+        .try_for_each(|(out, x)| {
+            E::with_f32(x, |x| {
+                if !x.iter().all(|v| v.is_finite()) {
+                    return Err(());
+                }
+                let mut o = Vec::with_capacity(out.len());
+                match format {
+                    GgmlFormat::Q8_0 => quantize_q8_0(x, &mut o),
+                    GgmlFormat::Q4_0 => quantize_q4_0(x, &mut o),
+                    GgmlFormat::Q4_K => quantize_q4_k(x, &mut o),
+                    GgmlFormat::Q6_K => quantize_q6_k(x, &mut o),
+                }
+                out.copy_from_slice(&o);
+                Ok(())
+            })
+        });
+    if finite.is_err() {
+        let i = values
+            .iter()
+            .position(|v| !v.to_f32().is_finite())
+            .unwrap_or(0);
         return Err(Error::NonFinite {
             what: format!("{format:?} input"),
             index: i,
-            value: values[i] as f64,
+            value: values[i].to_f32() as f64,
         });
     }
-    let per = format.block_len();
-    let blocks: Vec<u8> = values
-        .par_chunks(per * 64)
-        .flat_map_iter(|x| {
-            let mut out = Vec::with_capacity(x.len() / per * format.block_bytes());
-            match format {
-                GgmlFormat::Q8_0 => quantize_q8_0(x, &mut out),
-                GgmlFormat::Q4_0 => quantize_q4_0(x, &mut out),
-                GgmlFormat::Q4_K => quantize_q4_k(x, &mut out),
-                GgmlFormat::Q6_K => quantize_q6_k(x, &mut out),
-            }
-            out
-        })
-        .collect();
     // The f16 scales of every block (Q6_K's is last; Q4_K has d and dmin first).
     let scale_at: &[usize] = match format {
         GgmlFormat::Q8_0 | GgmlFormat::Q4_0 => &[0],
         GgmlFormat::Q4_K => &[0, 2],
         GgmlFormat::Q6_K => &[Q6_K_BLOCK_BYTES - 2],
     };
-    let per_bytes = format.block_bytes();
     if let Some(b) = blocks.chunks_exact(per_bytes).position(|b| {
         scale_at
             .iter()
@@ -208,6 +254,74 @@ impl GgmlQuantizer {
     }
 }
 
+impl GgmlQuantizer {
+    /// Fails for Q4_K, which has no [`QuantizedTensor`] form.
+    fn check_format(&self) -> Result<()> {
+        if self.format == GgmlFormat::Q4_K {
+            return Err(Error::invalid(
+                "ggml format",
+                "Q4_K",
+                "Q8_0, Q4_0 or Q6_K: Q4_K's per-32 offsets have no QuantizedTensor form; \
+                 write Q4_K through quantize_ggml or GGUF output",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest |w| whose block scale fits in f16.
+    fn limit(&self) -> f32 {
+        match self.format {
+            GgmlFormat::Q8_0 => 127.0 * 65504.0,
+            GgmlFormat::Q4_0 => 8.0 * 65504.0,
+            _ => 32.0 * 65504.0,
+        }
+    }
+
+    fn over_limit(&self, i: usize, v: f32) -> Error {
+        Error::invalid(
+            "weights",
+            format!("{v} at index {i}"),
+            format!("|w| ≤ {} so the block scale fits in f16", self.limit()),
+        )
+    }
+
+    /// [`Quantizer::quantize`] reading 16-bit weights a block at a time: the same checks
+    /// in the same order, and the same result, as for the widened values.
+    fn quantize_half<H: HalfFloat>(
+        &self,
+        weights: &[H],
+        shape: &[usize],
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
+        self.check_format()?;
+        crate::tensor::view(weights, shape)?;
+        check_blocks(shape, self.format)?;
+        check_nonempty(shape, || ctx.what())?;
+        let limit = self.limit();
+        let mut over = None;
+        for_each_chunk(weights, |off, c| {
+            for (i, &v) in c.iter().enumerate() {
+                if !v.is_finite() {
+                    return Err(Error::NonFinite {
+                        what: ctx.what(),
+                        index: off + i,
+                        value: v as f64,
+                    });
+                }
+                if over.is_none() && v.abs() > limit {
+                    over = Some((off + i, v));
+                }
+            }
+            Ok(())
+        })?;
+        if let Some((i, v)) = over {
+            return Err(self.over_limit(i, v));
+        }
+        let blocks = quantize_ggml_half(weights, shape, self.format)?;
+        from_ggml_blocks(&blocks, shape, self.format)
+    }
+}
+
 impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
     /// `"ggml Q8_0"`, `"ggml Q4_0"` or `"ggml Q6_K"`.
     fn describe(&self) -> String {
@@ -220,14 +334,7 @@ impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
         ctx: &QuantContext<'_>,
     ) -> Result<QuantizedTensor> {
         let format = self.format;
-        if format == GgmlFormat::Q4_K {
-            return Err(Error::invalid(
-                "ggml format",
-                "Q4_K",
-                "Q8_0, Q4_0 or Q6_K: Q4_K's per-32 offsets have no QuantizedTensor form; \
-                 write Q4_K through quantize_ggml or GGUF output",
-            ));
-        }
+        self.check_format()?;
         check_blocks(weights.shape(), format)?;
         let (values, _) = prepare(
             weights,
@@ -236,20 +343,25 @@ impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
             },
             ctx,
         )?;
-        let limit = match format {
-            GgmlFormat::Q8_0 => 127.0 * 65504.0,
-            GgmlFormat::Q4_0 => 8.0 * 65504.0,
-            _ => 32.0 * 65504.0,
-        };
+        let limit = self.limit();
         if let Some(i) = values.iter().position(|v| v.abs() > limit) {
-            return Err(Error::invalid(
-                "weights",
-                format!("{} at index {i}", values[i]),
-                format!("|w| ≤ {limit} so the block scale fits in f16"),
-            ));
+            return Err(self.over_limit(i, values[i]));
         }
         let blocks = quantize_ggml(&values, weights.shape(), format)?;
         from_ggml_blocks(&blocks, weights.shape(), format)
+    }
+
+    /// Reads the 16-bit values a block at a time (no f32 copy of the tensor).
+    fn quantize_half_hook(
+        &self,
+        weights: HalfSlice<'_>,
+        shape: &[usize],
+        ctx: &QuantContext<'_>,
+    ) -> Result<QuantizedTensor> {
+        match weights {
+            HalfSlice::F16(w) => self.quantize_half(w, shape, ctx),
+            HalfSlice::Bf16(w) => self.quantize_half(w, shape, ctx),
+        }
     }
 }
 
