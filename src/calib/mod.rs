@@ -5,6 +5,7 @@
 //!
 //! See the [calibration guide](crate::guide::calibration).
 
+mod file;
 pub mod stats;
 
 pub use stats::{CalibrationStats, LayerStats};

@@ -336,6 +336,11 @@ impl CalibrationStats {
         self.layers.get(name)
     }
 
+    /// The statistics of the weight `name`, to add to.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut LayerStats> {
+        self.layers.get_mut(name)
+    }
+
     /// The statistics of the weight `name`, or [`Error::MissingStatistic`] naming
     /// `method` if there are none.
     pub fn require(&self, name: &str, method: &'static str) -> Result<&LayerStats> {
