@@ -35,6 +35,7 @@ mod unstructured;
 
 use ndarray::{ArrayRef, ArrayView1, ArrayViewD, IxDyn};
 
+use crate::calib::LayerStats;
 use crate::error::Result;
 use crate::mask::Mask;
 use crate::model::LayerKind;
@@ -89,6 +90,10 @@ pub struct PruneContext<'a, T = f32> {
     pub activation_norms: Option<ArrayView1<'a, T>>,
     /// Importance scores accumulated elsewhere (e.g. [`MovementScores`]), the weight's shape.
     pub scores: Option<ArrayViewD<'a, T>>,
+    /// Calibration statistics of the layer's inputs (`Σ x xᵀ`, rows, magnitudes): what
+    /// data-aware methods (Wanda, SparseGPT, OBS, a user's own) read. Wanda takes its
+    /// norms from them when [`activation_norms`](Self::activation_norms) is absent.
+    pub layer_stats: Option<&'a LayerStats>,
 }
 
 impl<T> Default for PruneContext<'_, T> {
@@ -102,6 +107,7 @@ impl<T> Default for PruneContext<'_, T> {
             hessian_diag: None,
             activation_norms: None,
             scores: None,
+            layer_stats: None,
         }
     }
 }
@@ -157,6 +163,12 @@ impl<'a, T> PruneContext<'a, T> {
     /// Sets accumulated scores.
     pub fn with_scores(mut self, scores: ArrayViewD<'a, T>) -> Self {
         self.scores = Some(scores);
+        self
+    }
+
+    /// Sets the calibration statistics of the layer's inputs.
+    pub fn with_layer_stats(mut self, stats: &'a LayerStats) -> Self {
+        self.layer_stats = Some(stats);
         self
     }
 
