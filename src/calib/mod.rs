@@ -5,7 +5,9 @@
 //!
 //! See the [calibration guide](crate::guide::calibration).
 
+pub mod awq;
 mod file;
 pub mod stats;
 
+pub use awq::{Awq, AwqScales};
 pub use stats::{CalibrationStats, LayerStats};
