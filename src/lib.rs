@@ -21,6 +21,8 @@
 //!   straight from CSR, N:M and weight-shared codes.
 //! - [`dynamic`]: conditional computation: early exits (exit policies on logits,
 //!   threshold calibration).
+//! - [`calib`]: calibration statistics (`Σ x xᵀ` per layer input) from a network, an
+//!   engine or a file, for data-aware methods (Wanda, AWQ, GPTQ, SparseGPT, OBS).
 //! - [`pipeline`]: steps of every family chained over a model, and the [`Report`] of
 //!   what they gained; [`store`]: the compressed model file.
 //!
@@ -72,6 +74,9 @@ pub mod guide {
 
     #[doc = include_str!("../docs/lowrank.md")]
     pub mod lowrank {}
+
+    #[doc = include_str!("../docs/calibration.md")]
+    pub mod calibration {}
 
     #[doc = include_str!("../docs/distillation.md")]
     pub mod distillation {}

@@ -16,9 +16,11 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use slimnn::calib::CalibrationStats;
 use slimnn::io::GgufOptions;
 use slimnn::io::safetensors::SaveOptions;
 use slimnn::pipeline::{FoldBatchNorm, Pipeline, Report, spec};
@@ -79,6 +81,11 @@ enum Command {
         /// `q4_k` with `--format gguf` only (its weights are quantized as written).
         #[arg(long, value_name = "SPEC")]
         quantize: Vec<String>,
+        /// Calibration statistics (safetensors: `NAME.xtx`, `NAME.rows`, optional
+        /// `NAME.absmean` per weight; see docs/calibration.md). Enables the data-aware
+        /// methods `--prune wanda:F` and `--quantize awq:BITS[:gGROUP]`.
+        #[arg(long, value_name = "STATS.safetensors")]
+        calibration: Option<PathBuf>,
         /// Storage of the compressed format, e.g. `relative:4+huffman`, `csr`, `auto`.
         #[arg(long, value_name = "SPEC")]
         encode: Vec<String>,
@@ -168,6 +175,7 @@ fn run(cli: Cli) -> Result<()> {
             prune,
             lowrank,
             quantize,
+            calibration,
             encode,
             format,
             report,
@@ -206,18 +214,28 @@ fn run(cli: Cli) -> Result<()> {
                 targets.push(("--report", r.as_path()));
             }
             outputs::check(&model, &targets)?;
+            let stats = calibration
+                .as_deref()
+                .map(|p| CalibrationStats::load(p).map(Arc::new))
+                .transpose()?;
             let mut pipeline = Pipeline::new();
             for s in &fold_bn {
                 pipeline.push(Box::new(FoldBatchNorm::parse(s)?));
             }
             for s in &prune {
-                pipeline.push(spec::prune_step(s)?);
+                pipeline.push(match &stats {
+                    Some(st) => spec::calibrated_prune_step(s, Arc::clone(st))?,
+                    None => spec::prune_step(s)?,
+                });
             }
             for s in &lowrank {
                 pipeline.push(spec::lowrank_step(s)?);
             }
             for s in &quantize {
-                pipeline.push(spec::quantize_step(s)?);
+                pipeline.push(match &stats {
+                    Some(st) => spec::calibrated_quantize_step(s, Arc::clone(st))?,
+                    None => spec::quantize_step(s)?,
+                });
             }
             for s in &encode {
                 pipeline.push(spec::encode_step(s)?);
@@ -225,6 +243,14 @@ fn run(cli: Cli) -> Result<()> {
             let input_bytes = input_size(&model)?;
             let mut model = load(&model)?;
             spec::check_prune_lowrank(&model, &prune, &lowrank)?;
+            // Every weight a data-aware step selects has its statistics, before any work.
+            if let Some(st) = &stats {
+                for s in prune.iter().chain(&quantize) {
+                    if spec::is_calibrated(s) {
+                        spec::check_calibrated(s, &model, st)?;
+                    }
+                }
+            }
             let bar = progress(quiet, pipeline.describe_steps().len());
             let result = pipeline.run_with(&mut model, |i, description| {
                 bar.set_position(i as u64);

@@ -1,8 +1,18 @@
-//! Data-aware compression from calibration statistics: the layer Hessian `Σ x xᵀ` of each
-//! Linear's inputs, and the second-order solvers that use it — GPTQ (quantization),
-//! SparseGPT and OBS (pruning with weight updates).
+//! Data-aware compression from calibration statistics: what a layer's inputs look like
+//! over a calibration set (`Σ x xᵀ`, the number of rows, per-input magnitudes), where
+//! they come from (a network run, an engine, a statistics file), and the methods that
+//! use them: AWQ (scaled quantization), GPTQ (quantization), SparseGPT and OBS (pruning
+//! with weight updates).
+//!
+//! See the [calibration guide](crate::guide::calibration).
 
+pub mod awq;
+mod file;
 pub mod gptq;
 pub mod hessian;
 pub mod obs;
 pub mod sparsegpt;
+pub mod stats;
+
+pub use awq::{Awq, AwqScales};
+pub use stats::{CalibrationStats, LayerStats};

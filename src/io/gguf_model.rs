@@ -61,6 +61,9 @@ impl Model {
             if p.factorization().is_some() {
                 return Err(refuse(name, "low-rank factors"));
             }
+            if p.quantized().is_some_and(|q| q.input_scales().is_some()) {
+                return Err(refuse(name, "per-input-column (AWQ) scales"));
+            }
             let tensor = if let Some(q) = p.quantized() {
                 let (f, blocks) = ggml_form(q)
                     .ok_or_else(|| refuse(name, "quantized in a scheme other than ggml's"))?;

@@ -367,6 +367,28 @@ pub(super) fn im2col_row_norms(
     Ok(total.into_iter().map(|s| s.sqrt() as f32).collect())
 }
 
+/// Adds the im2col columns of every image and group of `x` to `stats` as rows
+/// (`[cg·kh·kw]` values each: the weight's flattened input dimension). With several
+/// groups, the groups' columns are pooled, as in [`im2col_row_norms`].
+pub(super) fn im2col_observe(
+    x: &ArrayRef<f32, Ix4>,
+    weight_dim: (usize, usize, usize, usize),
+    spec: ConvSpec,
+    stats: &mut crate::calib::LayerStats,
+) -> Result<()> {
+    let (_, c, h, w) = x.dim();
+    let geo = Geometry::new((c, h, w), weight_dim, spec)?;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard");
+    let mut cols = vec![0.0f32; geo.rows() * geo.positions()];
+    for xg in xs.chunks_exact(geo.group_len()) {
+        let cols = columns(xg, &geo, &mut cols);
+        let view = ArrayView2::from_shape((geo.rows(), geo.positions()), cols)?;
+        stats.observe_view(view.t())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,9 +7,10 @@ use ndarray::{
     Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, CowArray, Ix1, Ix2, Ix4, IxDyn,
 };
 
-use super::conv::{conv2d, conv2d_backward, im2col_row_norms};
+use super::conv::{conv2d, conv2d_backward, im2col_observe, im2col_row_norms};
 use super::eval::softmax_cross_entropy;
 use super::{Gradients, Layer, Network, avgpool, block, dropout, norm, pool};
+use crate::calib::{CalibrationStats, LayerStats};
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -90,6 +91,51 @@ impl Network {
         let mut norms = HashMap::new();
         collect_norms(model, &self.layers, saved, &mut norms)?;
         Ok(norms)
+    }
+
+    /// The calibration statistics of a batch `[n, features]`: for every Linear layer,
+    /// `Σ x xᵀ` and the magnitudes of its inputs; for every Conv2d layer, the same over
+    /// its im2col columns (`[in / groups · kh · kw]` values at every output position of
+    /// every image; with several groups, the groups' columns are pooled). Keyed by
+    /// weight name; evaluation mode. For a calibration set larger than one batch, call
+    /// [`observe_calibration`](Network::observe_calibration) batch by batch.
+    ///
+    /// ```
+    /// use ndarray::{Array2, ArrayD, IxDyn};
+    /// use slimnn::nn::{Layer, Network};
+    /// use slimnn::Model;
+    ///
+    /// let mut model = Model::new();
+    /// model.add("fc.weight", ArrayD::from_elem(IxDyn(&[2, 3]), 0.5f32))?;
+    /// let net = Network::new(vec![Layer::Linear { weight: "fc.weight".into(), bias: None }]);
+    /// let x = Array2::from_shape_vec((2, 3), vec![1.0f32, 2.0, 0.0, -1.0, 0.0, 3.0]).unwrap();
+    /// let stats = net.calibration_stats(&model, x.view())?;
+    /// let fc = stats.get("fc.weight").unwrap();
+    /// assert_eq!(fc.rows(), 2);
+    /// assert_eq!(fc.xtx()[[0, 2]], -3.0);
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn calibration_stats(
+        &self,
+        model: &Model,
+        x: ArrayView2<'_, f32>,
+    ) -> Result<CalibrationStats> {
+        let mut stats = CalibrationStats::new();
+        self.observe_calibration(model, x, &mut stats)?;
+        Ok(stats)
+    }
+
+    /// Adds the calibration statistics of the batch `x` to `stats` (see
+    /// [`calibration_stats`](Network::calibration_stats)). On error (a batch of the wrong
+    /// width, a non-finite input), `stats` may hold part of the batch.
+    pub fn observe_calibration(
+        &self,
+        model: &Model,
+        x: ArrayView2<'_, f32>,
+        stats: &mut CalibrationStats,
+    ) -> Result<()> {
+        let (_, saved) = self.run(model, x, Mode::Eval, true)?;
+        collect_stats(model, &self.layers, saved, stats)
     }
 
     /// The loss, the parameters' gradients and (with `input_grad`) the gradient with
@@ -520,6 +566,49 @@ fn collect_norms(
             (Layer::Concat { branches }, Saved::Branches(saved, _)) => {
                 for (branch, saved) in branches.iter().zip(saved) {
                     collect_norms(model, branch, saved, norms)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The calibration statistics of the Linear and Conv2d layers among `layers`
+/// (recursing into blocks), from their saved inputs, added to `stats`.
+fn collect_stats(
+    model: &Model,
+    layers: &[Layer],
+    saved: Vec<Saved>,
+    stats: &mut CalibrationStats,
+) -> Result<()> {
+    fn entry<'s>(stats: &'s mut CalibrationStats, name: &str, inputs: usize) -> &'s mut LayerStats {
+        if stats.get(name).is_none() {
+            stats.insert(name, LayerStats::new(inputs));
+        }
+        stats.get_mut(name).expect("inserted")
+    }
+    for (layer, saved) in layers.iter().zip(saved) {
+        match (layer, saved) {
+            (Layer::Linear { weight, .. }, Saved::Weighted(input, _)) => {
+                let x = input.into_dimensionality::<Ix2>().expect("checked 2-D");
+                entry(stats, weight, x.ncols()).observe_view(x.view())?;
+            }
+            (Layer::Conv2d { weight, spec, .. }, Saved::Weighted(input, _)) => {
+                let w = model.get(weight)?.shape();
+                let x = input.into_dimensionality::<Ix4>().expect("checked 4-D");
+                let s = entry(stats, weight, w[1] * w[2] * w[3]);
+                im2col_observe(&x, (w[0], w[1], w[2], w[3]), *spec, s)?;
+            }
+            (Layer::Residual { body, shortcut, .. }, Saved::Residual(s_body, s_short, _)) => {
+                if let Some(s_body) = s_body {
+                    collect_stats(model, body, s_body, stats)?;
+                }
+                collect_stats(model, shortcut, s_short, stats)?;
+            }
+            (Layer::Concat { branches }, Saved::Branches(saved, _)) => {
+                for (branch, saved) in branches.iter().zip(saved) {
+                    collect_stats(model, branch, saved, stats)?;
                 }
             }
             _ => {}

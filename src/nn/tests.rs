@@ -222,3 +222,35 @@ fn activation_norms_of_convolutions_are_im2col_row_norms() {
         );
     }
 }
+
+/// The calibration statistics of a network agree with Wanda's norms (the square root of
+/// their diagonal), count every im2col column as a row, and are `XᵀX` of a Linear input.
+#[test]
+fn calibration_stats_agree_with_activation_norms() {
+    let (model, net) = small_conv_net();
+    let x = Array2::from_shape_fn((3, 98), |(i, j)| ((i * 98 + j) as f32 * 0.37).sin());
+    let norms = net.activation_norms(&model, x.view()).unwrap();
+    let stats = net.calibration_stats(&model, x.view()).unwrap();
+    assert_eq!(stats.len(), norms.len());
+    for (name, n) in &norms {
+        let s = stats.get(name).unwrap();
+        for (a, b) in s.activation_norms().iter().zip(n) {
+            assert!((a - b).abs() <= 1e-4 * b.max(1.0), "{name}: {a} vs {b}");
+        }
+    }
+    // c1: stride 2, padding 1 on 7×7 → 4×4 positions, two groups, three images.
+    assert_eq!(stats.get("c1.weight").unwrap().rows(), 3 * 2 * 16);
+    // Batch by batch is the same as at once.
+    let mut parts = crate::calib::CalibrationStats::new();
+    net.observe_calibration(&model, x.slice(ndarray::s![..1, ..]), &mut parts)
+        .unwrap();
+    net.observe_calibration(&model, x.slice(ndarray::s![1.., ..]), &mut parts)
+        .unwrap();
+    for (name, s) in stats.iter() {
+        let p = parts.get(name).unwrap();
+        assert_eq!(p.rows(), s.rows());
+        for (a, b) in p.xtx().iter().zip(s.xtx().iter()) {
+            assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{name}");
+        }
+    }
+}

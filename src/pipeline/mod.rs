@@ -45,7 +45,10 @@ use crate::model::Model;
 
 pub use fold::FoldBatchNorm;
 pub use report::{ParamReport, Report, SpeedupSource, StepRecord, Timing};
-pub use steps::{Encode, Factorize, FactorizeWithin, Prune, PruneGlobal, Quantize};
+pub use steps::{
+    Encode, Factorize, FactorizeWithin, Prune, PruneCalibrated, PruneGlobal, Quantize,
+    QuantizeCalibrated, check_calibration,
+};
 
 /// One model-level compression step. Implement it for your own method and put it in a
 /// [`Pipeline`] beside the built-in ones.

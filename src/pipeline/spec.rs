@@ -14,6 +14,8 @@
 //! | quantize | `kmeans:K`, `kmeans-optimal:K` | weight sharing, Lloyd (linear init) or exact |
 //! | quantize | `pow2:B`, `ternary`, `binary` | logarithmic, TWN, XNOR (per channel) |
 //! | quantize | `q8_0`, `q4_0`, `q6_k` | llama.cpp block formats (`q4_k`: GGUF output only) |
+//! | prune (calibrated) | `wanda:F` | Wanda, `F` of every output row by `|w|·‖x_j‖` |
+//! | quantize (calibrated) | `awq:B`, `awq:B:gG` | AWQ at `B` bits, per row or groups of `G` |
 //! | lowrank | `svd:R` or `svd:E` | truncated SVD, rank `R` (integer) or energy `E` (< 1) |
 //! | lowrank | `svd:vbmf`, `rsvd:R` | VBMF rank; randomized SVD |
 //! | lowrank | `tucker2:R` or `tucker2:E`, `cp:R`, `separable:R` | convolutions |
@@ -26,13 +28,23 @@
 //! `int8@encoder.*,!*.LayerNorm.*` or `budget:500000@*.intermediate.*,*.output.dense.*`
 //! (one step, so one threshold or budget over all the layers chosen).
 //!
+//! The calibrated methods need calibration statistics ([`CalibrationStats`]): build
+//! them with [`calibrated_prune_step`] and [`calibrated_quantize_step`] (the command
+//! line's `--calibration`); [`prune_step`] and [`quantize_step`] refuse them.
+//!
 //! Each method has default kinds: prune and quantize steps select Linear and Conv2d
 //! weights, SVD methods Linear weights, convolution methods Conv2d weights, and encode
 //! steps every parameter. A selection without `kind=` keeps the method's default kinds
 //! (so `magnitude:0.5@encoder.*` leaves biases and norms alone); `kind=` replaces them
 //! (`kind=any` for all kinds).
 
-use super::{Compressor, Encode, Factorize, FactorizeWithin, Prune, PruneGlobal, Quantize};
+use std::sync::Arc;
+
+use super::{
+    Compressor, Encode, Factorize, FactorizeWithin, Prune, PruneCalibrated, PruneGlobal, Quantize,
+    QuantizeCalibrated,
+};
+use crate::calib::{Awq, CalibrationStats};
 use crate::error::{Error, Result};
 use crate::filters::DepthwiseSeparable;
 use crate::lowrank::{Budget, CpAls, RandomizedSvd, Rank, SpatialSeparable, TruncatedSvd, Tucker2};
@@ -70,7 +82,8 @@ fn default_selector(method: &str) -> Option<Selector> {
     let method = method.strip_suffix("+huffman").unwrap_or(method);
     Some(match method {
         "magnitude" | "global" | "random" | "nm" | "structured" | "kmeans" | "kmeans-optimal"
-        | "pow2" | "ternary" | "binary" | "q8_0" | "q4_0" | "q6_k" => Selector::prunable(),
+        | "pow2" | "ternary" | "binary" | "q8_0" | "q4_0" | "q6_k" | "wanda" | "sparsegpt"
+        | "obs" | "gptq" | "awq" => Selector::prunable(),
         m if m.starts_with("int") => Selector::prunable(),
         "svd" | "rsvd" | "budget" => Selector::kinds(&[LayerKind::Linear]),
         "tucker2" | "cp" | "separable" | "dwsep" => Selector::kinds(&[LayerKind::Conv2d]),
@@ -117,9 +130,132 @@ fn number<T: std::str::FromStr>(
         .ok_or_else(|| bad(family, spec, what))
 }
 
+/// The data-aware methods, which need calibration statistics.
+const CALIBRATED_PRUNE: [&str; 3] = ["wanda", "sparsegpt", "obs"];
+const CALIBRATED_QUANTIZE: [&str; 2] = ["gptq", "awq"];
+
+fn method_of(spec: &str) -> &str {
+    let s = spec.split('@').next().unwrap_or(spec);
+    s.split(':').next().unwrap_or(s)
+}
+
+/// Whether a prune or quantize spec names a data-aware method (`wanda`, `sparsegpt`,
+/// `obs`, `gptq`, `awq`), which needs calibration statistics.
+pub fn is_calibrated(spec: &str) -> bool {
+    let m = method_of(spec);
+    CALIBRATED_PRUNE.contains(&m) || CALIBRATED_QUANTIZE.contains(&m)
+}
+
+fn needs_statistics(family: &'static str, spec: &str) -> Error {
+    bad(
+        family,
+        spec,
+        "calibration statistics for this data-aware method: pass --calibration \
+         STATS.safetensors (library: spec::calibrated_prune_step / calibrated_quantize_step)",
+    )
+}
+
+fn not_yet(family: &'static str, spec: &str) -> Error {
+    bad(
+        family,
+        spec,
+        "a method this build has: the second-order solvers (SparseGPT, OBS, GPTQ) are not \
+         yet available; wanda:F prunes and awq:BITS[:gGROUP] quantizes from the statistics",
+    )
+}
+
+/// The parameters a data-aware step spec selects, after checking that every one has
+/// calibration statistics of its width in `stats` (one error naming the first that
+/// lacks them). For a data-free spec, only the selection.
+pub fn check_calibrated(
+    spec: &str,
+    model: &crate::Model,
+    stats: &CalibrationStats,
+) -> Result<Selector> {
+    let method = method_of(spec);
+    let selector = selection(&format!(
+        "{method}@{}",
+        spec.split_once('@').map_or("*", |(_, sel)| sel)
+    ))?;
+    if is_calibrated(spec) {
+        let name: &'static str = match method {
+            "wanda" => "Wanda",
+            "sparsegpt" => "SparseGPT",
+            "obs" => "OBS",
+            "gptq" => "GPTQ",
+            _ => "AWQ",
+        };
+        super::check_calibration(model, &selector, stats, name)?;
+    }
+    Ok(selector)
+}
+
+/// A pruning step from its spec, with calibration statistics for the data-aware
+/// methods (`wanda:F`); other specs as [`prune_step`].
+pub fn calibrated_prune_step(
+    spec: &str,
+    stats: Arc<CalibrationStats>,
+) -> Result<Box<dyn Compressor>> {
+    const FAMILY: &str = "prune";
+    let method = method_of(spec);
+    if !CALIBRATED_PRUNE.contains(&method) {
+        return prune_step(spec);
+    }
+    let (s, selector) = split(spec, Selector::prunable())?;
+    let mut parts = s.split(':').skip(1);
+    let step: Box<dyn Compressor> = match method {
+        "wanda" => {
+            let f: f64 = number(FAMILY, spec, parts.next(), "wanda:F, e.g. wanda:0.5")?;
+            Box::new(
+                PruneCalibrated::new(selector, UnstructuredPruner::wanda(f)?, stats, "Wanda")
+                    .with_label(format!("prune: Wanda {f}")),
+            )
+        }
+        _ => return Err(not_yet(FAMILY, spec)),
+    };
+    if parts.next().is_some() {
+        return Err(bad(FAMILY, spec, "no more fields"));
+    }
+    Ok(step)
+}
+
+/// A quantization step from its spec, with calibration statistics for the data-aware
+/// methods (`awq:BITS[:gGROUP]`); other specs as [`quantize_step`].
+pub fn calibrated_quantize_step(
+    spec: &str,
+    stats: Arc<CalibrationStats>,
+) -> Result<Box<dyn Compressor>> {
+    const FAMILY: &str = "quantize";
+    let method = method_of(spec);
+    if !CALIBRATED_QUANTIZE.contains(&method) {
+        return quantize_step(spec);
+    }
+    let (s, selector) = split(spec, Selector::prunable())?;
+    let mut parts = s.split(':').skip(1);
+    let expected = "awq:BITS or awq:BITS:gGROUP, e.g. awq:4:g128";
+    let bits: u8 = number(FAMILY, spec, parts.next(), expected)?;
+    let group = match parts.next() {
+        Some(g) => Some(number(FAMILY, spec, g.strip_prefix('g'), expected)?),
+        None => None,
+    };
+    if parts.next().is_some() {
+        return Err(bad(FAMILY, spec, expected));
+    }
+    match method {
+        "awq" => Ok(Box::new(
+            QuantizeCalibrated::new(selector, Awq::new(bits, group)?, stats, "AWQ")
+                .with_label(format!("quantize: {s}")),
+        )),
+        _ => Err(not_yet(FAMILY, spec)),
+    }
+}
+
 /// A pruning step from its spec (see the module's table).
 pub fn prune_step(spec: &str) -> Result<Box<dyn Compressor>> {
     const FAMILY: &str = "prune";
+    if CALIBRATED_PRUNE.contains(&method_of(spec)) {
+        return Err(needs_statistics(FAMILY, spec));
+    }
     let (s, selector) = split(spec, Selector::prunable())?;
     let mut parts = s.split(':');
     let method = parts.next().unwrap_or("");
@@ -183,6 +319,9 @@ pub fn prune_step(spec: &str) -> Result<Box<dyn Compressor>> {
 /// A quantization step from its spec (see the module's table).
 pub fn quantize_step(spec: &str) -> Result<Box<dyn Compressor>> {
     const FAMILY: &str = "quantize";
+    if CALIBRATED_QUANTIZE.contains(&method_of(spec)) {
+        return Err(needs_statistics(FAMILY, spec));
+    }
     let (s, selector) = split(spec, Selector::prunable())?;
     let per_row = Granularity::PerChannel { axis: 0 };
     let label = format!("quantize: {s}");

@@ -1,6 +1,9 @@
 //! The built-in steps: one per method family, each over its own selection.
 
 use super::Compressor;
+use std::sync::Arc;
+
+use crate::calib::CalibrationStats;
 use crate::error::Result;
 use crate::lowrank::{Budget, LowRank};
 use crate::model::{Model, Selector};
@@ -150,5 +153,128 @@ impl Compressor for Encode {
             model.get_mut(&name)?.set_encoding(self.encoding);
         }
         Ok(())
+    }
+}
+
+/// Fails unless every weight `selector` picks has calibration statistics of its input
+/// width in `stats` ([`Error::MissingStatistic`](crate::Error::MissingStatistic) or
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) naming it and `method`).
+pub fn check_calibration(
+    model: &Model,
+    selector: &Selector,
+    stats: &CalibrationStats,
+    method: &'static str,
+) -> Result<()> {
+    for name in model.select(selector)? {
+        let p = model.get(name)?;
+        let cols = p.numel() / p.shape().first().copied().unwrap_or(1).max(1);
+        stats
+            .require(name, method)?
+            .check_for(&format!("`{name}`"), cols)?;
+    }
+    Ok(())
+}
+
+/// Prunes each selected parameter with a data-aware [`Pruner`] (Wanda, or a user's
+/// own), each weight with its calibration statistics
+/// ([`PruneContext::layer_stats`](crate::prune::PruneContext::layer_stats)). Every
+/// selected weight must have statistics ([`check_calibration`]), checked before any is
+/// pruned.
+pub struct PruneCalibrated<P> {
+    selector: Selector,
+    pruner: P,
+    stats: Arc<CalibrationStats>,
+    method: &'static str,
+    label: Option<String>,
+}
+
+impl<P: Pruner<f32>> PruneCalibrated<P> {
+    /// The step; `method` names it in errors.
+    pub fn new(
+        selector: Selector,
+        pruner: P,
+        stats: Arc<CalibrationStats>,
+        method: &'static str,
+    ) -> Self {
+        PruneCalibrated {
+            selector,
+            pruner,
+            stats,
+            method,
+            label: None,
+        }
+    }
+
+    /// Sets the description shown in reports.
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+}
+
+impl<P: Pruner<f32>> Compressor for PruneCalibrated<P> {
+    fn describe(&self) -> String {
+        self.label
+            .clone()
+            .unwrap_or_else(|| format!("prune: {}", self.pruner.describe()))
+    }
+
+    fn compress(&self, model: &mut Model) -> Result<()> {
+        check_calibration(model, &self.selector, &self.stats, self.method)?;
+        let stats = Statistics::new().with_calibration(Arc::clone(&self.stats));
+        model
+            .prune(&self.selector, &self.pruner, &stats)
+            .map(|_| ())
+    }
+}
+
+/// Quantizes each selected parameter with a data-aware [`Quantizer`] (AWQ, or a
+/// user's own), each weight with its calibration statistics
+/// ([`Model::quantize_calibrated`]). Every selected weight must have statistics
+/// ([`check_calibration`]), checked before any is quantized.
+pub struct QuantizeCalibrated<Q> {
+    selector: Selector,
+    quantizer: Q,
+    stats: Arc<CalibrationStats>,
+    method: &'static str,
+    label: Option<String>,
+}
+
+impl<Q: Quantizer<f32>> QuantizeCalibrated<Q> {
+    /// The step; `method` names it in errors.
+    pub fn new(
+        selector: Selector,
+        quantizer: Q,
+        stats: Arc<CalibrationStats>,
+        method: &'static str,
+    ) -> Self {
+        QuantizeCalibrated {
+            selector,
+            quantizer,
+            stats,
+            method,
+            label: None,
+        }
+    }
+
+    /// Sets the description shown in reports.
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+}
+
+impl<Q: Quantizer<f32>> Compressor for QuantizeCalibrated<Q> {
+    fn describe(&self) -> String {
+        self.label
+            .clone()
+            .unwrap_or_else(|| format!("quantize: {}", self.quantizer.describe()))
+    }
+
+    fn compress(&self, model: &mut Model) -> Result<()> {
+        check_calibration(model, &self.selector, &self.stats, self.method)?;
+        model
+            .quantize_calibrated(&self.selector, &self.quantizer, &self.stats)
+            .map(|_| ())
     }
 }

@@ -36,6 +36,7 @@ mod unstructured;
 
 use ndarray::{ArrayRef, ArrayView1, ArrayViewD, IxDyn};
 
+use crate::calib::LayerStats;
 use crate::error::Result;
 use crate::mask::Mask;
 use crate::model::LayerKind;
@@ -90,6 +91,10 @@ pub struct PruneContext<'a, T = f32> {
     pub activation_norms: Option<ArrayView1<'a, T>>,
     /// Importance scores accumulated elsewhere (e.g. [`MovementScores`]), the weight's shape.
     pub scores: Option<ArrayViewD<'a, T>>,
+    /// Calibration statistics of the layer's inputs (`Σ x xᵀ`, rows, magnitudes): what
+    /// data-aware methods (Wanda, SparseGPT, OBS, a user's own) read. Wanda takes its
+    /// norms from them when [`activation_norms`](Self::activation_norms) is absent.
+    pub layer_stats: Option<&'a LayerStats>,
 }
 
 impl<T> Default for PruneContext<'_, T> {
@@ -103,6 +108,7 @@ impl<T> Default for PruneContext<'_, T> {
             hessian_diag: None,
             activation_norms: None,
             scores: None,
+            layer_stats: None,
         }
     }
 }
@@ -158,6 +164,12 @@ impl<'a, T> PruneContext<'a, T> {
     /// Sets accumulated scores.
     pub fn with_scores(mut self, scores: ArrayViewD<'a, T>) -> Self {
         self.scores = Some(scores);
+        self
+    }
+
+    /// Sets the calibration statistics of the layer's inputs.
+    pub fn with_layer_stats(mut self, stats: &'a LayerStats) -> Self {
+        self.layer_stats = Some(stats);
         self
     }
 

@@ -4,10 +4,12 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use ndarray::{Array1, ArrayD, ArrayViewD};
 
 use super::{GlobalPruner, PruneContext, Pruner, Saliency};
+use crate::calib::CalibrationStats;
 use crate::error::{Error, Result};
 use crate::model::{LayerKind, Model, Param, Selector};
 
@@ -22,6 +24,10 @@ pub struct Statistics {
     pub activation_norms: HashMap<String, Array1<f32>>,
     /// Accumulated scores (e.g. movement) per parameter.
     pub scores: HashMap<String, ArrayD<f32>>,
+    /// Calibration statistics of the layers' inputs, by weight name (shared, as they can
+    /// be large). Names the model lacks are ignored: a statistics file may cover more
+    /// layers than are pruned.
+    pub calibration: Option<Arc<CalibrationStats>>,
 }
 
 impl Statistics {
@@ -54,6 +60,12 @@ impl Statistics {
         self
     }
 
+    /// Adds calibration statistics (for Wanda and the data-aware pruners).
+    pub fn with_calibration(mut self, stats: Arc<CalibrationStats>) -> Self {
+        self.calibration = Some(stats);
+        self
+    }
+
     /// Fails with [`Error::UnknownParameter`] for a statistic of a name the model lacks.
     fn check_names(&self, model: &Model) -> Result<()> {
         let names = self
@@ -81,6 +93,7 @@ impl Statistics {
             hessian_diag: self.hessian_diag.get(name).map(|a| a.view()),
             activation_norms: self.activation_norms.get(name).map(|a| a.view()),
             scores: self.scores.get(name).map(|a| a.view()),
+            layer_stats: self.calibration.as_ref().and_then(|c| c.get(name)),
         }
     }
 }

@@ -280,6 +280,8 @@ impl<T: Scalar> MovementScores<T> {
 ///
 /// Needs [`PruneContext::activation_norms`]: one norm per input of a Linear `[out, in]`;
 /// for a Conv2d `[out, in, kh, kw]`, one per input channel or one per `in·kh·kw` column.
+/// Without them, the norms come from [`PruneContext::layer_stats`] (the square root of
+/// the diagonal of `Σ x xᵀ`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Wanda;
 
@@ -289,12 +291,17 @@ impl<T: Scalar> Saliency<T> for Wanda {
     }
 
     fn scores(&self, weights: &ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<ArrayD<T>> {
+        let from_stats: Option<ndarray::Array1<T>> = match (&ctx.activation_norms, ctx.layer_stats)
+        {
+            (None, Some(s)) => Some(s.sq_sum().mapv(|v| T::of(v.sqrt()))),
+            _ => None,
+        };
         let norms = ctx
             .activation_norms
-            .as_ref()
+            .or_else(|| from_stats.as_ref().map(|a| a.view()))
             .ok_or_else(|| Error::MissingStatistic {
                 method: "Wanda",
-                statistic: "activation_norms",
+                statistic: "activation_norms (or layer_stats)",
                 what: ctx.what(),
             })?;
         let shape = weights.shape();

@@ -20,6 +20,7 @@ mod scheme;
 mod tensor;
 mod uniform;
 
+use crate::calib::LayerStats;
 use ndarray::{ArrayRef, IxDyn};
 
 use crate::error::Result;
@@ -63,6 +64,9 @@ pub struct QuantContext<'a> {
     /// schemes (k-means, binary, ternary, product) attach the mask to the result
     /// ([`QuantizedTensor::with_mask`]) so that pruned weights decode to 0.
     pub mask: Option<&'a Mask>,
+    /// Calibration statistics of the layer's inputs (`Σ x xᵀ`, rows, magnitudes): what
+    /// data-aware quantizers (AWQ, GPTQ, a user's own) read.
+    pub layer_stats: Option<&'a LayerStats>,
 }
 
 impl<'a> QuantContext<'a> {
@@ -86,6 +90,12 @@ impl<'a> QuantContext<'a> {
     /// Sets the mask of pruned weights.
     pub fn with_mask(mut self, mask: &'a Mask) -> Self {
         self.mask = Some(mask);
+        self
+    }
+
+    /// Sets the calibration statistics of the layer's inputs.
+    pub fn with_layer_stats(mut self, stats: &'a LayerStats) -> Self {
+        self.layer_stats = Some(stats);
         self
     }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use super::{QuantContext, QuantizedTensor, Quantizer};
+use crate::calib::CalibrationStats;
 use crate::error::Result;
 use crate::model::{LayerKind, Model, Selector};
 use crate::tensor::{relative_from, squared_errors};
@@ -34,6 +35,26 @@ impl Model {
         selector: &Selector,
         quantizer: &Q,
     ) -> Result<QuantReport> {
+        self.quantize_inner(selector, quantizer, None)
+    }
+
+    /// As [`Model::quantize`], with each parameter's calibration statistics in its
+    /// [`QuantContext::layer_stats`] (for data-aware quantizers such as AWQ). Names of `stats` the model lacks are ignored.
+    pub fn quantize_calibrated<Q: Quantizer<f32> + ?Sized>(
+        &mut self,
+        selector: &Selector,
+        quantizer: &Q,
+        stats: &CalibrationStats,
+    ) -> Result<QuantReport> {
+        self.quantize_inner(selector, quantizer, Some(stats))
+    }
+
+    fn quantize_inner<Q: Quantizer<f32> + ?Sized>(
+        &mut self,
+        selector: &Selector,
+        quantizer: &Q,
+        stats: Option<&CalibrationStats>,
+    ) -> Result<QuantReport> {
         let names: Vec<String> = self
             .select(selector)?
             .into_iter()
@@ -51,6 +72,7 @@ impl Model {
                         name: Some(&what),
                         kind: None,
                         mask: None,
+                        layer_stats: None,
                     };
                     let q = quantizer.quantize(values, &ctx)?;
                     crate::tensor::check_same_shape(values.shape(), q.shape(), || {
@@ -78,6 +100,7 @@ impl Model {
                 name: Some(name),
                 kind: Some(p.kind()),
                 mask: p.mask(),
+                layer_stats: stats.and_then(|s| s.get(name)),
             };
             let mut q = quantizer.quantize(&values, &ctx)?;
             crate::tensor::check_same_shape(p.shape(), q.shape(), || {

@@ -129,6 +129,8 @@ pub struct QuantizedTensor {
     codes: PackedCodes,
     decoding: Decoding,
     mask: Option<Mask>,
+    /// One divisor per input column (AWQ's activation-aware scales); `None`: all 1.
+    input_scales: Option<Vec<f32>>,
 }
 
 fn mismatch(what: &str, expected: usize, got: usize) -> Error {
@@ -293,6 +295,7 @@ impl QuantizedTensor {
             codes,
             decoding,
             mask: None,
+            input_scales: None,
         })
     }
 
@@ -309,6 +312,47 @@ impl QuantizedTensor {
     /// The mask of pruned elements, if any.
     pub fn mask(&self) -> Option<&Mask> {
         self.mask.as_ref()
+    }
+
+    /// Divides every element of input column `j` (the flattened dimensions after the
+    /// first: `in`, or `in·kh·kw`) by `scales[j]` when decoding: the codes quantize
+    /// `W·diag(s)` and decode to `Q(W·diag(s))·diag(s)⁻¹`, as AWQ
+    /// ([`calib::Awq`](crate::calib::Awq)) folds its activation-aware scales into the
+    /// weight's decoding. The scales count in the storage (32 bits each). Such a tensor
+    /// has no [`int8_codes`](Self::int8_codes); the compressed file stores it as its
+    /// decoded values and GGUF refuses it (or fold the scales into the previous layer
+    /// with [`Awq::search`](crate::calib::Awq::search) and quantize `W·diag(s)`).
+    ///
+    /// Fails with [`Error::BadShape`] for a tensor of fewer than 2 dimensions,
+    /// [`Error::ShapeMismatch`] for a wrong count, [`Error::InvalidParameter`] for a
+    /// scale that is not finite and positive.
+    pub fn with_input_scales(mut self, scales: Vec<f32>) -> Result<QuantizedTensor> {
+        if self.shape.len() < 2 {
+            return Err(Error::bad_shape(
+                "quantized tensor with input scales",
+                &self.shape,
+                "needs an [out, in, ...] weight",
+            ));
+        }
+        let cols = self.len() / self.shape[0].max(1);
+        if scales.len() != cols {
+            return Err(mismatch(
+                "input scales (one per input column)",
+                cols,
+                scales.len(),
+            ));
+        }
+        if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::invalid("input scale", s, "finite and > 0"));
+        }
+        self.input_scales = Some(scales);
+        Ok(self)
+    }
+
+    /// The divisors of the input columns, if any (see
+    /// [`with_input_scales`](Self::with_input_scales)).
+    pub fn input_scales(&self) -> Option<&[f32]> {
+        self.input_scales.as_deref()
     }
 
     /// The codes as signed integers with their scales, for an engine's own int8
@@ -335,6 +379,9 @@ impl QuantizedTensor {
     /// # Ok::<(), slimnn::Error>(())
     /// ```
     pub fn int8_codes(&self) -> Option<Int8Codes> {
+        if self.input_scales.is_some() {
+            return None;
+        }
         let Decoding::Scalar {
             levels: Levels::Integers { min, max },
             granularity,
@@ -454,7 +501,10 @@ impl QuantizedTensor {
             }
             Decoding::Product { codebooks, .. } => codebooks.len() * 32,
         };
-        self.codes.storage_bits() + params + self.mask.as_ref().map_or(0, Mask::len)
+        self.codes.storage_bits()
+            + params
+            + self.mask.as_ref().map_or(0, Mask::len)
+            + self.input_scales.as_ref().map_or(0, |s| s.len() * 32)
     }
 
     /// Storage per element, in bits.
@@ -536,6 +586,11 @@ impl QuantizedTensor {
                     let start = (j * codewords + codes[i] as usize) * sub_dim;
                     chunk.copy_from_slice(&codebooks[start..start + sub_dim]);
                 }
+            }
+        }
+        if let Some(s) = &self.input_scales {
+            for row in out.chunks_mut(s.len()) {
+                row.iter_mut().zip(s).for_each(|(o, s)| *o /= s);
             }
         }
         if let Some(m) = &self.mask {

@@ -163,7 +163,10 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
         other => other,
     };
     let kept = positions_of(p, positions);
-    let form = match (p.quantized(), &kept) {
+    // A quantized form with per-input-column (AWQ) scales has no record of its own
+    // yet: it is stored as its decoded values.
+    let quantized = p.quantized().filter(|q| q.input_scales().is_none());
+    let form = match (quantized, &kept) {
         (Some(_), _) => QUANTIZED,
         (None, Some(_)) => SPARSE,
         (None, None) => DENSE,
@@ -177,7 +180,7 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
             write_positions(w, mask, positions, encoding.huffman)
         })?;
     }
-    match p.quantized() {
+    match quantized {
         Some(q) => {
             s.section(StoredBytes::decoding, |w| write_decoding(w, q.decoding()));
             // Element-wise codes are stored at the kept positions only; product codes

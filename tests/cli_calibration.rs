@@ -1,0 +1,270 @@
+//! `slimnn compress --calibration`: data-aware methods from a statistics file.
+#![cfg(feature = "cli")]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ndarray::{Array, IxDyn};
+use slimnn::calib::CalibrationStats;
+use slimnn::io::safetensors::SaveOptions;
+use slimnn::{Model, Selector};
+
+fn slimnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_slimnn"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn model_file(dir: &Path) -> String {
+    let mut m = Model::new();
+    m.add(
+        "fc1.weight",
+        Array::from_shape_fn(IxDyn(&[64, 96]), |i| {
+            ((i[0] * 96 + i[1]) as f32 * 0.37).sin()
+        }),
+    )
+    .unwrap();
+    m.add("fc1.bias", Array::from_elem(IxDyn(&[64]), 0.5))
+        .unwrap();
+    m.add(
+        "fc2.weight",
+        Array::from_shape_fn(IxDyn(&[10, 64]), |i| {
+            ((i[0] * 64 + i[1]) as f32 * 0.11).cos()
+        }),
+    )
+    .unwrap();
+    let path = dir.join("model.safetensors");
+    m.save(&path, &SaveOptions::default()).unwrap();
+    path.display().to_string()
+}
+
+/// Statistics of `layers` (name, inputs), inputs of very different scales.
+fn stats_file(dir: &Path, file: &str, layers: &[(&str, usize)]) -> String {
+    let mut s = CalibrationStats::new();
+    for &(name, d) in layers {
+        let n = 300;
+        let rows: Vec<f32> = (0..n * d)
+            .map(|k| {
+                ((k as f32) * 0.731).sin() * if (k % d).is_multiple_of(5) { 30.0 } else { 1.0 }
+            })
+            .collect();
+        s.observe(name, &rows, n, d).unwrap();
+    }
+    let path = dir.join(file);
+    s.save(&path).unwrap();
+    path.display().to_string()
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn wanda_and_awq_run_from_a_statistics_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let stats = stats_file(
+        dir.path(),
+        "stats.safetensors",
+        &[("fc1.weight", 96), ("fc2.weight", 64)],
+    );
+    let out_path = |n: &str| dir.path().join(n).display().to_string();
+
+    let (wanda, magnitude) = (
+        out_path("wanda.safetensors"),
+        out_path("magnitude.safetensors"),
+    );
+    ok(&slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &wanda,
+        "--calibration",
+        &stats,
+        "--prune",
+        "wanda:0.5",
+        "--quiet",
+    ]));
+    ok(&slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &magnitude,
+        "--prune",
+        "magnitude:0.5",
+        "--quiet",
+    ]));
+    let w = Model::load(&wanda).unwrap();
+    assert_eq!(w.sparsity(&Selector::prunable()).unwrap().sparsity(), 0.5);
+    let m = Model::load(&magnitude).unwrap();
+    assert_ne!(
+        w.get("fc1.weight").unwrap().value(),
+        m.get("fc1.weight").unwrap().value(),
+        "Wanda must use the statistics"
+    );
+
+    let awq = out_path("awq.safetensors");
+    ok(&slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &awq,
+        "--calibration",
+        &stats,
+        "--quantize",
+        "awq:4:g32",
+        "--quiet",
+    ]));
+    ok(&slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &out_path("awq3.safetensors"),
+        "--calibration",
+        &stats,
+        "--quantize",
+        "awq:3@fc1.*",
+        "--prune",
+        "wanda:0.25",
+        "--quiet",
+    ]));
+    let original = Model::load(&input).unwrap();
+    let a = Model::load(&awq).unwrap();
+    // The layer output error tr(ΔW·XᵀX·ΔWᵀ) of AWQ is at most round-to-nearest's
+    // (the same affine grid, groups of 32).
+    let rtn = out_path("rtn.safetensors");
+    ok(&slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &rtn,
+        "--quantize",
+        "int4-group32",
+        "--quiet",
+    ]));
+    let r = Model::load(&rtn).unwrap();
+    let st = CalibrationStats::load(&stats).unwrap();
+    let output_error = |q: &Model, name: &str| -> f64 {
+        let (w, wq) = (
+            original.get(name).unwrap().value(),
+            q.get(name).unwrap().value(),
+        );
+        let cols = w.shape()[1];
+        let h = st.get(name).unwrap().xtx();
+        let dw: Vec<f64> = w
+            .iter()
+            .zip(wq.iter())
+            .map(|(a, b)| (b - a) as f64)
+            .collect();
+        dw.chunks(cols)
+            .map(|row| {
+                (0..cols)
+                    .map(|j| row[j] * (0..cols).map(|k| h[[j, k]] * row[k]).sum::<f64>())
+                    .sum::<f64>()
+            })
+            .sum()
+    };
+    for name in ["fc1.weight", "fc2.weight"] {
+        let (e_awq, e_rtn) = (output_error(&a, name), output_error(&r, name));
+        assert!(e_awq < e_rtn, "{name}: AWQ {e_awq} vs RTN {e_rtn}");
+    }
+    // Data-free methods still run beside --calibration.
+    ok(&slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &out_path("int8.safetensors"),
+        "--calibration",
+        &stats,
+        "--quantize",
+        "int8",
+        "--quiet",
+    ]));
+}
+
+#[test]
+fn calibration_mistakes_are_one_line_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let full = stats_file(
+        dir.path(),
+        "full.safetensors",
+        &[("fc1.weight", 96), ("fc2.weight", 64)],
+    );
+    let partial = stats_file(dir.path(), "partial.safetensors", &[("fc1.weight", 96)]);
+    let wrong = stats_file(
+        dir.path(),
+        "wrong.safetensors",
+        &[("fc1.weight", 95), ("fc2.weight", 64)],
+    );
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"\x08\0\0\0\0\0\0\0{\"a\":1}").unwrap();
+    let garbage = garbage.display().to_string();
+    let out_path = dir.path().join("out.safetensors");
+    let output = out_path.display().to_string();
+    let slim = dir.path().join("out.slim").display().to_string();
+    for (args, says) in [
+        (vec!["--prune", "wanda:0.5"], "--calibration"),
+        (vec!["--quantize", "awq:4"], "--calibration"),
+        (
+            vec!["--calibration", &partial, "--prune", "wanda:0.5"],
+            "fc2.weight",
+        ),
+        (
+            vec!["--calibration", &wrong, "--quantize", "awq:4"],
+            "fc1.weight",
+        ),
+        (
+            vec!["--calibration", &garbage, "--prune", "wanda:0.5"],
+            "garbage",
+        ),
+        (vec!["--calibration", &full, "--quantize", "awq:9"], "bits"),
+        (
+            vec!["--calibration", &full, "--quantize", "awq:4:128"],
+            "awq:BITS",
+        ),
+        (
+            vec!["--calibration", &full, "--quantize", "gptq:4"],
+            "not yet",
+        ),
+        (
+            vec!["--calibration", &full, "--prune", "sparsegpt:2:4"],
+            "not yet",
+        ),
+    ] {
+        let mut all = vec!["compress", &input, "-o", &output, "--quiet"];
+        all.extend(&args);
+        let out = slimnn(&all);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(says),
+            "{args:?}: {err}"
+        );
+        assert!(!out_path.exists(), "{args:?} left a file");
+    }
+    // The compressed file keeps AWQ's decoded values.
+    ok(&slimnn(&[
+        "compress",
+        &input,
+        "-o",
+        &slim,
+        "--calibration",
+        &full,
+        "--quantize",
+        "awq:4",
+        "--quiet",
+    ]));
+    let back = Model::load_compressed(&slim).unwrap();
+    let original = Model::load(&input).unwrap();
+    assert_ne!(
+        back.get("fc2.weight").unwrap().value(),
+        original.get("fc2.weight").unwrap().value()
+    );
+}
