@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use slimnn::io::GgufOptions;
 use slimnn::io::safetensors::SaveOptions;
-use slimnn::pipeline::{FoldBatchNorm, Pipeline, Report, spec};
+use slimnn::pipeline::{FoldBatchNorm, Pipeline, Report, StreamFormat, spec};
 use slimnn::quant::GgmlFormat;
 use slimnn::store::LoadOptions;
 use slimnn::{Error, Model, Result, Selector};
@@ -223,6 +223,24 @@ fn run(cli: Cli) -> Result<()> {
                 pipeline.push(spec::encode_step(s)?);
             }
             let input_bytes = input_size(&model)?;
+            if measure.is_none() && pipeline.can_stream(&model)? {
+                let format = match format {
+                    Format::Compressed => StreamFormat::Compressed,
+                    Format::Safetensors => StreamFormat::Safetensors(SaveOptions::default()),
+                    Format::Gguf => StreamFormat::Gguf(GgufOptions {
+                        quantize: (!q4_k.is_empty()).then_some(GgmlFormat::Q4_K),
+                    }),
+                };
+                return compress_streaming(
+                    &pipeline,
+                    &model,
+                    &output,
+                    report.as_deref(),
+                    format,
+                    quiet,
+                    input_bytes,
+                );
+            }
             let mut model = load(&model)?;
             let bar = progress(quiet, pipeline.describe_steps().len());
             let result = pipeline.run_with(&mut model, |i, description| {
@@ -308,6 +326,59 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `compress` one tensor at a time: the output written as it goes into its temporary
+/// file, renamed into place with the report once complete.
+fn compress_streaming(
+    pipeline: &Pipeline,
+    input: &Path,
+    output: &Path,
+    report: Option<&Path>,
+    format: StreamFormat,
+    quiet: bool,
+    input_bytes: usize,
+) -> Result<()> {
+    let mut tmp = outputs::temporary_file(output)?;
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        progress(false, 0)
+    };
+    let result = {
+        let mut w = std::io::BufWriter::with_capacity(8 << 20, tmp.as_file_mut());
+        let result = pipeline.stream(input, &mut w, format, |done, total, name| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(name.to_string());
+        });
+        bar.finish_and_clear();
+        let result = result?;
+        w.into_inner()
+            .map_err(|e| Error::Io {
+                path: output.into(),
+                source: e.into_error(),
+            })?
+            .sync_all()
+            .map_err(|e| Error::Io {
+                path: output.into(),
+                source: e,
+            })?;
+        result
+    };
+    let mut result = result;
+    result.original_bytes = input_bytes;
+    let json = report.map(|_| result.to_json() + "\n");
+    let mut files = vec![];
+    if let (Some(path), Some(json)) = (report, &json) {
+        files.push((path, json.as_bytes()));
+    }
+    outputs::write_all_with(vec![(tmp, output)], &files)?;
+    if !quiet {
+        emit(&format!("{result}wrote {}\n", output.display()))?;
+    }
+    warn(&result);
+    Ok(())
 }
 
 /// A byte count such as `1048576`, `512K`, `64M` or `8G` (powers of 1024).
@@ -571,28 +642,43 @@ mod outputs {
     /// Writes every file into a temporary file beside it, then renames them all into
     /// place: if any write fails, none of the outputs is created.
     pub fn write_all(files: &[(&Path, &[u8])]) -> Result<()> {
-        let result = write_then_rename(files);
+        write_all_with(Vec::new(), files)
+    }
+
+    /// As [`write_all`], with outputs already written into their temporary files
+    /// ([`temporary_file`]), renamed into place with the others.
+    pub fn write_all_with(
+        written: Vec<(tempfile::NamedTempFile, &Path)>,
+        files: &[(&Path, &[u8])],
+    ) -> Result<()> {
+        let result = write_then_rename(written, files);
         temporary().clear();
         result
     }
 
-    fn write_then_rename(files: &[(&Path, &[u8])]) -> Result<()> {
-        let mut written = Vec::with_capacity(files.len());
+    /// A new temporary file beside `path`, removed on a signal, to be renamed into
+    /// place by [`write_all_with`].
+    pub fn temporary_file(path: &Path) -> Result<tempfile::NamedTempFile> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".slimnn-").suffix(".tmp");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o644));
+        }
+        // Created and registered under the lock, so that a signal never misses it.
+        let mut registry = temporary();
+        let tmp = builder.tempfile_in(parent(path)).map_err(|e| io(path, e))?;
+        registry.push(tmp.path().to_path_buf());
+        Ok(tmp)
+    }
+
+    fn write_then_rename<'a>(
+        mut written: Vec<(tempfile::NamedTempFile, &'a Path)>,
+        files: &[(&'a Path, &[u8])],
+    ) -> Result<()> {
         for &(path, bytes) in files {
-            let mut builder = tempfile::Builder::new();
-            builder.prefix(".slimnn-").suffix(".tmp");
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                builder.permissions(std::fs::Permissions::from_mode(0o644));
-            }
-            // Created and registered under the lock, so that a signal never misses it.
-            let mut tmp = {
-                let mut registry = temporary();
-                let tmp = builder.tempfile_in(parent(path)).map_err(|e| io(path, e))?;
-                registry.push(tmp.path().to_path_buf());
-                tmp
-            };
+            let mut tmp = temporary_file(path)?;
             std::io::Write::write_all(&mut tmp, bytes)
                 .and_then(|()| tmp.as_file().sync_all())
                 .map_err(|e| io(tmp.path(), e))?;

@@ -1,6 +1,6 @@
 //! The built-in steps: one per method family, each over its own selection.
 
-use super::Compressor;
+use super::{Compressor, Streaming};
 use crate::error::Result;
 use crate::lowrank::{Budget, LowRank};
 use crate::model::{Model, Selector};
@@ -17,6 +17,7 @@ macro_rules! method_step {
         $(#[$doc:meta])*
         $name:ident<$m:ident: $bound:path>, $field:ident: $fty:ty, $verb:literal,
         describe |$d:ident| $describe:expr,
+        stream |$s:ident| $stream:expr,
         |$model:ident, $selector:ident, $method:ident| $apply:expr
     ) => {
         $(#[$doc])*
@@ -56,6 +57,11 @@ macro_rules! method_step {
                 let ($selector, $method) = (&self.selector, &self.$field);
                 $apply.map(|_| ())
             }
+
+            fn streaming(&self) -> Streaming<'_> {
+                let $s = self;
+                $stream
+            }
         }
     };
 }
@@ -65,6 +71,7 @@ method_step! {
     /// with no statistics).
     Prune<P: Pruner<f32>>, pruner: P, "prune",
     describe |p| p.describe(),
+    stream |s| Streaming::PerTensor(&s.selector),
     |model, selector, pruner| model.prune(selector, pruner, &Statistics::new())
 }
 
@@ -73,6 +80,7 @@ method_step! {
     /// ([`Model::prune_global`]); `S` is the [`Saliency`] of the [`GlobalPruner`].
     PruneGlobal<S: Saliency<f32>>, pruner: GlobalPruner<S>, "prune globally",
     describe |p| p.describe(),
+    stream |_s| Streaming::WholeModel,
     |model, selector, pruner| model.prune_global(selector, pruner, &Statistics::new())
 }
 
@@ -80,6 +88,11 @@ method_step! {
     /// Quantizes the selected parameters ([`Model::quantize`]).
     Quantize<Q: Quantizer<f32>>, quantizer: Q, "quantize",
     describe |q| q.describe(),
+    stream |s| if s.quantizer.rows_independent() {
+        Streaming::PerRows(&s.selector)
+    } else {
+        Streaming::PerTensor(&s.selector)
+    },
     |model, selector, quantizer| model.quantize(selector, quantizer)
 }
 
@@ -88,6 +101,7 @@ method_step! {
     /// ([`Model::factorize`]).
     Factorize<L: LowRank>, method: L, "factorize",
     describe |_m| short_type_name::<L>(),
+    stream |s| Streaming::PerTensor(&s.selector),
     |model, selector, method| model.factorize(selector, method)
 }
 
@@ -150,5 +164,9 @@ impl Compressor for Encode {
             model.get_mut(&name)?.set_encoding(self.encoding);
         }
         Ok(())
+    }
+
+    fn streaming(&self) -> Streaming<'_> {
+        Streaming::PerTensor(&self.selector)
     }
 }
