@@ -683,3 +683,63 @@ fn a_streamed_compress_writes_what_the_whole_model_gives() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+#[test]
+fn shard_size_writes_a_hugging_face_sharded_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("llama");
+    slimnn::io::synthetic::write_checkpoint(&input, &Default::default()).unwrap();
+    let output = dir.path().join("out");
+    for (steps, size) in [
+        (vec!["--quantize", "q8_0@*.self_attn.*"], "1MB"),
+        (vec!["--prune", "global:0.5"], "1MiB"),
+    ] {
+        let _ = std::fs::remove_dir_all(&output);
+        let out = slimnn(
+            &[
+                &[
+                    "compress",
+                    input.to_str().unwrap(),
+                    "-o",
+                    output.to_str().unwrap(),
+                ][..],
+                &steps,
+                &["--shard-size", size, "--quiet"],
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shards = slimnn::io::safetensors::checkpoint_files(&output).unwrap();
+        assert!(shards.len() > 3, "{shards:?}");
+        let limit = if size == "1MB" { 1_000_000 } else { 1 << 20 };
+        for s in &shards {
+            assert!(std::fs::metadata(s).unwrap().len() < limit + 100_000);
+        }
+        let original = Model::load(&input).unwrap();
+        let written = Model::load(&output).unwrap();
+        assert_eq!(written.len(), original.len());
+    }
+    // A directory that is not empty is refused before any work.
+    let out = slimnn(&[
+        "compress",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--shard-size",
+        "1MB",
+    ]);
+    assert!(!out.status.success());
+    let bad = slimnn(&[
+        "compress",
+        input.to_str().unwrap(),
+        "-o",
+        "x",
+        "--shard-size",
+        "lots",
+    ]);
+    assert!(!bad.status.success());
+}

@@ -84,10 +84,14 @@ fn invalid(source_name: &str, reason: String) -> Error {
     }
 }
 
-/// Writes `head` then `parts` to a new file at `path` and syncs it.
-fn write_synced<'a>(path: &Path, head: &[u8], parts: impl Iterator<Item = &'a [u8]>) -> Result<()> {
+/// Writes `head` then `parts` to `file` and syncs it (`path` names it in errors).
+fn write_synced<'a>(
+    path: &Path,
+    file: std::fs::File,
+    head: &[u8],
+    parts: impl Iterator<Item = &'a [u8]>,
+) -> Result<()> {
     use std::io::Write;
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     w.write_all(head).map_err(|e| Error::io(path, e))?;
     for p in parts {
@@ -97,6 +101,72 @@ fn write_synced<'a>(path: &Path, head: &[u8], parts: impl Iterator<Item = &'a [u
         .map_err(|e| Error::io(path, e.into_error()))?
         .sync_all()
         .map_err(|e| Error::io(path, e))
+}
+
+/// Writes a sharded checkpoint of `n` shards into the directory `dir`: each shard
+/// `model-0000K-of-0000N.safetensors` by `write(k, file)`, which gives the names and
+/// data bytes of its tensors, then the index. The set is staged in a temporary
+/// directory beside `dir`, renamed to `dir` only when complete (`dir` must be absent or
+/// empty). Returns the shard paths.
+pub(crate) fn write_sharded(
+    dir: &Path,
+    n: usize,
+    mut write: impl FnMut(usize, std::fs::File) -> Result<Vec<(String, u64)>>,
+) -> Result<Vec<PathBuf>> {
+    if let Ok(mut entries) = std::fs::read_dir(dir)
+        && entries.next().is_some()
+    {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the output directory exists and is not empty",
+            ),
+        ));
+    }
+    let parent = match dir.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".slimnn-")
+        .suffix(".tmp")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    let mut weight_map = BTreeMap::new();
+    let mut total_size = 0u64;
+    let mut files = vec![];
+    for k in 0..n {
+        let file = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
+        let path = tmp.path().join(&file);
+        let created = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        for (name, bytes) in write(k, created)? {
+            weight_map.insert(name, file.clone());
+            total_size += bytes;
+        }
+        files.push(dir.join(&file));
+    }
+    let index = serde_json::json!({
+        "metadata": { "total_size": total_size },
+        "weight_map": weight_map,
+    });
+    let text = serde_json::to_string_pretty(&index).expect("a JSON value serializes");
+    let index_path = tmp.path().join(INDEX_FILE);
+    let created = std::fs::File::create(&index_path).map_err(|e| Error::io(&index_path, e))?;
+    write_synced(&index_path, created, text.as_bytes(), std::iter::empty())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io(tmp.path(), e))?;
+    }
+    // `rename` replaces an empty directory and fails on a non-empty one.
+    let staged = tmp.keep();
+    if let Err(e) = std::fs::rename(&staged, dir) {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(Error::io(dir, e));
+    }
+    Ok(files)
 }
 
 /// The name of a sharded checkpoint's index inside its directory.
@@ -454,17 +524,6 @@ impl Model {
         if max_shard_bytes == 0 {
             return Err(Error::invalid("max_shard_bytes", 0, "at least 1"));
         }
-        if let Ok(mut entries) = std::fs::read_dir(dir)
-            && entries.next().is_some()
-        {
-            return Err(Error::io(
-                dir,
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "the output directory exists and is not empty",
-                ),
-            ));
-        }
         let mut tensors = self.tensors_for_saving(options)?;
         tensors.sort_by(|a, b| natural_cmp(&a.0, &b.0));
         let mut shards: Vec<Vec<(String, Buffer)>> = vec![];
@@ -483,56 +542,24 @@ impl Model {
         if shards.is_empty() {
             shards.push(vec![]);
         }
-        let parent = match dir.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(".slimnn-")
-            .suffix(".tmp")
-            .tempdir_in(parent)
-            .map_err(|e| Error::io(parent, e))?;
         let n = shards.len();
-        let mut weight_map = BTreeMap::new();
-        let mut total_size = 0u64;
-        let mut files = vec![];
-        for (k, shard) in shards.iter_mut().enumerate() {
-            let file = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
+        write_sharded(dir, n, |k, file| {
+            let shard = &mut shards[k];
             let header = safetensors_header(shard, self.metadata());
-            let path = tmp.path().join(&file);
             let mut out = Vec::with_capacity(8 + header.len());
             out.extend_from_slice(&(header.len() as u64).to_le_bytes());
             out.extend_from_slice(&header);
-            write_synced(&path, &out, shard.iter().map(|(_, t)| t.bytes.as_slice()))?;
-            for (name, t) in shard.iter() {
-                weight_map.insert(name.clone(), file.clone());
-                total_size += t.bytes.len() as u64;
-            }
-            files.push(dir.join(&file));
-        }
-        let index = serde_json::json!({
-            "metadata": { "total_size": total_size },
-            "weight_map": weight_map,
-        });
-        let text = serde_json::to_string_pretty(&index).expect("a JSON value serializes");
-        write_synced(
-            &tmp.path().join(INDEX_FILE),
-            text.as_bytes(),
-            std::iter::empty(),
-        )?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| Error::io(tmp.path(), e))?;
-        }
-        // `rename` replaces an empty directory and fails on a non-empty one.
-        let staged = tmp.keep();
-        if let Err(e) = std::fs::rename(&staged, dir) {
-            let _ = std::fs::remove_dir_all(&staged);
-            return Err(Error::io(dir, e));
-        }
-        Ok(files)
+            write_synced(
+                dir,
+                file,
+                &out,
+                shard.iter().map(|(_, t)| t.bytes.as_slice()),
+            )?;
+            Ok(shard
+                .iter()
+                .map(|(name, t)| (name.clone(), t.bytes.len() as u64))
+                .collect())
+        })
     }
 
     /// The model as safetensors bytes: the same bytes [`Model::save`] writes.

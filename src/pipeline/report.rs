@@ -390,6 +390,7 @@ pub(crate) fn param_row(
     before: Option<&Param>,
     s: &crate::store::Stored,
 ) -> Result<(ParamReport, f64, f64)> {
+    use rayon::prelude::*;
     let after = p.effective();
     let (reference, original_bytes) = match before {
         Some(before) => (before.effective(), before.numel() * before.dtype().size()),
@@ -398,13 +399,58 @@ pub(crate) fn param_row(
     crate::tensor::check_same_shape(reference.shape(), after.shape(), || {
         format!("`{}` before and after compression", p.name())
     })?;
-    let (diff, norm) = reference
-        .iter()
-        .zip(after.iter())
-        .fold((0f64, 0f64), |(d, n), (&a, &b)| {
-            (d + (a as f64 - b as f64).powi(2), n + (a as f64).powi(2))
-        });
-    let nonzeros = after.iter().filter(|&&v| v != 0.0).count();
+    let (reference, after) = (reference.as_standard_layout(), after.as_standard_layout());
+    let (reference, after) = (
+        reference.as_slice().expect("standard layout"),
+        after.as_slice().expect("standard layout"),
+    );
+    let (diff, norm, nonzeros) = reference
+        .par_chunks(1 << 16)
+        .zip(after.par_chunks(1 << 16))
+        .map(|(r, a)| {
+            r.iter()
+                .zip(a)
+                .fold((0f64, 0f64, 0usize), |(d, n, z), (&a, &b)| {
+                    (
+                        d + (a as f64 - b as f64).powi(2),
+                        n + (a as f64).powi(2),
+                        z + (b != 0.0) as usize,
+                    )
+                })
+        })
+        // Summed in chunk order, so the result does not depend on the threads.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold((0.0, 0.0, 0), |x, y| (x.0 + y.0, x.1 + y.1, x.2 + y.2));
+    Ok((
+        row(p, s, original_bytes, nonzeros, relative_error(diff, norm)),
+        diff,
+        norm,
+    ))
+}
+
+/// The report row of `p` (stored as `s`) that no step changed: no error, its own
+/// bytes as the original's.
+pub(crate) fn unchanged_row(p: &Param, s: &crate::store::Stored) -> ParamReport {
+    use rayon::prelude::*;
+    let values = p.effective();
+    let values = values.as_standard_layout();
+    let nonzeros = values
+        .as_slice()
+        .expect("standard layout")
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().filter(|&&v| v != 0.0).count())
+        .sum();
+    row(p, s, p.numel() * p.dtype().size(), nonzeros, 0.0)
+}
+
+fn row(
+    p: &Param,
+    s: &crate::store::Stored,
+    original_bytes: usize,
+    nonzeros: usize,
+    relative_error: f64,
+) -> ParamReport {
     let weight = matches!(p.kind(), LayerKind::Linear | LayerKind::Conv2d);
     let dense_flops = if weight { p.numel() } else { 0 };
     let effective_flops = match (weight, p.factorization()) {
@@ -412,7 +458,7 @@ pub(crate) fn param_row(
         (true, Some(f)) => f.flops(),
         (true, None) => nonzeros,
     };
-    let row = ParamReport {
+    ParamReport {
         name: p.name().to_string(),
         kind: p.kind().to_string(),
         shape: p.shape().to_vec(),
@@ -421,14 +467,13 @@ pub(crate) fn param_row(
         nonzeros,
         original_bytes,
         stored: s.bytes,
-        relative_error: relative_error(diff, norm),
+        relative_error,
         dense_flops,
         effective_flops,
         huffman_bits: s.coded.stream_bits,
         entropy_bits: s.coded.entropy_bits,
         measured: None,
-    };
-    Ok((row, diff, norm))
+    }
 }
 
 /// `sqrt(diff / norm)`, 0 when nothing changed.

@@ -20,12 +20,12 @@ use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
 
-use super::report::{ParamReport, param_row, relative_error};
+use super::report::{ParamReport, param_row, relative_error, unchanged_row};
 use super::{Compressor, Pipeline, Report, SpeedupSource, StepRecord, Streaming};
 use crate::error::{Error, Result};
 use crate::io::GgufOptions;
 use crate::io::safetensors::{Checkpoint, Entry, Reader, SaveOptions};
-use crate::model::{LayerKind, Model, Selector};
+use crate::model::{DType, LayerKind, Model, Selector};
 use crate::store::{Stored, StoredBytes};
 
 use sink::Sink;
@@ -44,7 +44,7 @@ pub enum StreamFormat {
 }
 
 /// Bytes of `f32` values a row chunk of a large tensor holds at most.
-const CHUNK_BYTES: usize = 64 << 20;
+const CHUNK_BYTES: usize = 16 << 20;
 
 /// A step, the parameters it selects, and whether it works row by row.
 struct Step<'a> {
@@ -139,6 +139,25 @@ impl Pipeline {
         mut progress: impl FnMut(usize, usize, &str),
         chunk_bytes: usize,
     ) -> Result<Report> {
+        let (mut steps, checkpoint) = self.prepare(input)?;
+        let order = sink::order(&checkpoint, format)?;
+        let mut run = Run {
+            checkpoint: &checkpoint,
+            reader: Reader::new(&checkpoint)?,
+            buffer: Vec::new(),
+            rows: Vec::new(),
+            chunk_bytes,
+        };
+        let total = order.len();
+        let file_bytes = run.write(&order, output, format, &mut steps, &mut |done, name| {
+            progress(done, total, name)
+        })?;
+        let rows = run.rows;
+        Ok(report(&checkpoint, &steps, rows, file_bytes))
+    }
+
+    /// The steps, checked to stream, and the checkpoint, its selections checked.
+    fn prepare(&self, input: &Path) -> Result<(Vec<Step<'_>>, Checkpoint)> {
         let mut steps = Vec::with_capacity(self.steps.len());
         for s in &self.steps {
             let (selector, rows) = match s.streaming() {
@@ -183,59 +202,80 @@ impl Pipeline {
                 });
             }
         }
-        let order = sink::order(&checkpoint, format)?;
-        let mut sink = Sink::begin(output, &checkpoint, &order, format)?;
-        let mut reader = Reader::new(&checkpoint)?;
-        let mut rows = Vec::new();
-        let mut buffer = Vec::new();
-        let total = order.len();
-        for (done, &i) in order.iter().enumerate() {
-            let entry = &checkpoint.entries[i];
-            progress(done, total, &entry.name);
-            match entry.float_dtype() {
-                Some(_) => {
-                    let row = compress_tensor(
-                        entry,
-                        &mut steps,
-                        format,
-                        &mut reader,
-                        &mut buffer,
-                        &mut sink,
-                        chunk_bytes,
-                    )?;
-                    rows.push(row);
-                }
-                None => {
-                    reader.read(entry, 0..entry.len, &mut buffer)?;
-                    sink.raw(entry, &buffer)?;
+        Ok((steps, checkpoint))
+    }
+
+    /// Compresses the checkpoint at `input` as [`Pipeline::stream`] does into a Hugging
+    /// Face sharded safetensors checkpoint in the directory `dir`, laid out as
+    /// [`Model::save_sharded`] lays it out (shards of at most `max_shard_bytes` of
+    /// data, tensors in natural name order, and `model.safetensors.index.json`), each
+    /// shard written as it goes. Atomic for the whole set: staged in a temporary
+    /// directory beside `dir`, renamed to `dir` when complete; `dir` must be absent or
+    /// empty. The report's file bytes are those of all shards.
+    pub fn stream_sharded(
+        &self,
+        input: &Path,
+        dir: &Path,
+        options: SaveOptions,
+        max_shard_bytes: u64,
+        mut progress: impl FnMut(usize, usize, &str),
+    ) -> Result<Report> {
+        if max_shard_bytes == 0 {
+            return Err(Error::invalid("max_shard_bytes", 0, "at least 1"));
+        }
+        let (mut steps, checkpoint) = self.prepare(input)?;
+        let format = StreamFormat::Safetensors(options);
+        // The order and sizes the whole model would have: natural name order, shards
+        // filled up to the limit.
+        sink::order(&checkpoint, format)?;
+        let mut shards: Vec<Vec<usize>> = vec![];
+        let mut size = 0u64;
+        for (i, e) in checkpoint.entries.iter().enumerate() {
+            let bytes = sink::planned(e, options).1 as u64;
+            match shards.last_mut() {
+                Some(last) if size + bytes <= max_shard_bytes => last.push(i),
+                _ => {
+                    shards.push(vec![i]);
+                    size = 0;
                 }
             }
+            size += bytes;
         }
-        let file_bytes = sink.finish()?;
-        // The report lists parameters in model order, whatever order the file has.
-        let position: BTreeMap<&str, usize> = checkpoint
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(k, e)| (e.name.as_str(), k))
-            .collect();
-        rows.sort_by_key(|r: &ParamReport| position.get(r.name.as_str()).copied());
-        Ok(Report {
-            steps: steps
+        if shards.is_empty() {
+            shards.push(vec![]);
+        }
+        let mut run = Run {
+            checkpoint: &checkpoint,
+            reader: Reader::new(&checkpoint)?,
+            buffer: Vec::new(),
+            rows: Vec::new(),
+            chunk_bytes: CHUNK_BYTES,
+        };
+        let total = checkpoint.entries.len();
+        let mut done = 0;
+        let mut file_bytes = 0;
+        let n = shards.len();
+        crate::io::safetensors::write_sharded(dir, n, |k, file| {
+            let mut shard = shards[k].clone();
+            sink::sort_for_safetensors(&checkpoint, &mut shard, options);
+            let mut w = std::io::BufWriter::with_capacity(8 << 20, file);
+            let bytes = run.write(&shard, &mut w, format, &mut steps, &mut |_, name| {
+                progress(done, total, name);
+                done += 1;
+            })?;
+            file_bytes += bytes;
+            let file = w.into_inner().map_err(|e| Error::io(dir, e.into_error()))?;
+            file.sync_all().map_err(|e| Error::io(dir, e))?;
+            Ok(shard
                 .iter()
-                .map(|s| StepRecord {
-                    description: s.step.describe(),
-                    seconds: s.seconds,
+                .map(|&i| {
+                    let e = &checkpoint.entries[i];
+                    (e.name.clone(), sink::planned(e, options).1 as u64)
                 })
-                .collect(),
-            original_params: rows.iter().map(|r| r.params).sum(),
-            original_bytes: checkpoint.entries.iter().map(|e| e.len).sum(),
-            params: rows,
-            removed: Vec::new(),
-            added: Vec::new(),
-            file_bytes,
-            speedup_source: SpeedupSource::EstimatedFromFlops,
-        })
+                .collect())
+        })?;
+        let rows = run.rows;
+        Ok(report(&checkpoint, &steps, rows, file_bytes))
     }
 
     /// [`Pipeline::stream`] into the file `output`, atomically: written to a temporary
@@ -258,6 +298,84 @@ impl Pipeline {
                 .map_err(|e| Error::io(tmp, e))
         })?;
         Ok(report.expect("set when the write succeeded"))
+    }
+}
+
+/// A streamed run over one checkpoint: the reader and the report rows so far.
+struct Run<'c> {
+    checkpoint: &'c Checkpoint,
+    reader: Reader,
+    buffer: Vec<u8>,
+    rows: Vec<ParamReport>,
+    chunk_bytes: usize,
+}
+
+impl Run<'_> {
+    /// Writes the tensors `order` picks into `output` in `format`: the file's bytes.
+    fn write<W: Write + Seek>(
+        &mut self,
+        order: &[usize],
+        output: &mut W,
+        format: StreamFormat,
+        steps: &mut [Step<'_>],
+        progress: &mut dyn FnMut(usize, &str),
+    ) -> Result<usize> {
+        let mut sink = Sink::begin(output, self.checkpoint, order, format)?;
+        for (done, &i) in order.iter().enumerate() {
+            let entry = &self.checkpoint.entries[i];
+            progress(done, &entry.name);
+            match entry.float_dtype() {
+                Some(_) => {
+                    let row = compress_tensor(
+                        entry,
+                        steps,
+                        format,
+                        &mut self.reader,
+                        &mut self.buffer,
+                        &mut sink,
+                        self.chunk_bytes,
+                    )?;
+                    self.rows.push(row);
+                }
+                None => {
+                    self.reader.read(entry, 0..entry.len, &mut self.buffer)?;
+                    sink.raw(entry, &self.buffer)?;
+                }
+            }
+        }
+        sink.finish()
+    }
+}
+
+/// The report of a streamed run: `rows` in model order.
+fn report(
+    checkpoint: &Checkpoint,
+    steps: &[Step<'_>],
+    mut rows: Vec<ParamReport>,
+    file_bytes: usize,
+) -> Report {
+    let position: BTreeMap<&str, usize> = checkpoint
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(k, e)| (e.name.as_str(), k))
+        .collect();
+    rows.sort_by_key(|r: &ParamReport| position.get(r.name.as_str()).copied());
+    Report {
+        steps: steps
+            .iter()
+            .map(|s| StepRecord {
+                description: s.step.describe(),
+                seconds: s.seconds,
+            })
+            .collect(),
+        original_params: rows.iter().map(|r| r.params).sum(),
+        original_bytes: checkpoint.entries.iter().map(|e| e.len).sum(),
+        params: rows,
+        removed: Vec::new(),
+        added: Vec::new(),
+        file_bytes,
+        speedup_source: SpeedupSource::EstimatedFromFlops,
     }
 }
 
@@ -315,7 +433,7 @@ fn compress_tensor<W: Write + Seek>(
             shape[0] = end - start;
         }
         reader.read(entry, start * row_bytes..end * row_bytes, buffer)?;
-        let values = ArrayD::from_shape_vec(IxDyn(&shape), dtype.read_le(buffer))?;
+        let values = ArrayD::from_shape_vec(IxDyn(&shape), decode(dtype, buffer))?;
         let mut one = Model::new();
         one.add_param(entry.name.clone(), kind, dtype, values)?;
         let original = picked.iter().any(|&p| p).then(|| one.clone());
@@ -336,8 +454,10 @@ fn compress_tensor<W: Write + Seek>(
         }
         let p = &one.params()[0];
         let (stored, held) = sink.param(entry, p, &one)?;
-        let before = original.as_ref().map_or(p, |o| &o.params()[0]);
-        let (mut chunk, diff, norm) = param_row(p, Some(before), &stored)?;
+        let (mut chunk, diff, norm) = match &original {
+            Some(o) => param_row(p, Some(&o.params()[0]), &stored)?,
+            None => (unchanged_row(p, &stored), 0.0, 0.0),
+        };
         // As `Report::describe_dense_file` says it for a file holding values decoded.
         if let Some(held) = held
             && chunk.form != held
@@ -363,6 +483,17 @@ fn compress_tensor<W: Write + Seek>(
     let mut row = row.expect("one chunk at least");
     row.report.relative_error = relative_error(row.diff, row.norm);
     Ok(row.report)
+}
+
+/// Little-endian values of `dtype` as `f32`, on every core.
+fn decode(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    use rayon::prelude::*;
+    const BLOCK: usize = 1 << 16;
+    let mut out = vec![0f32; bytes.len() / dtype.size()];
+    out.par_chunks_mut(BLOCK)
+        .zip(bytes.par_chunks(BLOCK * dtype.size()))
+        .for_each(|(o, b)| o.copy_from_slice(&dtype.read_le(b)));
+    out
 }
 
 /// How a parameter written densely (or as ggml blocks) is stored: `bytes` of values.

@@ -7,7 +7,7 @@ use super::{StreamFormat, dense_stored};
 use crate::error::{Error, Result};
 use crate::io::gguf::{self, Gguf, GgufType, GgufValue, TensorInfo};
 use crate::io::safetensors::{
-    Checkpoint, Entry, HeaderEntry, MaskExport, file_dtype, header_bytes, param_bytes,
+    Checkpoint, Entry, HeaderEntry, MaskExport, SaveOptions, file_dtype, header_bytes, param_bytes,
 };
 use crate::model::{Model, Param, RawTensor};
 use crate::store::{self, Placed, Stored};
@@ -43,18 +43,37 @@ pub(super) fn order(checkpoint: &Checkpoint, format: StreamFormat) -> Result<Vec
                     "masks applied (MaskExport::Apply)",
                 ));
             }
-            // By descending dtype alignment, then by name, as `Model::save` writes.
             let mut all: Vec<usize> = (0..entries.len()).collect();
-            let dtype = |e: &Entry| match (e.float_dtype(), options.dtype) {
-                (Some(_), Some(d)) => file_dtype(d),
-                _ => e.dtype,
-            };
-            all.sort_by(|&a, &b| {
-                let (a, b) = (&entries[a], &entries[b]);
-                dtype(b).cmp(&dtype(a)).then(a.name.cmp(&b.name))
-            });
+            sort_for_safetensors(checkpoint, &mut all, options);
             Ok(all)
         }
+    }
+}
+
+/// Sorts tensors as `Model::save` writes them: by descending dtype alignment, then by
+/// name.
+pub(super) fn sort_for_safetensors(
+    checkpoint: &Checkpoint,
+    order: &mut [usize],
+    options: SaveOptions,
+) {
+    let entries = &checkpoint.entries;
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&entries[a], &entries[b]);
+        let (da, db) = (planned(a, options).0, planned(b, options).0);
+        db.cmp(&da).then(a.name.cmp(&b.name))
+    });
+}
+
+/// The dtype and bytes a tensor has in a safetensors output.
+pub(super) fn planned(e: &Entry, options: SaveOptions) -> (safetensors::tensor::Dtype, usize) {
+    match (e.float_dtype(), options.dtype) {
+        (Some(d), out) => {
+            let out = out.unwrap_or(d);
+            let n: usize = e.shape.iter().product();
+            (file_dtype(out), n * out.size())
+        }
+        (None, _) => (e.dtype, e.len),
     }
 }
 
@@ -134,17 +153,7 @@ impl<'w, W: Write + Seek> Sink<'w, W> {
             StreamFormat::Safetensors(options) => {
                 let planned: Vec<(safetensors::tensor::Dtype, usize)> = order
                     .iter()
-                    .map(|&i| {
-                        let e = &entries[i];
-                        match (e.float_dtype(), options.dtype) {
-                            (Some(d), out) => {
-                                let out = out.unwrap_or(d);
-                                let n: usize = e.shape.iter().product();
-                                (file_dtype(out), n * out.size())
-                            }
-                            (None, _) => (e.dtype, e.len),
-                        }
-                    })
+                    .map(|&i| planned(&entries[i], options))
                     .collect();
                 let header_entries: Vec<HeaderEntry<'_>> = order
                     .iter()

@@ -165,3 +165,40 @@ fn whole_model_steps_and_empty_selections_are_refused_before_writing() {
     assert!(matches!(e, Err(crate::Error::Empty { .. })), "{e:?}");
     assert!(out.get_ref().is_empty());
 }
+
+#[test]
+fn streamed_shards_are_those_save_sharded_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    write_checkpoint(&input, &SyntheticOptions::default()).unwrap();
+    let p = pipeline(&["nm:2:4@*.mlp.*"], &["q8_0@*.self_attn.*"], &[]);
+    let options = SaveOptions::default();
+    let mut model = Model::load(&input).unwrap();
+    p.run(&mut model).unwrap();
+    let expected = dir.path().join("expected");
+    model.save_sharded(&expected, &options, 1_000_000).unwrap();
+    let streamed = dir.path().join("streamed");
+    let report = p
+        .stream_sharded(&input, &streamed, options, 1_000_000, |_, _, _| {})
+        .unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(&expected)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert!(names.len() > 3);
+    let mut total = 0;
+    for name in &names {
+        let a = std::fs::read(expected.join(name)).unwrap();
+        let b = std::fs::read(streamed.join(name)).unwrap();
+        assert!(a == b, "{name:?}");
+        if name != crate::io::safetensors::INDEX_FILE {
+            total += b.len();
+        }
+    }
+    assert_eq!(report.file_bytes, total);
+    assert_eq!(std::fs::read_dir(&streamed).unwrap().count(), names.len());
+    // A non-empty directory is refused.
+    let again = p.stream_sharded(&input, &streamed, options, 1_000_000, |_, _, _| {});
+    assert!(again.is_err());
+}
