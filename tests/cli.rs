@@ -631,3 +631,115 @@ fn compress_reads_a_sharded_checkpoint_directory() {
     let m = Model::load(&output).unwrap();
     assert_eq!(m.len(), written.tensors);
 }
+
+/// `compress` streams a sharded checkpoint tensor by tensor: the GGUF it writes is the
+/// one the whole model gives, and the report describes that file.
+#[test]
+fn a_streamed_compress_writes_what_the_whole_model_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("llama");
+    let options = slimnn::io::synthetic::SyntheticOptions {
+        max_shard_bytes: 2_000_000,
+        ..Default::default()
+    };
+    slimnn::io::synthetic::write_checkpoint(&input, &options).unwrap();
+    let output = dir.path().join("out.gguf");
+    let json = dir.path().join("report.json");
+    let spec = "q4_0@!*.down_proj.*";
+    let out = slimnn(&[
+        "compress",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--quantize",
+        spec,
+        "--report",
+        json.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut model = Model::load(&input).unwrap();
+    slimnn::pipeline::Pipeline::new()
+        .then(slimnn::pipeline::spec::quantize_step(spec).unwrap())
+        .run(&mut model)
+        .unwrap();
+    let expected = model
+        .to_gguf(&slimnn::io::GgufOptions::default())
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let written = std::fs::read(&output).unwrap();
+    assert!(written == expected);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["file_bytes"].as_u64(), Some(written.len() as u64));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".slimnn-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn shard_size_writes_a_hugging_face_sharded_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("llama");
+    slimnn::io::synthetic::write_checkpoint(&input, &Default::default()).unwrap();
+    let output = dir.path().join("out");
+    for (steps, size) in [
+        (vec!["--quantize", "q8_0@*.self_attn.*"], "1MB"),
+        (vec!["--prune", "global:0.5"], "1MiB"),
+    ] {
+        let _ = std::fs::remove_dir_all(&output);
+        let out = slimnn(
+            &[
+                &[
+                    "compress",
+                    input.to_str().unwrap(),
+                    "-o",
+                    output.to_str().unwrap(),
+                ][..],
+                &steps,
+                &["--shard-size", size, "--quiet"],
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shards = slimnn::io::safetensors::checkpoint_files(&output).unwrap();
+        assert!(shards.len() > 3, "{shards:?}");
+        let limit = if size == "1MB" { 1_000_000 } else { 1 << 20 };
+        for s in &shards {
+            assert!(std::fs::metadata(s).unwrap().len() < limit + 100_000);
+        }
+        let original = Model::load(&input).unwrap();
+        let written = Model::load(&output).unwrap();
+        assert_eq!(written.len(), original.len());
+    }
+    // A directory that is not empty is refused before any work.
+    let out = slimnn(&[
+        "compress",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--shard-size",
+        "1MB",
+    ]);
+    assert!(!out.status.success());
+    let bad = slimnn(&[
+        "compress",
+        input.to_str().unwrap(),
+        "-o",
+        "x",
+        "--shard-size",
+        "lots",
+    ]);
+    assert!(!bad.status.success());
+}

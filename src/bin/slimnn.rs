@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use slimnn::calib::CalibrationStats;
 use slimnn::io::GgufOptions;
 use slimnn::io::safetensors::SaveOptions;
-use slimnn::pipeline::{FoldBatchNorm, Pipeline, Report, spec};
+use slimnn::pipeline::{FoldBatchNorm, Pipeline, Report, StreamFormat, spec};
 use slimnn::quant::GgmlFormat;
 use slimnn::store::LoadOptions;
 use slimnn::{Error, Model, Result, Selector};
@@ -96,6 +96,11 @@ enum Command {
         /// Also write the report as JSON.
         #[arg(long, value_name = "FILE.json")]
         report: Option<PathBuf>,
+        /// Write a Hugging Face sharded safetensors checkpoint into the directory OUTPUT
+        /// (absent or empty): shards of at most SIZE bytes of data (`2GB` = 2·10⁹ as
+        /// Hugging Face counts, `2GiB` or `2G` = 2³¹) and `model.safetensors.index.json`.
+        #[arg(long, value_name = "SIZE", value_parser = parse_shard_size)]
+        shard_size: Option<u64>,
         /// No progress bar and no report table.
         #[arg(short, long)]
         quiet: bool,
@@ -179,10 +184,19 @@ fn run(cli: Cli) -> Result<()> {
             encode,
             format,
             report,
+            shard_size,
             quiet,
             measure,
         } => {
+            if shard_size.is_some() && !matches!(format, None | Some(Format::Safetensors)) {
+                return Err(Error::InvalidParameter {
+                    name: "--shard-size",
+                    value: "with --format".into(),
+                    expected: "a safetensors output (shards are safetensors files)".into(),
+                });
+            }
             let format = format.unwrap_or(match output.extension() {
+                _ if shard_size.is_some() => Format::Safetensors,
                 Some(e) if e == "safetensors" => Format::Safetensors,
                 Some(e) if e == "gguf" => Format::Gguf,
                 _ => Format::Compressed,
@@ -209,7 +223,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             // Nothing is read or computed before every output is known to be writable
             // and none is the input.
-            let mut targets = vec![("--output", output.as_path())];
+            let mut targets = vec![];
+            if shard_size.is_none() {
+                targets.push(("--output", output.as_path()));
+            } else {
+                outputs::check_directory(&model, &output)?;
+            }
             if let Some(r) = &report {
                 targets.push(("--report", r.as_path()));
             }
@@ -241,6 +260,36 @@ fn run(cli: Cli) -> Result<()> {
                 pipeline.push(spec::encode_step(s)?);
             }
             let input_bytes = input_size(&model)?;
+            if let Some(max_shard_bytes) = shard_size {
+                return compress_sharded(
+                    &pipeline,
+                    &model,
+                    &output,
+                    report.as_deref(),
+                    max_shard_bytes,
+                    quiet,
+                    input_bytes,
+                    measure,
+                );
+            }
+            if measure.is_none() && pipeline.can_stream(&model)? {
+                let format = match format {
+                    Format::Compressed => StreamFormat::Compressed,
+                    Format::Safetensors => StreamFormat::Safetensors(SaveOptions::default()),
+                    Format::Gguf => StreamFormat::Gguf(GgufOptions {
+                        quantize: (!q4_k.is_empty()).then_some(GgmlFormat::Q4_K),
+                    }),
+                };
+                return compress_streaming(
+                    &pipeline,
+                    &model,
+                    &output,
+                    report.as_deref(),
+                    format,
+                    quiet,
+                    input_bytes,
+                );
+            }
             let mut model = load(&model)?;
             spec::check_prune_lowrank(&model, &prune, &lowrank)?;
             // Every weight a data-aware step selects has its statistics, before any work.
@@ -335,6 +384,137 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `compress` one tensor at a time: the output written as it goes into its temporary
+/// file, renamed into place with the report once complete.
+fn compress_streaming(
+    pipeline: &Pipeline,
+    input: &Path,
+    output: &Path,
+    report: Option<&Path>,
+    format: StreamFormat,
+    quiet: bool,
+    input_bytes: usize,
+) -> Result<()> {
+    let mut tmp = outputs::temporary_file(output)?;
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        progress(false, 0)
+    };
+    let result = {
+        let mut w = std::io::BufWriter::with_capacity(8 << 20, tmp.as_file_mut());
+        let result = pipeline.stream(input, &mut w, format, |done, total, name| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(name.to_string());
+        });
+        bar.finish_and_clear();
+        let result = result?;
+        w.into_inner()
+            .map_err(|e| Error::Io {
+                path: output.into(),
+                source: e.into_error(),
+            })?
+            .sync_all()
+            .map_err(|e| Error::Io {
+                path: output.into(),
+                source: e,
+            })?;
+        result
+    };
+    let mut result = result;
+    result.original_bytes = input_bytes;
+    let json = report.map(|_| result.to_json() + "\n");
+    let mut files = vec![];
+    if let (Some(path), Some(json)) = (report, &json) {
+        files.push((path, json.as_bytes()));
+    }
+    outputs::write_all_with(vec![(tmp, output)], &files)?;
+    if !quiet {
+        emit(&format!("{result}wrote {}\n", output.display()))?;
+    }
+    warn(&result);
+    Ok(())
+}
+
+/// `compress --shard-size`: a sharded safetensors checkpoint in the directory
+/// `output`, streamed when the steps allow, else from the whole model.
+#[allow(clippy::too_many_arguments)]
+fn compress_sharded(
+    pipeline: &Pipeline,
+    input: &Path,
+    output: &Path,
+    report: Option<&Path>,
+    max_shard_bytes: u64,
+    quiet: bool,
+    input_bytes: usize,
+    measure: Option<usize>,
+) -> Result<()> {
+    let options = SaveOptions::default();
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        progress(false, 0)
+    };
+    let result = if measure.is_none() && pipeline.can_stream(input)? {
+        pipeline.stream_sharded(
+            input,
+            output,
+            options,
+            max_shard_bytes,
+            |done, total, name| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+                bar.set_message(name.to_string());
+            },
+        )
+    } else {
+        let mut model = Model::load(input)?;
+        let mut result = pipeline.run(&mut model)?;
+        if let Some(batch) = measure {
+            result.measure(&model, batch)?;
+        }
+        let files = model.save_sharded(output, &options, max_shard_bytes)?;
+        let mut bytes = 0;
+        for f in &files {
+            bytes += file_size(f)?;
+        }
+        result.describe_dense_file(&model, options.dtype, bytes)?;
+        Ok(result)
+    };
+    bar.finish_and_clear();
+    let mut result = result?;
+    result.original_bytes = input_bytes;
+    if let Some(path) = report {
+        outputs::write_all(&[(path, (result.to_json() + "\n").as_bytes())])?;
+    }
+    if !quiet {
+        emit(&format!("{result}wrote {}\n", output.display()))?;
+    }
+    warn(&result);
+    Ok(())
+}
+
+/// A shard size: `2GB` (powers of 1000, as Hugging Face's `max_shard_size`), `2GiB`,
+/// or a byte count as `--max-memory` takes it (`2G`: powers of 1024).
+fn parse_shard_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let bad = || format!("`{t}` is not a size such as 2GB, 500MB or 2GiB");
+    if let Some(binary) = t.strip_suffix("iB") {
+        return parse_bytes(binary).map(|n| n as u64).map_err(|_| bad());
+    }
+    let decimal = [("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12)];
+    for (unit, scale) in decimal {
+        if let Some(n) = t.strip_suffix(unit) {
+            let n: f64 = n.trim().parse().map_err(|_| bad())?;
+            return (n > 0.0 && n.is_finite())
+                .then_some((n * scale) as u64)
+                .ok_or_else(bad);
+        }
+    }
+    parse_bytes(t).map(|n| n as u64).map_err(|_| bad())
 }
 
 /// A byte count such as `1048576`, `512K`, `64M` or `8G` (powers of 1024).
@@ -558,6 +738,30 @@ mod outputs {
         matches!((location(a), location(b)), (Some(x), Some(y)) if x == y)
     }
 
+    /// Fails unless `dir` can become the output directory of a sharded checkpoint:
+    /// absent or empty, in an existing directory, and not the input's.
+    pub fn check_directory(input: &Path, dir: &Path) -> Result<()> {
+        let refuse = |expected: &str| Error::InvalidParameter {
+            name: "--output",
+            value: dir.display().to_string(),
+            expected: expected.into(),
+        };
+        if same_file(input, dir) {
+            return Err(refuse("a directory other than the input"));
+        }
+        if dir.exists() {
+            let empty = std::fs::read_dir(dir).is_ok_and(|mut e| e.next().is_none());
+            if !empty {
+                return Err(refuse(
+                    "an absent or empty directory (with --shard-size, the shards' directory)",
+                ));
+            }
+        } else if !parent(dir).is_dir() {
+            return Err(refuse("a path in an existing directory"));
+        }
+        Ok(())
+    }
+
     /// Fails unless every output can be written, is not the `input` and is not another
     /// output; `outputs` pairs each path with the flag that gave it.
     pub fn check(input: &Path, outputs: &[(&'static str, &Path)]) -> Result<()> {
@@ -598,28 +802,43 @@ mod outputs {
     /// Writes every file into a temporary file beside it, then renames them all into
     /// place: if any write fails, none of the outputs is created.
     pub fn write_all(files: &[(&Path, &[u8])]) -> Result<()> {
-        let result = write_then_rename(files);
+        write_all_with(Vec::new(), files)
+    }
+
+    /// As [`write_all`], with outputs already written into their temporary files
+    /// ([`temporary_file`]), renamed into place with the others.
+    pub fn write_all_with(
+        written: Vec<(tempfile::NamedTempFile, &Path)>,
+        files: &[(&Path, &[u8])],
+    ) -> Result<()> {
+        let result = write_then_rename(written, files);
         temporary().clear();
         result
     }
 
-    fn write_then_rename(files: &[(&Path, &[u8])]) -> Result<()> {
-        let mut written = Vec::with_capacity(files.len());
+    /// A new temporary file beside `path`, removed on a signal, to be renamed into
+    /// place by [`write_all_with`].
+    pub fn temporary_file(path: &Path) -> Result<tempfile::NamedTempFile> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".slimnn-").suffix(".tmp");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o644));
+        }
+        // Created and registered under the lock, so that a signal never misses it.
+        let mut registry = temporary();
+        let tmp = builder.tempfile_in(parent(path)).map_err(|e| io(path, e))?;
+        registry.push(tmp.path().to_path_buf());
+        Ok(tmp)
+    }
+
+    fn write_then_rename<'a>(
+        mut written: Vec<(tempfile::NamedTempFile, &'a Path)>,
+        files: &[(&'a Path, &[u8])],
+    ) -> Result<()> {
         for &(path, bytes) in files {
-            let mut builder = tempfile::Builder::new();
-            builder.prefix(".slimnn-").suffix(".tmp");
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                builder.permissions(std::fs::Permissions::from_mode(0o644));
-            }
-            // Created and registered under the lock, so that a signal never misses it.
-            let mut tmp = {
-                let mut registry = temporary();
-                let tmp = builder.tempfile_in(parent(path)).map_err(|e| io(path, e))?;
-                registry.push(tmp.path().to_path_buf());
-                tmp
-            };
+            let mut tmp = temporary_file(path)?;
             std::io::Write::write_all(&mut tmp, bytes)
                 .and_then(|()| tmp.as_file().sync_all())
                 .map_err(|e| io(tmp.path(), e))?;

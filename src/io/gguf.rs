@@ -239,7 +239,7 @@ impl GgufValue {
 }
 
 /// Checks that a tensor of `shape` and `ty` takes `len` bytes and has at most 4 dims.
-fn check_tensor(name: &str, shape: &[usize], ty: GgufType, len: usize) -> Result<()> {
+pub(crate) fn check_tensor(name: &str, shape: &[usize], ty: GgufType, len: usize) -> Result<()> {
     if shape.len() > MAX_DIMS {
         return Err(Error::bad_shape(
             format!("GGUF tensor `{name}`"),
@@ -526,6 +526,47 @@ impl<'a> In<'a> {
     }
 }
 
+/// What the header says of one tensor: its data follows the previous tensor's,
+/// aligned.
+pub(crate) struct TensorInfo<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) shape: &'a [usize],
+    pub(crate) ty: GgufType,
+    pub(crate) len: usize,
+}
+
+/// The bytes before the data section (magic to the padding after the tensor infos).
+/// Its length depends on names, shapes and metadata only, not on types or data
+/// lengths: a streamed writer reserves it first and fills it in at the end.
+pub(crate) fn header(
+    metadata: &[(String, GgufValue)],
+    tensors: &[TensorInfo<'_>],
+    align: usize,
+) -> Vec<u8> {
+    let mut out = Out(Vec::new());
+    out.0.extend_from_slice(MAGIC);
+    out.u32(VERSION);
+    out.u64(tensors.len() as u64);
+    out.u64(metadata.len() as u64);
+    for (k, v) in metadata {
+        out.str(k);
+        out.value(v);
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        out.str(t.name);
+        out.u32(t.shape.len() as u32);
+        for &d in t.shape.iter().rev() {
+            out.u64(d as u64);
+        }
+        out.u32(t.ty.id());
+        out.u64(offset as u64);
+        offset = (offset + t.len).next_multiple_of(align);
+    }
+    out.pad(align);
+    out.0
+}
+
 impl Gguf {
     /// An empty file.
     pub fn new() -> Self {
@@ -573,27 +614,20 @@ impl Gguf {
                 return Err(Error::invalid("metadata key", k, "unique keys"));
             }
         }
-        let mut out = Out(Vec::new());
-        out.0.extend_from_slice(MAGIC);
-        out.u32(VERSION);
-        out.u64(self.tensors.len() as u64);
-        out.u64(self.metadata.len() as u64);
-        for (k, v) in &self.metadata {
-            out.str(k);
-            out.value(v);
-        }
-        let mut offset = 0usize;
-        for t in &self.tensors {
-            out.str(&t.name);
-            out.u32(t.shape.len() as u32);
-            for &d in t.shape.iter().rev() {
-                out.u64(d as u64);
-            }
-            out.u32(t.ty.id());
-            out.u64(offset as u64);
-            offset = (offset + t.data.len()).next_multiple_of(align);
-        }
-        out.pad(align);
+        let infos: Vec<TensorInfo<'_>> = self
+            .tensors
+            .iter()
+            .map(|t| TensorInfo {
+                name: &t.name,
+                shape: &t.shape,
+                ty: t.ty,
+                len: t.data.len(),
+            })
+            .collect();
+        let mut out = Out(header(&self.metadata, &infos, align));
+        let offset = infos
+            .iter()
+            .fold(0, |o, t| (o + t.len).next_multiple_of(align));
         out.0.reserve(offset);
         for t in &self.tensors {
             out.0.extend_from_slice(&t.data);

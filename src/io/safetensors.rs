@@ -84,10 +84,14 @@ fn invalid(source_name: &str, reason: String) -> Error {
     }
 }
 
-/// Writes `head` then `parts` to a new file at `path` and syncs it.
-fn write_synced<'a>(path: &Path, head: &[u8], parts: impl Iterator<Item = &'a [u8]>) -> Result<()> {
+/// Writes `head` then `parts` to `file` and syncs it (`path` names it in errors).
+fn write_synced<'a>(
+    path: &Path,
+    file: std::fs::File,
+    head: &[u8],
+    parts: impl Iterator<Item = &'a [u8]>,
+) -> Result<()> {
     use std::io::Write;
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     w.write_all(head).map_err(|e| Error::io(path, e))?;
     for p in parts {
@@ -97,6 +101,72 @@ fn write_synced<'a>(path: &Path, head: &[u8], parts: impl Iterator<Item = &'a [u
         .map_err(|e| Error::io(path, e.into_error()))?
         .sync_all()
         .map_err(|e| Error::io(path, e))
+}
+
+/// Writes a sharded checkpoint of `n` shards into the directory `dir`: each shard
+/// `model-0000K-of-0000N.safetensors` by `write(k, file)`, which gives the names and
+/// data bytes of its tensors, then the index. The set is staged in a temporary
+/// directory beside `dir`, renamed to `dir` only when complete (`dir` must be absent or
+/// empty). Returns the shard paths.
+pub(crate) fn write_sharded(
+    dir: &Path,
+    n: usize,
+    mut write: impl FnMut(usize, std::fs::File) -> Result<Vec<(String, u64)>>,
+) -> Result<Vec<PathBuf>> {
+    if let Ok(mut entries) = std::fs::read_dir(dir)
+        && entries.next().is_some()
+    {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the output directory exists and is not empty",
+            ),
+        ));
+    }
+    let parent = match dir.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".slimnn-")
+        .suffix(".tmp")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    let mut weight_map = BTreeMap::new();
+    let mut total_size = 0u64;
+    let mut files = vec![];
+    for k in 0..n {
+        let file = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
+        let path = tmp.path().join(&file);
+        let created = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        for (name, bytes) in write(k, created)? {
+            weight_map.insert(name, file.clone());
+            total_size += bytes;
+        }
+        files.push(dir.join(&file));
+    }
+    let index = serde_json::json!({
+        "metadata": { "total_size": total_size },
+        "weight_map": weight_map,
+    });
+    let text = serde_json::to_string_pretty(&index).expect("a JSON value serializes");
+    let index_path = tmp.path().join(INDEX_FILE);
+    let created = std::fs::File::create(&index_path).map_err(|e| Error::io(&index_path, e))?;
+    write_synced(&index_path, created, text.as_bytes(), std::iter::empty())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io(tmp.path(), e))?;
+    }
+    // `rename` replaces an empty directory and fails on a non-empty one.
+    let staged = tmp.keep();
+    if let Err(e) = std::fs::rename(&staged, dir) {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(Error::io(dir, e));
+    }
+    Ok(files)
 }
 
 /// The name of a sharded checkpoint's index inside its directory.
@@ -172,10 +242,28 @@ fn load_sharded(index: &Path) -> Result<Model> {
         .keys()
         .map(|p| crate::kernels::mmap::map_regular(p))
         .collect::<Result<Vec<_>>>()?;
-    let mut views: Vec<(String, TensorView<'_>)> = vec![];
+    let (views, metadata) = shard_views(&shards, &maps)?;
+    model_from_views(
+        views.into_iter().map(|(n, _, v)| (n, v)).collect(),
+        metadata,
+    )
+}
+
+/// The tensors of every shard (name, shard number, view), checked against the index,
+/// and the shards' metadata merged.
+type ShardViews<'a> = (
+    Vec<(String, usize, TensorView<'a>)>,
+    HashMap<String, String>,
+);
+
+fn shard_views<'a>(
+    shards: &BTreeMap<PathBuf, Vec<String>>,
+    maps: &'a [memmap2::Mmap],
+) -> Result<ShardViews<'a>> {
+    let mut views = vec![];
     let mut metadata = HashMap::new();
     let mut owner: HashMap<String, &Path> = HashMap::new();
-    for ((path, names), bytes) in shards.iter().zip(&maps) {
+    for (k, ((path, names), bytes)) in shards.iter().zip(maps).enumerate() {
         let source = path.display().to_string();
         let bad = |reason: String| invalid(&source, reason);
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
@@ -203,10 +291,135 @@ fn load_sharded(index: &Path) -> Result<Model> {
                     "tensor `{name}` is in this shard, but the index does not put it here"
                 )));
             }
-            views.push((name.to_string(), view));
+            views.push((name.to_string(), k, view));
         }
     }
-    model_from_views(views, metadata)
+    Ok((views, metadata))
+}
+
+/// One tensor of a checkpoint on disk, for reading it piece by piece.
+pub(crate) struct Entry {
+    /// Its name.
+    pub(crate) name: String,
+    /// Its dtype as stored.
+    pub(crate) dtype: Dtype,
+    /// Its shape.
+    pub(crate) shape: Vec<usize>,
+    /// The file it is in (an index into [`Checkpoint::files`]).
+    pub(crate) file: usize,
+    /// Where its bytes start in that file.
+    pub(crate) offset: u64,
+    /// How many bytes it has.
+    pub(crate) len: usize,
+}
+
+impl Entry {
+    /// Its dtype as a parameter's, if it is a float tensor.
+    pub(crate) fn float_dtype(&self) -> Option<DType> {
+        float_dtype(self.dtype)
+    }
+
+    /// Its dtype's name as safetensors writes it (`"BF16"`).
+    pub(crate) fn dtype_name(&self) -> String {
+        dtype_name(self.dtype)
+    }
+}
+
+/// A checkpoint's tensors (one file or the shards of an index), checked as
+/// [`Model::load`] checks them, in natural name order; nothing but headers is read.
+pub(crate) struct Checkpoint {
+    /// Its files.
+    pub(crate) files: Vec<PathBuf>,
+    /// Its tensors.
+    pub(crate) entries: Vec<Entry>,
+    /// Its metadata, merged over the shards.
+    pub(crate) metadata: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Opens the checkpoint at `path` (see [`Model::load`]).
+    pub(crate) fn open(path: &Path) -> Result<Checkpoint> {
+        let shards = match sharded_index(path) {
+            Some(index) => read_index(&index)?,
+            None => {
+                let map = crate::kernels::mmap::map_regular(path)?;
+                let st = SafeTensors::deserialize(&map)
+                    .map_err(|e| invalid(&path.display().to_string(), e.to_string()))?;
+                std::iter::once((
+                    path.to_path_buf(),
+                    st.names().into_iter().map(String::from).collect(),
+                ))
+                .collect()
+            }
+        };
+        let maps = shards
+            .keys()
+            .map(|p| crate::kernels::mmap::map_regular(p))
+            .collect::<Result<Vec<_>>>()?;
+        let (views, metadata) = shard_views(&shards, &maps)?;
+        let mut entries: Vec<Entry> = views
+            .into_iter()
+            .map(|(name, file, view)| Entry {
+                name,
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                file,
+                // Both point into the same map.
+                offset: (view.data().as_ptr() as usize - maps[file].as_ptr() as usize) as u64,
+                len: view.data().len(),
+            })
+            .collect();
+        entries.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+        Ok(Checkpoint {
+            files: shards.into_keys().collect(),
+            entries,
+            metadata: metadata.into_iter().collect(),
+        })
+    }
+
+    /// Whether a pair `x_orig` / `x_mask` (PyTorch's pruning) is among the tensors.
+    pub(crate) fn has_mask_pairs(&self) -> bool {
+        let names: std::collections::HashSet<&str> =
+            self.entries.iter().map(|e| e.name.as_str()).collect();
+        self.entries.iter().any(|e| {
+            e.name
+                .strip_suffix("_orig")
+                .is_some_and(|base| names.contains(format!("{base}_mask").as_str()))
+        })
+    }
+}
+
+/// Reads ranges of a checkpoint's tensors from its open files.
+pub(crate) struct Reader {
+    files: Vec<(PathBuf, std::fs::File)>,
+}
+
+impl Reader {
+    /// Opens the files of `checkpoint`.
+    pub(crate) fn new(checkpoint: &Checkpoint) -> Result<Reader> {
+        let files = checkpoint
+            .files
+            .iter()
+            .map(|p| Ok((p.clone(), super::open_regular(p)?.0)))
+            .collect::<Result<_>>()?;
+        Ok(Reader { files })
+    }
+
+    /// Bytes `range` (relative to the tensor's start) of `entry` into `out`.
+    pub(crate) fn read(
+        &mut self,
+        entry: &Entry,
+        range: std::ops::Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let (path, file) = &mut self.files[entry.file];
+        out.clear();
+        out.resize(range.len(), 0);
+        file.seek(SeekFrom::Start(entry.offset + range.start as u64))
+            .and_then(|_| file.read_exact(out))
+            .map_err(|e| Error::io(path.as_path(), e))
+    }
 }
 
 /// Builds a model from tensors (of one file or of all shards).
@@ -311,17 +524,6 @@ impl Model {
         if max_shard_bytes == 0 {
             return Err(Error::invalid("max_shard_bytes", 0, "at least 1"));
         }
-        if let Ok(mut entries) = std::fs::read_dir(dir)
-            && entries.next().is_some()
-        {
-            return Err(Error::io(
-                dir,
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "the output directory exists and is not empty",
-                ),
-            ));
-        }
         let mut tensors = self.tensors_for_saving(options)?;
         tensors.sort_by(|a, b| natural_cmp(&a.0, &b.0));
         let mut shards: Vec<Vec<(String, Buffer)>> = vec![];
@@ -340,56 +542,24 @@ impl Model {
         if shards.is_empty() {
             shards.push(vec![]);
         }
-        let parent = match dir.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(".slimnn-")
-            .suffix(".tmp")
-            .tempdir_in(parent)
-            .map_err(|e| Error::io(parent, e))?;
         let n = shards.len();
-        let mut weight_map = BTreeMap::new();
-        let mut total_size = 0u64;
-        let mut files = vec![];
-        for (k, shard) in shards.iter_mut().enumerate() {
-            let file = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
+        write_sharded(dir, n, |k, file| {
+            let shard = &mut shards[k];
             let header = safetensors_header(shard, self.metadata());
-            let path = tmp.path().join(&file);
             let mut out = Vec::with_capacity(8 + header.len());
             out.extend_from_slice(&(header.len() as u64).to_le_bytes());
             out.extend_from_slice(&header);
-            write_synced(&path, &out, shard.iter().map(|(_, t)| t.bytes.as_slice()))?;
-            for (name, t) in shard.iter() {
-                weight_map.insert(name.clone(), file.clone());
-                total_size += t.bytes.len() as u64;
-            }
-            files.push(dir.join(&file));
-        }
-        let index = serde_json::json!({
-            "metadata": { "total_size": total_size },
-            "weight_map": weight_map,
-        });
-        let text = serde_json::to_string_pretty(&index).expect("a JSON value serializes");
-        write_synced(
-            &tmp.path().join(INDEX_FILE),
-            text.as_bytes(),
-            std::iter::empty(),
-        )?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| Error::io(tmp.path(), e))?;
-        }
-        // `rename` replaces an empty directory and fails on a non-empty one.
-        let staged = tmp.keep();
-        if let Err(e) = std::fs::rename(&staged, dir) {
-            let _ = std::fs::remove_dir_all(&staged);
-            return Err(Error::io(dir, e));
-        }
-        Ok(files)
+            write_synced(
+                dir,
+                file,
+                &out,
+                shard.iter().map(|(_, t)| t.bytes.as_slice()),
+            )?;
+            Ok(shard
+                .iter()
+                .map(|(name, t)| (name.clone(), t.bytes.len() as u64))
+                .collect())
+        })
     }
 
     /// The model as safetensors bytes: the same bytes [`Model::save`] writes.
@@ -439,10 +609,7 @@ impl Model {
                         Buffer::encode(&mask.to_array::<f32>(), dtype),
                     ));
                 }
-                (Some(_), MaskExport::Apply) => {
-                    out.push((p.name().to_string(), Buffer::encode(&p.effective(), dtype)));
-                }
-                (None, _) => out.push((p.name().to_string(), Buffer::encode(p.value(), dtype))),
+                _ => out.push((p.name().to_string(), applied(p, dtype))),
             }
         }
         for r in self.raw_tensors() {
@@ -461,6 +628,29 @@ impl Model {
             ));
         }
         Ok(out)
+    }
+}
+
+/// A parameter's buffer with its mask applied.
+fn applied(p: &crate::model::Param, dtype: DType) -> Buffer {
+    match p.mask() {
+        Some(_) => Buffer::encode(&p.effective(), dtype),
+        None => Buffer::encode(p.value(), dtype),
+    }
+}
+
+/// The bytes [`Model::save`] writes for parameter `p` with masks applied, in `dtype`.
+pub(crate) fn param_bytes(p: &crate::model::Param, dtype: DType) -> Vec<u8> {
+    applied(p, dtype).bytes
+}
+
+/// The safetensors dtype of a parameter's dtype.
+pub(crate) fn file_dtype(dtype: DType) -> Dtype {
+    match dtype {
+        DType::F32 => Dtype::F32,
+        DType::F64 => Dtype::F64,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
     }
 }
 
@@ -547,12 +737,7 @@ impl Buffer {
         let mut bytes = Vec::with_capacity(values.len() * dtype.size());
         dtype.write_le(values.iter().copied(), &mut bytes);
         Buffer {
-            dtype: match dtype {
-                DType::F32 => Dtype::F32,
-                DType::F64 => Dtype::F64,
-                DType::F16 => Dtype::F16,
-                DType::BF16 => Dtype::BF16,
-            },
+            dtype: file_dtype(dtype),
             shape: values.shape().to_vec(),
             bytes,
         }
@@ -649,7 +834,7 @@ fn parse_dtype(name: &str) -> Option<Dtype> {
 }
 
 /// Orders names so that numbered parts sort by value: `layers.2` before `layers.10`.
-fn natural_cmp(a: &str, b: &str) -> Ordering {
+pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
     loop {
         match (a.first(), b.first()) {

@@ -37,6 +37,7 @@ mod fold;
 mod report;
 pub mod spec;
 mod steps;
+mod stream;
 
 use std::time::Instant;
 
@@ -49,6 +50,7 @@ pub use steps::{
     Encode, Factorize, FactorizeWithin, Prune, PruneCalibrated, PruneGlobal, Quantize,
     QuantizeCalibrated, check_calibration,
 };
+pub use stream::StreamFormat;
 
 /// One model-level compression step. Implement it for your own method and put it in a
 /// [`Pipeline`] beside the built-in ones.
@@ -59,6 +61,24 @@ pub trait Compressor {
     /// Applies the step to `model`. On error the model may be partly changed; a
     /// [`Pipeline`] runs its steps on a copy and keeps it only if all succeed.
     fn compress(&self, model: &mut Model) -> Result<()>;
+
+    /// Whether the step can run one tensor at a time in a streamed compression
+    /// ([`Pipeline::stream`]). Default: [`Streaming::WholeModel`].
+    fn streaming(&self) -> Streaming<'_> {
+        Streaming::WholeModel
+    }
+}
+
+/// How a step can take part in a streamed compression ([`Pipeline::stream`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Streaming<'a> {
+    /// It needs the whole model (a global threshold or budget, a BatchNorm fold).
+    WholeModel,
+    /// It changes each parameter the selector picks on its own.
+    PerTensor(&'a crate::model::Selector),
+    /// As `PerTensor`, and each row (index of axis 0) on its own, so that a large
+    /// parameter can run in row chunks.
+    PerRows(&'a crate::model::Selector),
 }
 
 impl<C: Compressor + ?Sized> Compressor for Box<C> {
@@ -68,6 +88,10 @@ impl<C: Compressor + ?Sized> Compressor for Box<C> {
 
     fn compress(&self, model: &mut Model) -> Result<()> {
         (**self).compress(model)
+    }
+
+    fn streaming(&self) -> Streaming<'_> {
+        (**self).streaming()
     }
 }
 

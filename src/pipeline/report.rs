@@ -129,52 +129,13 @@ impl Report {
         let mut params = Vec::with_capacity(compressed.len());
         let mut added = Vec::new();
         for (p, s) in compressed.params().iter().zip(stored) {
-            let after = p.effective();
-            let (reference, original_bytes) = if original.contains(p.name()) {
-                let before = original.get(p.name())?;
-                (before.effective(), before.numel() * before.dtype().size())
+            let before = if original.contains(p.name()) {
+                Some(original.get(p.name())?)
             } else {
                 added.push(p.name().to_string());
-                (after.clone(), 0)
+                None
             };
-            crate::tensor::check_same_shape(reference.shape(), after.shape(), || {
-                format!("`{}` before and after compression", p.name())
-            })?;
-            let (diff, norm) = reference
-                .iter()
-                .zip(after.iter())
-                .fold((0f64, 0f64), |(d, n), (&a, &b)| {
-                    (d + (a as f64 - b as f64).powi(2), n + (a as f64).powi(2))
-                });
-            let relative_error = if diff == 0.0 {
-                0.0
-            } else {
-                (diff / norm).sqrt()
-            };
-            let nonzeros = after.iter().filter(|&&v| v != 0.0).count();
-            let weight = matches!(p.kind(), LayerKind::Linear | LayerKind::Conv2d);
-            let dense_flops = if weight { p.numel() } else { 0 };
-            let effective_flops = match (weight, p.factorization()) {
-                (false, _) => 0,
-                (true, Some(f)) => f.flops(),
-                (true, None) => nonzeros,
-            };
-            params.push(ParamReport {
-                name: p.name().to_string(),
-                kind: p.kind().to_string(),
-                shape: p.shape().to_vec(),
-                form: form(p, s.positions),
-                params: p.numel(),
-                nonzeros,
-                original_bytes,
-                stored: s.bytes,
-                relative_error,
-                dense_flops,
-                effective_flops,
-                huffman_bits: s.coded.stream_bits,
-                entropy_bits: s.coded.entropy_bits,
-                measured: None,
-            });
+            params.push(param_row(p, before, &s)?.0);
         }
         let raw: usize = original.raw_tensors().iter().map(|t| t.bytes.len()).sum();
         let dense: usize = original
@@ -418,6 +379,109 @@ impl Report {
         }
         self.file_bytes = file_bytes;
         Ok(())
+    }
+}
+
+/// The report row of `p` (stored as `s`) against `before`, its values before
+/// compression (`None`: added by the pipeline), with the squared norms of the error
+/// and of the reference, for summing over row chunks.
+pub(crate) fn param_row(
+    p: &Param,
+    before: Option<&Param>,
+    s: &crate::store::Stored,
+) -> Result<(ParamReport, f64, f64)> {
+    use rayon::prelude::*;
+    let after = p.effective();
+    let (reference, original_bytes) = match before {
+        Some(before) => (before.effective(), before.numel() * before.dtype().size()),
+        None => (after.clone(), 0),
+    };
+    crate::tensor::check_same_shape(reference.shape(), after.shape(), || {
+        format!("`{}` before and after compression", p.name())
+    })?;
+    let (reference, after) = (reference.as_standard_layout(), after.as_standard_layout());
+    let (reference, after) = (
+        reference.as_slice().expect("standard layout"),
+        after.as_slice().expect("standard layout"),
+    );
+    let (diff, norm, nonzeros) = reference
+        .par_chunks(1 << 16)
+        .zip(after.par_chunks(1 << 16))
+        .map(|(r, a)| {
+            r.iter()
+                .zip(a)
+                .fold((0f64, 0f64, 0usize), |(d, n, z), (&a, &b)| {
+                    (
+                        d + (a as f64 - b as f64).powi(2),
+                        n + (a as f64).powi(2),
+                        z + (b != 0.0) as usize,
+                    )
+                })
+        })
+        // Summed in chunk order, so the result does not depend on the threads.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold((0.0, 0.0, 0), |x, y| (x.0 + y.0, x.1 + y.1, x.2 + y.2));
+    Ok((
+        row(p, s, original_bytes, nonzeros, relative_error(diff, norm)),
+        diff,
+        norm,
+    ))
+}
+
+/// The report row of `p` (stored as `s`) that no step changed: no error, its own
+/// bytes as the original's.
+pub(crate) fn unchanged_row(p: &Param, s: &crate::store::Stored) -> ParamReport {
+    use rayon::prelude::*;
+    let values = p.effective();
+    let values = values.as_standard_layout();
+    let nonzeros = values
+        .as_slice()
+        .expect("standard layout")
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().filter(|&&v| v != 0.0).count())
+        .sum();
+    row(p, s, p.numel() * p.dtype().size(), nonzeros, 0.0)
+}
+
+fn row(
+    p: &Param,
+    s: &crate::store::Stored,
+    original_bytes: usize,
+    nonzeros: usize,
+    relative_error: f64,
+) -> ParamReport {
+    let weight = matches!(p.kind(), LayerKind::Linear | LayerKind::Conv2d);
+    let dense_flops = if weight { p.numel() } else { 0 };
+    let effective_flops = match (weight, p.factorization()) {
+        (false, _) => 0,
+        (true, Some(f)) => f.flops(),
+        (true, None) => nonzeros,
+    };
+    ParamReport {
+        name: p.name().to_string(),
+        kind: p.kind().to_string(),
+        shape: p.shape().to_vec(),
+        form: form(p, s.positions),
+        params: p.numel(),
+        nonzeros,
+        original_bytes,
+        stored: s.bytes,
+        relative_error,
+        dense_flops,
+        effective_flops,
+        huffman_bits: s.coded.stream_bits,
+        entropy_bits: s.coded.entropy_bits,
+        measured: None,
+    }
+}
+
+/// `sqrt(diff / norm)`, 0 when nothing changed.
+pub(crate) fn relative_error(diff: f64, norm: f64) -> f64 {
+    if diff == 0.0 {
+        0.0
+    } else {
+        (diff / norm).sqrt()
     }
 }
 

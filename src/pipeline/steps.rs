@@ -1,8 +1,8 @@
 //! The built-in steps: one per method family, each over its own selection.
 
-use super::Compressor;
 use std::sync::Arc;
 
+use super::{Compressor, Streaming};
 use crate::calib::CalibrationStats;
 use crate::error::Result;
 use crate::lowrank::{Budget, LowRank};
@@ -20,6 +20,7 @@ macro_rules! method_step {
         $(#[$doc:meta])*
         $name:ident<$m:ident: $bound:path>, $field:ident: $fty:ty, $verb:literal,
         describe |$d:ident| $describe:expr,
+        stream |$s:ident| $stream:expr,
         |$model:ident, $selector:ident, $method:ident| $apply:expr
     ) => {
         $(#[$doc])*
@@ -59,6 +60,11 @@ macro_rules! method_step {
                 let ($selector, $method) = (&self.selector, &self.$field);
                 $apply.map(|_| ())
             }
+
+            fn streaming(&self) -> Streaming<'_> {
+                let $s = self;
+                $stream
+            }
         }
     };
 }
@@ -68,6 +74,7 @@ method_step! {
     /// with no statistics).
     Prune<P: Pruner<f32>>, pruner: P, "prune",
     describe |p| p.describe(),
+    stream |s| Streaming::PerTensor(&s.selector),
     |model, selector, pruner| model.prune(selector, pruner, &Statistics::new())
 }
 
@@ -76,6 +83,7 @@ method_step! {
     /// ([`Model::prune_global`]); `S` is the [`Saliency`] of the [`GlobalPruner`].
     PruneGlobal<S: Saliency<f32>>, pruner: GlobalPruner<S>, "prune globally",
     describe |p| p.describe(),
+    stream |_s| Streaming::WholeModel,
     |model, selector, pruner| model.prune_global(selector, pruner, &Statistics::new())
 }
 
@@ -83,6 +91,11 @@ method_step! {
     /// Quantizes the selected parameters ([`Model::quantize`]).
     Quantize<Q: Quantizer<f32>>, quantizer: Q, "quantize",
     describe |q| q.describe(),
+    stream |s| if s.quantizer.rows_independent() {
+        Streaming::PerRows(&s.selector)
+    } else {
+        Streaming::PerTensor(&s.selector)
+    },
     |model, selector, quantizer| model.quantize(selector, quantizer)
 }
 
@@ -91,6 +104,7 @@ method_step! {
     /// ([`Model::factorize`]).
     Factorize<L: LowRank>, method: L, "factorize",
     describe |_m| short_type_name::<L>(),
+    stream |s| Streaming::PerTensor(&s.selector),
     |model, selector, method| model.factorize(selector, method)
 }
 
@@ -153,6 +167,10 @@ impl Compressor for Encode {
             model.get_mut(&name)?.set_encoding(self.encoding);
         }
         Ok(())
+    }
+
+    fn streaming(&self) -> Streaming<'_> {
+        Streaming::PerTensor(&self.selector)
     }
 }
 

@@ -182,6 +182,13 @@ pub trait Quantizer<T: Scalar = f32>: Send + Sync {
         crate::tensor::short_type_name::<Self>()
     }
 
+    /// Whether each row (index of axis 0) is quantized on its own, so that quantizing
+    /// row blocks of a tensor and concatenating them gives the codes of the whole (what
+    /// lets a streamed compression work on a large tensor in row chunks). Default: false.
+    fn rows_independent(&self) -> bool {
+        false
+    }
+
     /// Quantizes and decodes at once: the values the quantized tensor stands for.
     fn fake_quantize(
         &self,
@@ -299,6 +306,9 @@ impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for &Q {
     ) -> Result<QuantizedTensor> {
         (**self).quantize_half_hook(weights, shape, ctx)
     }
+    fn rows_independent(&self) -> bool {
+        (**self).rows_independent()
+    }
 }
 
 impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for Box<Q> {
@@ -319,5 +329,8 @@ impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for Box<Q> {
         ctx: &QuantContext<'_>,
     ) -> Result<QuantizedTensor> {
         (**self).quantize_half_hook(weights, shape, ctx)
+    }
+    fn rows_independent(&self) -> bool {
+        (**self).rows_independent()
     }
 }

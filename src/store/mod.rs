@@ -256,53 +256,103 @@ pub(crate) struct Stored {
     pub(crate) coded: Coded,
 }
 
-/// The file's bytes and how each parameter was stored.
-pub(crate) fn encode_model(model: &Model) -> Result<(Vec<u8>, Vec<Stored>)> {
-    let mut records = Vec::with_capacity(model.len());
-    let mut stored = Vec::with_capacity(model.len());
-    for p in model.params() {
-        let e = record::encode(p, p.encoding())?;
-        let mut bytes = e.stored;
-        bytes.header += ENTRY + p.name().len();
-        records.push(e.bytes);
-        stored.push(Stored {
+/// The record of one parameter and how it was stored (its directory entry counted in
+/// its header bytes).
+pub(crate) fn encode_param(p: &crate::model::Param) -> Result<(Vec<u8>, Stored)> {
+    let e = record::encode(p, p.encoding())?;
+    let mut bytes = e.stored;
+    bytes.header += ENTRY + p.name().len();
+    Ok((
+        e.bytes,
+        Stored {
             bytes,
             positions: e.positions,
             coded: e.coded,
-        });
-    }
+        },
+    ))
+}
+
+/// Where a record or raw tensor is in the data section: name, offset, length, CRC-32.
+pub(crate) struct Placed<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+    pub(crate) crc: u32,
+}
+
+/// Everything before the data section: magic, version, header length, header (metadata,
+/// the parameters' directory, the raw tensors' directory) and the header's CRC-32. Its
+/// length depends on names and metadata only, so a streamed writer reserves it first.
+pub(crate) fn prefix(
+    metadata: &std::collections::BTreeMap<String, String>,
+    params: &[Placed<'_>],
+    raws: &[(&RawTensor, Placed<'_>)],
+) -> Vec<u8> {
     let mut h = Writer::default();
-    h.usize(model.metadata().len());
-    for (k, v) in model.metadata() {
+    h.usize(metadata.len());
+    for (k, v) in metadata {
         h.str(k);
         h.str(v);
     }
-    let mut offset = 0usize;
-    h.usize(records.len());
-    for (p, r) in model.params().iter().zip(&records) {
-        h.str(p.name());
-        h.usize(offset);
-        h.usize(r.len());
-        h.u32(crc32fast::hash(r));
-        offset += r.len();
+    h.usize(params.len());
+    for p in params {
+        h.str(p.name);
+        h.usize(p.offset);
+        h.usize(p.len);
+        h.u32(p.crc);
     }
-    h.usize(model.raw_tensors().len());
-    for t in model.raw_tensors() {
+    h.usize(raws.len());
+    for (t, p) in raws {
         h.str(&t.name);
         h.str(&t.dtype);
         h.dims(&t.shape);
-        h.usize(offset);
-        h.usize(t.bytes.len());
-        h.u32(crc32fast::hash(&t.bytes));
-        offset += t.bytes.len();
+        h.usize(p.offset);
+        h.usize(p.len);
+        h.u32(p.crc);
     }
-    let mut out = Vec::with_capacity(FIXED + h.bytes.len() + 4 + offset);
+    let mut out = Vec::with_capacity(FIXED + h.bytes.len() + 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(h.bytes.len() as u64).to_le_bytes());
     out.extend_from_slice(&h.bytes);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The file's bytes and how each parameter was stored.
+pub(crate) fn encode_model(model: &Model) -> Result<(Vec<u8>, Vec<Stored>)> {
+    let mut records = Vec::with_capacity(model.len());
+    let mut stored = Vec::with_capacity(model.len());
+    for p in model.params() {
+        let (r, s) = encode_param(p)?;
+        records.push(r);
+        stored.push(s);
+    }
+    let mut offset = 0usize;
+    let mut place = |name, bytes: &[u8]| {
+        let placed = Placed {
+            name,
+            offset,
+            len: bytes.len(),
+            crc: crc32fast::hash(bytes),
+        };
+        offset += bytes.len();
+        placed
+    };
+    let params: Vec<Placed<'_>> = model
+        .params()
+        .iter()
+        .zip(&records)
+        .map(|(p, r)| place(p.name(), r))
+        .collect();
+    let raws: Vec<(&RawTensor, Placed<'_>)> = model
+        .raw_tensors()
+        .iter()
+        .map(|t| (t, place(&t.name, &t.bytes)))
+        .collect();
+    let mut out = prefix(model.metadata(), &params, &raws);
+    out.reserve(offset);
     for r in &records {
         out.extend_from_slice(r);
     }

@@ -328,6 +328,11 @@ impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
         format!("ggml {:?}", self.format)
     }
 
+    /// Blocks run along rows: always.
+    fn rows_independent(&self) -> bool {
+        true
+    }
+
     fn quantize(
         &self,
         weights: &ArrayRef<T, IxDyn>,
