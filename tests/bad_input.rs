@@ -186,7 +186,7 @@ fn missing_statistics() {
         ),
         (
             Box::new(UnstructuredPruner::new(Wanda, 0.5).unwrap()),
-            "activation_norms",
+            "activation_norms (or layer_stats)",
         ),
     ] {
         match p.mask(&w, &ctx()) {
