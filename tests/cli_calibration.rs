@@ -1,43 +1,16 @@
 //! `slimnn compress --calibration`: data-aware methods from a statistics file.
 #![cfg(feature = "cli")]
 
-use std::path::Path;
-use std::process::{Command, Output};
+#[path = "common/cli.rs"]
+mod cli_common;
 
-use ndarray::{Array, IxDyn};
+use std::path::Path;
+use std::process::Output;
+
 use slimnn::calib::CalibrationStats;
-use slimnn::io::safetensors::SaveOptions;
 use slimnn::{Model, Selector};
 
-fn slimnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_slimnn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn model_file(dir: &Path) -> String {
-    let mut m = Model::new();
-    m.add(
-        "fc1.weight",
-        Array::from_shape_fn(IxDyn(&[64, 96]), |i| {
-            ((i[0] * 96 + i[1]) as f32 * 0.37).sin()
-        }),
-    )
-    .unwrap();
-    m.add("fc1.bias", Array::from_elem(IxDyn(&[64]), 0.5))
-        .unwrap();
-    m.add(
-        "fc2.weight",
-        Array::from_shape_fn(IxDyn(&[10, 64]), |i| {
-            ((i[0] * 64 + i[1]) as f32 * 0.11).cos()
-        }),
-    )
-    .unwrap();
-    let path = dir.join("model.safetensors");
-    m.save(&path, &SaveOptions::default()).unwrap();
-    path.display().to_string()
-}
+use cli_common::{model_file, slimnn};
 
 /// Statistics of `layers` (name, inputs), inputs of very different scales.
 fn stats_file(dir: &Path, file: &str, layers: &[(&str, usize)]) -> String {
