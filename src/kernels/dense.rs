@@ -221,7 +221,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn simd_twins_agree((x, w, k) in case()) {
-            if !crate::kernels::avx2_in_use() {
+            if !crate::kernels::simd_in_use() {
                 return Ok(());
             }
             let r = w.len() / k;

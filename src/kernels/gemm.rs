@@ -164,9 +164,9 @@ pub(crate) fn gemm_q8_blocked(p: &Blocked<'_>, y: &mut [f32]) {
     debug_assert!(p.block > 0 && p.k.is_multiple_of(p.block));
     debug_assert_eq!(y.len(), p.xq.len() / p.k * (p.wq.len() / p.k));
     #[cfg(target_arch = "x86_64")]
-    if super::level() == super::Level::AvxVnni && p.block.is_multiple_of(32) {
-        // SAFETY: `level()` returns AvxVnni only if the CPU reports AVX2, FMA and
-        // AVX-VNNI; the block length is a multiple of 32.
+    if super::extensions().avx_vnni && p.block.is_multiple_of(32) {
+        // SAFETY: `extensions()` reports AVX-VNNI only if the CPU has it besides AVX2
+        // and FMA; the block length is a multiple of 32.
         unsafe { gemm_q8_blocked_vnni(p, y) };
         return;
     }
@@ -444,7 +444,6 @@ kernel! {
 mod tests {
     use super::*;
     #[cfg(target_arch = "x86_64")]
-    use crate::kernels::{Level, detected};
     use proptest::prelude::*;
 
     proptest! {
@@ -452,7 +451,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn int8_gemm_is_exact((m, n, k) in (1usize..7, 1usize..10, 1usize..70), seed in any::<u64>()) {
-            if !crate::kernels::avx2_in_use() {
+            if !crate::kernels::simd_in_use() {
                 return Ok(());
             }
             let mut s = seed | 1;
@@ -471,7 +470,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn blocked_twins_agree((m, n, blocks) in (1usize..6, 1usize..6, 1usize..4), seed in any::<u64>(), wide in any::<bool>()) {
-            if !crate::kernels::avx2_in_use() {
+            if !crate::kernels::simd_in_use() {
                 return Ok(());
             }
             let block = if wide { 64 } else { 32 };
@@ -492,7 +491,7 @@ mod tests {
             for (a, b) in fast.iter().zip(&slow) {
                 prop_assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{} vs {}", a, b);
             }
-            if detected() == Level::AvxVnni {
+            if crate::kernels::detected_extensions().avx_vnni {
                 // SAFETY: the CPU reported AVX-VNNI as well.
                 unsafe { gemm_q8_blocked_vnni(&p, &mut fast) };
                 for (a, b) in fast.iter().zip(&slow) {
@@ -513,12 +512,11 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn dot_codes_twins_agree(x in prop::collection::vec(-1.0f32..1.0, 0..100), seed in any::<u8>()) {
-            if !crate::kernels::avx2_in_use() {
+            if !crate::kernels::simd_in_use() {
                 return Ok(());
             }
             let codes: Vec<u8> = (0..x.len()).map(|i| (i as u8).wrapping_mul(seed) % 16).collect();
-            // SAFETY: AVX2 and FMA checked above.
-            let fast = unsafe { dot_codes::avx2(&x, &codes) };
+            let fast = dot_codes(&x, &codes);
             let slow = dot_codes::scalar(&x, &codes);
             prop_assert!((fast - slow).abs() <= 1e-4 * (1.0 + slow.abs()));
         }

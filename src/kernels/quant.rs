@@ -190,17 +190,16 @@ mod tests {
         #[test]
         fn simd_twins_agree(x in prop::collection::vec(-1e3f32..1e3, 0..300), inv in 0.01f32..10.0,
                             offset in -10.0f32..300.0, cmax in 1u8..=255) {
-            if !crate::kernels::avx2_in_use() {
+            if !crate::kernels::simd_in_use() {
                 return Ok(());
             }
             let (mut a, mut b) = (vec![0u8; x.len()], vec![0u8; x.len()]);
-            // SAFETY: the CPU reported AVX2 and FMA (checked above).
-            unsafe { quantize::avx2(&x, inv, offset, cmax as f32, &mut a) };
+            quantize(&x, inv, offset, cmax as f32, &mut a);
             quantize::scalar(&x, inv, offset, cmax as f32, &mut b);
             prop_assert_eq!(&a, &b);
             let (mut fa, mut fb) = (vec![0f32; x.len()], vec![0f32; x.len()]);
             // SAFETY: as above.
-            unsafe { dequantize::avx2(&a, inv, offset, &mut fa) };
+            dequantize(&a, inv, offset, &mut fa);
             dequantize::scalar(&a, inv, offset, &mut fb);
             prop_assert_eq!(fa, fb);
         }

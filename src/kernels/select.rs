@@ -170,26 +170,22 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn simd_twins_agree(v in values(), lo in -1.0f32..1.0, width in 0.0f32..1.0, t in -1.0f32..2.0, tie_cut in 0usize..800) {
-            if !crate::kernels::avx2_in_use() {
+            if !crate::kernels::simd_in_use() {
                 return Ok(());
             }
             let hi = lo + width;
-            // SAFETY: the CPU reported AVX2 and FMA (checked above).
-            let simd = unsafe { window::avx2::<f32, Abs>(&v, lo, hi) };
+            let simd = window::<f32, Abs>(&v, lo, hi);
             prop_assert_eq!(simd, window::scalar::<f32, Abs>(&v, lo, hi));
-            // SAFETY: as above.
-            let simd = unsafe { window::avx2::<f32, Identity>(&v, lo, hi) };
+            let simd = window::<f32, Identity>(&v, lo, hi);
             prop_assert_eq!(simd, window::scalar::<f32, Identity>(&v, lo, hi));
 
             let n_words = v.len().div_ceil(64);
             let (mut a, mut b) = (vec![0u64; n_words], vec![0u64; n_words]);
-            // SAFETY: as above.
-            unsafe { keep_words::avx2::<f32, Abs>(&v, &mut a, 0, t, tie_cut) };
+            keep_words::<f32, Abs>(&v, &mut a, 0, t, tie_cut);
             keep_words::scalar::<f32, Abs>(&v, &mut b, 0, t, tie_cut);
             prop_assert_eq!(&a, &b);
             let (mut va, mut vb) = (v.clone(), v.clone());
-            // SAFETY: as above.
-            unsafe { prune_words::avx2::<f32, Abs>(&mut va, &mut a, 0, t, tie_cut) };
+            prune_words::<f32, Abs>(&mut va, &mut a, 0, t, tie_cut);
             prune_words::scalar::<f32, Abs>(&mut vb, &mut b, 0, t, tie_cut);
             prop_assert_eq!(a, b);
             prop_assert_eq!(va, vb);

@@ -743,7 +743,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn row_kernel_twins_agree_with_f64(cols in 1usize..200, w8 in 1usize..=8, seed in any::<u64>()) {
-            if !crate::kernels::avx2_in_use() {
+            if !crate::kernels::simd_in_use() {
                 return Ok(());
             }
             let mut g = Gen(seed | 1);
@@ -756,22 +756,21 @@ mod tests {
                 c.iter().zip(v).map(|(&c, &v)| (v as f64, x[c as usize] as f64)).collect()
             };
             let iota: Vec<u32> = (0..cols as u32).collect();
-            // SAFETY (all `avx2` calls below): the CPU reported AVX2 and FMA.
-            let got = [sparse_dot::scalar(&idx, &vals, &x), unsafe { sparse_dot::avx2(&idx, &vals, &x) }];
+            let got = [sparse_dot::scalar(&idx, &vals, &x), sparse_dot(&idx, &vals, &x)];
             assert_close(&got, |_| dot_terms(&idx, &vals));
-            let got = [dense_dot::scalar(&dense_vals, &x), unsafe { dense_dot::avx2(&dense_vals, &x) }];
+            let got = [dense_dot::scalar(&dense_vals, &x), dense_dot(&dense_vals, &x)];
             assert_close(&got, |_| dot_terms(&iota, &dense_vals));
             let lanes_terms = |c: &[u32], v: &[f32], l: usize| -> Vec<(f64, f64)> {
                 c.iter().zip(v).map(|(&c, &v)| (v as f64, panel[c as usize * width + l] as f64)).collect()
             };
             let (mut a, mut b) = (vec![0.0f32; width], vec![0.0f32; width]);
             sparse_lanes::scalar(&idx, &vals, &panel, &mut a);
-            unsafe { sparse_lanes::avx2(&idx, &vals, &panel, &mut b) };
+            sparse_lanes(&idx, &vals, &panel, &mut b);
             assert_close(&a, |l| lanes_terms(&idx, &vals, l));
             assert_close(&b, |l| lanes_terms(&idx, &vals, l));
             let (mut a, mut b) = (vec![0.0f32; width], vec![0.0f32; width]);
             dense_lanes::scalar(&dense_vals, &panel, &mut a);
-            unsafe { dense_lanes::avx2(&dense_vals, &panel, &mut b) };
+            dense_lanes(&dense_vals, &panel, &mut b);
             assert_close(&a, |l| lanes_terms(&iota, &dense_vals, l));
             assert_close(&b, |l| lanes_terms(&iota, &dense_vals, l));
         }
@@ -781,7 +780,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn grouped_twins_agree_with_f64(groups in 0usize..40, nm in prop_oneof![Just((2usize, 4usize)), (1usize..=8, 1usize..=8)], seed in any::<u64>()) {
-            if !crate::kernels::avx2_in_use() {
+            if !crate::kernels::simd_in_use() {
                 return Ok(());
             }
             let (n, m) = (nm.0.min(nm.1), nm.0.max(nm.1));
@@ -791,17 +790,16 @@ mod tests {
             let x = g.values(groups * m);
             let (mut ca, mut cb) = (vec![0u32; idx.len()], vec![0u32; idx.len()]);
             nm_cols::scalar(&idx, n, m, &mut ca);
-            // SAFETY (all `avx2` calls below): the CPU reported AVX2 and FMA.
-            unsafe { nm_cols::avx2(&idx, n, m, &mut cb) };
+            nm_cols(&idx, n, m, &mut cb);
             prop_assert_eq!(&ca, &cb);
             prop_assert!(ca.iter().enumerate().all(|(k, &c)| c as usize == k / n * m + idx[k] as usize));
-            let got = [nm_dot::scalar(&vals, &idx, n, m, &x), unsafe { nm_dot::avx2(&vals, &idx, n, m, &x) }];
+            let got = [nm_dot::scalar(&vals, &idx, n, m, &x), nm_dot(&vals, &idx, n, m, &x)];
             assert_close(&got, |_| ca.iter().zip(&vals).map(|(&c, &v)| (v as f64, x[c as usize] as f64)).collect());
             let table: [f32; 256] = std::array::from_fn(|i| i as f32 * 0.5 - 3.0);
             let codes: Vec<u8> = (0..groups * m).map(|_| g.next() as u8).collect();
             let (mut da, mut db) = (vec![0.0f32; codes.len()], vec![0.0f32; codes.len()]);
             decode::scalar(&codes, &table, &mut da);
-            unsafe { decode::avx2(&codes, &table, &mut db) };
+            decode(&codes, &table, &mut db);
             prop_assert_eq!(&da, &db);
             prop_assert!(codes.iter().zip(&da).all(|(&c, &v)| v == table[c as usize]));
         }
