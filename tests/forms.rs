@@ -144,6 +144,23 @@ fn cli_prune_and_lowrank_on_one_weight_exits_with_an_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cannot also be factorized"), "{err}");
     assert!(!out.exists());
+    // Per-tensor steps stream; the conflict is refused from the header, before a byte
+    // is written, for one output file and for shards.
+    let o = run(&["--prune", "magnitude:0.5", "--lowrank", "svd:4"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot also be factorized"), "{err}");
+    assert!(!out.exists());
+    let o = run(&[
+        "--prune",
+        "magnitude:0.5",
+        "--lowrank",
+        "svd:4",
+        "--shard-size",
+        "1000000",
+    ]);
+    assert!(!o.status.success());
+    assert!(!out.exists());
     let o = run(&["--prune", "global:0.5@fc1.*", "--lowrank", "svd:4@fc2.*"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let back = Model::load_compressed(&out).unwrap();

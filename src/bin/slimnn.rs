@@ -260,6 +260,10 @@ fn run(cli: Cli) -> Result<()> {
                 pipeline.push(spec::encode_step(s)?);
             }
             let input_bytes = input_size(&model)?;
+            // A request the forms cannot hold is refused before any work, streamed or not.
+            if measure.is_none() && pipeline.can_stream(&model)? {
+                spec::check_prune_lowrank_at(&model, &prune, &lowrank)?;
+            }
             if let Some(max_shard_bytes) = shard_size {
                 return compress_sharded(
                     &pipeline,

@@ -94,7 +94,7 @@ impl SparseFormat for BitmaskSparse {
         let mut r = Reader::new(bytes, "bitmask sparse");
         let shape = read_shape(&mut r)?;
         let len = shape[0] * shape[1];
-        let mask_bytes = r.take(len.div_ceil(8), 1, "mask")?;
+        let mask_bytes = r.take_items(len.div_ceil(8), 1, "mask")?;
         let words: Vec<u64> = mask_bytes
             .chunks(8)
             .map(|c| {
@@ -104,7 +104,7 @@ impl SparseFormat for BitmaskSparse {
             })
             .collect();
         let mask =
-            Mask::from_words(&shape, words).map_err(|_| r.bad("mask padding bits are set"))?;
+            Mask::from_words(&shape, words).map_err(|_| r.error("mask padding bits are set"))?;
         let values = r.finite_f32s(mask.count_kept(), "values")?;
         *bytes = r.rest();
         Ok(BitmaskSparse { mask, values })

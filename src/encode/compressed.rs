@@ -183,10 +183,10 @@ impl Compressed {
             (shape[0], shape[1])
         };
         let ptr = r.u32s(major_len.saturating_add(1), "pointers")?;
-        check_pointers(&ptr).map_err(|e| r.bad(e))?;
+        check_pointers(&ptr).map_err(|e| r.error(e))?;
         let nnz = ptr[major_len] as usize;
         let idx = r.u32s(nnz, "indices")?;
-        check_indices(&ptr, &idx, minor_len).map_err(|e| r.bad(e))?;
+        check_indices(&ptr, &idx, minor_len).map_err(|e| r.error(e))?;
         let values = r.finite_f32s(nnz, "values")?;
         *bytes = r.rest();
         Ok(Compressed {

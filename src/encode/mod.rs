@@ -35,7 +35,7 @@ mod bitmask;
 pub(crate) mod compressed;
 mod nm;
 mod relative;
-mod wire;
+pub(crate) mod wire;
 
 pub use bitmask::BitmaskSparse;
 pub use compressed::{Csc, Csr};
@@ -151,12 +151,12 @@ fn stored_positions(values: &[f32], shape: [usize; 2], mask: Option<&Mask>) -> R
 
 /// Reads a `[rows, cols]` header (two u32) whose dense f32 size is addressable.
 fn read_shape(r: &mut wire::Reader<'_>) -> Result<[usize; 2]> {
-    let rows = r.u32("rows")? as usize;
-    let cols = r.u32("cols")? as usize;
+    let rows = r.u32()? as usize;
+    let cols = r.u32()? as usize;
     rows.checked_mul(cols)
         .and_then(|n| n.checked_mul(4))
         .filter(|&b| b <= isize::MAX as usize)
-        .ok_or_else(|| r.bad(format!("a {rows}×{cols} matrix is too large to address")))?;
+        .ok_or_else(|| r.error(format!("a {rows}×{cols} matrix is too large to address")))?;
     Ok([rows, cols])
 }
 

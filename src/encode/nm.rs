@@ -202,13 +202,13 @@ impl SparseFormat for NmSparse {
     fn read_from(bytes: &mut &[u8]) -> Result<NmSparse> {
         let mut r = Reader::new(bytes, "N:M sparse");
         let shape = read_shape(&mut r)?;
-        let n = r.u8("n")? as usize;
-        let m = r.u8("m")? as usize;
+        let n = r.u8()? as usize;
+        let m = r.u8()? as usize;
         if m == 0 || !(1..=m).contains(&n) {
-            return Err(r.bad(format!("{n}:{m} is not a valid N:M pattern")));
+            return Err(r.error(format!("{n}:{m} is not a valid N:M pattern")));
         }
         if shape[1] % m != 0 {
-            return Err(r.bad(format!("groups of {m} do not divide {} columns", shape[1])));
+            return Err(r.error(format!("groups of {m} do not divide {} columns", shape[1])));
         }
         let slots = shape[0] * shape[1] / m * n;
         let bits = index_bits(m);
@@ -218,7 +218,7 @@ impl SparseFormat for NmSparse {
             let valid =
                 group.iter().all(|&j| (j as usize) < m) && group.windows(2).all(|p| p[0] < p[1]);
             if !valid {
-                return Err(r.bad(format!(
+                return Err(r.error(format!(
                     "group {g}: in-group indices {group:?} are not increasing below {m}"
                 )));
             }

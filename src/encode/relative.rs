@@ -182,7 +182,7 @@ impl RelativeIndex {
     /// [`RelativeIndex::to_mask`].
     pub fn read_from(bytes: &mut &[u8]) -> Result<RelativeIndex> {
         let mut r = Reader::new(bytes, FORMAT);
-        let len = r.len64("length")?;
+        let len = r.usize()?;
         let index = RelativeIndex::read_body(&mut r, len)?;
         *bytes = r.rest();
         Ok(index)
@@ -200,13 +200,13 @@ impl RelativeIndex {
     }
 
     fn read_body(r: &mut Reader<'_>, len: usize) -> Result<RelativeIndex> {
-        let index_bits = r.u8("index bits")?;
+        let index_bits = r.u8()?;
         if check_index_bits(index_bits).is_err() {
-            return Err(r.bad(format!("index bits {index_bits} are not in 1..=8")));
+            return Err(r.error(format!("index bits {index_bits} are not in 1..=8")));
         }
-        let count = r.len64("symbol count")?;
+        let count = r.usize()?;
         let symbols = r.packed(count, index_bits, "symbols")?;
-        let nnz = count_stored(len, index_bits, &symbols).map_err(|reason| r.bad(reason))?;
+        let nnz = count_stored(len, index_bits, &symbols).map_err(|reason| r.error(reason))?;
         Ok(RelativeIndex {
             len,
             index_bits,

@@ -424,14 +424,55 @@ pub fn check_prune_lowrank(
     prune: &[String],
     lowrank: &[String],
 ) -> Result<()> {
+    let params: Vec<(&str, LayerKind)> = model
+        .params()
+        .iter()
+        .map(|p| (p.name(), p.kind()))
+        .collect();
+    prune_lowrank_conflict(&params, prune, lowrank)
+}
+
+/// [`check_prune_lowrank`] for a safetensors checkpoint on disk (a file, a directory of
+/// shards or an index) before it is streamed: only the headers are read.
+pub fn check_prune_lowrank_at(
+    input: &std::path::Path,
+    prune: &[String],
+    lowrank: &[String],
+) -> Result<()> {
+    if prune.is_empty() || lowrank.is_empty() {
+        return Ok(());
+    }
+    let checkpoint = crate::io::safetensors::Checkpoint::open(input)?;
+    let params: Vec<(&str, LayerKind)> = checkpoint
+        .entries
+        .iter()
+        .filter(|e| e.float_dtype().is_some())
+        .map(|e| (e.name.as_str(), LayerKind::infer(&e.name, &e.shape)))
+        .collect();
+    prune_lowrank_conflict(&params, prune, lowrank)
+}
+
+/// The first parameter of `params` that a prune spec and a lowrank spec both select.
+fn prune_lowrank_conflict(
+    params: &[(&str, LayerKind)],
+    prune: &[String],
+    lowrank: &[String],
+) -> Result<()> {
+    let selected = |sel: &Selector| -> Vec<&str> {
+        params
+            .iter()
+            .filter(|(n, k)| sel.matches(n, *k))
+            .map(|(n, _)| *n)
+            .collect()
+    };
     let mut pruned = std::collections::HashSet::new();
     for s in prune {
         let (_, sel) = split(s, Selector::prunable())?;
-        pruned.extend(selected(model, &sel));
+        pruned.extend(selected(&sel));
     }
     for s in lowrank {
         let sel = lowrank_selection(s)?;
-        if let Some(name) = selected(model, &sel).find(|n| pruned.contains(n)) {
+        if let Some(name) = selected(&sel).into_iter().find(|n| pruned.contains(n)) {
             return Err(Error::FormConflict {
                 name: name.to_string(),
                 held: "selected for pruning".into(),
@@ -441,12 +482,6 @@ pub fn check_prune_lowrank(
         }
     }
     Ok(())
-}
-
-/// The names `selector` picks in `model` (none if it picks nothing: the step reports
-/// that itself).
-fn selected<'m>(model: &'m crate::Model, selector: &Selector) -> impl Iterator<Item = &'m str> {
-    model.select(selector).unwrap_or_default().into_iter()
 }
 
 /// A low-rank step from its spec (see the module's table).

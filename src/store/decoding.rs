@@ -4,7 +4,7 @@
 use half::f16;
 use ndarray::{Array2, Array4, ArrayD, IxDyn};
 
-use super::bytes::{Reader, Writer};
+use crate::encode::wire::{Reader, Writer};
 use crate::error::Result;
 use crate::lowrank::{Factorization, Factors};
 use crate::nn::ConvSpec;

@@ -26,7 +26,6 @@
 //! # Ok::<(), slimnn::Error>(())
 //! ```
 
-mod bytes;
 mod decoding;
 mod positions;
 mod record;
@@ -34,7 +33,7 @@ mod record;
 use std::fmt;
 use std::path::Path;
 
-use bytes::{Reader, Writer};
+use crate::encode::wire::{Reader, Writer};
 
 use crate::error::{Error, Result};
 use crate::model::{Model, RawTensor};
@@ -387,7 +386,7 @@ struct Entry<'b> {
 }
 
 fn parse(bytes: &[u8], source: &str, options: &LoadOptions) -> Result<Model> {
-    let mut r = Reader::new(bytes, source);
+    let mut r = Reader::at(bytes, FORMAT, source, 0);
     if r.take(8).ok() != Some(MAGIC.as_slice()) {
         return Err(r.error("not a slimnn compressed model (bad magic)"));
     }
@@ -408,7 +407,7 @@ fn parse(bytes: &[u8], source: &str, options: &LoadOptions) -> Result<Model> {
     // What the file claims before any record is decoded: its bytes, its header (as
     // strings and entries), its raw tensors, and every parameter's elements.
     let mut claimed = bytes.len().saturating_add(header_len.saturating_mul(4));
-    let mut h = Reader::at(header, source, FIXED);
+    let mut h = Reader::at(header, FORMAT, source, FIXED);
     let mut metadata = Vec::new();
     let n_meta = h.count(16)?;
     for _ in 0..n_meta {
@@ -421,7 +420,7 @@ fn parse(bytes: &[u8], source: &str, options: &LoadOptions) -> Result<Model> {
         let name = h.str()?;
         let data = section(&mut h, body, &mut expected_offset, &name)?;
         let base = data.as_ptr() as usize - bytes.as_ptr() as usize;
-        let elements = record::peek_elements(&mut Reader::at(data, source, base))
+        let elements = record::peek_elements(&mut Reader::at(data, FORMAT, source, base))
             .map_err(|e| in_record(&name, e, &h))?;
         claimed = claimed.saturating_add(elements.saturating_mul(LoadOptions::BYTES_PER_ELEMENT));
         if claimed > limit {
@@ -463,13 +462,13 @@ fn parse(bytes: &[u8], source: &str, options: &LoadOptions) -> Result<Model> {
         model.metadata_mut().insert(k, v);
     }
     for Entry { name, data, at } in params {
-        let mut h = Reader::at(header, source, FIXED);
+        let mut h = Reader::at(header, FORMAT, source, FIXED);
         h.skip_to(at);
         if model.get(&name).is_ok() {
             return Err(h.error(format!("`{name}` appears twice")));
         }
         let base = data.as_ptr() as usize - bytes.as_ptr() as usize;
-        let mut rec = Reader::at(data, source, base);
+        let mut rec = Reader::at(data, FORMAT, source, base);
         let d = record::decode(&mut rec, spare).map_err(|e| in_record(&name, e, &h))?;
         if !rec.is_empty() {
             return Err(rec.error(format!("`{name}` has {} stray bytes", rec.remaining())));
@@ -533,10 +532,10 @@ fn add_decoded(model: &mut Model, name: String, d: record::Decoded) -> Result<()
 /// (for the fuzz target `decode_record`).
 #[cfg(fuzzing)]
 pub fn decode_record_for_fuzzing(bytes: &[u8]) -> Result<()> {
-    let mut r = Reader::new(bytes, "<fuzz>");
+    let mut r = Reader::at(bytes, FORMAT, "<fuzz>", 0);
     let mut model = Model::new();
     let spare = LoadOptions::default().limit(bytes.len());
-    record::peek_elements(&mut Reader::new(bytes, "<fuzz>"))?
+    record::peek_elements(&mut Reader::at(bytes, FORMAT, "<fuzz>", 0))?
         .checked_mul(LoadOptions::BYTES_PER_ELEMENT)
         .filter(|&b| b <= spare)
         .ok_or_else(|| r.error("too many elements"))?;

@@ -1,11 +1,11 @@
 //! Where a parameter's stored values sit (a sparse index), and its quantization codes,
 //! as bytes; the relative index's gaps and the codes optionally Huffman-coded.
 
-use super::bytes::{Reader, Writer};
 use super::{Coded, Encoding, Positions};
 use crate::encode::RelativeIndex;
 use crate::encode::compressed::{check_indices, check_pointers, pattern};
 use crate::encode::huffman::{BitStream, HuffmanCode, entropy_bits, symbol_counts};
+use crate::encode::wire::{Reader, Writer};
 use crate::error::Result;
 use crate::mask::Mask;
 use crate::quant::PackedCodes;

@@ -3,13 +3,13 @@
 
 use ndarray::{ArrayD, IxDyn};
 
-use super::bytes::{Reader, Writer};
 use super::decoding::{
     factorization_from, read_decoding, read_factorization, read_factors_head,
     reconstruction_elements, write_decoding, write_factorization, write_factors_head,
 };
 use super::positions::{read_codes, read_positions, write_codes, write_positions};
 use super::{Coded, Encoding, Positions, StoredBytes};
+use crate::encode::wire::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::mask::Mask;
 use crate::model::{DType, LayerKind, Param};

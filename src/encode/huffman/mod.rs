@@ -234,29 +234,29 @@ impl HuffmanCode {
     /// code) is an [`Error::InvalidFormat`].
     pub fn read_from(bytes: &mut &[u8]) -> Result<HuffmanCode> {
         let mut r = Reader::new(bytes, TABLE_FORMAT);
-        let alphabet = r.u32("alphabet size")? as usize;
+        let alphabet = r.u32()? as usize;
         if alphabet > MAX_ALPHABET {
-            return Err(r.bad(format!("alphabet of {alphabet} symbols exceeds 65536")));
+            return Err(r.error(format!("alphabet of {alphabet} symbols exceeds 65536")));
         }
         let mut lengths = Vec::with_capacity(alphabet);
         while lengths.len() < alphabet {
-            match r.u8("length")? {
+            match r.u8()? {
                 l if l <= MAX_CODE_LEN => lengths.push(l),
                 UNUSED_RUN => {
-                    let b = r.take(1, 2, "run")?;
+                    let b = r.take_items(1, 2, "run")?;
                     let run = u16::from_le_bytes([b[0], b[1]]) as usize;
                     if run == 0 || lengths.len() + run > alphabet {
-                        return Err(r.bad(format!(
+                        return Err(r.error(format!(
                             "a run of {run} unused symbols at symbol {} of {alphabet}",
                             lengths.len()
                         )));
                     }
                     lengths.resize(lengths.len() + run, 0);
                 }
-                other => return Err(r.bad(format!("byte {other} is no code length"))),
+                other => return Err(r.error(format!("byte {other} is no code length"))),
             }
         }
-        check_lengths(&lengths).map_err(|reason| r.bad(reason))?;
+        check_lengths(&lengths).map_err(|reason| r.error(reason))?;
         *bytes = r.rest();
         Ok(HuffmanCode::canonical(lengths))
     }

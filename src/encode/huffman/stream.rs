@@ -68,11 +68,11 @@ impl BitStream {
     /// advances `bytes` past it. Any inconsistency is an [`Error::InvalidFormat`].
     pub fn read_from(bytes: &mut &[u8]) -> Result<BitStream> {
         let mut r = Reader::new(bytes, FORMAT);
-        let bit_len = r.u64("bit length")?;
+        let bit_len = r.u64()?;
         let n = usize::try_from(bit_len.div_ceil(8))
-            .map_err(|_| r.bad(format!("{bit_len} bits do not fit usize")))?;
-        let data = r.take(n, 1, "bits")?.to_vec();
-        check(&data, bit_len).map_err(|reason| r.bad(reason))?;
+            .map_err(|_| r.error(format!("{bit_len} bits do not fit usize")))?;
+        let data = r.take_items(n, 1, "bits")?.to_vec();
+        check(&data, bit_len).map_err(|reason| r.error(reason))?;
         *bytes = r.rest();
         Ok(BitStream {
             bytes: data,
