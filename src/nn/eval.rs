@@ -10,33 +10,9 @@ use crate::model::Model;
 impl Network {
     /// Accuracy and loss over a data set, in batches of `batch` examples.
     pub fn evaluate(&self, model: &Model, data: &Dataset, batch: usize) -> Result<Evaluation> {
-        if data.is_empty() {
-            return Err(Error::Empty {
-                what: "evaluation data set".into(),
-            });
-        }
-        let batch = batch.max(1);
-        let (mut correct, mut loss) = (0usize, 0.0f64);
-        for start in (0..data.len()).step_by(batch) {
-            let end = (start + batch).min(data.len());
-            let logits = self.forward(model, data.images.slice(s![start..end, ..]))?;
-            let labels = data.labels.slice(s![start..end]);
-            let (l, _) = softmax_cross_entropy(logits.view(), labels)?;
-            loss += l as f64 * (end - start) as f64;
-            correct += logits
-                .rows()
-                .into_iter()
-                .zip(labels)
-                .filter(|(row, y)| argmax(row) == **y as usize)
-                .count();
-        }
-        Ok(Evaluation {
-            accuracy: correct as f64 / data.len() as f64,
-            loss: loss / data.len() as f64,
-            correct,
-            total: data.len(),
-        })
+        evaluate_by(data, batch, |x| self.forward(model, x))
     }
+
     /// Confusion counts on `data`: entry `[true class, predicted class]` counts the
     /// examples of that class given that prediction (classes are the output units).
     ///
@@ -89,6 +65,41 @@ impl Network {
         }
         Ok(counts.unwrap_or_else(|| Array2::zeros((0, 0))))
     }
+}
+
+/// Accuracy and loss over a data set, in batches of `batch` examples, of the logits
+/// `forward` gives for each batch.
+pub(super) fn evaluate_by(
+    data: &Dataset,
+    batch: usize,
+    forward: impl Fn(ArrayView2<'_, f32>) -> Result<Array2<f32>>,
+) -> Result<Evaluation> {
+    if data.is_empty() {
+        return Err(Error::Empty {
+            what: "evaluation data set".into(),
+        });
+    }
+    let batch = batch.max(1);
+    let (mut correct, mut loss) = (0usize, 0.0f64);
+    for start in (0..data.len()).step_by(batch) {
+        let end = (start + batch).min(data.len());
+        let logits = forward(data.images.slice(s![start..end, ..]))?;
+        let labels = data.labels.slice(s![start..end]);
+        let (l, _) = softmax_cross_entropy(logits.view(), labels)?;
+        loss += l as f64 * (end - start) as f64;
+        correct += logits
+            .rows()
+            .into_iter()
+            .zip(labels)
+            .filter(|(row, y)| argmax(row) == **y as usize)
+            .count();
+    }
+    Ok(Evaluation {
+        accuracy: correct as f64 / data.len() as f64,
+        loss: loss / data.len() as f64,
+        correct,
+        total: data.len(),
+    })
 }
 
 fn argmax(row: &ndarray::ArrayView1<'_, f32>) -> usize {

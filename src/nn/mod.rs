@@ -77,6 +77,7 @@
 mod arch;
 mod avgpool;
 mod block;
+mod compiled;
 mod conv;
 mod dropout;
 mod eval;
@@ -99,6 +100,7 @@ use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
 
+pub use compiled::{CompiledLinear, CompiledNetwork};
 pub use conv::{ConvSpec, conv2d};
 pub use eval::softmax_cross_entropy;
 pub use fold::{BatchNormFold, BatchNormNames, FoldReport, created_bias_name};
