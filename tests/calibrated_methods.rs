@@ -289,16 +289,22 @@ fn a_conv_weight_is_solved_on_its_im2col_statistics() {
     assert!(output_error(&g) < output_error(&r));
 }
 
-#[test]
-fn gptq_after_pruning_keeps_the_pruned_weights_at_zero() {
-    let (model, stats) = model_and_stats();
+/// `model` with a fraction `f` of each weight pruned by magnitude (masks kept).
+fn magnitude_pruned(model: &Model, f: f64) -> Model {
     let mut m = model.clone();
     m.prune(
         &Selector::prunable(),
-        &MagnitudePruner::magnitude(0.5).unwrap(),
+        &MagnitudePruner::magnitude(f).unwrap(),
         &Statistics::new(),
     )
     .unwrap();
+    m
+}
+
+#[test]
+fn gptq_after_pruning_keeps_the_pruned_weights_at_zero() {
+    let (model, stats) = model_and_stats();
+    let mut m = magnitude_pruned(&model, 0.5);
     let pruned = m.clone();
     let mut rtn = m.clone();
     m.quantize_calibrated(&Selector::prunable(), &Gptq::new(3).unwrap(), &stats)
@@ -331,14 +337,7 @@ fn gptq_after_pruning_keeps_the_pruned_weights_at_zero() {
 fn sparsegpt_and_obs_keep_an_earlier_mask_and_count_it() {
     let (model, stats) = model_and_stats();
     let with_stats = Statistics::new().with_calibration(Arc::new(stats.clone()));
-    let mut first = model.clone();
-    first
-        .prune(
-            &Selector::prunable(),
-            &MagnitudePruner::magnitude(0.3).unwrap(),
-            &Statistics::new(),
-        )
-        .unwrap();
+    let first = magnitude_pruned(&model, 0.3);
     let before = first.get("fc1.weight").unwrap().mask().unwrap().clone();
     // Targets: 60% of the tensor, or of every row (29 of 48).
     let solvers: [(Box<dyn Pruner>, usize); 3] = [
@@ -369,13 +368,7 @@ fn sparsegpt_and_obs_keep_an_earlier_mask_and_count_it() {
     .unwrap();
     assert_eq!(*m.get("fc1.weight").unwrap().mask().unwrap(), before);
     // 2:4 after 50% magnitude: every group keeps at most 2.
-    let mut m = model.clone();
-    m.prune(
-        &Selector::prunable(),
-        &MagnitudePruner::magnitude(0.5).unwrap(),
-        &Statistics::new(),
-    )
-    .unwrap();
+    let mut m = magnitude_pruned(&model, 0.5);
     let old = m.get("fc1.weight").unwrap().mask().unwrap().clone();
     m.prune(
         &Selector::prunable(),
@@ -536,5 +529,98 @@ fn pipeline_steps_carry_the_statistics() {
         );
         let p = m.get(name).unwrap();
         assert_eq!(p.mask().unwrap().count_pruned(), p.numel() / 2);
+    }
+}
+
+mod earlier_masks {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Weights `[out, inputs]`, their statistics, and an earlier mask pruning about
+    /// `density` of them.
+    fn case(
+        seed: usize,
+        out: usize,
+        inputs: usize,
+        density: f64,
+    ) -> (ArrayD<f32>, LayerStats, Mask) {
+        let w = weight(&[out, inputs], seed);
+        let mut s = LayerStats::new(inputs);
+        s.observe(&rows(6 * inputs, inputs, seed), 6 * inputs, inputs)
+            .unwrap();
+        let mask = Mask::from_fn(&[out, inputs], |i| {
+            (noise(i, seed + 7) as f64 + 1.0) / 2.0 >= density
+        });
+        (w, s, mask)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// SparseGPT and OBS keep an earlier mask's weights pruned, count them toward the
+        /// target, write zeros where they prune, and `mask` agrees with `prune`; GPTQ
+        /// decodes them to exactly 0.
+        #[test]
+        fn earlier_pruned_weights_stay_pruned_and_count(
+            seed in 0usize..1000,
+            out in 1usize..6,
+            groups in 2usize..5,
+            density in 0.0f64..0.9,
+            sparsity in 0.0f64..1.0,
+            which in 0usize..4,
+        ) {
+            let inputs = 4 * groups;
+            let (w, stats, before) = case(seed, out, inputs, density);
+            let mut effective = w.clone();
+            before.apply(&mut effective).unwrap();
+            let ctx = PruneContext::new().with_layer_stats(&stats).with_mask(&before);
+            let pruner: Box<dyn Pruner> = match which {
+                0 => Box::new(SparseGpt::new(SparsityPattern::Unstructured(sparsity)).unwrap()),
+                1 => Box::new(SparseGpt::new(SparsityPattern::PerRow(sparsity)).unwrap()),
+                2 => Box::new(SparseGpt::new(SparsityPattern::NM { n: 2, m: 4 }).unwrap()),
+                _ => Box::new(Obs::new(sparsity).unwrap()),
+            };
+            let mut updated = effective.clone();
+            let mask = pruner.prune(&mut updated, &ctx).unwrap();
+            prop_assert_eq!(&pruner.mask(&effective, &ctx).unwrap(), &mask);
+            prop_assert_eq!(mask.and(&before).unwrap(), mask.clone());
+            prop_assert!(mask.iter_pruned().all(|i| updated.as_slice().unwrap()[i] == 0.0));
+            let kept = mask.to_bools();
+            let was = before.to_bools();
+            let count = |m: &ArrayD<bool>, r: usize, cols: std::ops::Range<usize>| {
+                cols.filter(|&j| !m[[r, j]]).count()
+            };
+            let round = |x: f64| x.round_ties_even() as usize;
+            match which {
+                0 => {
+                    let target = round(sparsity * (out * inputs) as f64);
+                    prop_assert_eq!(
+                        mask.count_pruned(),
+                        target.max(before.count_pruned())
+                    );
+                }
+                2 => {
+                    for r in 0..out {
+                        for g in 0..groups {
+                            let cols = 4 * g..4 * g + 4;
+                            let fixed = count(&was, r, cols.clone());
+                            prop_assert_eq!(count(&kept, r, cols), fixed.max(2));
+                        }
+                    }
+                }
+                _ => {
+                    for r in 0..out {
+                        let fixed = count(&was, r, 0..inputs);
+                        let target = round(sparsity * inputs as f64);
+                        prop_assert_eq!(count(&kept, r, 0..inputs), fixed.max(target));
+                    }
+                }
+            }
+            let qctx = QuantContext::new().with_layer_stats(&stats).with_mask(&before);
+            let q = Quantizer::quantize(&Gptq::new(3).unwrap(), &effective, &qctx).unwrap();
+            let decoded = q.dequantize::<f32>();
+            prop_assert!(before.iter_pruned().all(|i| decoded.as_slice().unwrap()[i] == 0.0));
+        }
     }
 }
