@@ -624,3 +624,45 @@ mod earlier_masks {
         }
     }
 }
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    // Large enough for the lazy batched updates to run on two tasks.
+    let (out, inputs) = (96, 384);
+    let mut model = Model::new();
+    model.add("big.weight", weight(&[out, inputs], 9)).unwrap();
+    let mut stats = CalibrationStats::new();
+    stats
+        .observe(
+            "big.weight",
+            &rows(2 * inputs, inputs, 9),
+            2 * inputs,
+            inputs,
+        )
+        .unwrap();
+    let stats = Arc::new(stats);
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let mut m = model.clone();
+                m.prune(
+                    &Selector::prunable(),
+                    &SparseGpt::new(SparsityPattern::Unstructured(0.5)).unwrap(),
+                    &Statistics::new().with_calibration(Arc::clone(&stats)),
+                )
+                .unwrap();
+                m.quantize_calibrated(
+                    &Selector::prunable(),
+                    &Gptq::new(4).unwrap().with_group(32).unwrap(),
+                    &stats,
+                )
+                .unwrap();
+                let p = m.get("big.weight").unwrap();
+                (p.mask().unwrap().clone(), p.quantized().unwrap().clone())
+            })
+    };
+    assert_eq!(run(1), run(3));
+}

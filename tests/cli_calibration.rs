@@ -239,6 +239,35 @@ fn second_order_methods_run_from_a_statistics_file() {
         both.get("fc2.weight").unwrap().value(),
         original.get("fc2.weight").unwrap().value()
     );
+    // A compressed input is not streamed: the whole model, the same result.
+    compressed(dir.path(), &input, "plain.slim", &[]);
+    let slim = dir.path().join("plain.slim").display().to_string();
+    let whole = compressed(
+        dir.path(),
+        &slim,
+        "whole.safetensors",
+        &["--calibration", &stats, "--quantize", "gptq:4:g32"],
+    );
+    for name in ["fc1.weight", "fc2.weight"] {
+        assert_eq!(
+            whole.get(name).unwrap().value(),
+            g.get(name).unwrap().value()
+        );
+    }
+    let partial = stats_file(dir.path(), "partial.safetensors", &[("fc1.weight", 96)]);
+    let out = slimnn(&[
+        "compress",
+        &slim,
+        "-o",
+        &dir.path().join("no.safetensors").display().to_string(),
+        "--calibration",
+        &partial,
+        "--prune",
+        "sparsegpt:0.5",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("fc2.weight"), "{err}");
+    assert!(!dir.path().join("no.safetensors").exists());
 }
 
 #[test]
