@@ -29,6 +29,29 @@ fn stats_file(dir: &Path, file: &str, layers: &[(&str, usize)]) -> String {
     path.display().to_string()
 }
 
+/// The layer output error `tr(ΔW·H·ΔWᵀ)` of `name` in `q` against `original`, from the
+/// statistics `st`.
+fn output_error(original: &Model, q: &Model, st: &CalibrationStats, name: &str) -> f64 {
+    let (w, wq) = (
+        original.get(name).unwrap().value(),
+        q.get(name).unwrap().effective(),
+    );
+    let cols = w.shape()[1];
+    let h = st.get(name).unwrap().xtx();
+    let dw: Vec<f64> = w
+        .iter()
+        .zip(wq.iter())
+        .map(|(a, b)| (b - a) as f64)
+        .collect();
+    dw.chunks(cols)
+        .map(|row| {
+            (0..cols)
+                .map(|j| row[j] * (0..cols).map(|k| h[[j, k]] * row[k]).sum::<f64>())
+                .sum::<f64>()
+        })
+        .sum()
+}
+
 fn ok(out: &Output) {
     assert!(
         out.status.success(),
@@ -122,28 +145,11 @@ fn wanda_and_awq_run_from_a_statistics_file() {
     ]));
     let r = Model::load(&rtn).unwrap();
     let st = CalibrationStats::load(&stats).unwrap();
-    let output_error = |q: &Model, name: &str| -> f64 {
-        let (w, wq) = (
-            original.get(name).unwrap().value(),
-            q.get(name).unwrap().value(),
-        );
-        let cols = w.shape()[1];
-        let h = st.get(name).unwrap().xtx();
-        let dw: Vec<f64> = w
-            .iter()
-            .zip(wq.iter())
-            .map(|(a, b)| (b - a) as f64)
-            .collect();
-        dw.chunks(cols)
-            .map(|row| {
-                (0..cols)
-                    .map(|j| row[j] * (0..cols).map(|k| h[[j, k]] * row[k]).sum::<f64>())
-                    .sum::<f64>()
-            })
-            .sum()
-    };
     for name in ["fc1.weight", "fc2.weight"] {
-        let (e_awq, e_rtn) = (output_error(&a, name), output_error(&r, name));
+        let (e_awq, e_rtn) = (
+            output_error(&original, &a, &st, name),
+            output_error(&original, &r, &st, name),
+        );
         assert!(e_awq < e_rtn, "{name}: AWQ {e_awq} vs RTN {e_rtn}");
     }
     // Data-free methods still run beside --calibration.
@@ -158,6 +164,110 @@ fn wanda_and_awq_run_from_a_statistics_file() {
         "int8",
         "--quiet",
     ]));
+}
+
+/// Runs `compress` on `input` into `dir/out` with `args`; the model written.
+fn compressed(dir: &Path, input: &str, out: &str, args: &[&str]) -> Model {
+    let path = dir.join(out).display().to_string();
+    let mut all = vec!["compress", input, "-o", &path, "--quiet"];
+    all.extend(args);
+    ok(&slimnn(&all));
+    match path.ends_with(".safetensors") {
+        true => Model::load(&path).unwrap(),
+        false => Model::load_compressed(&path).unwrap(),
+    }
+}
+
+#[test]
+fn second_order_methods_run_from_a_statistics_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = model_file(dir.path());
+    let stats = stats_file(
+        dir.path(),
+        "stats.safetensors",
+        &[("fc1.weight", 96), ("fc2.weight", 64)],
+    );
+    let st = CalibrationStats::load(&stats).unwrap();
+    let original = Model::load(&input).unwrap();
+    let run = |out: &str, args: &[&str]| {
+        let mut all = vec!["--calibration", stats.as_str()];
+        all.extend(args);
+        compressed(dir.path(), &input, out, &all)
+    };
+    // Each data-aware method against its data-free counterpart of the same pattern.
+    for (method, baseline) in [
+        ("sparsegpt:0.5", "magnitude:0.5"),
+        ("sparsegpt:2:4", "nm:2:4"),
+        ("obs:0.5", "magnitude:0.5"),
+    ] {
+        let m = run("m.safetensors", &["--prune", method]);
+        let b = run("b.safetensors", &["--prune", baseline]);
+        for name in ["fc1.weight", "fc2.weight"] {
+            let p = m.get(name).unwrap();
+            assert_eq!(p.zeros(), p.numel() / 2, "{method} {name}");
+            let (e, e_b) = (
+                output_error(&original, &m, &st, name),
+                output_error(&original, &b, &st, name),
+            );
+            assert!(e < e_b, "{name}: {method} {e} vs {baseline} {e_b}");
+        }
+    }
+    let g = run("g.safetensors", &["--quantize", "gptq:4:g32"]);
+    let r = run("r.safetensors", &["--quantize", "int4-group32"]);
+    for name in ["fc1.weight", "fc2.weight"] {
+        let (e, e_r) = (
+            output_error(&original, &g, &st, name),
+            output_error(&original, &r, &st, name),
+        );
+        assert!(e < e_r, "{name}: GPTQ {e} vs round-to-nearest {e_r}");
+    }
+    // Pruned, then quantized with the pruned weights kept at 0, into the compressed
+    // format (which keeps the codes), on one layer.
+    let both = run(
+        "both.slim",
+        &[
+            "--prune",
+            "sparsegpt:2:4@fc1.*",
+            "--quantize",
+            "gptq:3@fc1.*",
+        ],
+    );
+    let fc1 = both.get("fc1.weight").unwrap();
+    assert!(fc1.quantized().is_some());
+    assert!(fc1.zeros() >= fc1.numel() / 2);
+    assert_eq!(
+        both.get("fc2.weight").unwrap().value(),
+        original.get("fc2.weight").unwrap().value()
+    );
+    // A compressed input is not streamed: the whole model, the same result.
+    compressed(dir.path(), &input, "plain.slim", &[]);
+    let slim = dir.path().join("plain.slim").display().to_string();
+    let whole = compressed(
+        dir.path(),
+        &slim,
+        "whole.safetensors",
+        &["--calibration", &stats, "--quantize", "gptq:4:g32"],
+    );
+    for name in ["fc1.weight", "fc2.weight"] {
+        assert_eq!(
+            whole.get(name).unwrap().value(),
+            g.get(name).unwrap().value()
+        );
+    }
+    let partial = stats_file(dir.path(), "partial.safetensors", &[("fc1.weight", 96)]);
+    let out = slimnn(&[
+        "compress",
+        &slim,
+        "-o",
+        &dir.path().join("no.safetensors").display().to_string(),
+        "--calibration",
+        &partial,
+        "--prune",
+        "sparsegpt:0.5",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("fc2.weight"), "{err}");
+    assert!(!dir.path().join("no.safetensors").exists());
 }
 
 #[test]
@@ -201,13 +311,41 @@ fn calibration_mistakes_are_one_line_before_any_work() {
             vec!["--calibration", &full, "--quantize", "awq:4:128"],
             "awq:BITS",
         ),
+        (vec!["--prune", "sparsegpt:2:4"], "--calibration"),
+        (vec!["--quantize", "gptq:4"], "--calibration"),
         (
-            vec!["--calibration", &full, "--quantize", "gptq:4"],
-            "not yet",
+            vec!["--calibration", &partial, "--prune", "sparsegpt:2:4"],
+            "fc2.weight",
         ),
         (
-            vec!["--calibration", &full, "--prune", "sparsegpt:2:4"],
-            "not yet",
+            vec!["--calibration", &partial, "--prune", "obs:0.5@fc*"],
+            "fc2.weight",
+        ),
+        (
+            vec!["--calibration", &wrong, "--quantize", "gptq:4"],
+            "fc1.weight",
+        ),
+        (vec!["--calibration", &full, "--quantize", "gptq:1"], "bits"),
+        (
+            vec!["--calibration", &full, "--quantize", "gptq:4:g"],
+            "gptq:BITS",
+        ),
+        (
+            vec!["--calibration", &full, "--prune", "sparsegpt:2:x"],
+            "sparsegpt:F",
+        ),
+        (
+            vec!["--calibration", &full, "--prune", "sparsegpt:4:2"],
+            "`n`",
+        ),
+        (
+            vec!["--calibration", &full, "--prune", "obs:1.5"],
+            "sparsity",
+        ),
+        // 7 does not divide fc1's 96 inputs.
+        (
+            vec!["--calibration", &full, "--prune", "sparsegpt:3:7"],
+            "fc1.weight",
         ),
     ] {
         let mut all = vec!["compress", &input, "-o", &output, "--quiet"];

@@ -83,7 +83,8 @@ enum Command {
         quantize: Vec<String>,
         /// Calibration statistics (safetensors: `NAME.xtx`, `NAME.rows`, optional
         /// `NAME.absmean` per weight; see docs/calibration.md). Enables the data-aware
-        /// methods `--prune wanda:F` and `--quantize awq:BITS[:gGROUP]`.
+        /// methods `--prune wanda:F|sparsegpt:F|sparsegpt:N:M|obs:F` and `--quantize
+        /// gptq:BITS[:gGROUP]|awq:BITS[:gGROUP]`.
         #[arg(long, value_name = "STATS.safetensors")]
         calibration: Option<PathBuf>,
         /// Storage of the compressed format, e.g. `relative:4+huffman`, `csr`, `auto`.

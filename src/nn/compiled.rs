@@ -184,7 +184,7 @@ fn sparse_kernel(p: &Param, shape: [usize; 2]) -> Result<Option<Kernel>> {
         return Ok(None);
     }
     for m in [4usize, 8] {
-        if shape[1] % m != 0 {
+        if !shape[1].is_multiple_of(m) {
             continue;
         }
         let most = values

@@ -42,7 +42,7 @@ mod stream;
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::model::Model;
+use crate::model::{LayerKind, Model};
 
 pub use fold::FoldBatchNorm;
 pub use report::{ParamReport, Report, SpeedupSource, StepRecord, Timing};
@@ -66,6 +66,16 @@ pub trait Compressor {
     /// ([`Pipeline::stream`]). Default: [`Streaming::WholeModel`].
     fn streaming(&self) -> Streaming<'_> {
         Streaming::WholeModel
+    }
+
+    /// Checks, before a streamed compression ([`Pipeline::stream`]) reads any value,
+    /// that the step can compress a parameter it selects, from its name, kind and shape
+    /// (e.g. that calibration statistics of its width are there), so that a mistake is
+    /// an error before any work. Default: nothing to check. [`Pipeline::run`] does not
+    /// call it: there `compress` sees the whole model and checks it first.
+    fn check_selected(&self, name: &str, kind: LayerKind, shape: &[usize]) -> Result<()> {
+        let _ = (name, kind, shape);
+        Ok(())
     }
 }
 
@@ -92,6 +102,10 @@ impl<C: Compressor + ?Sized> Compressor for Box<C> {
 
     fn streaming(&self) -> Streaming<'_> {
         (**self).streaming()
+    }
+
+    fn check_selected(&self, name: &str, kind: LayerKind, shape: &[usize]) -> Result<()> {
+        (**self).check_selected(name, kind, shape)
     }
 }
 

@@ -15,6 +15,9 @@
 //! | quantize | `pow2:B`, `ternary`, `binary` | logarithmic, TWN, XNOR (per channel) |
 //! | quantize | `q8_0`, `q4_0`, `q6_k` | llama.cpp block formats (`q4_k`: GGUF output only) |
 //! | prune (calibrated) | `wanda:F` | Wanda, `F` of every output row by `|w|·‖x_j‖` |
+//! | prune (calibrated) | `sparsegpt:F`, `sparsegpt:N:M` | SparseGPT, a fraction `F` of each weight (adaptive mask per column block) or N:M, with weight updates |
+//! | prune (calibrated) | `obs:F` | Optimal Brain Surgeon, `F` of every output row, with weight updates |
+//! | quantize (calibrated) | `gptq:B`, `gptq:B:gG` | GPTQ at `B` bits (affine), per row or groups of `G` |
 //! | quantize (calibrated) | `awq:B`, `awq:B:gG` | AWQ at `B` bits, per row or groups of `G` |
 //! | lowrank | `svd:R` or `svd:E` | truncated SVD, rank `R` (integer) or energy `E` (< 1) |
 //! | lowrank | `svd:vbmf`, `rsvd:R` | VBMF rank; randomized SVD |
@@ -44,7 +47,7 @@ use super::{
     Compressor, Encode, Factorize, FactorizeWithin, Prune, PruneCalibrated, PruneGlobal, Quantize,
     QuantizeCalibrated,
 };
-use crate::calib::{Awq, CalibrationStats};
+use crate::calib::{Awq, CalibrationStats, Gptq, Obs, SparseGpt, SparsityPattern};
 use crate::error::{Error, Result};
 use crate::filters::DepthwiseSeparable;
 use crate::lowrank::{Budget, CpAls, RandomizedSvd, Rank, SpatialSeparable, TruncatedSvd, Tucker2};
@@ -155,15 +158,6 @@ fn needs_statistics(family: &'static str, spec: &str) -> Error {
     )
 }
 
-fn not_yet(family: &'static str, spec: &str) -> Error {
-    bad(
-        family,
-        spec,
-        "a method this build has: the second-order solvers (SparseGPT, OBS, GPTQ) are not \
-         yet available; wanda:F prunes and awq:BITS[:gGROUP] quantizes from the statistics",
-    )
-}
-
 /// The parameters a data-aware step spec selects, after checking that every one has
 /// calibration statistics of its width in `stats` (one error naming the first that
 /// lacks them). For a data-free spec, only the selection.
@@ -191,7 +185,20 @@ pub fn check_calibrated(
 }
 
 /// A pruning step from its spec, with calibration statistics for the data-aware
-/// methods (`wanda:F`); other specs as [`prune_step`].
+/// methods (`wanda:F`, `sparsegpt:F`, `sparsegpt:N:M`, `obs:F`); other specs as
+/// [`prune_step`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use slimnn::calib::CalibrationStats;
+/// use slimnn::pipeline::spec;
+///
+/// let stats = Arc::new(CalibrationStats::new());
+/// let step = spec::calibrated_prune_step("sparsegpt:2:4@fc*", Arc::clone(&stats))?;
+/// assert_eq!(step.describe(), "prune: SparseGPT 2:4");
+/// assert!(spec::calibrated_prune_step("obs:1.5", stats).is_err());
+/// # Ok::<(), slimnn::Error>(())
+/// ```
 pub fn calibrated_prune_step(
     spec: &str,
     stats: Arc<CalibrationStats>,
@@ -211,7 +218,38 @@ pub fn calibrated_prune_step(
                     .with_label(format!("prune: Wanda {f}")),
             )
         }
-        _ => return Err(not_yet(FAMILY, spec)),
+        "sparsegpt" => {
+            let expected = "sparsegpt:F or sparsegpt:N:M, e.g. sparsegpt:0.5 or sparsegpt:2:4";
+            let first = parts.next();
+            let (pattern, label) = match parts.next() {
+                None => {
+                    let f: f64 = number(FAMILY, spec, first, expected)?;
+                    (
+                        SparsityPattern::Unstructured(f),
+                        format!("prune: SparseGPT {f}"),
+                    )
+                }
+                Some(m) => {
+                    let n: usize = number(FAMILY, spec, first, expected)?;
+                    let m: usize = number(FAMILY, spec, Some(m), expected)?;
+                    (
+                        SparsityPattern::NM { n, m },
+                        format!("prune: SparseGPT {n}:{m}"),
+                    )
+                }
+            };
+            Box::new(
+                PruneCalibrated::new(selector, SparseGpt::new(pattern)?, stats, "SparseGPT")
+                    .with_label(label),
+            )
+        }
+        _ => {
+            let f: f64 = number(FAMILY, spec, parts.next(), "obs:F, e.g. obs:0.5")?;
+            Box::new(
+                PruneCalibrated::new(selector, Obs::new(f)?, stats, "OBS")
+                    .with_label(format!("prune: OBS {f}")),
+            )
+        }
     };
     if parts.next().is_some() {
         return Err(bad(FAMILY, spec, "no more fields"));
@@ -220,7 +258,19 @@ pub fn calibrated_prune_step(
 }
 
 /// A quantization step from its spec, with calibration statistics for the data-aware
-/// methods (`awq:BITS[:gGROUP]`); other specs as [`quantize_step`].
+/// methods (`gptq:BITS[:gGROUP]`, `awq:BITS[:gGROUP]`); other specs as [`quantize_step`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use slimnn::calib::CalibrationStats;
+/// use slimnn::pipeline::spec;
+///
+/// let stats = Arc::new(CalibrationStats::new());
+/// let step = spec::calibrated_quantize_step("gptq:4:g128", Arc::clone(&stats))?;
+/// assert_eq!(step.describe(), "quantize: gptq:4:g128");
+/// assert!(spec::calibrated_quantize_step("gptq:9", stats).is_err());
+/// # Ok::<(), slimnn::Error>(())
+/// ```
 pub fn calibrated_quantize_step(
     spec: &str,
     stats: Arc<CalibrationStats>,
@@ -232,7 +282,8 @@ pub fn calibrated_quantize_step(
     }
     let (s, selector) = split(spec, Selector::prunable())?;
     let mut parts = s.split(':').skip(1);
-    let expected = "awq:BITS or awq:BITS:gGROUP, e.g. awq:4:g128";
+    let expected = format!("{method}:BITS or {method}:BITS:gGROUP, e.g. {method}:4:g128");
+    let expected = expected.as_str();
     let bits: u8 = number(FAMILY, spec, parts.next(), expected)?;
     let group = match parts.next() {
         Some(g) => Some(number(FAMILY, spec, g.strip_prefix('g'), expected)?),
@@ -241,13 +292,20 @@ pub fn calibrated_quantize_step(
     if parts.next().is_some() {
         return Err(bad(FAMILY, spec, expected));
     }
-    match method {
-        "awq" => Ok(Box::new(
+    let label = format!("quantize: {s}");
+    Ok(match method {
+        "awq" => Box::new(
             QuantizeCalibrated::new(selector, Awq::new(bits, group)?, stats, "AWQ")
-                .with_label(format!("quantize: {s}")),
-        )),
-        _ => Err(not_yet(FAMILY, spec)),
-    }
+                .with_label(label),
+        ),
+        _ => {
+            let mut gptq = Gptq::new(bits)?;
+            if let Some(g) = group {
+                gptq = gptq.with_group(g)?;
+            }
+            Box::new(QuantizeCalibrated::new(selector, gptq, stats, "GPTQ").with_label(label))
+        }
+    })
 }
 
 /// A pruning step from its spec (see the module's table).
@@ -624,6 +682,45 @@ mod tests {
         ] {
             encode_step(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
+    }
+
+    #[test]
+    fn calibrated_specs_parse_and_bad_ones_are_errors() {
+        let stats = Arc::new(CalibrationStats::new());
+        for (s, label) in [
+            ("wanda:0.5", "prune: Wanda 0.5"),
+            ("sparsegpt:0.5", "prune: SparseGPT 0.5"),
+            ("sparsegpt:2:4@fc*", "prune: SparseGPT 2:4"),
+            ("obs:0.25", "prune: OBS 0.25"),
+        ] {
+            let step =
+                calibrated_prune_step(s, Arc::clone(&stats)).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(step.describe(), label);
+        }
+        for s in ["gptq:4", "gptq:3:g128", "awq:4:g32@fc1.*"] {
+            calibrated_quantize_step(s, Arc::clone(&stats)).unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        for s in [
+            "sparsegpt",
+            "sparsegpt:x",
+            "sparsegpt:1.5",
+            "sparsegpt:2:4:1",
+            "sparsegpt:0.5:4",
+            "sparsegpt:4:4",
+            "obs",
+            "obs:0.5:1",
+            "obs:-0.1",
+        ] {
+            assert!(calibrated_prune_step(s, Arc::clone(&stats)).is_err(), "{s}");
+        }
+        for s in ["gptq", "gptq:9", "gptq:4:128", "gptq:4:g0", "gptq:4:g8:1"] {
+            assert!(
+                calibrated_quantize_step(s, Arc::clone(&stats)).is_err(),
+                "{s}"
+            );
+        }
+        assert!(prune_step("sparsegpt:0.5").is_err());
+        assert!(quantize_step("gptq:4").is_err());
     }
 
     #[test]

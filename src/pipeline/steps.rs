@@ -6,7 +6,7 @@ use super::{Compressor, Streaming};
 use crate::calib::CalibrationStats;
 use crate::error::Result;
 use crate::lowrank::{Budget, LowRank};
-use crate::model::{Model, Selector};
+use crate::model::{LayerKind, Model, Selector};
 use crate::prune::{GlobalPruner, Pruner, Saliency, Statistics};
 use crate::quant::Quantizer;
 use crate::store::Encoding;
@@ -184,20 +184,31 @@ pub fn check_calibration(
     method: &'static str,
 ) -> Result<()> {
     for name in model.select(selector)? {
-        let p = model.get(name)?;
-        let cols = p.numel() / p.shape().first().copied().unwrap_or(1).max(1);
-        stats
-            .require(name, method)?
-            .check_for(&format!("`{name}`"), cols)?;
+        check_layer_stats(stats, name, model.get(name)?.shape(), method)?;
     }
     Ok(())
 }
 
-/// Prunes each selected parameter with a data-aware [`Pruner`] (Wanda, or a user's
-/// own), each weight with its calibration statistics
+/// Fails unless `stats` has statistics of the width of the weight `name` of `shape`
+/// (its elements per output row).
+fn check_layer_stats(
+    stats: &CalibrationStats,
+    name: &str,
+    shape: &[usize],
+    method: &'static str,
+) -> Result<()> {
+    let numel: usize = shape.iter().product();
+    let cols = numel / shape.first().copied().unwrap_or(1).max(1);
+    stats
+        .require(name, method)?
+        .check_for(&format!("`{name}`"), cols)
+}
+
+/// Prunes each selected parameter with a data-aware [`Pruner`] (Wanda, SparseGPT, OBS,
+/// or a user's own), each weight with its calibration statistics
 /// ([`PruneContext::layer_stats`](crate::prune::PruneContext::layer_stats)). Every
 /// selected weight must have statistics ([`check_calibration`]), checked before any is
-/// pruned.
+/// pruned. It streams tensor by tensor, the statistics checked before the first.
 pub struct PruneCalibrated<P> {
     selector: Selector,
     pruner: P,
@@ -244,12 +255,21 @@ impl<P: Pruner<f32>> Compressor for PruneCalibrated<P> {
             .prune(&self.selector, &self.pruner, &stats)
             .map(|_| ())
     }
+
+    fn streaming(&self) -> Streaming<'_> {
+        Streaming::PerTensor(&self.selector)
+    }
+
+    fn check_selected(&self, name: &str, _kind: LayerKind, shape: &[usize]) -> Result<()> {
+        check_layer_stats(&self.stats, name, shape, self.method)
+    }
 }
 
-/// Quantizes each selected parameter with a data-aware [`Quantizer`] (AWQ, or a
+/// Quantizes each selected parameter with a data-aware [`Quantizer`] (GPTQ, AWQ, or a
 /// user's own), each weight with its calibration statistics
 /// ([`Model::quantize_calibrated`]). Every selected weight must have statistics
-/// ([`check_calibration`]), checked before any is quantized.
+/// ([`check_calibration`]), checked before any is quantized. It streams tensor by
+/// tensor, the statistics checked before the first.
 pub struct QuantizeCalibrated<Q> {
     selector: Selector,
     quantizer: Q,
@@ -294,5 +314,13 @@ impl<Q: Quantizer<f32>> Compressor for QuantizeCalibrated<Q> {
         model
             .quantize_calibrated(&self.selector, &self.quantizer, &self.stats)
             .map(|_| ())
+    }
+
+    fn streaming(&self) -> Streaming<'_> {
+        Streaming::PerTensor(&self.selector)
+    }
+
+    fn check_selected(&self, name: &str, _kind: LayerKind, shape: &[usize]) -> Result<()> {
+        check_layer_stats(&self.stats, name, shape, self.method)
     }
 }

@@ -188,14 +188,17 @@ impl Pipeline {
                  Model::load and use Pipeline::run)",
             ));
         }
-        // Every selection picks something, as `Model::select` requires: checked before
-        // anything is written.
+        // Every selection picks something, as `Model::select` requires, and every step
+        // can take what it picks: checked before anything is written.
         for s in &steps {
-            let picked = checkpoint.entries.iter().any(|e| {
-                e.float_dtype().is_some()
-                    && s.selector
-                        .matches(&e.name, LayerKind::infer(&e.name, &e.shape))
-            });
+            let mut picked = false;
+            for e in &checkpoint.entries {
+                let kind = LayerKind::infer(&e.name, &e.shape);
+                if e.float_dtype().is_some() && s.selector.matches(&e.name, kind) {
+                    s.step.check_selected(&e.name, kind, &e.shape)?;
+                    picked = true;
+                }
+            }
             if !picked {
                 return Err(Error::Empty {
                     what: format!("the parameter selection `{}`", s.selector),
