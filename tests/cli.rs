@@ -84,8 +84,20 @@ fn compress_report_decompress() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| !p["measured"].is_null());
-    assert_eq!(timed.count(), 2);
+        .filter(|p| !p["measured"].as_array().unwrap().is_empty())
+        .collect::<Vec<_>>();
+    assert_eq!(timed.len(), 2);
+    // At batch 1 and the batch asked for, each with the kernel of its stored form.
+    for p in timed {
+        let batches: Vec<u64> = p["measured"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["batch"].as_u64().unwrap())
+            .collect();
+        assert_eq!(batches, [1, 4]);
+        assert_eq!(p["measured"][0]["kernel"], "CSR");
+    }
 }
 
 #[test]

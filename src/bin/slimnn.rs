@@ -105,10 +105,15 @@ enum Command {
         /// No progress bar and no report table.
         #[arg(short, long)]
         quiet: bool,
-        /// Also time the sparse and factorized Linear layers against the dense ones, at
-        /// this batch size.
-        #[arg(long, value_name = "BATCH")]
-        measure: Option<usize>,
+        /// Time each compressed Linear layer in the form the output stores (CSR, N:M,
+        /// int8, codebook, integer groups, factors) against the dense product, at batch 1
+        /// and BATCH (a compressed or GGUF output; streamed outputs when they are at most
+        /// 1 GiB).
+        #[arg(long, value_name = "BATCH", default_value_t = 64)]
+        measure: usize,
+        /// Do not time the layers.
+        #[arg(long)]
+        no_measure: bool,
     },
     /// Write a compressed model as a dense safetensors file.
     Decompress {
@@ -129,10 +134,13 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Also time the sparse and factorized Linear layers against the dense ones, at
-        /// this batch size.
-        #[arg(long, value_name = "BATCH")]
-        measure: Option<usize>,
+        /// Time each compressed Linear layer in its stored form against the dense
+        /// product, at batch 1 and BATCH.
+        #[arg(long, value_name = "BATCH", default_value_t = 64)]
+        measure: usize,
+        /// Do not time the layers.
+        #[arg(long)]
+        no_measure: bool,
     },
 }
 
@@ -188,6 +196,7 @@ fn run(cli: Cli) -> Result<()> {
             shard_size,
             quiet,
             measure,
+            no_measure,
         } => {
             if shard_size.is_some() && !matches!(format, None | Some(Format::Safetensors)) {
                 return Err(Error::InvalidParameter {
@@ -202,6 +211,9 @@ fn run(cli: Cli) -> Result<()> {
                 Some(e) if e == "gguf" => Format::Gguf,
                 _ => Format::Compressed,
             });
+            // The stored forms are timed where the output stores them (not in a dense
+            // safetensors file).
+            let measure = (!no_measure && format != Format::Safetensors).then_some(measure);
             // `q4_k` has no in-memory quantized form: GGUF output quantizes as it writes.
             let (q4_k, quantize): (Vec<String>, Vec<String>) =
                 quantize.into_iter().partition(|s| s == "q4_k");
@@ -262,7 +274,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let input_bytes = input_size(&model)?;
             // A request the forms cannot hold is refused before any work, streamed or not.
-            if measure.is_none() && pipeline.can_stream(&model)? {
+            let streams = pipeline.can_stream(&model)?;
+            if streams {
                 spec::check_prune_lowrank_at(&model, &prune, &lowrank)?;
             }
             if let Some(max_shard_bytes) = shard_size {
@@ -277,7 +290,7 @@ fn run(cli: Cli) -> Result<()> {
                     measure,
                 );
             }
-            if measure.is_none() && pipeline.can_stream(&model)? {
+            if streams {
                 let format = match format {
                     Format::Compressed => StreamFormat::Compressed,
                     Format::Safetensors => StreamFormat::Safetensors(SaveOptions::default()),
@@ -293,6 +306,7 @@ fn run(cli: Cli) -> Result<()> {
                     format,
                     quiet,
                     input_bytes,
+                    measure,
                 );
             }
             let mut model = load(&model)?;
@@ -312,7 +326,9 @@ fn run(cli: Cli) -> Result<()> {
             });
             bar.finish_and_clear();
             let mut result = result?;
-            if let Some(batch) = measure {
+            if let Some(batch) = measure
+                && format != Format::Safetensors
+            {
                 result.measure(&model, batch)?;
             }
             // The report describes the file written, against the input file on disk.
@@ -366,6 +382,7 @@ fn run(cli: Cli) -> Result<()> {
             original,
             json,
             measure,
+            no_measure,
         } => {
             let compressed = load(&model)?;
             let original_bytes = original.as_deref().map(file_size).transpose()?;
@@ -377,8 +394,8 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(n) = original_bytes {
                 report.original_bytes = n;
             }
-            if let Some(batch) = measure {
-                report.measure(&compressed, batch)?;
+            if !no_measure {
+                report.measure(&compressed, measure)?;
             }
             if json {
                 emit(&(report.to_json() + "\n"))?;
@@ -391,8 +408,13 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Streamed compressed outputs of models with at most this many parameters are loaded
+/// back to time their layers.
+const MEASURE_PARAMS_AT_MOST: usize = 100_000_000;
+
 /// `compress` one tensor at a time: the output written as it goes into its temporary
 /// file, renamed into place with the report once complete.
+#[allow(clippy::too_many_arguments)]
 fn compress_streaming(
     pipeline: &Pipeline,
     input: &Path,
@@ -401,6 +423,7 @@ fn compress_streaming(
     format: StreamFormat,
     quiet: bool,
     input_bytes: usize,
+    measure: Option<usize>,
 ) -> Result<()> {
     let mut tmp = outputs::temporary_file(output)?;
     let bar = if quiet {
@@ -431,6 +454,19 @@ fn compress_streaming(
     };
     let mut result = result;
     result.original_bytes = input_bytes;
+    // The file written holds the stored forms: time them from it when the model is
+    // small enough to load whole (the file is ours: the bound is its decoded size).
+    if let Some(batch) = measure
+        && format == StreamFormat::Compressed
+        && result.original_params <= MEASURE_PARAMS_AT_MOST
+    {
+        let bound = LoadOptions::BYTES_PER_ELEMENT * result.original_params
+            + LoadOptions::MEMORY_SLACK
+            + result.file_bytes;
+        let compressed =
+            Model::load_compressed_with(tmp.path(), &LoadOptions::new().with_max_memory(bound))?;
+        result.measure(&compressed, batch)?;
+    }
     let json = report.map(|_| result.to_json() + "\n");
     let mut files = vec![];
     if let (Some(path), Some(json)) = (report, &json) {
@@ -463,7 +499,7 @@ fn compress_sharded(
     } else {
         progress(false, 0)
     };
-    let result = if measure.is_none() && pipeline.can_stream(input)? {
+    let result = if pipeline.can_stream(input)? {
         pipeline.stream_sharded(
             input,
             output,

@@ -4,6 +4,7 @@ use std::fmt;
 
 use crate::error::Result;
 use crate::model::{LayerKind, Model, Param};
+use crate::nn::CompiledLinear;
 use crate::quant::{Decoding, Levels};
 use crate::store::{Positions, StoredBytes, encode_model};
 
@@ -65,20 +66,30 @@ pub struct ParamReport {
     /// code approaches.
     pub entropy_bits: f64,
     /// Seconds of the dense product and of the compressed one, measured by
-    /// [`Report::measure`] where a kernel runs the compressed form.
-    pub measured: Option<Timing>,
+    /// [`Report::measure`] (at batch 1 and the batch asked for) where a kernel runs the
+    /// stored form; empty when not measured.
+    pub measured: Vec<Timing>,
 }
 
 /// A measured product: the dense layer's time and the compressed layer's, at one batch.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Timing {
     /// Rows of the activation batch.
     pub batch: usize,
+    /// The kernel the stored form runs on ([`CompiledLinear::form`]), e.g. `"CSR"`.
+    pub kernel: String,
     /// Median seconds of the dense f32 product.
     pub dense_seconds: f64,
-    /// Median seconds of the compressed product (CSR, or the factorized layers).
+    /// Median seconds of the compressed product.
     pub compressed_seconds: f64,
+}
+
+impl Timing {
+    /// Dense over compressed seconds.
+    pub fn speedup(&self) -> f64 {
+        self.dense_seconds / self.compressed_seconds.max(f64::MIN_POSITIVE)
+    }
 }
 
 impl ParamReport {
@@ -174,61 +185,55 @@ impl Report {
         dense as f64 / effective.max(1) as f64
     }
 
-    /// Times the Linear weights of `model` (the compressed model this report describes)
-    /// whose compressed form a kernel runs: sparse ones (at most half kept) as CSR
-    /// ([`sparse_ops::csr_matmul`](crate::sparse_ops::csr_matmul)), factorized ones as
-    /// their factor layers, each against the dense product by the same kernels
-    /// ([`sparse_ops::dense_matmul`](crate::sparse_ops::dense_matmul)), on a seeded
-    /// activation batch of `batch` rows (median of 5 runs after a warm-up).
+    /// Times each Linear weight of `model` (the compressed model this report describes)
+    /// in the form it is stored in, as [`CompiledLinear`] runs it (CSR, N:M, int8,
+    /// codebook, integer groups, factor layers), against the dense product of the same
+    /// weights ([`sparse_ops::dense_matmul`](crate::sparse_ops::dense_matmul)), at batch
+    /// 1 and at `batch`, on seeded activations (median of 5 runs after a warm-up).
+    /// Weights whose form runs dense are not timed.
     pub fn measure(&mut self, model: &Model, batch: usize) -> Result<()> {
+        let mut batches = vec![1, batch.max(1)];
+        batches.dedup();
         for row in &mut self.params {
             let p = model.get(&row.name)?;
             if p.kind() != LayerKind::Linear || p.shape().len() != 2 {
                 continue;
             }
-            let (out, inp) = (p.shape()[0], p.shape()[1]);
-            let w = p
-                .effective()
-                .into_dimensionality::<ndarray::Ix2>()
-                .map_err(|_| {
-                    crate::error::Error::bad_shape(&row.name, p.shape(), "a Linear weight is 2-D")
-                })?;
-            let x = ndarray::Array2::from_shape_fn((batch.max(1), inp), |(i, j)| {
-                ((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0
-            });
-            let compressed: Box<dyn Fn() -> Result<()>> = if let Some(f) = p.factorization() {
-                let xd = x.clone().into_dyn();
-                Box::new(move || f.forward(&xd).map(|_| ()))
-            } else if 2 * row.nonzeros <= row.params {
-                let flat: Vec<f32> = w.iter().copied().collect();
-                let csr = crate::encode::Csr::from_dense(&flat, [out, inp], None)?;
-                let x = x.clone();
-                Box::new(move || csr.matmul(&x).map(|_| ()))
-            } else {
+            let layer = CompiledLinear::new(p)?;
+            if layer.form() == "dense" {
                 continue;
-            };
-            let dense = w.as_standard_layout();
-            let dense = dense.as_slice().expect("standard layout");
-            let dense_seconds = median_seconds(|| {
-                crate::sparse_ops::dense_matmul([out, inp], dense, &x).map(|_| ())
-            })?;
-            let compressed_seconds = median_seconds(&compressed)?;
-            row.measured = Some(Timing {
-                batch: batch.max(1),
-                dense_seconds,
-                compressed_seconds,
-            });
+            }
+            let [out, inp] = layer.shape();
+            let dense = p.effective();
+            let dense = dense.as_slice().expect("a fresh array is contiguous");
+            row.measured.clear();
+            for &b in &batches {
+                let x = ndarray::Array2::from_shape_fn((b, inp), |(i, j)| {
+                    ((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0
+                });
+                let dense_seconds = median_seconds(|| {
+                    crate::sparse_ops::dense_matmul([out, inp], dense, &x).map(|_| ())
+                })?;
+                let compressed_seconds = median_seconds(|| layer.forward(x.view()).map(|_| ()))?;
+                row.measured.push(Timing {
+                    batch: b,
+                    kernel: layer.form().to_string(),
+                    dense_seconds,
+                    compressed_seconds,
+                });
+            }
         }
         Ok(())
     }
 
-    /// Dense over compressed seconds, summed over the measured parameters (`None` if
-    /// [`Report::measure`] measured none).
-    pub fn measured_speedup(&self) -> Option<f64> {
+    /// Dense over compressed seconds at `batch`, summed over the layers measured there
+    /// (`None` if [`Report::measure`] measured none).
+    pub fn measured_speedup(&self, batch: usize) -> Option<f64> {
         let timed: Vec<&Timing> = self
             .params
             .iter()
-            .filter_map(|p| p.measured.as_ref())
+            .flat_map(|p| &p.measured)
+            .filter(|t| t.batch == batch)
             .collect();
         if timed.is_empty() {
             return None;
@@ -236,6 +241,18 @@ impl Report {
         let dense: f64 = timed.iter().map(|t| t.dense_seconds).sum();
         let compressed: f64 = timed.iter().map(|t| t.compressed_seconds).sum();
         Some(dense / compressed.max(f64::MIN_POSITIVE))
+    }
+
+    /// The batches [`Report::measure`] timed, ascending.
+    pub fn measured_batches(&self) -> Vec<usize> {
+        let mut b: Vec<usize> = self
+            .params
+            .iter()
+            .flat_map(|p| p.measured.iter().map(|t| t.batch))
+            .collect();
+        b.sort_unstable();
+        b.dedup();
+        b
     }
 
     /// Elements over all parameters.
@@ -472,7 +489,7 @@ fn row(
         effective_flops,
         huffman_bits: s.coded.stream_bits,
         entropy_bits: s.coded.entropy_bits,
-        measured: None,
+        measured: Vec::new(),
     }
 }
 
@@ -636,29 +653,44 @@ impl fmt::Display for Report {
             )?;
         }
         for p in &self.params {
-            if let Some(t) = p.measured {
+            for t in &p.measured {
                 writeln!(
                     f,
-                    "measured {}: dense {:.3} ms, compressed {:.3} ms at batch {} ({:.1}x)",
+                    "measured {} ({}): dense {:.3} ms, compressed {:.3} ms at batch {} ({:.2}x)",
                     p.name,
+                    t.kernel,
                     1e3 * t.dense_seconds,
                     1e3 * t.compressed_seconds,
                     t.batch,
-                    t.dense_seconds / t.compressed_seconds.max(f64::MIN_POSITIVE)
+                    t.speedup()
                 )?;
             }
         }
         writeln!(
             f,
-            "\ncompression rate {:.1}x ({} → {} bytes); speed-up rate {:.1}x (estimated from FLOPs)",
+            "\ncompression rate {:.1}x ({} → {} bytes)",
             self.compression_rate(),
             group(self.original_bytes),
             group(self.file_bytes),
+        )?;
+        let batches = self.measured_batches();
+        if batches.is_empty() {
+            writeln!(f, "speed: not measured")?;
+        }
+        for b in batches {
+            let s = self.measured_speedup(b).expect("a measured batch");
+            writeln!(
+                f,
+                "measured speed-up of the timed Linear layers at batch {b}: {s:.2}x"
+            )?;
+        }
+        // A FLOP count is an estimate of what a kernel that skips zeros could reach,
+        // never printed as a speed-up.
+        writeln!(
+            f,
+            "dense / effective multiply-adds {:.1}x (a FLOP count, not a measured speed)",
             self.speedup_rate()
         )?;
-        if let Some(s) = self.measured_speedup() {
-            writeln!(f, "measured speed-up of the timed layers: {s:.1}x")?;
-        }
         Ok(())
     }
 }
