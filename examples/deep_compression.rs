@@ -292,6 +292,21 @@ fn main() -> Result<()> {
         dir.join(format!("{stem}-sweep.svg")).display()
     );
 
+    let speed = inference(&net, &dense, &coded, &test)?;
+    println!(
+        "\ninference on the {} test images (best of 3, batch {INFERENCE_BATCH}):\n  \
+         dense {:.1} ms, {:.2}%\n  compressed, each Linear in its stored form ({}): {:.1} ms \
+         ({:.2}x), {:.2}% (decoded to dense: {:.2}%)",
+        test.len(),
+        1e3 * speed.dense_seconds,
+        100.0 * speed.dense_accuracy,
+        speed.forms,
+        1e3 * speed.compressed_seconds,
+        speed.dense_seconds / speed.compressed_seconds,
+        100.0 * speed.compressed_accuracy,
+        100.0 * final_accuracy
+    );
+
     let path = dir.join(format!("{stem}-deep-compression.slim"));
     coded.save_compressed(&path)?;
     println!(
@@ -301,7 +316,7 @@ fn main() -> Result<()> {
     );
     if args.json {
         println!(
-            "{{\"network\": \"{}\", \"distill\": {}, \"sparsity\": {}, \"bits\": {}, \"conv_bits\": {}, \"baseline_accuracy\": {dense_accuracy:.4}, \"final_accuracy\": {final_accuracy:.4}, \"compression\": {:.2}, \"original_bytes\": {}, \"compressed_bytes\": {}}}",
+            "{{\"network\": \"{}\", \"distill\": {}, \"sparsity\": {}, \"bits\": {}, \"conv_bits\": {}, \"baseline_accuracy\": {dense_accuracy:.4}, \"final_accuracy\": {final_accuracy:.4}, \"compression\": {:.2}, \"original_bytes\": {}, \"compressed_bytes\": {}, \"dense_inference_s\": {:.4}, \"compressed_inference_s\": {:.4}, \"compiled_accuracy\": {:.4}}}",
             args.arch.title(),
             args.distill,
             args.sparsity,
@@ -309,10 +324,68 @@ fn main() -> Result<()> {
             args.conv_bits.unwrap_or(args.bits),
             report.compression_rate(),
             report.original_bytes,
-            report.file_bytes
+            report.file_bytes,
+            speed.dense_seconds,
+            speed.compressed_seconds,
+            speed.compressed_accuracy
         );
     }
     Ok(())
+}
+
+/// Images per forward pass when timing inference.
+const INFERENCE_BATCH: usize = 1000;
+
+/// Inference over a data set: the dense network, and the compressed one running each
+/// Linear layer in its stored form ([`slimnn::nn::Network::compile`]).
+struct Inference {
+    dense_seconds: f64,
+    dense_accuracy: f64,
+    compressed_seconds: f64,
+    compressed_accuracy: f64,
+    /// The kernels, e.g. `"fc1 CSR, fc2 CSR, fc3 CSR"`.
+    forms: String,
+}
+
+fn inference(
+    net: &slimnn::nn::Network,
+    dense: &Model,
+    compressed: &Model,
+    test: &slimnn::io::idx::Dataset,
+) -> Result<Inference> {
+    let best = |run: &dyn Fn() -> Result<f64>| -> Result<(f64, f64)> {
+        let mut fastest = f64::INFINITY;
+        let mut accuracy = 0.0;
+        for _ in 0..3 {
+            let t0 = std::time::Instant::now();
+            accuracy = run()?;
+            fastest = fastest.min(t0.elapsed().as_secs_f64());
+        }
+        Ok((fastest, accuracy))
+    };
+    let (dense_seconds, dense_accuracy) =
+        best(&|| Ok(net.evaluate(dense, test, INFERENCE_BATCH)?.accuracy))?;
+    let compiled = net.compile(compressed)?;
+    let (compressed_seconds, compressed_accuracy) =
+        best(&|| Ok(compiled.evaluate(test, INFERENCE_BATCH)?.accuracy))?;
+    let mut forms: Vec<(String, &str)> = compiled
+        .linear_layers()
+        .iter()
+        .map(|(name, l)| (name.trim_end_matches(".weight").to_string(), l.form()))
+        .collect();
+    forms.sort();
+    let forms = forms
+        .iter()
+        .map(|(n, f)| format!("{n} {f}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Inference {
+        dense_seconds,
+        dense_accuracy,
+        compressed_seconds,
+        compressed_accuracy,
+        forms,
+    })
 }
 
 /// Weight sharing as the paper does it: one k-means codebook per layer (linear

@@ -140,3 +140,30 @@ fn quantizers_see_the_layer_stats() {
             .is_err()
     );
 }
+
+/// An AWQ weight keeps its codes and per-input scales in the compressed file (record
+/// form 5): it loads back with the same values, scales and decoding, in fewer bytes.
+#[test]
+fn an_awq_weight_round_trips_through_the_compressed_file() {
+    let mut model = Model::new();
+    model.add("fc.weight", wave(&[16, 64], 0.3)).unwrap();
+    let mut cal = CalibrationStats::new();
+    cal.insert("fc.weight", stats(96, 64));
+    model
+        .quantize_calibrated(
+            &Selector::prunable(),
+            &slimnn::calib::Awq::new(4, Some(32)).unwrap(),
+            &cal,
+        )
+        .unwrap();
+    let q = model.get("fc.weight").unwrap().quantized().unwrap().clone();
+    assert!(q.input_scales().is_some());
+    let bytes = slimnn::store::to_bytes(&model).unwrap();
+    assert!(bytes.len() < 16 * 64 * 4 / 2, "{} bytes", bytes.len());
+    let back = slimnn::store::from_bytes(&bytes).unwrap();
+    let p = back.get("fc.weight").unwrap();
+    let r = p.quantized().expect("stored quantized, not decoded");
+    assert_eq!(r.input_scales(), q.input_scales());
+    assert_eq!(r.decoding(), q.decoding());
+    assert_eq!(p.value(), model.get("fc.weight").unwrap().value());
+}

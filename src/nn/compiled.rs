@@ -143,7 +143,8 @@ impl CompiledLinear {
 
 /// The kernel for a quantized weight, if one runs its codes directly.
 fn quantized_kernel(q: &QuantizedTensor) -> Option<Kernel> {
-    if q.shape().len() != 2 {
+    // Per-input divisors (AWQ) are not part of these kernels: such weights run decoded.
+    if q.shape().len() != 2 || q.input_scales().is_some() {
         return None;
     }
     if let Ok(l) = QuantizedLinear::from_quantized(q, None) {

@@ -32,6 +32,8 @@ const QUANTIZED: u8 = 2;
 const FACTORIZED: u8 = 3;
 /// Factorized, each factor stored as its quantized form.
 const QUANTIZED_FACTORS: u8 = 4;
+/// Quantized, with a divisor per input column (AWQ) after the codes.
+const QUANTIZED_SCALED: u8 = 5;
 
 /// A parameter's record and the breakdown of its bytes.
 pub(crate) struct Encoded {
@@ -163,10 +165,9 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
         other => other,
     };
     let kept = positions_of(p, positions);
-    // A quantized form with per-input-column (AWQ) scales has no record of its own
-    // yet: it is stored as its decoded values.
-    let quantized = p.quantized().filter(|q| q.input_scales().is_none());
+    let quantized = p.quantized();
     let form = match (quantized, &kept) {
+        (Some(q), _) if q.input_scales().is_some() => QUANTIZED_SCALED,
         (Some(_), _) => QUANTIZED,
         (None, Some(_)) => SPARSE,
         (None, None) => DENSE,
@@ -197,6 +198,9 @@ fn encode_with(p: &Param, encoding: Encoding) -> Result<Encoded> {
                 w.usize(stored_codes.len());
                 write_codes(w, &stored_codes, q.codes().bits(), encoding.huffman)
             })?;
+            if let Some(scales) = q.input_scales() {
+                s.section(StoredBytes::decoding, |w| w.f32s(scales));
+            }
         }
         None => {
             let (dtype, flat) = (p.dtype(), row_major(p.value()));
@@ -394,7 +398,7 @@ pub(crate) fn decode(r: &mut Reader<'_>, spare: usize) -> Result<Decoded> {
             out.value =
                 ArrayD::from_shape_vec(IxDyn(&shape), dense).map_err(|e| r.error(e.to_string()))?;
         }
-        QUANTIZED => {
+        QUANTIZED | QUANTIZED_SCALED => {
             let decoding = read_decoding(r)?;
             let per_position = r.u8()? == 1;
             let count = r.usize()?;
@@ -420,6 +424,12 @@ pub(crate) fn decode(r: &mut Reader<'_>, spare: usize) -> Result<Decoded> {
                 q = q
                     .with_mask(mask.clone())
                     .map_err(|e| r.error(e.to_string()))?;
+            }
+            if form == QUANTIZED_SCALED {
+                let scales = r.f32s()?;
+                q = q
+                    .with_input_scales(scales)
+                    .map_err(|e| r.error(format!("inconsistent input scales: {e}")))?;
             }
             out.value = q.dequantize();
             out.quantized = Some(q);
