@@ -26,6 +26,15 @@ fn pipeline(prune: &[&str], quantize: &[&str], encode: &[&str]) -> Pipeline {
     p
 }
 
+/// Q8_0 on the MLP but `down_proj` (whose rows are not whole blocks), Q6_K on attention.
+fn ggml_mix() -> Pipeline {
+    pipeline(
+        &[],
+        &["q8_0@*.mlp.*,!*.down_proj.*", "q6_k@*.self_attn.*"],
+        &[],
+    )
+}
+
 /// The whole-model path's bytes for `format`.
 fn whole(input: &Path, p: &Pipeline, format: StreamFormat) -> (Vec<u8>, Model) {
     let mut model = Model::load(input).unwrap();
@@ -83,14 +92,7 @@ fn streamed_bytes_are_those_of_the_whole_model_path() {
     });
     let cases = [
         (pipeline(&[], &["q4_0@!*.down_proj.*"], &[]), gguf),
-        (
-            pipeline(
-                &[],
-                &["q8_0@*.mlp.*,!*.down_proj.*", "q6_k@*.self_attn.*"],
-                &[],
-            ),
-            gguf,
-        ),
+        (ggml_mix(), gguf),
         (pipeline(&[], &[], &[]), q4_k),
         (
             pipeline(&["magnitude:0.5"], &["q4_0@!*.down_proj.*"], &[]),
@@ -141,14 +143,7 @@ fn the_straight_path_writes_and_reports_as_the_general_one() {
     });
     let cases = [
         (pipeline(&[], &["q4_0@!*.down_proj.*"], &[]), gguf),
-        (
-            pipeline(
-                &[],
-                &["q8_0@*.mlp.*,!*.down_proj.*", "q6_k@*.self_attn.*"],
-                &[],
-            ),
-            q4_k,
-        ),
+        (ggml_mix(), q4_k),
         (pipeline(&[], &["q4_0@*.mlp.*,!*.down_proj.*"], &[]), gguf),
         (
             pipeline(&["magnitude:0.5@*.mlp.*"], &["q8_0@!*.down_proj.*"], &[]),

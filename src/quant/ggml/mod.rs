@@ -549,3 +549,34 @@ pub fn to_ggml_blocks(q: &QuantizedTensor, format: GgmlFormat) -> Result<Vec<u8>
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn pieces_decode_as_the_quantized_form(
+            x in prop::collection::vec(-3.0f32..3.0, 512),
+            scale in -20i32..15,
+        ) {
+            let x: Vec<f32> = x.iter().map(|v| v * 2f32.powi(scale)).collect();
+            for format in [GgmlFormat::Q8_0, GgmlFormat::Q4_0, GgmlFormat::Q6_K] {
+                let mut blocks = Vec::new();
+                quantize_piece(&x, format, &mut blocks);
+                prop_assert_eq!(&blocks, &quantize_ggml(&x, &[2, 256], format).unwrap());
+                let mut decoded = vec![0f32; x.len()];
+                prop_assert!(decode_piece(&blocks, format, &mut decoded).is_some());
+                let form = from_ggml_blocks(&blocks, &[2, 256], format).unwrap();
+                let expected = form.dequantize::<f32>();
+                let same = decoded
+                    .iter()
+                    .zip(expected.iter())
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                prop_assert!(same, "{:?}", format);
+            }
+            prop_assert!(decode_piece(&[], GgmlFormat::Q4_K, &mut []).is_none());
+        }
+    }
+}
