@@ -414,10 +414,15 @@ impl Reader {
     ) -> Result<()> {
         use std::io::{Read, Seek, SeekFrom};
         let (path, file) = &mut self.files[entry.file];
+        // Read into the buffer's spare capacity: no zeroing of the bytes first.
         out.clear();
-        out.resize(range.len(), 0);
+        out.reserve(range.len());
         file.seek(SeekFrom::Start(entry.offset + range.start as u64))
-            .and_then(|_| file.read_exact(out))
+            .and_then(|_| file.take(range.len() as u64).read_to_end(out))
+            .and_then(|n| match n == range.len() {
+                true => Ok(()),
+                false => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            })
             .map_err(|e| Error::io(path.as_path(), e))
     }
 }

@@ -130,6 +130,20 @@ pub(crate) fn for_each_chunk<H: HalfFloat, E>(
     Ok(())
 }
 
+/// `bytes` (little-endian 16-bit values, e.g. a tensor read from a file) as `H`, if
+/// they are aligned for it (an allocator's buffer is) on a little-endian target;
+/// `None` otherwise (the caller decodes them another way).
+pub(crate) fn halves<H: HalfFloat>(bytes: &[u8]) -> Option<&[H]> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: `H` is sealed to `half::f16` and `half::bf16`, `repr(transparent)` over
+    // `u16`, for which every bit pattern is a value; `align_to` yields only the aligned
+    // middle, whose bytes are the little-endian (= native) values.
+    let (head, values, tail) = unsafe { bytes.align_to::<H>() };
+    (head.is_empty() && tail.is_empty()).then_some(values)
+}
+
 /// Element types a block routine can read as f32: f32 itself (borrowed, no copy), f16
 /// and bf16 (widened into a caller's buffer).
 pub(crate) trait AsF32Block: Copy + Send + Sync + 'static {

@@ -77,6 +77,14 @@ pub trait Compressor {
         let _ = (name, kind, shape);
         Ok(())
     }
+
+    /// The ggml block format the step quantizes each parameter it selects to, when that
+    /// is all it does (a [`Quantize`] step with a [`GgmlQuantizer`](crate::quant::GgmlQuantizer)):
+    /// a streamed GGUF output ([`Pipeline::stream`]) then quantizes the checkpoint's
+    /// 16-bit values straight to blocks. Default: `None`.
+    fn ggml_format(&self) -> Option<crate::quant::GgmlFormat> {
+        None
+    }
 }
 
 /// How a step can take part in a streamed compression ([`Pipeline::stream`]).
@@ -106,6 +114,10 @@ impl<C: Compressor + ?Sized> Compressor for Box<C> {
 
     fn check_selected(&self, name: &str, kind: LayerKind, shape: &[usize]) -> Result<()> {
         (**self).check_selected(name, kind, shape)
+    }
+
+    fn ggml_format(&self) -> Option<crate::quant::GgmlFormat> {
+        (**self).ggml_format()
     }
 }
 

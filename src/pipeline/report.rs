@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::error::Result;
-use crate::model::{LayerKind, Model, Param};
+use crate::model::{DType, LayerKind, Model, Param};
 use crate::nn::CompiledLinear;
 use crate::quant::{Decoding, Levels};
 use crate::store::{Positions, StoredBytes, encode_model};
@@ -468,13 +468,11 @@ fn row(
     nonzeros: usize,
     relative_error: f64,
 ) -> ParamReport {
-    let weight = matches!(p.kind(), LayerKind::Linear | LayerKind::Conv2d);
-    let dense_flops = if weight { p.numel() } else { 0 };
-    let effective_flops = match (weight, p.factorization()) {
-        (false, _) => 0,
-        (true, Some(f)) => f.flops(),
-        (true, None) => nonzeros,
-    };
+    let (dense_flops, effective_flops) = flops(
+        p.kind(),
+        p.numel(),
+        p.factorization().map_or(nonzeros, |f| f.flops()),
+    );
     ParamReport {
         name: p.name().to_string(),
         kind: p.kind().to_string(),
@@ -491,6 +489,54 @@ fn row(
         entropy_bits: s.coded.entropy_bits,
         measured: Vec::new(),
     }
+}
+
+/// Dense and effective multiply-adds of a parameter of `kind` with `numel` elements and
+/// `effective` multiply-adds once compressed (both 0 but for weights).
+fn flops(kind: LayerKind, numel: usize, effective: usize) -> (usize, usize) {
+    match kind {
+        LayerKind::Linear | LayerKind::Conv2d => (numel, effective),
+        _ => (0, 0),
+    }
+}
+
+/// The row [`param_row`] gives (row chunk `shape` of) a parameter of `kind` read as
+/// `dtype`, quantized by a step to codes of `code_bits` (or [`unchanged_row`]: `None`),
+/// when it is written as `bytes` of ggml blocks or 16-bit values; `nonzeros` of the
+/// decoded values or of the values read.
+pub(crate) fn written_row(
+    (name, kind, dtype): (&str, LayerKind, DType),
+    shape: &[usize],
+    code_bits: Option<u8>,
+    bytes: usize,
+    nonzeros: usize,
+) -> ParamReport {
+    let numel = shape.iter().product();
+    let (dense_flops, effective_flops) = flops(kind, numel, nonzeros);
+    ParamReport {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        shape: shape.to_vec(),
+        form: code_bits.map_or_else(|| format!("{dtype:?}"), integers),
+        params: numel,
+        nonzeros,
+        original_bytes: numel * dtype.size(),
+        stored: StoredBytes {
+            values: bytes,
+            ..StoredBytes::default()
+        },
+        relative_error: 0.0,
+        dense_flops,
+        effective_flops,
+        huffman_bits: 0,
+        entropy_bits: 0.0,
+        measured: Vec::new(),
+    }
+}
+
+/// How [`ParamReport::form`] names codes that are integers of `bits`.
+fn integers(bits: u8) -> String {
+    format!("{bits}-bit integers")
 }
 
 /// `sqrt(diff / norm)`, 0 when nothing changed.
@@ -533,7 +579,7 @@ fn form(p: &Param, positions: Option<Positions>) -> String {
                 levels: Levels::Table(t),
                 ..
             } => format!("{}-entry codebook, {bits}-bit codes", t.len()),
-            Decoding::Scalar { .. } => format!("{bits}-bit integers"),
+            Decoding::Scalar { .. } => integers(bits),
             Decoding::Product { codewords, .. } => {
                 format!("product quantized, {codewords} codewords")
             }

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::lowrank::{Budget, LowRank};
 use crate::model::{LayerKind, Model, Selector};
 use crate::prune::{GlobalPruner, Pruner, Saliency, Statistics};
-use crate::quant::Quantizer;
+use crate::quant::{GgmlFormat, Quantizer};
 use crate::store::Encoding;
 
 use crate::tensor::short_type_name;
@@ -21,6 +21,7 @@ macro_rules! method_step {
         $name:ident<$m:ident: $bound:path>, $field:ident: $fty:ty, $verb:literal,
         describe |$d:ident| $describe:expr,
         stream |$s:ident| $stream:expr,
+        $(ggml |$g:ident| $ggml:expr,)?
         |$model:ident, $selector:ident, $method:ident| $apply:expr
     ) => {
         $(#[$doc])*
@@ -65,6 +66,13 @@ macro_rules! method_step {
                 let $s = self;
                 $stream
             }
+
+            $(
+                fn ggml_format(&self) -> Option<GgmlFormat> {
+                    let $g = self;
+                    $ggml
+                }
+            )?
         }
     };
 }
@@ -96,6 +104,7 @@ method_step! {
     } else {
         Streaming::PerTensor(&s.selector)
     },
+    ggml |s| s.quantizer.ggml_format(),
     |model, selector, quantizer| model.quantize(selector, quantizer)
 }
 

@@ -8,7 +8,7 @@
 mod binary;
 mod calibrate;
 mod fake;
-mod ggml;
+pub(crate) mod ggml;
 mod kmeans;
 mod linear;
 mod model_ops;
@@ -189,6 +189,13 @@ pub trait Quantizer<T: Scalar = f32>: Send + Sync {
         false
     }
 
+    /// The ggml block format this quantizer gives, if it is one of them
+    /// ([`GgmlQuantizer`]): a streamed GGUF output then quantizes the checkpoint's 16-bit
+    /// values straight to blocks, without the [`QuantizedTensor`] form. Default: `None`.
+    fn ggml_format(&self) -> Option<GgmlFormat> {
+        None
+    }
+
     /// Quantizes and decodes at once: the values the quantized tensor stands for.
     fn fake_quantize(
         &self,
@@ -309,6 +316,9 @@ impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for &Q {
     fn rows_independent(&self) -> bool {
         (**self).rows_independent()
     }
+    fn ggml_format(&self) -> Option<GgmlFormat> {
+        (**self).ggml_format()
+    }
 }
 
 impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for Box<Q> {
@@ -332,5 +342,8 @@ impl<T: Scalar, Q: Quantizer<T> + ?Sized> Quantizer<T> for Box<Q> {
     }
     fn rows_independent(&self) -> bool {
         (**self).rows_independent()
+    }
+    fn ggml_format(&self) -> Option<GgmlFormat> {
+        (**self).ggml_format()
     }
 }

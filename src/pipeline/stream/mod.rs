@@ -10,6 +10,7 @@
 //! filled in at the end. The report is built from the bytes written.
 
 mod sink;
+mod straight;
 #[cfg(test)]
 mod tests;
 
@@ -127,10 +128,12 @@ impl Pipeline {
         format: StreamFormat,
         progress: impl FnMut(usize, usize, &str),
     ) -> Result<Report> {
-        self.stream_in_chunks(input, output, format, progress, CHUNK_BYTES)
+        self.stream_in_chunks(input, output, format, progress, CHUNK_BYTES, true)
     }
 
-    /// [`Pipeline::stream`] with row chunks of at most `chunk_bytes` of `f32` values.
+    /// [`Pipeline::stream`] with row chunks of at most `chunk_bytes` of `f32` values;
+    /// `straight`: whether tensors may take the straight path (the tests compare it with
+    /// the general one).
     pub(crate) fn stream_in_chunks<W: Write + Seek>(
         &self,
         input: &Path,
@@ -138,16 +141,11 @@ impl Pipeline {
         format: StreamFormat,
         mut progress: impl FnMut(usize, usize, &str),
         chunk_bytes: usize,
+        straight: bool,
     ) -> Result<Report> {
         let (mut steps, checkpoint) = self.prepare(input)?;
         let order = sink::order(&checkpoint, format)?;
-        let mut run = Run {
-            checkpoint: &checkpoint,
-            reader: Reader::new(&checkpoint)?,
-            buffer: Vec::new(),
-            rows: Vec::new(),
-            chunk_bytes,
-        };
+        let mut run = Run::new(&checkpoint, chunk_bytes, straight)?;
         let total = order.len();
         let file_bytes = run.write(&order, output, format, &mut steps, &mut |done, name| {
             progress(done, total, name)
@@ -247,13 +245,7 @@ impl Pipeline {
         if shards.is_empty() {
             shards.push(vec![]);
         }
-        let mut run = Run {
-            checkpoint: &checkpoint,
-            reader: Reader::new(&checkpoint)?,
-            buffer: Vec::new(),
-            rows: Vec::new(),
-            chunk_bytes: CHUNK_BYTES,
-        };
+        let mut run = Run::new(&checkpoint, CHUNK_BYTES, true)?;
         let total = checkpoint.entries.len();
         let mut done = 0;
         let mut file_bytes = 0;
@@ -304,13 +296,33 @@ impl Pipeline {
     }
 }
 
-/// A streamed run over one checkpoint: the reader and the report rows so far.
+/// A streamed run over one checkpoint: the reader, its buffers (reused from chunk to
+/// chunk and tensor to tensor) and the report rows so far.
 struct Run<'c> {
     checkpoint: &'c Checkpoint,
     reader: Reader,
+    /// The bytes read.
     buffer: Vec<u8>,
+    /// The bytes the straight path writes.
+    out: Vec<u8>,
     rows: Vec<ParamReport>,
     chunk_bytes: usize,
+    /// Whether tensors may take the straight path ([`straight`]).
+    straight: bool,
+}
+
+impl<'c> Run<'c> {
+    fn new(checkpoint: &'c Checkpoint, chunk_bytes: usize, straight: bool) -> Result<Self> {
+        Ok(Run {
+            checkpoint,
+            reader: Reader::new(checkpoint)?,
+            buffer: Vec::new(),
+            out: Vec::new(),
+            rows: Vec::new(),
+            chunk_bytes,
+            straight,
+        })
+    }
 }
 
 impl Run<'_> {
@@ -329,15 +341,7 @@ impl Run<'_> {
             progress(done, &entry.name);
             match entry.float_dtype() {
                 Some(_) => {
-                    let row = compress_tensor(
-                        entry,
-                        steps,
-                        format,
-                        &mut self.reader,
-                        &mut self.buffer,
-                        &mut sink,
-                        self.chunk_bytes,
-                    )?;
+                    let row = self.compress_tensor(entry, steps, format, &mut sink)?;
                     self.rows.push(row);
                 }
                 None => {
@@ -408,84 +412,127 @@ fn chunk_rows(
     }
 }
 
-/// Reads, compresses and writes one float tensor, chunk by chunk; its report row.
-fn compress_tensor<W: Write + Seek>(
-    entry: &Entry,
-    steps: &mut [Step<'_>],
-    format: StreamFormat,
-    reader: &mut Reader,
-    buffer: &mut Vec<u8>,
-    sink: &mut Sink<'_, W>,
-    chunk_bytes: usize,
-) -> Result<ParamReport> {
-    let dtype = entry.float_dtype().expect("a float tensor");
-    let kind = LayerKind::infer(&entry.name, &entry.shape);
-    let picked: Vec<bool> = steps
-        .iter()
-        .map(|s| s.selector.matches(&entry.name, kind))
-        .collect();
-    let rows = entry.shape.first().copied().unwrap_or(1);
-    let per_chunk = chunk_rows(entry, steps, kind, format, chunk_bytes);
-    let row_bytes = entry.len.checked_div(rows).unwrap_or(0);
-    let mut row: Option<Row> = None;
-    let mut start = 0;
-    loop {
-        let end = (start + per_chunk).min(rows);
-        let mut shape = entry.shape.clone();
-        if !shape.is_empty() {
-            shape[0] = end - start;
-        }
-        reader.read(entry, start * row_bytes..end * row_bytes, buffer)?;
-        let values = ArrayD::from_shape_vec(IxDyn(&shape), decode(dtype, buffer))?;
-        let mut one = Model::new();
-        one.add_param(entry.name.clone(), kind, dtype, values)?;
-        let original = picked.iter().any(|&p| p).then(|| one.clone());
-        for (s, _) in steps.iter_mut().zip(&picked).filter(|(_, p)| **p) {
-            let t0 = Instant::now();
-            s.step.compress(&mut one)?;
-            s.seconds += t0.elapsed().as_secs_f64();
-        }
-        if one.len() != 1
-            || one.params()[0].name() != entry.name
-            || one.params()[0].shape() != shape
-        {
-            return Err(Error::invalid(
-                "streamed compression",
-                &entry.name,
-                "steps that keep each parameter, its name and its shape",
-            ));
-        }
-        let p = &one.params()[0];
-        let (stored, held) = sink.param(entry, p, &one)?;
-        let (mut chunk, diff, norm) = match &original {
-            Some(o) => param_row(p, Some(&o.params()[0]), &stored)?,
-            None => (unchanged_row(p, &stored), 0.0, 0.0),
+/// A float tensor of the checkpoint being compressed, and the steps that select it.
+struct Tensor<'e> {
+    entry: &'e Entry,
+    kind: LayerKind,
+    dtype: DType,
+    picked: Vec<bool>,
+}
+
+impl Run<'_> {
+    /// Reads, compresses and writes one float tensor, chunk by chunk; its report row.
+    fn compress_tensor<W: Write + Seek>(
+        &mut self,
+        entry: &Entry,
+        steps: &mut [Step<'_>],
+        format: StreamFormat,
+        sink: &mut Sink<'_, W>,
+    ) -> Result<ParamReport> {
+        let kind = LayerKind::infer(&entry.name, &entry.shape);
+        let t = Tensor {
+            entry,
+            kind,
+            dtype: entry.float_dtype().expect("a float tensor"),
+            picked: steps
+                .iter()
+                .map(|s| s.selector.matches(&entry.name, kind))
+                .collect(),
         };
-        // As `Report::describe_dense_file` says it for a file holding values decoded.
-        if let Some(held) = held
-            && chunk.form != held
-        {
-            chunk.form = format!("{held}, decoded from {}", chunk.form);
-        }
-        match &mut row {
-            None => {
-                row = Some(Row {
-                    report: chunk,
-                    diff,
-                    norm,
-                })
+        let straight = self
+            .straight
+            .then(|| straight::plan(&t, steps, format))
+            .flatten();
+        let rows = entry.shape.first().copied().unwrap_or(1);
+        let per_chunk = chunk_rows(entry, steps, kind, format, self.chunk_bytes);
+        let row_bytes = entry.len.checked_div(rows).unwrap_or(0);
+        let mut row: Option<Row> = None;
+        let mut start = 0;
+        loop {
+            let end = (start + per_chunk).min(rows);
+            let mut shape = entry.shape.clone();
+            if !shape.is_empty() {
+                shape[0] = end - start;
             }
-            Some(r) => r.add(chunk, diff, norm),
+            self.reader
+                .read(entry, start * row_bytes..end * row_bytes, &mut self.buffer)?;
+            let t0 = Instant::now();
+            let written = match straight {
+                Some(plan) => straight::chunk(plan, &t, &shape, &self.buffer, &mut self.out, sink)?,
+                None => None,
+            };
+            let (chunk, diff, norm) = match written {
+                Some(written) => {
+                    // The quantizing step's time.
+                    if let Some(s) = steps.iter_mut().zip(&t.picked).find(|(_, p)| **p) {
+                        s.0.seconds += t0.elapsed().as_secs_f64();
+                    }
+                    written
+                }
+                None => compress_chunk(&t, shape, &self.buffer, steps, sink)?,
+            };
+            match &mut row {
+                None => {
+                    row = Some(Row {
+                        report: chunk,
+                        diff,
+                        norm,
+                    })
+                }
+                Some(r) => r.add(chunk, diff, norm),
+            }
+            start = end;
+            if start >= rows {
+                break;
+            }
         }
-        start = end;
-        if start >= rows {
-            break;
-        }
+        sink.end_param(entry)?;
+        let mut row = row.expect("one chunk at least");
+        row.report.relative_error = relative_error(row.diff, row.norm);
+        Ok(row.report)
     }
-    sink.end_param(entry)?;
-    let mut row = row.expect("one chunk at least");
-    row.report.relative_error = relative_error(row.diff, row.norm);
-    Ok(row.report)
+}
+
+/// Compresses a row chunk of `shape` of `t` (its bytes read in `bytes`) through the
+/// steps that select it as a one-parameter model and writes it: its report row, with
+/// its squared error and norm.
+fn compress_chunk<W: Write + Seek>(
+    t: &Tensor<'_>,
+    shape: Vec<usize>,
+    bytes: &[u8],
+    steps: &mut [Step<'_>],
+    sink: &mut Sink<'_, W>,
+) -> Result<(ParamReport, f64, f64)> {
+    let entry = t.entry;
+    let values = ArrayD::from_shape_vec(IxDyn(&shape), decode(t.dtype, bytes))?;
+    let mut one = Model::new();
+    one.add_param(entry.name.clone(), t.kind, t.dtype, values)?;
+    let original = t.picked.iter().any(|&p| p).then(|| one.clone());
+    for (s, _) in steps.iter_mut().zip(&t.picked).filter(|(_, p)| **p) {
+        let t0 = Instant::now();
+        s.step.compress(&mut one)?;
+        s.seconds += t0.elapsed().as_secs_f64();
+    }
+    if one.len() != 1 || one.params()[0].name() != entry.name || one.params()[0].shape() != shape {
+        return Err(Error::invalid(
+            "streamed compression",
+            &entry.name,
+            "steps that keep each parameter, its name and its shape",
+        ));
+    }
+    let p = &one.params()[0];
+    let (stored, held) = sink.param(entry, p, &one)?;
+    let (mut chunk, diff, norm) = match &original {
+        Some(o) => param_row(p, Some(&o.params()[0]), &stored)?,
+        None => (unchanged_row(p, &stored), 0.0, 0.0),
+    };
+    // As `Report::describe_dense_file` says it for a file holding values decoded.
+    if let Some(held) = held
+        && chunk.form != held
+    {
+        chunk.form = format!("{held}, decoded from {}", chunk.form);
+    }
+    Ok((chunk, diff, norm))
 }
 
 /// Little-endian values of `dtype` as `f32`, on every core.

@@ -233,35 +233,15 @@ impl<'w, W: Write + Seek> Sink<'w, W> {
         one: &Model,
     ) -> Result<(Stored, Option<String>)> {
         match &mut self.layout {
-            Layout::Gguf {
-                options, tensors, ..
-            } => {
+            Layout::Gguf { options, .. } => {
                 let mut g = one.to_gguf(options)?;
                 let t = g.tensors.pop().expect("one parameter");
-                match tensors.last_mut() {
-                    Some((name, _, ty, len)) if *name == entry.name => {
-                        if *ty != Some(t.ty) {
-                            return Err(Error::invalid(
-                                "streamed GGUF output",
-                                &entry.name,
-                                "row chunks of one tensor of one type",
-                            ));
-                        }
-                        *len += t.data.len();
-                    }
-                    _ => tensors.push((
-                        entry.name.clone(),
-                        entry.shape.clone(),
-                        Some(t.ty),
-                        t.data.len(),
-                    )),
-                }
                 let held = match t.ty {
                     GgufType::Quant(_) if p.quantized().is_some() => None,
                     GgufType::Quant(f) => Some(format!("{f:?}")),
                     other => Some(format!("{other:?}")),
                 };
-                self.write(&t.data)?;
+                self.gguf_data(entry, t.ty, &t.data)?;
                 Ok((dense_stored(t.data.len()), held))
             }
             Layout::Safetensors { dtype, written, .. } => {
@@ -283,6 +263,32 @@ impl<'w, W: Write + Seek> Sink<'w, W> {
                 Ok((stored, None))
             }
         }
+    }
+
+    /// Appends `data` of (a row chunk of) `entry` in GGUF type `ty`, quantized already.
+    pub(super) fn gguf_data(&mut self, entry: &Entry, ty: GgufType, data: &[u8]) -> Result<()> {
+        let Layout::Gguf { tensors, .. } = &mut self.layout else {
+            unreachable!("GGUF data for a GGUF output only")
+        };
+        match tensors.last_mut() {
+            Some((name, _, t, len)) if *name == entry.name => {
+                if *t != Some(ty) {
+                    return Err(Error::invalid(
+                        "streamed GGUF output",
+                        &entry.name,
+                        "row chunks of one tensor of one type",
+                    ));
+                }
+                *len += data.len();
+            }
+            _ => tensors.push((
+                entry.name.clone(),
+                entry.shape.clone(),
+                Some(ty),
+                data.len(),
+            )),
+        }
+        self.write(data)
     }
 
     /// Closes parameter `entry` after its last chunk.

@@ -26,6 +26,15 @@ fn pipeline(prune: &[&str], quantize: &[&str], encode: &[&str]) -> Pipeline {
     p
 }
 
+/// Q8_0 on the MLP but `down_proj` (whose rows are not whole blocks), Q6_K on attention.
+fn ggml_mix() -> Pipeline {
+    pipeline(
+        &[],
+        &["q8_0@*.mlp.*,!*.down_proj.*", "q6_k@*.self_attn.*"],
+        &[],
+    )
+}
+
 /// The whole-model path's bytes for `format`.
 fn whole(input: &Path, p: &Pipeline, format: StreamFormat) -> (Vec<u8>, Model) {
     let mut model = Model::load(input).unwrap();
@@ -44,9 +53,21 @@ fn streamed(
     format: StreamFormat,
     chunk: usize,
 ) -> (Vec<u8>, super::Report) {
+    streamed_by(input, p, format, chunk, true)
+}
+
+/// The streamed bytes and report, `straight` saying whether tensors may take the
+/// straight path.
+fn streamed_by(
+    input: &Path,
+    p: &Pipeline,
+    format: StreamFormat,
+    chunk: usize,
+    straight: bool,
+) -> (Vec<u8>, super::Report) {
     let mut out = Cursor::new(Vec::new());
     let report = p
-        .stream_in_chunks(input, &mut out, format, |_, _, _| {}, chunk)
+        .stream_in_chunks(input, &mut out, format, |_, _, _| {}, chunk, straight)
         .unwrap();
     (out.into_inner(), report)
 }
@@ -71,14 +92,7 @@ fn streamed_bytes_are_those_of_the_whole_model_path() {
     });
     let cases = [
         (pipeline(&[], &["q4_0@!*.down_proj.*"], &[]), gguf),
-        (
-            pipeline(
-                &[],
-                &["q8_0@*.mlp.*,!*.down_proj.*", "q6_k@*.self_attn.*"],
-                &[],
-            ),
-            gguf,
-        ),
+        (ggml_mix(), gguf),
         (pipeline(&[], &[], &[]), q4_k),
         (
             pipeline(&["magnitude:0.5"], &["q4_0@!*.down_proj.*"], &[]),
@@ -117,6 +131,54 @@ fn streamed_bytes_are_those_of_the_whole_model_path() {
             }
         }
     }
+}
+
+#[test]
+fn the_straight_path_writes_and_reports_as_the_general_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = write_checkpoint(dir.path(), &SyntheticOptions::default()).unwrap();
+    let gguf = StreamFormat::Gguf(GgufOptions::default());
+    let q4_k = StreamFormat::Gguf(GgufOptions {
+        quantize: Some(GgmlFormat::Q4_K),
+    });
+    let cases = [
+        (pipeline(&[], &["q4_0@!*.down_proj.*"], &[]), gguf),
+        (ggml_mix(), q4_k),
+        (pipeline(&[], &["q4_0@*.mlp.*,!*.down_proj.*"], &[]), gguf),
+        (
+            pipeline(&["magnitude:0.5@*.mlp.*"], &["q8_0@!*.down_proj.*"], &[]),
+            gguf,
+        ),
+        (pipeline(&[], &[], &[]), gguf),
+    ];
+    for (p, format) in &cases {
+        for chunk in [usize::MAX, 64 << 10] {
+            let (bytes, mut report) = streamed_by(&ckpt.index, p, *format, chunk, true);
+            let (expected, mut general) = streamed_by(&ckpt.index, p, *format, chunk, false);
+            let what = format!("{format:?} {:?} chunk {chunk}", p.describe_steps());
+            assert!(bytes == expected, "{what}");
+            for s in report.steps.iter_mut().chain(&mut general.steps) {
+                s.seconds = 0.0;
+            }
+            assert_eq!(report, general, "{what}");
+        }
+    }
+    // Rows that are not whole blocks: the general path's error either way.
+    let p = pipeline(&[], &["q4_0"], &[]);
+    let error = |straight| {
+        let mut out = Cursor::new(Vec::new());
+        p.stream_in_chunks(
+            &ckpt.index,
+            &mut out,
+            gguf,
+            |_, _, _| {},
+            64 << 10,
+            straight,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert_eq!(error(true), error(false));
 }
 
 #[test]

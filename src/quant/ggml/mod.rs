@@ -57,6 +57,20 @@ impl GgmlFormat {
         }
     }
 
+    /// The largest |w| [`GgmlQuantizer`] accepts: one whose block scale fits in f16.
+    pub(crate) fn limit(self) -> f32 {
+        match self {
+            GgmlFormat::Q8_0 => 127.0 * 65504.0,
+            GgmlFormat::Q4_0 => 8.0 * 65504.0,
+            _ => 32.0 * 65504.0,
+        }
+    }
+
+    /// The code width of its [`QuantizedTensor`] form (`None` for Q4_K, which has none).
+    pub(crate) fn code_bits(self) -> Option<u8> {
+        self.grid().map(|(bits, ..)| bits)
+    }
+
     /// Code width, the levels of codes 0 and 2^bits − 1, and the scale group size of
     /// the [`QuantizedTensor`] form (`None`: no such form, Q4_K's offsets are not).
     fn grid(self) -> Option<(u8, i32, i32, usize)> {
@@ -158,12 +172,7 @@ fn quantize_blocks<E: AsF32Block>(
                     return Err(());
                 }
                 let mut o = Vec::with_capacity(out.len());
-                match format {
-                    GgmlFormat::Q8_0 => quantize_q8_0(x, &mut o),
-                    GgmlFormat::Q4_0 => quantize_q4_0(x, &mut o),
-                    GgmlFormat::Q4_K => quantize_q4_k(x, &mut o),
-                    GgmlFormat::Q6_K => quantize_q6_k(x, &mut o),
-                }
+                quantize_piece(x, format, &mut o);
                 out.copy_from_slice(&o);
                 Ok(())
             })
@@ -179,17 +188,10 @@ fn quantize_blocks<E: AsF32Block>(
             value: values[i].to_f32() as f64,
         });
     }
-    // The f16 scales of every block (Q6_K's is last; Q4_K has d and dmin first).
-    let scale_at: &[usize] = match format {
-        GgmlFormat::Q8_0 | GgmlFormat::Q4_0 => &[0],
-        GgmlFormat::Q4_K => &[0, 2],
-        GgmlFormat::Q6_K => &[Q6_K_BLOCK_BYTES - 2],
-    };
-    if let Some(b) = blocks.chunks_exact(per_bytes).position(|b| {
-        scale_at
-            .iter()
-            .any(|&at| !f16::from_le_bytes([b[at], b[at + 1]]).is_finite())
-    }) {
+    if let Some(b) = blocks
+        .chunks_exact(per_bytes)
+        .position(|b| !scales_fit(b, format))
+    {
         return Err(Error::Overflow {
             what: format!(
                 "{format:?} quantization of values {}..{}",
@@ -200,6 +202,62 @@ fn quantize_blocks<E: AsF32Block>(
         });
     }
     Ok(blocks)
+}
+
+/// Appends the blocks of `x` (whole blocks of `format`) to `out`: ggml's reference
+/// quantizer, as [`quantize_ggml`] runs it on each piece.
+pub(crate) fn quantize_piece(x: &[f32], format: GgmlFormat, out: &mut Vec<u8>) {
+    match format {
+        GgmlFormat::Q8_0 => quantize_q8_0(x, out),
+        GgmlFormat::Q4_0 => quantize_q4_0(x, out),
+        GgmlFormat::Q4_K => quantize_q4_k(x, out),
+        GgmlFormat::Q6_K => quantize_q6_k(x, out),
+    }
+}
+
+/// Whether the f16 scales of `block` (one block of `format`) are finite, as
+/// [`quantize_ggml`] requires (Q6_K's is last; Q4_K has d and dmin first).
+pub(crate) fn scales_fit(block: &[u8], format: GgmlFormat) -> bool {
+    let scale_at: &[usize] = match format {
+        GgmlFormat::Q8_0 | GgmlFormat::Q4_0 => &[0],
+        GgmlFormat::Q4_K => &[0, 2],
+        GgmlFormat::Q6_K => &[Q6_K_BLOCK_BYTES - 2],
+    };
+    scale_at
+        .iter()
+        .all(|&at| f16::from_le_bytes([block[at], block[at + 1]]).is_finite())
+}
+
+/// Decodes whole blocks of `format` into `out` (one value per element) exactly as the
+/// [`QuantizedTensor`] form [`from_ggml_blocks`] gives decodes them: `(q − offset)·d`.
+/// `None` for Q4_K, which has no such form.
+pub(crate) fn decode_piece(blocks: &[u8], format: GgmlFormat, out: &mut [f32]) -> Option<()> {
+    let (_, min, _, _) = format.grid()?;
+    let offset = -(min as f32);
+    match format {
+        GgmlFormat::Q6_K => dequantize_q6_k(blocks, out),
+        _ => {
+            for (b, o) in blocks
+                .chunks_exact(format.block_bytes())
+                .zip(out.chunks_exact_mut(QK))
+            {
+                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                let qs = &b[2..];
+                if format == GgmlFormat::Q4_0 {
+                    let (lo, hi) = o.split_at_mut(QK / 2);
+                    for ((l, h), &q) in lo.iter_mut().zip(hi).zip(qs) {
+                        *l = ((q & 0x0F) as f32 - offset) * d;
+                        *h = ((q >> 4) as f32 - offset) * d;
+                    }
+                } else {
+                    for (o, &q) in o.iter_mut().zip(qs) {
+                        *o = ((q as i8 as i32 - min) as f32 - offset) * d;
+                    }
+                }
+            }
+        }
+    }
+    Some(())
 }
 
 /// Decodes `format`'s block bytes of a tensor of `shape` to f32, bit for bit as the
@@ -268,20 +326,14 @@ impl GgmlQuantizer {
         Ok(())
     }
 
-    /// The largest |w| whose block scale fits in f16.
-    fn limit(&self) -> f32 {
-        match self.format {
-            GgmlFormat::Q8_0 => 127.0 * 65504.0,
-            GgmlFormat::Q4_0 => 8.0 * 65504.0,
-            _ => 32.0 * 65504.0,
-        }
-    }
-
     fn over_limit(&self, i: usize, v: f32) -> Error {
         Error::invalid(
             "weights",
             format!("{v} at index {i}"),
-            format!("|w| ≤ {} so the block scale fits in f16", self.limit()),
+            format!(
+                "|w| ≤ {} so the block scale fits in f16",
+                self.format.limit()
+            ),
         )
     }
 
@@ -297,7 +349,7 @@ impl GgmlQuantizer {
         crate::tensor::view(weights, shape)?;
         check_blocks(shape, self.format)?;
         check_nonempty(shape, || ctx.what())?;
-        let limit = self.limit();
+        let limit = self.format.limit();
         let mut over = None;
         for_each_chunk(weights, |off, c| {
             for (i, &v) in c.iter().enumerate() {
@@ -333,6 +385,11 @@ impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
         true
     }
 
+    /// Its format, but for Q4_K (which it refuses).
+    fn ggml_format(&self) -> Option<GgmlFormat> {
+        self.check_format().ok().map(|()| self.format)
+    }
+
     fn quantize(
         &self,
         weights: &ArrayRef<T, IxDyn>,
@@ -348,7 +405,7 @@ impl<T: Scalar> Quantizer<T> for GgmlQuantizer {
             },
             ctx,
         )?;
-        let limit = self.limit();
+        let limit = self.format.limit();
         if let Some(i) = values.iter().position(|v| v.abs() > limit) {
             return Err(self.over_limit(i, values[i]));
         }
@@ -491,4 +548,35 @@ pub fn to_ggml_blocks(q: &QuantizedTensor, format: GgmlFormat) -> Result<Vec<u8>
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn pieces_decode_as_the_quantized_form(
+            x in prop::collection::vec(-3.0f32..3.0, 512),
+            scale in -20i32..15,
+        ) {
+            let x: Vec<f32> = x.iter().map(|v| v * 2f32.powi(scale)).collect();
+            for format in [GgmlFormat::Q8_0, GgmlFormat::Q4_0, GgmlFormat::Q6_K] {
+                let mut blocks = Vec::new();
+                quantize_piece(&x, format, &mut blocks);
+                prop_assert_eq!(&blocks, &quantize_ggml(&x, &[2, 256], format).unwrap());
+                let mut decoded = vec![0f32; x.len()];
+                prop_assert!(decode_piece(&blocks, format, &mut decoded).is_some());
+                let form = from_ggml_blocks(&blocks, &[2, 256], format).unwrap();
+                let expected = form.dequantize::<f32>();
+                let same = decoded
+                    .iter()
+                    .zip(expected.iter())
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                prop_assert!(same, "{:?}", format);
+            }
+            prop_assert!(decode_piece(&[], GgmlFormat::Q4_K, &mut []).is_none());
+        }
+    }
 }
