@@ -202,18 +202,23 @@ impl Gptq {
         h: ArrayView2<'_, f64>,
         rows: u64,
     ) -> Result<QuantizedTensor> {
-        self.quantize_named("weights", w, h, rows)
+        self.quantize_named("weights", w, h, rows, &vec![false; w.len()])
     }
 
-    /// [`Gptq::quantize`], naming the weight `what` in errors.
+    /// [`Gptq::quantize`], naming the weight `what` in errors. The weights `pruned`
+    /// flags (row-major, `out · in`) start from 0 and are quantized to exactly 0,
+    /// whatever the updates of earlier columns made of them, their error spread like
+    /// any other: GPTQ after pruning keeps the pruned weights pruned.
     pub(crate) fn quantize_named(
         &self,
         what: &str,
         w: ArrayView2<'_, f32>,
         h: ArrayView2<'_, f64>,
         rows: u64,
+        pruned: &[bool],
     ) -> Result<QuantizedTensor> {
         let (out, n) = w.dim();
+        debug_assert_eq!(pruned.len(), out * n);
         check_statistics(what, [out, n], h, rows)?;
         check_weights(what, w)?;
         if let Some(g) = self.group
@@ -245,14 +250,19 @@ impl Gptq {
             .expect("standard layout")
             .to_vec();
         let col = |c: usize| perm.as_ref().map_or(c, |p| p[c]);
-        // W in processing order, f64, dead inputs zeroed.
+        // The value a weight starts from: 0 for dead inputs and pruned weights.
+        let start = |r: usize, j: usize| {
+            if prep.dead[j] || pruned[r * n + j] {
+                0.0
+            } else {
+                w[[r, j]] as f64
+            }
+        };
+        // W in processing order, f64.
         let mut wp = vec![0.0f64; out * n];
         for r in 0..out {
             for c in 0..n {
-                let j = col(c);
-                if !prep.dead[j] {
-                    wp[r * n + c] = w[[r, j]] as f64;
-                }
+                wp[r * n + c] = start(r, col(c));
             }
         }
         let groups_per_row = self.group.map_or(1, |g| n / g);
@@ -267,8 +277,7 @@ impl Gptq {
                 .enumerate()
                 .for_each(|(r, pr)| {
                     for (k, p) in pr.iter_mut().enumerate() {
-                        let vals = (k * g..(k + 1) * g)
-                            .map(|j| if prep.dead[j] { 0.0 } else { w[[r, j]] as f64 });
+                        let vals = (k * g..(k + 1) * g).map(|j| start(r, j));
                         *p = grid.params(vals);
                     }
                 });
@@ -285,7 +294,8 @@ impl Gptq {
                 .zip(err.par_chunks_mut(count))
                 .zip(codes.par_chunks_mut(n))
                 .zip(params.par_chunks_mut(groups_per_row))
-                .for_each(|(((wr, er), cr), pr)| {
+                .zip(pruned.par_chunks(n))
+                .for_each(|((((wr, er), cr), pr), zr)| {
                     for i in 0..count {
                         let c = i1 + i;
                         let (s, z) = match group {
@@ -311,7 +321,8 @@ impl Gptq {
                             Some(g) => pr[col(c) / g],
                         };
                         let x = wr[c];
-                        let level = grid.level(x, s, z);
+                        // A pruned weight takes the level of 0 (exact on both grids).
+                        let level = grid.level(if zr[col(c)] { 0.0 } else { x }, s, z);
                         cr[c] = (level - grid.lo) as u8;
                         let e = (x - s * (level - z)) / u[c * n + c];
                         let urow = &u[c * n + c + 1..c * n + i2];

@@ -85,18 +85,23 @@ impl Obs {
         h: ArrayView2<'_, f64>,
         rows: u64,
     ) -> Result<Pruned> {
-        self.prune_named("weights", w, h, rows)
+        self.prune_named("weights", w, h, rows, &vec![false; w.len()])
     }
 
-    /// [`Obs::prune`], naming the weight `what` in errors.
+    /// [`Obs::prune`], naming the weight `what` in errors. The weights `fixed` flags
+    /// (row-major, `out · in`: pruned before) start from 0 and are removed first (with
+    /// the optimal update of the others), then the greedy removal goes on until
+    /// `round(s · in)` of the row are gone, or only they if there are more.
     pub(crate) fn prune_named(
         &self,
         what: &str,
         w: ArrayView2<'_, f32>,
         h: ArrayView2<'_, f64>,
         rows: u64,
+        fixed: &[bool],
     ) -> Result<Pruned> {
         let (out, n) = w.dim();
+        debug_assert_eq!(fixed.len(), out * n);
         check_statistics(what, [out, n], h, rows)?;
         check_weights(what, w)?;
         let (hd, dead) = dampen(h, self.percdamp);
@@ -110,23 +115,35 @@ impl Obs {
             .expect("fresh array")
             .par_chunks_mut(n)
             .zip(pruned.par_chunks_mut(n))
+            .zip(fixed.par_chunks(n))
             .enumerate()
             .for_each_init(
                 || vec![0.0f64; n * n],
-                |hv, (r, (wr_out, pr))| {
+                |hv, (r, ((wr_out, pr), fr))| {
                     hv.copy_from_slice(hinv);
                     let mut wr: Vec<f64> = (0..n)
-                        .map(|j| if dead[j] { 0.0 } else { w[[r, j]] as f64 })
+                        .map(|j| {
+                            if dead[j] || fr[j] {
+                                0.0
+                            } else {
+                                w[[r, j]] as f64
+                            }
+                        })
                         .collect();
                     let mut col = vec![0.0f64; n];
-                    for _ in 0..k {
+                    let removals = k.max(fr.iter().filter(|&&f| f).count());
+                    for _ in 0..removals {
                         let mut best = usize::MAX;
                         let mut best_score = f64::INFINITY;
                         for q in 0..n {
                             if pr[q] {
                                 continue;
                             }
-                            let s = wr[q] * wr[q] / hv[q * n + q];
+                            let s = if fr[q] {
+                                f64::NEG_INFINITY
+                            } else {
+                                wr[q] * wr[q] / hv[q * n + q]
+                            };
                             if best == usize::MAX || s < best_score {
                                 best = q;
                                 best_score = s;

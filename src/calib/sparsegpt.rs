@@ -158,18 +158,24 @@ impl SparseGpt {
         h: ArrayView2<'_, f64>,
         rows: u64,
     ) -> Result<Pruned> {
-        self.prune_named("weights", w, h, rows)
+        self.prune_named("weights", w, h, rows, &vec![false; w.len()])
     }
 
-    /// [`SparseGpt::prune`], naming the weight `what` in errors.
+    /// [`SparseGpt::prune`], naming the weight `what` in errors. The weights `fixed`
+    /// flags (row-major, `out · in`: pruned before) start from 0, stay pruned and count
+    /// toward the target: the rest of the target is chosen among the other weights,
+    /// spread over the blocks as the target is. With more fixed than the target, only
+    /// they are pruned (an N:M group keeps at most `n`).
     pub(crate) fn prune_named(
         &self,
         what: &str,
         w: ArrayView2<'_, f32>,
         h: ArrayView2<'_, f64>,
         rows: u64,
+        fixed: &[bool],
     ) -> Result<Pruned> {
         let (out, n) = w.dim();
+        debug_assert_eq!(fixed.len(), out * n);
         check_statistics(what, [out, n], h, rows)?;
         check_weights(what, w)?;
         let mut bs = self.block_size;
@@ -187,11 +193,22 @@ impl SparseGpt {
         let u = prep.hinv_upper.as_slice().expect("standard layout");
         let mut wp: Vec<f64> = w
             .indexed_iter()
-            .map(|((_, j), &v)| if prep.dead[j] { 0.0 } else { v as f64 })
+            .zip(fixed)
+            .map(|(((_, j), &v), &f)| if prep.dead[j] || f { 0.0 } else { v as f64 })
             .collect();
-        let mut pruned = vec![false; out * n];
+        let mut pruned = fixed.to_vec();
         let mut err = vec![0.0f64; out * bs.min(n)];
-        let cumulative = |s: f64, x: usize| (s * x as f64).round_ties_even() as usize;
+        // Fixed weights before the block: in all (unstructured) and per row.
+        let mut fixed_before = 0usize;
+        let mut fixed_before_row = vec![0usize; out];
+        let fixed_in = |r: usize, cols: std::ops::Range<usize>| {
+            fixed[r * n + cols.start..r * n + cols.end]
+                .iter()
+                .filter(|&&f| f)
+                .count()
+        };
+        let row_fixed: Vec<usize> = (0..out).map(|r| fixed_in(r, 0..n)).collect();
+        let total_fixed: usize = row_fixed.iter().sum();
         for i1 in (0..n).step_by(bs) {
             let i2 = (i1 + bs).min(n);
             let count = i2 - i1;
@@ -202,9 +219,15 @@ impl SparseGpt {
             // Adaptive mask selection for the block.
             match self.pattern {
                 SparsityPattern::Unstructured(s) => {
-                    let k = cumulative(s, out * i2) - cumulative(s, out * i1);
+                    let s = free_fraction(s, out * n, total_fixed);
+                    let block_fixed: usize = (0..out).map(|r| fixed_in(r, i1..i2)).sum();
+                    let free_before = out * i1 - fixed_before;
+                    let k = cumulative(s, free_before + out * count - block_fixed)
+                        - cumulative(s, free_before);
+                    fixed_before += block_fixed;
                     let mut idx: Vec<(usize, usize)> = (0..out)
                         .flat_map(|r| (i1..i2).map(move |c| (r, c)))
+                        .filter(|&(r, c)| !fixed[r * n + c])
                         .collect();
                     select_smallest(&mut idx, k, |&(r, c)| score(r, c));
                     for &(r, c) in &idx[..k] {
@@ -212,14 +235,24 @@ impl SparseGpt {
                     }
                 }
                 SparsityPattern::PerRow(s) => {
-                    let k = cumulative(s, i2) - cumulative(s, i1);
-                    pruned.par_chunks_mut(n).enumerate().for_each(|(r, pr)| {
-                        let mut idx: Vec<usize> = (i1..i2).collect();
-                        select_smallest(&mut idx, k, |&c| score(r, c));
-                        for &c in &idx[..k] {
-                            pr[c] = true;
-                        }
-                    });
+                    pruned
+                        .par_chunks_mut(n)
+                        .zip(fixed_before_row.par_iter_mut())
+                        .enumerate()
+                        .for_each(|(r, (pr, before))| {
+                            let s = free_fraction(s, n, row_fixed[r]);
+                            let block_fixed = fixed_in(r, i1..i2);
+                            let free_before = i1 - *before;
+                            let k = cumulative(s, free_before + count - block_fixed)
+                                - cumulative(s, free_before);
+                            *before += block_fixed;
+                            let mut idx: Vec<usize> =
+                                (i1..i2).filter(|&c| !fixed[r * n + c]).collect();
+                            select_smallest(&mut idx, k, |&c| score(r, c));
+                            for &c in &idx[..k] {
+                                pr[c] = true;
+                            }
+                        });
                 }
                 SparsityPattern::NM { .. } => {}
             }
@@ -228,7 +261,8 @@ impl SparseGpt {
             wp.par_chunks_mut(n)
                 .zip(err.par_chunks_mut(count))
                 .zip(pruned.par_chunks_mut(n))
-                .for_each(|((wr, er), pr)| {
+                .zip(fixed.par_chunks(n))
+                .for_each(|(((wr, er), pr), fr)| {
                     for (i, ei) in er.iter_mut().enumerate() {
                         let c = i1 + i;
                         if let SparsityPattern::NM { n: keep, m } = pattern
@@ -239,7 +273,10 @@ impl SparseGpt {
                                 let v = wr[j] / u[j * n + j];
                                 v * v
                             };
-                            select_smallest(&mut idx, m - keep, |&j| d(j));
+                            // Weights pruned before go first.
+                            select_smallest(&mut idx, m - keep, |&j| {
+                                if fr[j] { f64::NEG_INFINITY } else { d(j) }
+                            });
                             for &j in &idx[..m - keep] {
                                 pr[j] = true;
                             }
@@ -278,6 +315,27 @@ impl SparseGpt {
             }),
         })
     }
+}
+
+/// The fraction of the weights not pruned before (`fixed` of `total`) to prune so that
+/// `round(sparsity · total)` are pruned in all (`sparsity` itself with none fixed, so the
+/// counts are those of the paper's; 0 when the fixed ones reach the target).
+fn free_fraction(sparsity: f64, total: usize, fixed: usize) -> f64 {
+    if fixed == 0 {
+        return sparsity;
+    }
+    let target = cumulative(sparsity, total);
+    if fixed >= total {
+        0.0
+    } else {
+        target.saturating_sub(fixed) as f64 / (total - fixed) as f64
+    }
+}
+
+/// `round(s · x)`, halves to even: how many of the first `x` candidates a fraction `s`
+/// prunes.
+fn cumulative(s: f64, x: usize) -> usize {
+    (s * x as f64).round_ties_even() as usize
 }
 
 /// Moves the `k` items of lowest `key` (ties: earlier first) to the front of `items`, in

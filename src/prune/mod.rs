@@ -40,7 +40,7 @@ use crate::calib::LayerStats;
 use crate::error::Result;
 use crate::mask::Mask;
 use crate::model::LayerKind;
-use crate::tensor::{HalfFloat, HalfSliceMut, Scalar, subject, view_mut, widen_array};
+use crate::tensor::{HalfFloat, HalfSliceMut, Scalar, narrow_from, subject, view_mut, widen_array};
 
 pub use amount::Amount;
 pub use global::GlobalPruner;
@@ -220,7 +220,11 @@ pub trait Pruner<T: Scalar = f32>: Send + Sync {
         crate::tensor::short_type_name::<Self>()
     }
 
-    /// Computes the mask and zeroes the pruned weights in place.
+    /// Computes the mask and zeroes the pruned weights in place. A pruner that also
+    /// corrects the kept weights for what it removed ([`SparseGpt`](crate::calib::SparseGpt),
+    /// [`Obs`](crate::calib::Obs)) overrides this to write them;
+    /// [`Model::prune`](crate::Model::prune), the pipeline and the slice entry points
+    /// call it, so the update reaches the weights.
     fn prune(&self, weights: &mut ArrayRef<T, IxDyn>, ctx: &PruneContext<'_, T>) -> Result<Mask> {
         let mask = self.mask(weights, ctx)?;
         mask.apply(weights)?;
@@ -259,7 +263,9 @@ pub trait Pruner<T: Scalar = f32>: Send + Sync {
 /// slimnn::prune::HalfPruner`).
 ///
 /// The mask is the one the pruner computes from the values widened to f32 (exact), and
-/// pruned entries become +0 in the 16-bit buffer; kept entries keep their bits. NaN and
+/// pruned entries become +0 in the 16-bit buffer; kept entries keep their bits, unless
+/// the pruner updates them ([`SparseGpt`](crate::calib::SparseGpt),
+/// [`Obs`](crate::calib::Obs)): then they take the new values, rounded to nearest even. NaN and
 /// infinity, shape mismatches: the same typed errors as [`Pruner::prune_slice`].
 /// [`MagnitudePruner`] (per tensor, no prior mask) reads the 16-bit values in place, with
 /// no f32 copy; other pruners widen the tensor once.
@@ -299,17 +305,18 @@ impl<P: Pruner<f32> + ?Sized> HalfPruner for P {
     }
 }
 
-/// The default 16-bit path: widen once, compute the mask, zero the pruned entries.
+/// The default 16-bit path: widen once, prune (with the pruner's updates, if it makes
+/// any), narrow back. Values the pruner leaves alone narrow to their own bits (widening
+/// is exact); pruned ones become +0.
 pub(crate) fn prune_half_widened<T: Scalar, H: HalfFloat, P: Pruner<T> + ?Sized>(
     pruner: &P,
     weights: &mut [H],
     shape: &[usize],
     ctx: &PruneContext<'_, T>,
 ) -> Result<Mask> {
-    let wide = widen_array::<H, T>(weights, shape)?;
-    let mask = pruner.mask(&wide, ctx)?;
-    drop(wide);
-    mask.apply_half_slice(weights)?;
+    let mut wide = widen_array::<H, T>(weights, shape)?;
+    let mask = pruner.prune(&mut wide, ctx)?;
+    narrow_from(wide.as_slice().expect("a fresh array"), weights);
     Ok(mask)
 }
 

@@ -98,6 +98,16 @@ impl Statistics {
     }
 }
 
+/// Whether `pruned` (a pruner's output) differs from `stored` at a weight `mask` keeps:
+/// the pruner updated the kept weights.
+fn changes_kept(pruned: &ArrayD<f32>, stored: &ArrayD<f32>, mask: &crate::Mask) -> bool {
+    pruned
+        .iter()
+        .zip(stored.iter())
+        .enumerate()
+        .any(|(i, (a, b))| a.to_bits() != b.to_bits() && mask.get(i))
+}
+
 /// The values a pruner sees: the stored ones with the existing mask applied.
 fn effective(p: &Param) -> Cow<'_, ArrayD<f32>> {
     match p.mask() {
@@ -107,12 +117,17 @@ fn effective(p: &Param) -> Cow<'_, ArrayD<f32>> {
 }
 
 impl Model {
-    /// Prunes each selected parameter with `pruner`, keeping the masks beside the weights.
+    /// Prunes each selected parameter with `pruner` ([`Pruner::prune`]), keeping the
+    /// masks beside the weights.
     ///
     /// Masks are monotone: a weight an earlier call pruned stays pruned, and built-in
-    /// pruners count it toward their target. Either every selected parameter gets its
-    /// mask or, on error, none does; a factorized parameter among the selected is
-    /// refused with [`Error::FormConflict`] before any work.
+    /// pruners count it toward their target. A pruner that updates the kept weights
+    /// (SparseGPT, OBS) leaves the parameter its new values, pruned ones 0 (the values
+    /// before are gone; others keep the values under the mask); on a quantized parameter
+    /// that is refused with [`Error::FormConflict`] (prune before quantizing). Either
+    /// every selected parameter gets its mask or, on error, none does; a factorized
+    /// parameter among the selected is refused with [`Error::FormConflict`] before any
+    /// work.
     ///
     /// ```
     /// use ndarray::{ArrayD, IxDyn};
@@ -142,18 +157,35 @@ impl Model {
             .collect();
         self.check_can_mask(&names)?;
         let mut masks = Vec::with_capacity(names.len());
+        let mut updated = Vec::new();
         for name in &names {
             let p = self.get(name)?;
-            let values = effective(p);
+            let mut values = p.effective();
             let ctx = stats.context(p);
-            let mask = pruner.mask(&values, &ctx)?;
+            let mask = pruner.prune(&mut values, &ctx)?;
             crate::tensor::check_same_shape(p.shape(), mask.shape(), || {
                 format!("mask the pruner gave `{name}`")
             })?;
-            masks.push(match p.mask() {
+            let mask = match p.mask() {
                 Some(old) => old.and(&mask)?,
                 None => mask,
-            });
+            };
+            if changes_kept(&values, p.value(), &mask) {
+                if p.quantized().is_some() {
+                    return Err(Error::FormConflict {
+                        name: name.clone(),
+                        held: "quantized".into(),
+                        requested: format!("pruned with weight updates ({})", pruner.describe()),
+                        hint: "prune before quantizing".into(),
+                    });
+                }
+                updated.push((name.clone(), values));
+            }
+            masks.push(mask);
+        }
+        // Everything is checked before the model changes.
+        for (name, values) in updated {
+            self.get_mut(&name)?.value_mut().assign(&values);
         }
         self.set_masks(&names, masks)
     }
