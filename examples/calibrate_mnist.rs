@@ -41,7 +41,7 @@ use std::time::Instant;
 use ndarray::Axis;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use slimnn::calib::{Awq, CalibrationStats};
+use slimnn::calib::{Awq, CalibrationStats, Gptq, Obs, SparseGpt, SparsityPattern};
 use slimnn::io::idx::Dataset;
 use slimnn::nn::Network;
 use slimnn::prune::{NmPruner, Pruner, Statistics, UnstructuredPruner, Wanda};
@@ -320,15 +320,24 @@ fn group_size(inputs: usize) -> usize {
 #[derive(Clone, Copy)]
 enum Quant {
     RoundToNearest,
+    Gptq,
+    GptqActOrder,
     Awq,
 }
 
-const QUANTIZERS: [Quant; 2] = [Quant::RoundToNearest, Quant::Awq];
+const QUANTIZERS: [Quant; 4] = [
+    Quant::RoundToNearest,
+    Quant::Gptq,
+    Quant::GptqActOrder,
+    Quant::Awq,
+];
 
 impl Quant {
     fn label(self) -> &'static str {
         match self {
             Quant::RoundToNearest => "round-to-nearest",
+            Quant::Gptq => "GPTQ",
+            Quant::GptqActOrder => "GPTQ, act-order",
             Quant::Awq => "AWQ",
         }
     }
@@ -336,6 +345,8 @@ impl Quant {
     fn key(self) -> &'static str {
         match self {
             Quant::RoundToNearest => "rtn",
+            Quant::Gptq => "gptq",
+            Quant::GptqActOrder => "gptq_actorder",
             Quant::Awq => "awq",
         }
     }
@@ -346,10 +357,16 @@ impl Quant {
             Some(size) => Granularity::PerGroup { size },
             None => Granularity::PerChannel { axis: 0 },
         };
+        let gptq = match group {
+            Some(size) => Gptq::new(bits)?.with_group(size)?,
+            None => Gptq::new(bits)?,
+        };
         Ok(match self {
             Quant::RoundToNearest => {
                 Box::new(UniformQuantizer::new(bits, Scheme::Affine, granularity)?)
             }
+            Quant::Gptq => Box::new(gptq),
+            Quant::GptqActOrder => Box::new(gptq.with_act_order(true)),
             Quant::Awq => Box::new(Awq::new(bits, group)?),
         })
     }
@@ -399,15 +416,19 @@ impl Pattern {
 enum Prune {
     Magnitude,
     Wanda,
+    SparseGpt,
+    Obs,
 }
 
-const PRUNERS: [Prune; 2] = [Prune::Magnitude, Prune::Wanda];
+const PRUNERS: [Prune; 4] = [Prune::Magnitude, Prune::Wanda, Prune::SparseGpt, Prune::Obs];
 
 impl Prune {
     fn label(self) -> &'static str {
         match self {
             Prune::Magnitude => "magnitude (per layer)",
             Prune::Wanda => "Wanda (per row)",
+            Prune::SparseGpt => "SparseGPT",
+            Prune::Obs => "OBS (per row)",
         }
     }
 
@@ -415,6 +436,8 @@ impl Prune {
         match self {
             Prune::Magnitude => "magnitude",
             Prune::Wanda => "wanda",
+            Prune::SparseGpt => "sparsegpt",
+            Prune::Obs => "obs",
         }
     }
 
@@ -425,6 +448,14 @@ impl Prune {
             (Prune::Magnitude, Pattern::TwoFour) => Box::new(NmPruner::magnitude(2, 4)?),
             (Prune::Wanda, Pattern::Fraction(f)) => Box::new(UnstructuredPruner::wanda(f)?),
             (Prune::Wanda, Pattern::TwoFour) => Box::new(NmPruner::new(Wanda, 2, 4)?),
+            (Prune::SparseGpt, Pattern::Fraction(f)) => {
+                Box::new(SparseGpt::new(SparsityPattern::Unstructured(f))?)
+            }
+            (Prune::SparseGpt, Pattern::TwoFour) => {
+                Box::new(SparseGpt::new(SparsityPattern::NM { n: 2, m: 4 })?)
+            }
+            (Prune::Obs, Pattern::Fraction(f)) if f == 0.5 => Box::new(Obs::new(f)?),
+            (Prune::Obs, _) => return Ok(None),
         }))
     }
 }
