@@ -5,13 +5,15 @@
 //!
 //! ```text
 //! cargo run --release --example calibrate_mnist [-- --arch lenet300|lenet5|both
-//!     --calibration 2048 --epochs 10 --seed 1 --holdout --json]
+//!     --calibration 2048 --epochs 10 --seed 1 --holdout --sequential --json]
 //! ```
 //!
 //! - Calibration: `--calibration N` training images (default 2,048), a seeded sample of
 //!   the first 50,000; their statistics (`Σ x xᵀ` of every layer's inputs) come from
 //!   [`Network::observe_calibration`] on the dense network, once, and every method reads
-//!   the same statistics.
+//!   the same statistics. With `--sequential`, as the GPTQ, SparseGPT and Wanda papers
+//!   run, each layer's statistics are taken again on the network whose earlier layers
+//!   are already compressed (slow for LeNet-5's convolutions).
 //! - Every Linear and Conv2d weight is compressed, first and last layers included
 //!   (biases stay in 32 bits); for 2:4, only the weights whose input channels divide into
 //!   groups of 4 (LeNet-5's `conv1` has one input channel and stays dense).
@@ -38,7 +40,7 @@ mod mnist;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::Axis;
+use ndarray::{Array2, Axis};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use slimnn::calib::{Awq, CalibrationStats, Gptq, Obs, SparseGpt, SparsityPattern};
@@ -61,6 +63,7 @@ struct Args {
     seed: u64,
     fresh: bool,
     holdout: bool,
+    sequential: bool,
     json: bool,
 }
 
@@ -72,10 +75,11 @@ fn parse() -> Args {
         seed: 1,
         fresh: false,
         holdout: false,
+        sequential: false,
         json: false,
     };
     let usage = "usage: calibrate_mnist [--arch lenet300|lenet5|both] [--calibration N] \
-                 [--epochs N] [--seed S] [--retrain-from-scratch] [--holdout] [--json]";
+                 [--epochs N] [--seed S] [--retrain-from-scratch] [--holdout] [--sequential] [--json]";
     let fail = |message: String| -> ! {
         eprintln!("{message} (try --help)");
         std::process::exit(2)
@@ -107,6 +111,7 @@ fn parse() -> Args {
             "--seed" => a.seed = count(),
             "--retrain-from-scratch" => a.fresh = true,
             "--holdout" => a.holdout = true,
+            "--sequential" => a.sequential = true,
             "--json" => a.json = true,
             "-h" | "--help" => {
                 say!("{usage}");
@@ -162,6 +167,10 @@ struct Calibrated<'a> {
     model: Model,
     net: Network,
     stats: Arc<CalibrationStats>,
+    /// The calibration images, `[n, 784]`.
+    images: Array2<f32>,
+    /// Each layer's statistics taken on the network with the earlier layers compressed.
+    sequential: bool,
     eval: &'a Dataset,
     /// The Linear and Conv2d weights, in layer order, with their input counts.
     weights: Vec<(String, usize)>,
@@ -181,11 +190,8 @@ impl<'a> Calibrated<'a> {
         sample.shuffle(&mut rand::rngs::Xoshiro256PlusPlus::seed_from_u64(
             args.seed + 900,
         ));
-        let mut stats = CalibrationStats::new();
-        for batch in sample[..args.calibration].chunks(512) {
-            let x = train.images.select(Axis(0), batch);
-            net.observe_calibration(&model, x.view(), &mut stats)?;
-        }
+        let images = train.images.select(Axis(0), &sample[..args.calibration]);
+        let stats = statistics(&net, &model, &images)?;
         let weights = model
             .select(&Selector::prunable())?
             .into_iter()
@@ -209,6 +215,8 @@ impl<'a> Calibrated<'a> {
             model,
             net,
             stats: Arc::new(stats),
+            images,
+            sequential: args.sequential,
             eval,
             weights,
         })
@@ -276,13 +284,24 @@ impl<'a> Calibrated<'a> {
         Ok(results)
     }
 
+    /// The statistics for the layer `index` of `m`, whose earlier layers are compressed:
+    /// those of the dense network, or with `--sequential` those of `m`.
+    fn stats_for(&self, index: usize, m: &Model) -> Result<Arc<CalibrationStats>> {
+        Ok(if self.sequential && index > 0 {
+            Arc::new(statistics(&self.net, m, &self.images)?)
+        } else {
+            Arc::clone(&self.stats)
+        })
+    }
+
     /// The model with every weight quantized by `method`, per row or in groups.
     fn quantized(&self, method: Quant, bits: u8, grouped: bool) -> Result<Model> {
         let mut m = self.model.clone();
-        for (name, inputs) in &self.weights {
+        for (i, (name, inputs)) in self.weights.iter().enumerate() {
             let group = grouped.then(|| group_size(*inputs));
             let q = method.quantizer(bits, group)?;
-            m.quantize_calibrated(&Selector::glob(name.as_str()), q.as_ref(), &self.stats)?;
+            let stats = self.stats_for(i, &m)?;
+            m.quantize_calibrated(&Selector::glob(name.as_str()), q.as_ref(), &stats)?;
         }
         Ok(m)
     }
@@ -293,15 +312,24 @@ impl<'a> Calibrated<'a> {
         let Some(pruner) = method.pruner(pattern)? else {
             return Ok(None);
         };
-        let stats = Statistics::new().with_calibration(Arc::clone(&self.stats));
         let mut m = self.model.clone();
-        for (name, _) in &self.weights {
+        for (i, (name, _)) in self.weights.iter().enumerate() {
             if pattern.fits(m.get(name)?.shape()) {
+                let stats = Statistics::new().with_calibration(self.stats_for(i, &m)?);
                 m.prune(&Selector::glob(name.as_str()), pruner.as_ref(), &stats)?;
             }
         }
         Ok(Some(m))
     }
+}
+
+/// The statistics of every layer's inputs over `images`, in batches of 512.
+fn statistics(net: &Network, model: &Model, images: &Array2<f32>) -> Result<CalibrationStats> {
+    let mut stats = CalibrationStats::new();
+    for batch in images.axis_chunks_iter(Axis(0), 512) {
+        net.observe_calibration(model, batch, &mut stats)?;
+    }
+    Ok(stats)
 }
 
 /// The inputs of a weight `[out, in, …]`: `in · kh · kw` for a Conv2d.
