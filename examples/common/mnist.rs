@@ -1,6 +1,14 @@
 //! Shared by the MNIST examples: the bundled data and a trained LeNet-300-100, cached
 //! in `target/slimnn-examples/` so that later runs (and other examples) reuse it.
 
+/// `println!` that ends the program quietly (status 0) once stdout is closed, e.g. by
+/// `| head`, where `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::mnist::say_line(format_args!($($arg)*))
+    };
+}
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -47,7 +55,7 @@ pub fn parse_args(example: &str) -> Args {
             "--seed" => args.seed = num(),
             "--retrain-from-scratch" => args.fresh = true,
             "-h" | "--help" => {
-                println!("usage: {example} [--epochs N] [--seed S] [--retrain-from-scratch]");
+                say!("usage: {example} [--epochs N] [--seed S] [--retrain-from-scratch]");
                 std::process::exit(0)
             }
             other => {
@@ -66,7 +74,7 @@ pub fn load() -> Result<(Dataset, Dataset)> {
         |images: &str, labels: &str| Dataset::from_idx(dir.join(images), dir.join(labels), 255.0);
     let train = set("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")?;
     let test = set("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")?;
-    println!(
+    say!(
         "MNIST: {} training and {} test images",
         train.len(),
         test.len()
@@ -175,7 +183,7 @@ pub fn trained(
         let model = Model::load(&path)?;
         if model.metadata().get("trained").map(String::as_str) == Some(settings.as_str()) {
             let net = arch.of(&model)?;
-            println!(
+            say!(
                 "loaded the trained {} ({settings}) from {} (pass --retrain-from-scratch \
                  to train anew)",
                 arch.title(),
@@ -183,7 +191,7 @@ pub fn trained(
             );
             return Ok((model, net));
         }
-        println!(
+        say!(
             "the cached {} was not trained with {settings}: training anew",
             arch.title()
         );
@@ -192,7 +200,7 @@ pub fn trained(
     let net = arch.build(&mut model, seed)?;
     let (lr, batch, decay) = arch.recipe();
     let mut sgd = Sgd::new(lr, 0.9, decay)?;
-    println!(
+    say!(
         "training {} for {epochs} epochs (SGD, momentum 0.9, batch {batch})",
         arch.title()
     );
@@ -212,7 +220,7 @@ pub fn trained(
             seed + epoch as u64,
         )?;
         let acc = net.evaluate(&model, test, 1000)?.accuracy;
-        println!(
+        say!(
             "  epoch {:>2}: loss {loss:.4}, test accuracy {:.2}% ({:.1} s)",
             epoch + 1,
             100.0 * acc,
@@ -230,7 +238,7 @@ pub fn trained(
         .insert("network".into(), arch.title().into());
     model.metadata_mut().insert("trained".into(), settings);
     model.save(&path, &SaveOptions::default())?;
-    println!("saved the trained network to {}", path.display());
+    say!("saved the trained network to {}", path.display());
     Ok((model, net))
 }
 
@@ -338,7 +346,7 @@ pub fn prune_and_retrain(
             sgd.step(&mut model, &grads)?;
             step += 1;
         }
-        println!(
+        say!(
             "  retrain epoch {}: sparsity {:.1}%, test accuracy {:.2}%",
             epoch + 1,
             100.0 * model.sparsity(&Selector::prunable())?.sparsity(),
@@ -346,4 +354,17 @@ pub fn prune_and_retrain(
         );
     }
     Ok(model)
+}
+
+/// Writes `line` and a newline to stdout (see [`say!`]): on a closed stdout the program
+/// stops quietly, on another write error with a message and status 1.
+pub fn say_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("cannot write to stdout: {e}");
+            std::process::exit(1)
+        }
+        std::process::exit(0)
+    }
 }
