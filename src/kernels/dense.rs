@@ -33,6 +33,17 @@ fn finish(lanes: [f32; L], x: &[f32], w: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// The inputs covered by whole lane sets, after checking that every row holds `k`
+/// values (what the SIMD blocks' unchecked loads rely on).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn full_lanes(xs: &[&[f32]], ws: &[&[f32]], k: usize) -> usize {
+    for row in xs.iter().chain(ws) {
+        assert!(row.len() >= k, "rows hold k values");
+    }
+    k - k % L
+}
+
 /// The scalar twin.
 struct Scalar;
 
@@ -87,10 +98,7 @@ fn block_avx2<const S: usize, const O: usize>(
     k: usize,
 ) -> [[f32; O]; S] {
     use std::arch::x86_64::*;
-    let full = k - k % L;
-    for row in xs.iter().chain(&ws) {
-        assert!(row.len() >= k, "rows hold k values");
-    }
+    let full = full_lanes(&xs, &ws, k);
     let mut acc = [[_mm256_setzero_ps(); O]; S];
     for c in (0..full).step_by(L) {
         // SAFETY: c + L <= full <= k <= every row's length (asserted above).
@@ -166,10 +174,7 @@ fn block_avx512<const S: usize, const O: usize>(
     k: usize,
 ) -> [[f32; O]; S] {
     use std::arch::x86_64::*;
-    let full = k - k % L;
-    for row in xs.iter().chain(&ws) {
-        assert!(row.len() >= k, "rows hold k values");
-    }
+    let full = full_lanes(&xs, &ws, k);
     let by_samples = S.is_multiple_of(2);
     // Accumulator (a, b) holds the pairs: (samples 2a, 2a + 1; row b) when pairing
     // samples, (sample a; rows 2b, 2b + 1) when pairing rows. Unused entries stay zero.

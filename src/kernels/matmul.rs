@@ -23,7 +23,7 @@ const MIN_SIDE: usize = 64;
 
 /// Runs `f` on a faer view of `a`: zero-copy when `a` is contiguous row- or
 /// column-major (a transposed view), else on a row-major copy.
-fn with_view<R>(a: ArrayView2<'_, f32>, f: impl FnOnce(MatRef<'_, f32>) -> R) -> R {
+pub(crate) fn with_view<T: Copy, R>(a: ArrayView2<'_, T>, f: impl FnOnce(MatRef<'_, T>) -> R) -> R {
     let (m, n) = a.dim();
     if let Some(s) = a.as_slice() {
         return f(MatRef::from_row_major_slice(s, m, n));
