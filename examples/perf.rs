@@ -323,29 +323,29 @@ fn reference_product(w: &ArrayD<f32>, x: &ndarray::Array2<f32>) -> ndarray::Arra
     w64.dot(&x.mapv(f64::from))
 }
 
+/// The crate's dense yardstick, `sparse_ops::dense_matmul` (`y = x·Wᵀ`, the same
+/// multiply-adds as NumPy's `W @ X` in `scripts/perf_numpy.py`): row kernels at batch 1,
+/// the tuned GEMM at batch 64.
 fn dense_gemm(opts: &Opts) -> Vec<Line> {
-    let w = normal(&[4096, 4096], 0.02, 40);
-    let w2 = w.view().into_dimensionality::<ndarray::Ix2>().unwrap();
+    let w = normal(&[4096, 4096], 0.02, 40)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let wv = w.as_slice().unwrap();
     [1usize, 64]
         .into_iter()
         .map(|batch| {
-            let x = normal(&[4096, batch], 1.0, 41)
+            let x = normal(&[batch, 4096], 1.0, 41)
                 .into_dimensionality::<ndarray::Ix2>()
                 .unwrap();
-            let mut y = ndarray::Array2::<f32>::zeros((4096, batch));
+            let mut y = ndarray::Array2::<f32>::zeros((batch, 4096));
             let times = repeat(opts.repeats, || {
-                timed(|| ndarray::linalg::general_mat_mul(1.0, &w2, &x, 0.0, &mut y))
+                timed(|| y = sparse_ops::dense_matmul([4096, 4096], wv, &x).unwrap())
             });
-            let exact = reference_product(&w, &x);
-            let err = y
-                .iter()
-                .zip(&exact)
-                .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()));
             Line {
                 op: "dense_gemm",
                 size: format!("4096x4096 @ batch {batch}"),
                 times,
-                quality: err,
+                quality: max_abs_diff(y.as_slice().unwrap(), &exact_product(&x, &w)),
                 metric: "max abs difference to f64",
             }
         })
@@ -663,8 +663,20 @@ fn max_abs_diff(y: &[f32], reference: &ndarray::Array2<f64>) -> f64 {
         .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()))
 }
 
+/// `y = x·wᵀ` by faer's own matrix product and its own threads, as a user of faer would
+/// call it (the `dense gemm` lines: a general GEMM at every batch, beside the crate's
+/// `dense_matmul`).
+fn faer_gemm(x: &ndarray::Array2<f32>, w: &ndarray::Array2<f32>, y: &mut ndarray::Array2<f32>) {
+    let (m, k, n) = (x.nrows(), x.ncols(), w.nrows());
+    let a = faer::MatRef::from_row_major_slice(x.as_slice().unwrap(), m, k);
+    let b = faer::MatRef::from_row_major_slice(w.as_slice().unwrap(), n, k).transpose();
+    let c = faer::MatMut::from_row_major_slice_mut(y.as_slice_mut().unwrap(), m, n);
+    faer::linalg::matmul::matmul(c, faer::Accum::Replace, a, b, 1.0, faer::Par::rayon(0));
+}
+
 /// One compressed product against the dense f32 product of the same weights, at batch 1
-/// and 64: two lines per batch (`dense`, then `label`), from the same run.
+/// and 64: three lines per batch (`dense gemm`: faer's GEMM as is; `dense_matmul`: the
+/// crate's dense yardstick; then `label`), from the same run.
 fn product_lines(
     opts: &Opts,
     op: &'static str,
@@ -680,9 +692,7 @@ fn product_lines(
             .unwrap();
         let exact = exact_product(&x, w);
         let mut dense = ndarray::Array2::<f32>::zeros((batch, n));
-        let dense_times = repeat(opts.repeats, || {
-            timed(|| ndarray::linalg::general_mat_mul(1.0, &x, &w.t(), 0.0, &mut dense))
-        });
+        let dense_times = repeat(opts.repeats, || timed(|| faer_gemm(&x, w, &mut dense)));
         let wv = w.as_slice().unwrap();
         let mut rows = ndarray::Array2::<f32>::zeros((batch, n));
         let rows_times = repeat(opts.repeats, || {

@@ -13,7 +13,8 @@
 //!
 //! [`dense_matmul`] is the dense yardstick they are measured against: the same row
 //! kernels at small batches (a dot product per row on both cores, several times faster
-//! at batch 1 than a general matrix product), ndarray's matrix product at larger ones.
+//! at batch 1 than a general matrix product), a tuned general matrix product (faer's
+//! packed GEMM with AVX-512 or AVX2 micro-kernels, on both cores) at larger ones.
 //!
 //! Each function checks its inputs once (lengths, index ranges, shapes) and returns a
 //! typed [`Error`] for bad ones, then runs the crate's kernels: AVX2 where the CPU has
@@ -280,8 +281,9 @@ pub fn packed_codebook_matmul_into(
 /// `Y = X·Wᵀ` for a dense row-major weight `W` of `shape = [out, in]`: the yardstick
 /// for the compressed products. Below a batch of 8 it runs the same row kernels they
 /// do (a dot product per row, on both cores: at batch 1 several times faster than a
-/// general matrix product, which packs the whole weight first); from 8 on, ndarray's
-/// general matrix product.
+/// general matrix product, which packs the whole weight first); from 8 on, a tuned
+/// general matrix product (faer's packed GEMM, cut into output blocks on both cores, the
+/// same bits on any number of threads).
 ///
 /// # Errors
 /// [`Error::Empty`] for a zero-sized shape; [`Error::BadShape`] if `values` does not
@@ -323,7 +325,7 @@ pub fn dense_matmul(
                 got: vec![x.nrows(), x.ncols()],
             });
         }
-        return Ok(x.dot(&w.t()));
+        return Ok(crate::kernels::matmul::matmul(x.view(), w.t()));
     }
     product(&Dense::new(values, inputs), shape, x)
 }

@@ -10,6 +10,7 @@ use faer::{Accum, Mat, MatMut, MatRef, Par};
 use ndarray::{Array1, Array2, ArrayView2, ShapeBuilder};
 
 use crate::error::{Error, Result};
+use crate::kernels::matmul::with_view;
 
 /// Element types faer decomposes: f32 and f64.
 pub(crate) trait Real: RealField + Copy + crate::Scalar {}
@@ -23,24 +24,6 @@ impl Real for f64 {}
 /// count keeps them bit-identical on any pool (on one thread the two tasks run in turn).
 fn par() -> Par {
     Par::rayon(2)
-}
-
-/// Runs `f` on a faer view of `a`: zero-copy when `a` is contiguous row- or
-/// column-major (a transposed view), else on a row-major copy.
-fn with_view<T: Copy, R>(a: ArrayView2<'_, T>, f: impl FnOnce(MatRef<'_, T>) -> R) -> R {
-    let (m, n) = a.dim();
-    if let Some(s) = a.as_slice() {
-        return f(MatRef::from_row_major_slice(s, m, n));
-    }
-    if let Some(s) = a.t().as_slice() {
-        return f(MatRef::from_column_major_slice(s, m, n));
-    }
-    let a = a.as_standard_layout();
-    f(MatRef::from_row_major_slice(
-        a.as_slice().expect("standard layout"),
-        m,
-        n,
-    ))
 }
 
 /// A faer matrix copied into a row-major ndarray.

@@ -2,7 +2,6 @@
 //! cross-correlation, NCHW input, `[out, in / groups, kh, kw]` weights), and by a direct
 //! kernel when the convolution is depthwise (`groups = in`, see [`depthwise`]).
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{
     Array1, Array2, Array4, ArrayRef, ArrayView2, ArrayViewMut2, CowArray, Ix1, Ix2, Ix4, s,
 };
@@ -10,6 +9,7 @@ use rayon::prelude::*;
 
 use super::im2col::{Geometry, col2im, columns};
 use crate::error::{Error, Result};
+use crate::kernels::matmul::matmul_into;
 
 mod depthwise;
 
@@ -183,7 +183,7 @@ fn forward_im2col(
                     let yg = &mut y[gi * geo.og * geo.positions()..][..geo.og * geo.positions()];
                     let mut yg = ArrayViewMut2::from_shape((geo.og, geo.positions()), yg)
                         .expect("og × positions");
-                    general_mat_mul(1.0, &a, &b, 0.0, &mut yg);
+                    matmul_into(a, b, false, yg.view_mut());
                 }
                 if let Some(b) = bias {
                     for (plane, &bv) in y.chunks_exact_mut(geo.positions()).zip(b) {
@@ -280,7 +280,7 @@ fn backward_im2col(
                 let dyg = &dyi[gi * geo.og * positions..][..geo.og * positions];
                 let dyg = ArrayView2::from_shape((geo.og, positions), dyg).expect("dY");
                 let mut dwg = dw.slice_mut(s![group.clone(), ..]);
-                general_mat_mul(1.0, &dyg, &cv.t(), 1.0, &mut dwg);
+                matmul_into(dyg, cv.t(), true, dwg.view_mut());
                 if let Some(dx) = dxc.as_deref_mut() {
                     let start = i * geo.image_len() + gi * geo.group_len();
                     let dxg = &mut dx[start..start + geo.group_len()];
@@ -291,7 +291,7 @@ fn backward_im2col(
                         &mut dcols[..]
                     };
                     let mut dc = ArrayViewMut2::from_shape((rows, positions), dst).expect("dcols");
-                    general_mat_mul(1.0, &wm.slice(s![group, ..]).t(), &dyg, 0.0, &mut dc);
+                    matmul_into(wm.slice(s![group, ..]).t(), dyg, false, dc.view_mut());
                     if !pointwise {
                         col2im(&dcols, &geo, dxg);
                     }

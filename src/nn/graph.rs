@@ -12,6 +12,7 @@ use super::eval::softmax_cross_entropy;
 use super::{Gradients, Layer, Network, avgpool, block, dropout, norm, pool};
 use crate::calib::{CalibrationStats, LayerStats};
 use crate::error::{Error, Result};
+use crate::kernels::matmul::matmul;
 use crate::model::Model;
 
 /// Evaluation (dropout off) or training (dropout masks from `seed`).
@@ -361,13 +362,13 @@ pub(super) fn backward(
         (Layer::Linear { weight, bias }, Saved::Weighted(input, w)) => {
             let g = grad.into_dimensionality::<Ix2>().expect("2-D");
             let x = input.into_dimensionality::<Ix2>().expect("2-D");
-            store(grads, model, weight, g.t().dot(&x).into_dyn())?;
+            store(grads, model, weight, matmul(g.t(), x.view()).into_dyn())?;
             if let Some(b) = bias {
                 store(grads, model, b, g.sum_axis(Axis(0)).into_dyn())?;
             }
             if need {
-                g.dot(&w.into_dimensionality::<Ix2>().expect("2-D"))
-                    .into_dyn()
+                let w = w.into_dimensionality::<Ix2>().expect("2-D");
+                matmul(g.view(), w.view()).into_dyn()
             } else {
                 empty()
             }
