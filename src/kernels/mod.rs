@@ -16,6 +16,7 @@ pub(crate) mod dense;
 pub(crate) mod depthwise;
 pub(crate) mod gemm;
 pub(crate) mod half;
+pub(crate) mod int8;
 pub(crate) mod mmap;
 pub(crate) mod quant;
 pub(crate) mod select;
