@@ -41,6 +41,9 @@ const GROUP: usize = 4;
 const GROUP_BYTES: usize = PANEL * GROUP;
 /// Panels per parallel task (64 outputs).
 const PANELS_PER_TASK: usize = 4;
+/// Inputs per k-tile: a task's panels over one k-tile (32 KB) stay in L1 while every
+/// row tile passes over them.
+const TILE_INPUTS: usize = 512;
 
 /// An int8 weight `[outputs, inputs]` packed into panels (see the module docs).
 #[derive(Clone, Debug, PartialEq)]
@@ -239,12 +242,15 @@ impl Tier {
     }
 }
 
-/// Where a register tile goes: its first activation row and panel, and its first
-/// column in a task's output buffer of `width` columns.
+/// Where a register tile goes: its first activation row and panel, its blocks
+/// `first..end` (a k-tile), and its first column in a task's output buffer of `width`
+/// columns.
 #[derive(Clone, Copy)]
 struct At {
     row: usize,
     panel: usize,
+    first: usize,
+    end: usize,
     col: usize,
     width: usize,
 }
@@ -286,8 +292,9 @@ pub(crate) fn matmul(tier: Tier, w: &Packed, x: &Activations, bias: Option<&[f32
     });
 }
 
-/// All activation rows × `panels` into `out` (`[rows][width]`, zeroed), in register
-/// tiles of the tier's size; edge rows and panels one at a time.
+/// All activation rows × `panels` into `out` (`[rows][width]`, zeroed), k-tile by
+/// k-tile (so each output still adds its blocks in order), in register tiles of the
+/// tier's size; edge rows and panels one at a time.
 fn run_task(
     tier: Tier,
     w: &Packed,
@@ -297,22 +304,29 @@ fn run_task(
     width: usize,
 ) {
     let (tr, tc) = tier.tile();
-    let mut row = 0;
-    while row < x.rows {
-        let r = if x.rows - row >= tr { tr } else { 1 };
-        let mut panel = panels.start;
-        while panel < panels.end {
-            let c = if panels.end - panel >= tc { tc } else { 1 };
-            let at = At {
-                row,
-                panel,
-                col: (panel - panels.start) * PANEL,
-                width,
-            };
-            tile(tier, (r, c), w, x, at, out);
-            panel += c;
+    let per_tile = (TILE_INPUTS / w.stride).max(1);
+    for first in (0..w.blocks).step_by(per_tile) {
+        let end = (first + per_tile).min(w.blocks);
+        let mut row = 0;
+        while row < x.rows {
+            let r = if x.rows - row >= tr { tr } else { 1 };
+            let mut panel = panels.start;
+            while panel < panels.end {
+                let c = if panels.end - panel >= tc { tc } else { 1 };
+                let col = (panel - panels.start) * PANEL;
+                let at = At {
+                    row,
+                    panel,
+                    first,
+                    end,
+                    col,
+                    width,
+                };
+                tile(tier, (r, c), w, x, at, out);
+                panel += c;
+            }
+            row += r;
         }
-        row += r;
     }
 }
 
@@ -340,7 +354,7 @@ fn tile(tier: Tier, (r, c): (usize, usize), w: &Packed, x: &Activations, at: At,
 
 /// Asserts that a tile of `r` rows × `c` panels at `at` lies within the buffers.
 fn check_tile(w: &Packed, x: &Activations, at: At, (r, c): (usize, usize), out: &[f32]) {
-    assert!(at.row + r <= x.rows && at.panel + c <= w.panels);
+    assert!(at.row + r <= x.rows && at.panel + c <= w.panels && at.end <= w.blocks);
     assert!(at.col + c * PANEL <= at.width && (at.row + r) * at.width <= out.len());
     assert_eq!(w.codes.len(), w.panels * w.blocks * w.stride * PANEL);
     assert_eq!(w.scales.len(), w.panels * w.blocks * PANEL);
@@ -352,7 +366,7 @@ fn check_tile(w: &Packed, x: &Activations, at: At, (r, c): (usize, usize), out: 
 fn tile_scalar(w: &Packed, x: &Activations, at: At, out: &mut [f32]) {
     let (blocks, stride) = (w.blocks, w.stride);
     let o = &mut out[at.row * at.width + at.col..][..PANEL];
-    for b in 0..blocks {
+    for b in at.first..at.end {
         let xq = &x.q[(at.row * blocks + b) * stride..][..stride];
         let wq = &w.codes[(at.panel * blocks + b) * stride * PANEL..][..stride * PANEL];
         let mut acc = [0i32; PANEL];
@@ -389,7 +403,7 @@ mod x86 {
     ) {
         let (blocks, stride) = (w.blocks, w.stride);
         let groups = stride / GROUP;
-        for b in 0..blocks {
+        for b in at.first..at.end {
             let mut acc: [[__m512i; C]; R] = std::array::from_fn(|r| {
                 [_mm512_set1_epi32(-128 * x.sums[(at.row + r) * blocks + b]); C]
             });
@@ -458,7 +472,7 @@ mod x86 {
     ) {
         let (blocks, stride) = (w.blocks, w.stride);
         let groups = stride / GROUP;
-        for b in 0..blocks {
+        for b in at.first..at.end {
             let mut acc: [[__m256i; 2]; R] = std::array::from_fn(|r| {
                 [_mm256_set1_epi32(-128 * x.sums[(at.row + r) * blocks + b]); 2]
             });
@@ -495,7 +509,7 @@ mod x86 {
         let (blocks, stride) = (w.blocks, w.stride);
         let groups = stride / GROUP;
         let (flip, ones) = (_mm256_set1_epi8(i8::MIN), _mm256_set1_epi16(1));
-        for b in 0..blocks {
+        for b in at.first..at.end {
             let mut acc = [[_mm256_setzero_si256(); 2]; R];
             let wp = w.codes[(at.panel * blocks + b) * stride * PANEL..].as_ptr();
             let xp: [*const i8; R] =
@@ -582,11 +596,12 @@ mod tests {
 
     proptest! {
         /// Every tier gives the bits of the definition: tiles and edges (rows 1..9,
-        /// up to 7 panels), blocks that are not a multiple of 4, per-row blocks.
+        /// up to 7 panels), several k-tiles, blocks that are not a multiple of 4, per-row
+        /// blocks.
         #[test]
         fn tiers_give_the_definitions_bits(
             (rows, outputs) in (1usize..10, 1usize..110),
-            (blocks, block) in (1usize..4, 1usize..70),
+            (blocks, block) in (1usize..12, 1usize..70),
             seed in any::<u64>(),
         ) {
             let inputs = blocks * block;
