@@ -313,16 +313,6 @@ fn quant_int4_group(opts: &Opts) -> Vec<Line> {
     quant_roundtrip(opts, "quant_int4_group", "4096x4096 group 128", q)
 }
 
-/// `W·X` and its f64 reference, for the GEMM ops.
-fn reference_product(w: &ArrayD<f32>, x: &ndarray::Array2<f32>) -> ndarray::Array2<f64> {
-    let w64 = w
-        .view()
-        .into_dimensionality::<ndarray::Ix2>()
-        .unwrap()
-        .mapv(f64::from);
-    w64.dot(&x.mapv(f64::from))
-}
-
 /// The crate's dense yardstick, `sparse_ops::dense_matmul` (`y = x·Wᵀ`, the same
 /// multiply-adds as NumPy's `W @ X` in `scripts/perf_numpy.py`): row kernels at batch 1,
 /// the tuned GEMM at batch 64.
@@ -352,37 +342,37 @@ fn dense_gemm(opts: &Opts) -> Vec<Line> {
         .collect()
 }
 
+/// The int8 Linear 4096→4096 with bias (weights N(0, 1/64²) quantized once, untimed)
+/// against the dense product of the same f32 weights, at batch 1 and 64. The int8 lines'
+/// quality is the relative Frobenius error vs f64, bias included.
 fn int8_gemm(opts: &Opts) -> Vec<Line> {
-    let w = normal(&[4096, 4096], 1.0 / 64.0, 50);
-    let w2 = w.view().into_dimensionality::<ndarray::Ix2>().unwrap();
+    let w = normal(&[4096, 4096], 1.0 / 64.0, 50)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
     let bias = normal(&[4096], 0.1, 51)
         .into_dimensionality::<ndarray::Ix1>()
         .unwrap();
-    let layer = QuantizedLinear::new(&w2, Some(&bias)).unwrap();
-    [1usize, 64]
-        .into_iter()
-        .map(|batch| {
-            let x = normal(&[batch, 4096], 1.0, 52)
-                .into_dimensionality::<ndarray::Ix2>()
-                .unwrap();
-            let mut y = ndarray::Array2::<f32>::zeros((batch, 4096));
-            let times = repeat(opts.repeats, || timed(|| y = layer.forward(&x).unwrap()));
-            let exact =
-                reference_product(&w, &x.t().to_owned()).t().to_owned() + &bias.mapv(f64::from);
-            let (mut num, mut den) = (0.0f64, 0.0f64);
-            for (&a, &b) in y.iter().zip(&exact) {
-                num += (a as f64 - b).powi(2);
-                den += b * b;
-            }
-            Line {
-                op: "int8_gemm",
-                size: format!("4096x4096 @ batch {batch}"),
-                times,
-                quality: (num / den).sqrt(),
-                metric: "relative Frobenius error vs f64",
-            }
-        })
-        .collect()
+    let layer = QuantizedLinear::new(&w, Some(&bias)).unwrap();
+    let mut lines = product_lines(opts, "int8_gemm", "int8", &w, &|x, y| {
+        layer.forward_into(x, y).unwrap()
+    });
+    let int8_lines = lines.iter_mut().filter(|l| l.size.ends_with(" int8"));
+    for (line, batch) in int8_lines.zip([1usize, 64]) {
+        // The activations `product_lines` generated for this batch.
+        let x = normal(&[batch, 4096], 1.0, 100 + batch as u64)
+            .into_dimensionality::<ndarray::Ix2>()
+            .unwrap();
+        let y = layer.forward(&x).unwrap();
+        let exact = exact_product(&x, &w) + &bias.mapv(f64::from);
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (&a, &b) in y.iter().zip(&exact) {
+            num += (a as f64 - b).powi(2);
+            den += b * b;
+        }
+        line.quality = (num / den).sqrt();
+        line.metric = "relative Frobenius error vs f64";
+    }
+    lines
 }
 
 /// 16-entry weight sharing of 1,048,576 Laplace(0, 0.02) values: the optimal codebook,

@@ -334,13 +334,14 @@ pub fn dense_matmul(
 /// and scales: `W[r, c] = scales[r · in / block + c / block] · codes[r · in + c]`, one
 /// scale per block of `block` consecutive inputs of each row (`block = in`: one scale
 /// per row). Runs in integer arithmetic as [`QuantizedLinear`](crate::quant::QuantizedLinear)
-/// does, without copying the weight: each activation row is quantized per block to
+/// does: each activation row is quantized per block to
 /// int8 from its own range, products are summed exactly in int32 and scaled back.
 /// Codes and scales of a [`QuantizedTensor`](crate::quant::QuantizedTensor) come from
 /// [`QuantizedTensor::int8_codes`](crate::quant::QuantizedTensor::int8_codes).
 ///
-/// Each call checks the weight (one pass over the codes); to run the same weight many
-/// times, build a `QuantizedLinear` once.
+/// Each call checks the weight and packs it into the kernel's panels (one pass over the
+/// codes, and a copy of them); to run the same weight many times, build a
+/// `QuantizedLinear` once, which packs at construction.
 ///
 /// # Errors
 /// [`Error::Empty`] for a zero-sized shape or an empty batch; [`Error::InvalidParameter`]
@@ -366,13 +367,12 @@ pub fn int8_matmul(
     block: usize,
     x: &ArrayRef<f32, Ix2>,
 ) -> Result<Array2<f32>> {
-    let sums = crate::quant::check_int8(shape, codes, scales, block)?;
+    let w = crate::quant::check_int8(shape, codes, scales, block)?;
     let batch = crate::quant::check_input(x, shape[1])?;
     let x = x.as_standard_layout();
     let mut y = Array2::zeros((batch, shape[0]));
-    int8_weights(shape, codes, scales, block, &sums).forward_into(
+    w.forward(
         x.as_slice().expect("standard layout"),
-        batch,
         None,
         y.as_slice_mut().expect("standard layout"),
     );
@@ -402,29 +402,12 @@ pub fn int8_matmul_into(
     x: &[f32],
     y: &mut [f32],
 ) -> Result<()> {
-    let sums = crate::quant::check_int8(shape, codes, scales, block)?;
+    let w = crate::quant::check_int8(shape, codes, scales, block)?;
     let batch = crate::quant::check_input_slice(x, shape[1], shape[0], y.len())?;
     if batch > 0 {
-        int8_weights(shape, codes, scales, block, &sums).forward_into(x, batch, None, y);
+        w.forward(x, None, y);
     }
     Ok(())
-}
-
-fn int8_weights<'a>(
-    [outputs, inputs]: [usize; 2],
-    codes: &'a [i8],
-    scales: &'a [f32],
-    block: usize,
-    sums: &'a [i32],
-) -> crate::quant::Int8Weights<'a> {
-    crate::quant::Int8Weights {
-        outputs,
-        inputs,
-        block,
-        codes,
-        scales,
-        sums,
-    }
 }
 
 /// The batch from which [`dense_matmul`] runs a general matrix product (packed panels

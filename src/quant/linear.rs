@@ -10,11 +10,9 @@ use super::{
     UniformQuantizer,
 };
 use crate::error::{Error, Result};
-use crate::kernels::gemm::{Blocked, dot_codes, gemm_i8, gemm_q8_blocked};
+use crate::kernels::gemm::dot_codes;
+use crate::kernels::int8::Packed;
 use crate::tensor::{check_finite, check_nonempty};
-
-/// Weight rows per parallel task of the products.
-const ROWS_PER_TASK: usize = 64;
 
 /// A Linear layer `y = x Wᵀ + b` with int8 weights, run in integer arithmetic.
 ///
@@ -44,13 +42,8 @@ const ROWS_PER_TASK: usize = 64;
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedLinear {
-    outputs: usize,
-    inputs: usize,
-    block: usize,
-    weights: Vec<i8>,
-    scales: Vec<f32>,
-    /// `Σ` of the codes of every block (the VNNI kernel's offset correction).
-    sums: Vec<i32>,
+    /// The codes and scales, packed once into the kernel's panels.
+    weight: Packed,
     bias: Option<Vec<f32>>,
 }
 
@@ -132,10 +125,6 @@ impl QuantizedLinear {
                 weights[i] = 0;
             }
         }
-        let sums = weights
-            .chunks(block)
-            .map(|b| b.iter().map(|&w| w as i32).sum())
-            .collect();
         let bias = match bias {
             Some(b) => {
                 crate::tensor::check_same_shape(&[outputs], b.shape(), || "bias".into())?;
@@ -146,40 +135,34 @@ impl QuantizedLinear {
             None => None,
         };
         Ok(QuantizedLinear {
-            outputs,
-            inputs,
-            block,
-            weights,
-            scales: scales.clone(),
-            sums,
+            weight: Packed::new([outputs, inputs], block, &weights, scales),
             bias,
         })
     }
 
     /// Output features.
     pub fn outputs(&self) -> usize {
-        self.outputs
+        self.weight.outputs()
     }
 
     /// Input features.
     pub fn inputs(&self) -> usize {
-        self.inputs
+        self.weight.inputs()
     }
 
     /// Inputs per quantization block.
     pub fn block(&self) -> usize {
-        self.block
+        self.weight.block()
     }
 
     /// `x Wᵀ + b` for a batch `x` `[batch, in]`.
     pub fn forward(&self, x: &ArrayRef<f32, Ix2>) -> Result<Array2<f32>> {
-        let batch = check_input(x, self.inputs)?;
+        let batch = check_input(x, self.inputs())?;
         let x = x.as_standard_layout();
         let xs = x.as_slice().expect("standard layout");
-        let mut y = Array2::zeros((batch, self.outputs));
-        self.weights().forward_into(
+        let mut y = Array2::zeros((batch, self.outputs()));
+        self.weight.forward(
             xs,
-            batch,
             self.bias.as_deref(),
             y.as_slice_mut().expect("standard layout"),
         );
@@ -193,45 +176,21 @@ impl QuantizedLinear {
     /// [`Error::BadShape`] if `x.len()` is not a multiple of `in` or `y.len()` is not
     /// `batch · out`; [`Error::NonFinite`] for a NaN or infinity in `x`.
     pub fn forward_into(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
-        let batch = check_input_slice(x, self.inputs, self.outputs, y.len())?;
+        let batch = check_input_slice(x, self.inputs(), self.outputs(), y.len())?;
         if batch > 0 {
-            self.weights()
-                .forward_into(x, batch, self.bias.as_deref(), y);
+            self.weight.forward(x, self.bias.as_deref(), y);
         }
         Ok(())
     }
-
-    fn weights(&self) -> Int8Weights<'_> {
-        Int8Weights {
-            outputs: self.outputs,
-            inputs: self.inputs,
-            block: self.block,
-            codes: &self.weights,
-            scales: &self.scales,
-            sums: &self.sums,
-        }
-    }
 }
 
-/// A checked int8 weight `[outputs, inputs]`, borrowed: codes in `−127..=127`, one scale
-/// per block of `block` inputs of each row, and the code sums of every block.
-pub(crate) struct Int8Weights<'a> {
-    pub outputs: usize,
-    pub inputs: usize,
-    pub block: usize,
-    pub codes: &'a [i8],
-    pub scales: &'a [f32],
-    pub sums: &'a [i32],
-}
-
-/// Checks raw int8 weight parts (for [`crate::sparse_ops::int8_matmul`]) and returns the
-/// code sums of every block.
+/// Checks raw int8 weight parts (for [`crate::sparse_ops::int8_matmul`]) and packs them.
 pub(crate) fn check_int8(
     [outputs, inputs]: [usize; 2],
     codes: &[i8],
     scales: &[f32],
     block: usize,
-) -> Result<Vec<i32>> {
+) -> Result<Packed> {
     if outputs == 0 || inputs == 0 {
         return Err(Error::Empty {
             what: format!("int8 weight of shape {:?}", [outputs, inputs]),
@@ -267,95 +226,7 @@ pub(crate) fn check_int8(
             "codes within −127..=127 (symmetric int8)",
         ));
     }
-    Ok(codes
-        .chunks_exact(block)
-        .map(|b| b.iter().map(|&w| w as i32).sum())
-        .collect())
-}
-
-impl Int8Weights<'_> {
-    /// `y = x Wᵀ (+ bias)` for a checked row-major batch `x` `[batch, inputs]` (finite,
-    /// `batch ≥ 1`) into `y` `[batch, outputs]`.
-    pub(crate) fn forward_into(
-        &self,
-        xs: &[f32],
-        batch: usize,
-        bias: Option<&[f32]>,
-        y: &mut [f32],
-    ) {
-        // Quantize every block of every activation row symmetrically to −127…127.
-        let mut xq = vec![0i8; xs.len()];
-        let x_scales: Vec<f32> = xq
-            .par_chunks_mut(self.block)
-            .zip(xs.par_chunks(self.block))
-            .map_init(
-                || vec![0u8; self.block],
-                |codes, (q, v)| {
-                    let amax = v.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                    let s = if (127.0 / amax).is_finite() {
-                        amax / 127.0
-                    } else {
-                        1.0
-                    };
-                    let codes = &mut codes[..v.len()];
-                    crate::kernels::quant::quantize(v, 1.0 / s, 127.0, 254.0, codes);
-                    q.iter_mut()
-                        .zip(codes.iter())
-                        .for_each(|(q, &c)| *q = (c as i32 - 127) as i8);
-                    s
-                },
-            )
-            .collect();
-        let blocks = self.inputs / self.block;
-        // Tasks of weight rows; each task fills its columns of the output.
-        let parts: Vec<Vec<f32>> = self
-            .codes
-            .par_chunks(ROWS_PER_TASK * self.inputs)
-            .zip(self.scales.par_chunks(ROWS_PER_TASK * blocks))
-            .zip(self.sums.par_chunks(ROWS_PER_TASK * blocks))
-            .map(|((wq, ws), wsum)| {
-                let rows = wq.len() / self.inputs;
-                let mut out = vec![0f32; batch * rows];
-                if blocks == 1 {
-                    // One block per row: exact int32 dot products, scaled once.
-                    let mut acc = vec![0i32; batch * rows];
-                    gemm_i8(&xq, wq, self.inputs, &mut acc);
-                    for (b, (o, a)) in out.chunks_mut(rows).zip(acc.chunks(rows)).enumerate() {
-                        for (r, (o, &a)) in o.iter_mut().zip(a).enumerate() {
-                            *o = a as f32 * (x_scales[b] * ws[r]);
-                        }
-                    }
-                } else {
-                    let p = Blocked {
-                        xq: &xq,
-                        xs: &x_scales,
-                        wq,
-                        ws,
-                        wsum,
-                        k: self.inputs,
-                        block: self.block,
-                    };
-                    gemm_q8_blocked(&p, &mut out);
-                }
-                out
-            })
-            .collect();
-        let mut first = 0;
-        for part in parts {
-            let rows = part.len() / batch;
-            for (b, row) in part.chunks_exact(rows).enumerate() {
-                let dst = &mut y[b * self.outputs..(b + 1) * self.outputs];
-                dst[first..first + rows].copy_from_slice(row);
-                if let Some(bias) = bias {
-                    dst[first..first + rows]
-                        .iter_mut()
-                        .zip(&bias[first..first + rows])
-                        .for_each(|(y, b)| *y += b);
-                }
-            }
-            first += rows;
-        }
-    }
+    Ok(Packed::new([outputs, inputs], block, codes, scales))
 }
 
 /// Checks a row-major batch `x` of `inputs` columns (finite) and an output buffer of

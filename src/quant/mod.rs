@@ -39,8 +39,8 @@ pub use ggml::{
     quantize_ggml_half, to_ggml_blocks,
 };
 pub use kmeans::{KMeansInit, KMeansQuantizer, centroid_gradients};
-pub(crate) use linear::{Int8Weights, check_input, check_input_slice, check_int8};
 pub use linear::{QuantizedLinear, group_matmul};
+pub(crate) use linear::{check_input, check_input_slice, check_int8};
 pub use model_ops::{QuantReport, QuantRow};
 pub use packed::PackedCodes;
 pub use pow2::PowerOfTwoQuantizer;
