@@ -17,6 +17,7 @@ pub(crate) mod depthwise;
 pub(crate) mod gemm;
 pub(crate) mod half;
 pub(crate) mod mmap;
+pub(crate) mod q4;
 pub(crate) mod quant;
 pub(crate) mod select;
 pub(crate) mod sparse;

@@ -204,7 +204,7 @@ fn run_pieces(
 
 /// `Xᵀ` in panels: panel `p` holds lanes `p·64 ..` of every column, `[cols, width]`,
 /// with the lanes past `batch` zero (width a multiple of 8).
-fn panels(x: &[f32], batch: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn panels(x: &[f32], batch: usize, cols: usize) -> Vec<f32> {
     let lanes = batch.next_multiple_of(8);
     let mut xt = vec![0.0f32; lanes * cols];
     for (p, start) in (0..lanes).step_by(PANEL).enumerate() {
@@ -220,7 +220,7 @@ fn panels(x: &[f32], batch: usize, cols: usize) -> Vec<f32> {
 }
 
 /// `y[b, r] = yt[r, b]` for `yt` `[rows, lanes]` and `y` `[batch, rows]`.
-fn transpose_out(yt: &[f32], lanes: usize, batch: usize, y: &mut [f32]) {
+pub(crate) fn transpose_out(yt: &[f32], lanes: usize, batch: usize, y: &mut [f32]) {
     let rows = yt.len() / lanes;
     let copy = |(b, yr): (usize, &mut [f32])| {
         for (dst, src) in yr.iter_mut().zip(yt[b..].iter().step_by(lanes)) {
