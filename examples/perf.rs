@@ -729,10 +729,22 @@ fn spmm(opts: &Opts) -> Vec<Line> {
         .into_dimensionality::<ndarray::Ix2>()
         .unwrap();
     let csr = Csr::from_dense(w.as_slice().unwrap(), [n, n], None).unwrap();
-    product_lines(opts, "spmm", "CSR 90% sparse", &w, &|x, y| {
+    let mut lines = product_lines(opts, "spmm", "CSR 90% sparse", &w, &|x, y| {
         sparse_ops::csr_matmul_into([n, n], csr.row_ptr(), csr.col_idx(), csr.values(), x, y)
             .unwrap()
-    })
+    });
+    let narrow: Vec<u16> = csr.col_idx().iter().map(|&c| c as u16).collect();
+    lines.extend(product_lines(
+        opts,
+        "spmm",
+        "CSR 90% sparse, 16-bit columns",
+        &w,
+        &|x, y| {
+            sparse_ops::csr16_matmul_into([n, n], csr.row_ptr(), &narrow, csr.values(), x, y)
+                .unwrap()
+        },
+    ));
+    lines
 }
 
 /// A 4096×4096 weight N(0, 0.02²) with random 2:4 sparsity, against the dense product.

@@ -2,12 +2,15 @@
 //! making the weight dense: `Y = X·Wᵀ` for a weight `W` `[out, in]`, activations `X`
 //! `[batch, in]` and a result `Y` `[batch, out]`, all row-major.
 //!
-//! Three weight formats, given as raw slices:
-//! - CSR ([`csr_matmul`]): `row_ptr` `[out + 1]`, `col_idx` and `values` `[nnz]`;
+//! The weight formats, given as raw slices:
+//! - CSR ([`csr_matmul`]): `row_ptr` `[out + 1]`, `col_idx` and `values` `[nnz]`, with
+//!   16-bit column indices ([`csr16_matmul`]) where there are at most 65,536 inputs;
 //! - N:M ([`nm_matmul`]): every group of `m` consecutive inputs of a row stores `n`
 //!   values (2:4 is the common case), with their in-group positions;
 //! - weight sharing ([`codebook_matmul`], [`packed_codebook_matmul`]): one code per
 //!   weight, indexing a codebook of at most 256 values;
+//! - 4-bit: llama.cpp's Q4_0 blocks ([`q4_0_matmul`]) and affine groups
+//!   ([`int4_matmul`]), decoded in registers;
 //! - int8 ([`int8_matmul`]): signed codes with one scale per row or per block of
 //!   inputs, run in integer arithmetic.
 //!
@@ -17,7 +20,7 @@
 //!
 //! Each function checks its inputs once (lengths, index ranges, shapes) and returns a
 //! typed [`Error`] for bad ones, then runs the crate's kernels: AVX2 where the CPU has
-//! it, both cores for large products. The `_into` forms write into a caller's buffer
+//! it (AVX-512 for the 4-bit products), both cores for large products. The `_into` forms write into a caller's buffer
 //! (`&mut [f32]` of `batch · out` values) and take `x` as a row-major slice.
 //!
 //! Zero-sized weights (`out` or `in` zero) are rejected; a batch of zero rows gives an
@@ -32,7 +35,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::q4::{self, Q4};
-use crate::kernels::sparse::{Codebook, Codes, Csr, Dense, NM, matmul};
+use crate::kernels::sparse::{Codebook, Codes, ColIndex, Csr, Dense, NM, matmul};
 
 /// `Y = X·Wᵀ` for a CSR weight `W` of `shape = [out, in]`.
 ///
@@ -89,6 +92,60 @@ pub fn csr_matmul_into(
     shape: [usize; 2],
     row_ptr: &[u32],
     col_idx: &[u32],
+    values: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let csr = check_csr(shape, row_ptr, col_idx, values)?;
+    product_into(&csr, shape, x, y)
+}
+
+/// [`csr_matmul`] with 16-bit column indices, for weights of at most 65,536 inputs: a
+/// stored weight takes 6 bytes instead of 8, and the product streams them once.
+///
+/// # Errors
+/// As [`csr_matmul`].
+///
+/// ```
+/// use ndarray::array;
+/// use slimnn::sparse_ops::csr16_matmul;
+///
+/// // W = [[1, 0, 2], [0, 3, 0]]
+/// let (row_ptr, col_idx, values) = ([0u32, 2, 3], [0u16, 2, 1], [1.0f32, 2.0, 3.0]);
+/// let y = csr16_matmul([2, 3], &row_ptr, &col_idx, &values, &array![[1.0f32, 10.0, 100.0]])?;
+/// assert_eq!(y, array![[201.0, 30.0]]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn csr16_matmul(
+    shape: [usize; 2],
+    row_ptr: &[u32],
+    col_idx: &[u16],
+    values: &[f32],
+    x: &ArrayRef<f32, Ix2>,
+) -> Result<Array2<f32>> {
+    let csr = check_csr(shape, row_ptr, col_idx, values)?;
+    product(&csr, shape, x)
+}
+
+/// [`csr16_matmul`] into `y` `[batch, out]`, for `x` `[batch, in]` given as a row-major
+/// slice (`batch` is `x.len() / in`).
+///
+/// # Errors
+/// As [`csr_matmul_into`].
+///
+/// ```
+/// use slimnn::sparse_ops::csr16_matmul_into;
+///
+/// // W = [[0, 2], [1, 0]] at batch 1.
+/// let mut y = [0.0f32; 2];
+/// csr16_matmul_into([2, 2], &[0, 1, 2], &[1, 0], &[2.0, 1.0], &[3.0, 4.0], &mut y)?;
+/// assert_eq!(y, [8.0, 3.0]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn csr16_matmul_into(
+    shape: [usize; 2],
+    row_ptr: &[u32],
+    col_idx: &[u16],
     values: &[f32],
     x: &[f32],
     y: &mut [f32],
@@ -685,12 +742,12 @@ fn check_len(name: &'static str, len: usize, expected: usize, what: &str) -> Res
     Ok(())
 }
 
-fn check_csr<'a>(
+fn check_csr<'a, I: ColIndex>(
     shape: [usize; 2],
     row_ptr: &'a [u32],
-    col_idx: &'a [u32],
+    col_idx: &'a [I],
     values: &'a [f32],
-) -> Result<Csr<'a>> {
+) -> Result<Csr<'a, I>> {
     check_shape(shape)?;
     let [out, inputs] = shape;
     check_len("row_ptr", row_ptr.len(), out.saturating_add(1), "out + 1")?;
@@ -723,11 +780,8 @@ fn check_csr<'a>(
             format!("the number of stored values, {}", col_idx.len()),
         ));
     }
-    if max_of(col_idx).is_some_and(|c| c as usize >= inputs) {
-        let k = col_idx
-            .iter()
-            .position(|&c| c as usize >= inputs)
-            .unwrap_or(0);
+    if max_of(col_idx).is_some_and(|c| c.at() >= inputs) {
+        let k = col_idx.iter().position(|&c| c.at() >= inputs).unwrap_or(0);
         return Err(Error::invalid(
             "col_idx",
             format!("{} at position {k}", col_idx[k]),
