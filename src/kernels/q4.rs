@@ -784,25 +784,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Deterministic data from a seed (xorshift64).
-    struct Gen(u64);
+    use crate::kernels::sparse::tests::Gen;
 
-    impl Gen {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn value(&mut self) -> f32 {
-            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        }
-        fn values(&mut self, n: usize) -> Vec<f32> {
-            (0..n).map(|_| self.value()).collect()
-        }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
+    fn bytes(g: &mut Gen, n: usize) -> Vec<u8> {
+        (0..n).map(|_| g.next() as u8).collect()
     }
 
     /// A random matrix of each form, its storage owned.
@@ -819,7 +804,7 @@ mod tests {
     impl Owned {
         fn new(g: &mut Gen, rows: usize, blocks: usize, per: usize) -> Owned {
             let cols = blocks * per * BLOCK;
-            let mut bytes = g.bytes(rows * cols / BLOCK * Q4_0_BYTES);
+            let mut bytes = bytes(g, rows * cols / BLOCK * Q4_0_BYTES);
             // Finite Q4_0 scales in [−1, 1].
             for b in bytes.chunks_exact_mut(Q4_0_BYTES) {
                 b[..2].copy_from_slice(&half::f16::from_f32(g.value()).to_le_bytes());

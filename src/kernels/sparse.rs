@@ -670,27 +670,27 @@ impl Rows for Dense<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
     /// Deterministic data from a seed (xorshift64).
-    struct Gen(u64);
+    pub(crate) struct Gen(pub(crate) u64);
 
     impl Gen {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0
         }
-        fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
         }
-        fn value(&mut self) -> f32 {
+        pub(crate) fn value(&mut self) -> f32 {
             (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         }
-        fn values(&mut self, n: usize) -> Vec<f32> {
+        pub(crate) fn values(&mut self, n: usize) -> Vec<f32> {
             (0..n).map(|_| self.value()).collect()
         }
     }
