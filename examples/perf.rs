@@ -127,6 +127,7 @@ const OPS: &[(&str, Op)] = &[
     ("sparsegpt", sparsegpt),
     ("half_convert", half_convert),
     ("prune_half", prune_half),
+    ("q4_matmul", q4_matmul),
 ];
 
 fn print(opts: &Opts, l: &Line) {
@@ -728,10 +729,22 @@ fn spmm(opts: &Opts) -> Vec<Line> {
         .into_dimensionality::<ndarray::Ix2>()
         .unwrap();
     let csr = Csr::from_dense(w.as_slice().unwrap(), [n, n], None).unwrap();
-    product_lines(opts, "spmm", "CSR 90% sparse", &w, &|x, y| {
+    let mut lines = product_lines(opts, "spmm", "CSR 90% sparse", &w, &|x, y| {
         sparse_ops::csr_matmul_into([n, n], csr.row_ptr(), csr.col_idx(), csr.values(), x, y)
             .unwrap()
-    })
+    });
+    let narrow: Vec<u16> = csr.col_idx().iter().map(|&c| c as u16).collect();
+    lines.extend(product_lines(
+        opts,
+        "spmm",
+        "CSR 90% sparse, 16-bit columns",
+        &w,
+        &|x, y| {
+            sparse_ops::csr16_matmul_into([n, n], csr.row_ptr(), &narrow, csr.values(), x, y)
+                .unwrap()
+        },
+    ));
+    lines
 }
 
 /// A 4096×4096 weight N(0, 0.02²) with random 2:4 sparsity, against the dense product.
@@ -1263,4 +1276,66 @@ fn prune_half(opts: &Opts) -> Vec<Line> {
             metric: "sparsity",
         },
     ]
+}
+
+/// The `int8_gemm` Linear's weights (4096×4096, N(0, 1/64²)) in three 4-bit forms: int4
+/// affine groups of 128, llama.cpp's Q4_0 and a 16-entry k-means codebook; each against
+/// the dense product of its decoded weights.
+fn q4_matmul(opts: &Opts) -> Vec<Line> {
+    use slimnn::quant::{Decoding, GgmlFormat, Levels, dequantize_ggml, quantize_ggml};
+    let n = 4096;
+    let w = normal(&[n, n], 1.0 / 64.0, 50);
+    let square = |v: ArrayD<f32>| v.into_dimensionality::<ndarray::Ix2>().unwrap();
+    let mut lines = Vec::new();
+
+    let q = UniformQuantizer::new(4, Scheme::Affine, Granularity::PerGroup { size: 128 })
+        .unwrap()
+        .quantize(&w, &QuantContext::new())
+        .unwrap();
+    let Decoding::Scalar {
+        levels: Levels::Integers { min, .. },
+        scales,
+        zero_points,
+        ..
+    } = q.decoding()
+    else {
+        panic!("uniform 4-bit groups")
+    };
+    let zeros: Vec<f32> = zero_points.iter().map(|z| z - *min as f32).collect();
+    let codes = q.codes().bytes();
+    lines.extend(product_lines(
+        opts,
+        "q4_matmul",
+        "int4 groups of 128",
+        &square(q.dequantize::<f32>()),
+        &|x, y| {
+            sparse_ops::int4_matmul_into([n, n], codes, 128, scales, Some(&zeros), x, y).unwrap()
+        },
+    ));
+
+    let flat = w.as_slice().unwrap();
+    let blocks = quantize_ggml(flat, &[n, n], GgmlFormat::Q4_0).unwrap();
+    let decoded = dequantize_ggml(&blocks, &[n, n], GgmlFormat::Q4_0).unwrap();
+    lines.extend(product_lines(
+        opts,
+        "q4_matmul",
+        "Q4_0",
+        &ndarray::Array2::from_shape_vec((n, n), decoded).unwrap(),
+        &|x, y| sparse_ops::q4_0_matmul_into([n, n], &blocks, x, y).unwrap(),
+    ));
+
+    let q = KMeansQuantizer::lloyd(16, KMeansInit::Linear)
+        .unwrap()
+        .quantize(&w, &QuantContext::new())
+        .unwrap();
+    let codebook = q.table().unwrap().to_vec();
+    let bytes = q.codes().bytes();
+    lines.extend(product_lines(
+        opts,
+        "q4_matmul",
+        "16-entry codebook",
+        &square(q.dequantize::<f32>()),
+        &|x, y| sparse_ops::packed_codebook_matmul_into([n, n], bytes, 4, &codebook, x, y).unwrap(),
+    ));
+    lines
 }

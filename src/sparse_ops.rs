@@ -2,12 +2,15 @@
 //! making the weight dense: `Y = X·Wᵀ` for a weight `W` `[out, in]`, activations `X`
 //! `[batch, in]` and a result `Y` `[batch, out]`, all row-major.
 //!
-//! Three weight formats, given as raw slices:
-//! - CSR ([`csr_matmul`]): `row_ptr` `[out + 1]`, `col_idx` and `values` `[nnz]`;
+//! The weight formats, given as raw slices:
+//! - CSR ([`csr_matmul`]): `row_ptr` `[out + 1]`, `col_idx` and `values` `[nnz]`, with
+//!   16-bit column indices ([`csr16_matmul`]) where there are at most 65,536 inputs;
 //! - N:M ([`nm_matmul`]): every group of `m` consecutive inputs of a row stores `n`
 //!   values (2:4 is the common case), with their in-group positions;
 //! - weight sharing ([`codebook_matmul`], [`packed_codebook_matmul`]): one code per
 //!   weight, indexing a codebook of at most 256 values;
+//! - 4-bit: llama.cpp's Q4_0 blocks ([`q4_0_matmul`]) and affine groups
+//!   ([`int4_matmul`]), decoded in registers;
 //! - int8 ([`int8_matmul`]): signed codes with one scale per row or per block of
 //!   inputs, run in integer arithmetic.
 //!
@@ -18,7 +21,7 @@
 //!
 //! Each function checks its inputs once (lengths, index ranges, shapes) and returns a
 //! typed [`Error`] for bad ones, then runs the crate's kernels: AVX2 where the CPU has
-//! it, both cores for large products. The `_into` forms write into a caller's buffer
+//! it (AVX-512 for the 4-bit products), both cores for large products. The `_into` forms write into a caller's buffer
 //! (`&mut [f32]` of `batch · out` values) and take `x` as a row-major slice.
 //!
 //! Zero-sized weights (`out` or `in` zero) are rejected; a batch of zero rows gives an
@@ -32,7 +35,8 @@ use ndarray::{Array2, ArrayRef, Ix2};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::sparse::{Codebook, Codes, Csr, Dense, NM, matmul};
+use crate::kernels::q4::{self, Q4};
+use crate::kernels::sparse::{Codebook, Codes, ColIndex, Csr, Dense, NM, matmul};
 
 /// `Y = X·Wᵀ` for a CSR weight `W` of `shape = [out, in]`.
 ///
@@ -89,6 +93,60 @@ pub fn csr_matmul_into(
     shape: [usize; 2],
     row_ptr: &[u32],
     col_idx: &[u32],
+    values: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let csr = check_csr(shape, row_ptr, col_idx, values)?;
+    product_into(&csr, shape, x, y)
+}
+
+/// [`csr_matmul`] with 16-bit column indices, for weights of at most 65,536 inputs: a
+/// stored weight takes 6 bytes instead of 8, and the product streams them once.
+///
+/// # Errors
+/// As [`csr_matmul`].
+///
+/// ```
+/// use ndarray::array;
+/// use slimnn::sparse_ops::csr16_matmul;
+///
+/// // W = [[1, 0, 2], [0, 3, 0]]
+/// let (row_ptr, col_idx, values) = ([0u32, 2, 3], [0u16, 2, 1], [1.0f32, 2.0, 3.0]);
+/// let y = csr16_matmul([2, 3], &row_ptr, &col_idx, &values, &array![[1.0f32, 10.0, 100.0]])?;
+/// assert_eq!(y, array![[201.0, 30.0]]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn csr16_matmul(
+    shape: [usize; 2],
+    row_ptr: &[u32],
+    col_idx: &[u16],
+    values: &[f32],
+    x: &ArrayRef<f32, Ix2>,
+) -> Result<Array2<f32>> {
+    let csr = check_csr(shape, row_ptr, col_idx, values)?;
+    product(&csr, shape, x)
+}
+
+/// [`csr16_matmul`] into `y` `[batch, out]`, for `x` `[batch, in]` given as a row-major
+/// slice (`batch` is `x.len() / in`).
+///
+/// # Errors
+/// As [`csr_matmul_into`].
+///
+/// ```
+/// use slimnn::sparse_ops::csr16_matmul_into;
+///
+/// // W = [[0, 2], [1, 0]] at batch 1.
+/// let mut y = [0.0f32; 2];
+/// csr16_matmul_into([2, 2], &[0, 1, 2], &[1, 0], &[2.0, 1.0], &[3.0, 4.0], &mut y)?;
+/// assert_eq!(y, [8.0, 3.0]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn csr16_matmul_into(
+    shape: [usize; 2],
+    row_ptr: &[u32],
+    col_idx: &[u16],
     values: &[f32],
     x: &[f32],
     y: &mut [f32],
@@ -247,6 +305,9 @@ pub fn packed_codebook_matmul(
     x: &ArrayRef<f32, Ix2>,
 ) -> Result<Array2<f32>> {
     let w = check_packed_codebook(shape, bytes, bits, codebook)?;
+    if let Some(q) = q4_codebook(shape, bytes, bits, codebook) {
+        return product_with(shape, x, |x, y| q4::matmul(&q, x, y));
+    }
     product(&w, shape, x)
 }
 
@@ -275,7 +336,159 @@ pub fn packed_codebook_matmul_into(
     y: &mut [f32],
 ) -> Result<()> {
     let w = check_packed_codebook(shape, bytes, bits, codebook)?;
+    if let Some(q) = q4_codebook(shape, bytes, bits, codebook) {
+        check_batch(shape, x, y)?;
+        q4::matmul(&q, x, y);
+        return Ok(());
+    }
     product_into(&w, shape, x, y)
+}
+
+/// The 4-bit kernel's form of a checked packed codebook weight, where it applies
+/// (4-bit codes, rows a multiple of 32 codes).
+fn q4_codebook<'a>(
+    shape: [usize; 2],
+    bytes: &'a [u8],
+    bits: u8,
+    codebook: &[f32],
+) -> Option<Q4<'a>> {
+    (bits == 4 && shape[1].is_multiple_of(q4::BLOCK))
+        .then(|| Q4::codebook(bytes, codebook, shape[0], shape[1]))
+}
+
+/// `Y = X·Wᵀ` for a weight `W` of `shape = [out, in]` in llama.cpp's Q4_0 blocks, as
+/// [`quantize_ggml`](crate::quant::quantize_ggml) gives them: for every 32 consecutive
+/// inputs of a row, 18 bytes: an f16 scale `d` (little-endian), then 16 bytes whose low
+/// nibbles are codes 0–15 and high nibbles codes 16–31; `W = d·(q − 8)`.
+///
+/// The blocks are read once and decoded in registers (AVX-512 or AVX2 where the CPU has
+/// them); the activations stay f32 (they are not quantized to Q8_0 as llama.cpp does),
+/// so the result is the f32 product of the decoded weights up to summation order.
+///
+/// # Errors
+/// [`Error::Empty`] for a zero-sized shape; [`Error::InvalidParameter`] if `in` is not a
+/// multiple of 32 or `blocks` does not have `out · in / 32 · 18` bytes;
+/// [`Error::ShapeMismatch`] if `x` does not have `in` columns.
+///
+/// ```
+/// use ndarray::{Array2, array};
+/// use slimnn::quant::{GgmlFormat, dequantize_ggml, quantize_ggml};
+/// use slimnn::sparse_ops::q4_0_matmul;
+///
+/// let w: Vec<f32> = (0..2 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+/// let blocks = quantize_ggml(&w, &[2, 64], GgmlFormat::Q4_0)?;
+/// let x = Array2::from_shape_fn((1, 64), |(_, c)| c as f32 / 64.0);
+/// let y = q4_0_matmul([2, 64], &blocks, &x)?;
+/// let decoded = Array2::from_shape_vec((2, 64), dequantize_ggml(&blocks, &[2, 64], GgmlFormat::Q4_0)?).unwrap();
+/// let expected = x.dot(&decoded.t());
+/// assert!((&y - &expected).iter().all(|e| e.abs() < 1e-4));
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn q4_0_matmul(
+    shape: [usize; 2],
+    blocks: &[u8],
+    x: &ArrayRef<f32, Ix2>,
+) -> Result<Array2<f32>> {
+    let w = check_q4_0(shape, blocks)?;
+    product_with(shape, x, |x, y| q4::matmul(&w, x, y))
+}
+
+/// [`q4_0_matmul`] into `y` `[batch, out]`, for `x` `[batch, in]` given as a row-major
+/// slice (`batch` is `x.len() / in`).
+///
+/// # Errors
+/// As [`q4_0_matmul`], and [`Error::BadShape`] if `x.len()` is not a multiple of `in` or
+/// `y.len()` is not `batch · out`.
+///
+/// ```
+/// use slimnn::sparse_ops::q4_0_matmul_into;
+///
+/// // One row of 32 weights: d = 0.5 (f16 0x3800), codes 9 (low) and 7 (high): W = 0.5
+/// // for inputs 0–15 and −0.5 for inputs 16–31.
+/// let mut block = vec![0x00, 0x38];
+/// block.extend([0x79u8; 16]);
+/// let x: Vec<f32> = (0..32).map(|c| if c < 16 { 1.0 } else { 2.0 }).collect();
+/// let mut y = [0.0f32; 1];
+/// q4_0_matmul_into([1, 32], &block, &x, &mut y)?;
+/// assert_eq!(y, [16.0 * 0.5 - 32.0 * 0.5]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn q4_0_matmul_into(shape: [usize; 2], blocks: &[u8], x: &[f32], y: &mut [f32]) -> Result<()> {
+    let w = check_q4_0(shape, blocks)?;
+    check_batch(shape, x, y)?;
+    q4::matmul(&w, x, y);
+    Ok(())
+}
+
+/// `Y = X·Wᵀ` for a weight `W` of `shape = [out, in]` quantized to 4-bit affine groups
+/// (GPTQ/AWQ style): codes packed two per byte as [`crate::quant::PackedCodes`] packs
+/// them (code `i` in the low nibble of byte `i / 2` when `i` is even, the high nibble
+/// when odd, `i = r · in + c`), and one scale and zero point per group of `group`
+/// consecutive inputs of a row: `W[r, c] = scales[g]·(q − zeros[g])` with
+/// `g = (r · in + c) / group`; no zero points means zero.
+///
+/// The codes are read once and decoded in registers; the activations stay f32. A
+/// [`QuantizedTensor`](crate::quant::QuantizedTensor) of 4-bit integer levels `min..`
+/// with per-group scales gives the codes, the scales, and zero points `z − min`.
+///
+/// # Errors
+/// [`Error::Empty`] for a zero-sized shape; [`Error::InvalidParameter`] if `group` is
+/// not a multiple of 32 dividing `in`, if `codes` does not have `out · in / 2` bytes,
+/// or if `scales` (or `zeros`) do not have `out · in / group` entries;
+/// [`Error::ShapeMismatch`] if `x` does not have `in` columns.
+///
+/// ```
+/// use ndarray::Array2;
+/// use slimnn::sparse_ops::int4_matmul;
+///
+/// // One row of 32 weights, all code 3 (bytes 0x33), scale 0.5, zero point 1: W = 1.
+/// let x = Array2::from_shape_fn((1, 32), |(_, c)| c as f32);
+/// let y = int4_matmul([1, 32], &[0x33; 16], 32, &[0.5], Some(&[1.0]), &x)?;
+/// assert_eq!(y[[0, 0]], (0..32).sum::<i32>() as f32);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn int4_matmul(
+    shape: [usize; 2],
+    codes: &[u8],
+    group: usize,
+    scales: &[f32],
+    zeros: Option<&[f32]>,
+    x: &ArrayRef<f32, Ix2>,
+) -> Result<Array2<f32>> {
+    let w = check_int4(shape, codes, group, scales, zeros)?;
+    product_with(shape, x, |x, y| q4::matmul(&w, x, y))
+}
+
+/// [`int4_matmul`] into `y` `[batch, out]`, for `x` `[batch, in]` given as a row-major
+/// slice (`batch` is `x.len() / in`).
+///
+/// # Errors
+/// As [`int4_matmul`], and [`Error::BadShape`] if `x.len()` is not a multiple of `in` or
+/// `y.len()` is not `batch · out`.
+///
+/// ```
+/// use slimnn::sparse_ops::int4_matmul_into;
+///
+/// // Codes 0, 15 repeated (bytes 0xF0), scale 2, no zero point: W = [0, 30, 0, 30, …].
+/// let x = [1.0f32; 32];
+/// let mut y = [0.0f32; 1];
+/// int4_matmul_into([1, 32], &[0xF0; 16], 32, &[2.0], None, &x, &mut y)?;
+/// assert_eq!(y, [16.0 * 30.0]);
+/// # Ok::<(), slimnn::Error>(())
+/// ```
+pub fn int4_matmul_into(
+    shape: [usize; 2],
+    codes: &[u8],
+    group: usize,
+    scales: &[f32],
+    zeros: Option<&[f32]>,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let w = check_int4(shape, codes, group, scales, zeros)?;
+    check_batch(shape, x, y)?;
+    q4::matmul(&w, x, y);
+    Ok(())
 }
 
 /// `Y = X·Wᵀ` for a dense row-major weight `W` of `shape = [out, in]`: the yardstick
@@ -417,8 +630,17 @@ const DENSE_GEMM_BATCH: usize = 8;
 /// Runs the checked weight `w` on an ndarray batch.
 fn product<R: crate::kernels::sparse::Rows>(
     w: &R,
+    shape: [usize; 2],
+    x: &ArrayRef<f32, Ix2>,
+) -> Result<Array2<f32>> {
+    product_with(shape, x, |x, y| matmul(w, shape[0], shape[1], x, y))
+}
+
+/// Runs `run(x, y)` (a checked weight's product into `y`) on an ndarray batch.
+fn product_with(
     [out, inputs]: [usize; 2],
     x: &ArrayRef<f32, Ix2>,
+    run: impl FnOnce(&[f32], &mut [f32]),
 ) -> Result<Array2<f32>> {
     let (batch, cols) = x.dim();
     if cols != inputs {
@@ -433,17 +655,24 @@ fn product<R: crate::kernels::sparse::Rows>(
         None => Cow::Owned(x.iter().copied().collect()),
     };
     let mut y = vec![0.0f32; batch * out];
-    matmul(w, out, inputs, &xs, &mut y);
+    run(&xs, &mut y);
     Ok(Array2::from_shape_vec((batch, out), y).expect("batch · out values"))
 }
 
 /// Runs the checked weight `w` on a row-major batch, into `y`.
 fn product_into<R: crate::kernels::sparse::Rows>(
     w: &R,
-    [out, inputs]: [usize; 2],
+    shape: [usize; 2],
     x: &[f32],
     y: &mut [f32],
 ) -> Result<()> {
+    check_batch(shape, x, y)?;
+    matmul(w, shape[0], shape[1], x, y);
+    Ok(())
+}
+
+/// Checks that `x` is `[batch, in]` and `y` `[batch, out]`, row-major.
+fn check_batch([out, inputs]: [usize; 2], x: &[f32], y: &[f32]) -> Result<()> {
     if !x.len().is_multiple_of(inputs) {
         return Err(Error::bad_shape(
             "activations `x`",
@@ -459,7 +688,6 @@ fn product_into<R: crate::kernels::sparse::Rows>(
             format!("needs batch · out = {batch} · {out} values"),
         ));
     }
-    matmul(w, out, inputs, x, y);
     Ok(())
 }
 
@@ -499,12 +727,12 @@ fn check_len(name: &'static str, len: usize, expected: usize, what: &str) -> Res
     Ok(())
 }
 
-fn check_csr<'a>(
+fn check_csr<'a, I: ColIndex>(
     shape: [usize; 2],
     row_ptr: &'a [u32],
-    col_idx: &'a [u32],
+    col_idx: &'a [I],
     values: &'a [f32],
-) -> Result<Csr<'a>> {
+) -> Result<Csr<'a, I>> {
     check_shape(shape)?;
     let [out, inputs] = shape;
     check_len("row_ptr", row_ptr.len(), out.saturating_add(1), "out + 1")?;
@@ -537,11 +765,8 @@ fn check_csr<'a>(
             format!("the number of stored values, {}", col_idx.len()),
         ));
     }
-    if max_of(col_idx).is_some_and(|c| c as usize >= inputs) {
-        let k = col_idx
-            .iter()
-            .position(|&c| c as usize >= inputs)
-            .unwrap_or(0);
+    if max_of(col_idx).is_some_and(|c| c.at() >= inputs) {
+        let k = col_idx.iter().position(|&c| c.at() >= inputs).unwrap_or(0);
         return Err(Error::invalid(
             "col_idx",
             format!("{} at position {k}", col_idx[k]),
@@ -669,4 +894,48 @@ fn check_packed_codebook<'a>(
         codebook,
         shape[1],
     ))
+}
+
+fn check_q4_0(shape: [usize; 2], blocks: &[u8]) -> Result<Q4<'_>> {
+    check_shape(shape)?;
+    let [out, inputs] = shape;
+    if !inputs.is_multiple_of(q4::BLOCK) {
+        return Err(Error::invalid(
+            "in",
+            inputs,
+            "a multiple of Q4_0's block of 32",
+        ));
+    }
+    check_len(
+        "blocks",
+        blocks.len(),
+        out * inputs / q4::BLOCK * q4::Q4_0_BYTES,
+        "18 bytes per 32 weights",
+    )?;
+    Ok(Q4::q4_0(blocks, out, inputs))
+}
+
+fn check_int4<'a>(
+    shape: [usize; 2],
+    codes: &'a [u8],
+    group: usize,
+    scales: &'a [f32],
+    zeros: Option<&'a [f32]>,
+) -> Result<Q4<'a>> {
+    check_shape(shape)?;
+    let [out, inputs] = shape;
+    if group == 0 || !group.is_multiple_of(q4::BLOCK) || !inputs.is_multiple_of(group) {
+        return Err(Error::invalid(
+            "group",
+            group,
+            format!("a multiple of 32 dividing in = {inputs}"),
+        ));
+    }
+    check_len("codes", codes.len(), out * inputs / 2, "out · in / 2 bytes")?;
+    let groups = out * inputs / group;
+    check_len("scales", scales.len(), groups, "out · in / group")?;
+    if let Some(z) = zeros {
+        check_len("zeros", z.len(), groups, "out · in / group")?;
+    }
+    Ok(Q4::groups(codes, group, scales, zeros, out, inputs))
 }

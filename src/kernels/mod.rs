@@ -19,6 +19,7 @@ pub(crate) mod half;
 pub(crate) mod matmul;
 pub(crate) mod int8;
 pub(crate) mod mmap;
+pub(crate) mod q4;
 pub(crate) mod quant;
 pub(crate) mod select;
 pub(crate) mod sparse;

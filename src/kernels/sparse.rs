@@ -204,7 +204,7 @@ fn run_pieces(
 
 /// `Xᵀ` in panels: panel `p` holds lanes `p·64 ..` of every column, `[cols, width]`,
 /// with the lanes past `batch` zero (width a multiple of 8).
-fn panels(x: &[f32], batch: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn panels(x: &[f32], batch: usize, cols: usize) -> Vec<f32> {
     let lanes = batch.next_multiple_of(8);
     let mut xt = vec![0.0f32; lanes * cols];
     for (p, start) in (0..lanes).step_by(PANEL).enumerate() {
@@ -220,7 +220,7 @@ fn panels(x: &[f32], batch: usize, cols: usize) -> Vec<f32> {
 }
 
 /// `y[b, r] = yt[r, b]` for `yt` `[rows, lanes]` and `y` `[batch, rows]`.
-fn transpose_out(yt: &[f32], lanes: usize, batch: usize, y: &mut [f32]) {
+pub(crate) fn transpose_out(yt: &[f32], lanes: usize, batch: usize, y: &mut [f32]) {
     let rows = yt.len() / lanes;
     let copy = |(b, yr): (usize, &mut [f32])| {
         for (dst, src) in yr.iter_mut().zip(yt[b..].iter().step_by(lanes)) {
@@ -234,8 +234,29 @@ fn transpose_out(yt: &[f32], lanes: usize, batch: usize, y: &mut [f32]) {
     }
 }
 
+/// A CSR column index: `u32`, or `u16` for weights of at most 65,536 columns (6 bytes
+/// a stored weight instead of 8).
+pub(crate) trait ColIndex: Copy + Ord + Send + Sync + std::fmt::Display + 'static {
+    /// The column.
+    fn at(self) -> usize;
+}
+
+impl ColIndex for u32 {
+    #[inline(always)]
+    fn at(self) -> usize {
+        self as usize
+    }
+}
+
+impl ColIndex for u16 {
+    #[inline(always)]
+    fn at(self) -> usize {
+        self as usize
+    }
+}
+
 #[inline(always)]
-fn sparse_dot_body(cols: &[u32], vals: &[f32], x: &[f32]) -> f32 {
+fn sparse_dot_body<I: ColIndex>(cols: &[I], vals: &[f32], x: &[f32]) -> f32 {
     // Eight partial sums keep eight multiply-adds in flight.
     const L: usize = 8;
     let mut acc = [0.0f32; L];
@@ -244,11 +265,11 @@ fn sparse_dot_body(cols: &[u32], vals: &[f32], x: &[f32]) -> f32 {
         .remainder()
         .iter()
         .zip(vb.remainder())
-        .map(|(&c, &v)| v * x[c as usize])
+        .map(|(&c, &v)| v * x[c.at()])
         .sum();
     for (c, v) in cb.zip(vb) {
         for l in 0..L {
-            acc[l] += v[l] * x[c[l] as usize];
+            acc[l] += v[l] * x[c[l].at()];
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -256,7 +277,7 @@ fn sparse_dot_body(cols: &[u32], vals: &[f32], x: &[f32]) -> f32 {
 
 kernel! {
     /// `Σ vals[k]·x[cols[k]]`.
-    fn sparse_dot(cols: &[u32], vals: &[f32], x: &[f32]) -> f32 => sparse_dot_body
+    fn sparse_dot<I: ColIndex>(cols: &[I], vals: &[f32], x: &[f32]) -> f32 => sparse_dot_body
 }
 
 #[inline(always)]
@@ -336,13 +357,13 @@ fn lanes_body<C: Iterator<Item = usize> + Clone>(
 }
 
 #[inline(always)]
-fn sparse_lanes_body(cols: &[u32], vals: &[f32], panel: &[f32], out: &mut [f32]) {
-    lanes_body(cols.iter().map(|&c| c as usize), vals, panel, out)
+fn sparse_lanes_body<I: ColIndex>(cols: &[I], vals: &[f32], panel: &[f32], out: &mut [f32]) {
+    lanes_body(cols.iter().map(|&c| c.at()), vals, panel, out)
 }
 
 kernel! {
     /// `out[l] += Σ_k vals[k]·panel[cols[k]·out.len() + l]` (see [`lanes_body`]).
-    fn sparse_lanes(cols: &[u32], vals: &[f32], panel: &[f32], out: &mut [f32]) => sparse_lanes_body
+    fn sparse_lanes<I: ColIndex>(cols: &[I], vals: &[f32], panel: &[f32], out: &mut [f32]) => sparse_lanes_body
 }
 
 #[inline(always)]
@@ -357,19 +378,19 @@ kernel! {
 
 /// CSR rows: `row_ptr` `[rows + 1]` (from 0, monotone, ending at the number of stored
 /// values), `col_idx` and `values` of that length, every column below `cols`.
-pub(crate) struct Csr<'a> {
+pub(crate) struct Csr<'a, I: ColIndex = u32> {
     pub row_ptr: &'a [u32],
-    pub col_idx: &'a [u32],
+    pub col_idx: &'a [I],
     pub values: &'a [f32],
 }
 
-impl Csr<'_> {
+impl<I: ColIndex> Csr<'_, I> {
     fn range(&self, r: usize) -> Range<usize> {
         self.row_ptr[r] as usize..self.row_ptr[r + 1] as usize
     }
 }
 
-impl Rows for Csr<'_> {
+impl<I: ColIndex> Rows for Csr<'_, I> {
     type Scratch = ();
 
     fn scratch(&self) {}
@@ -649,27 +670,27 @@ impl Rows for Dense<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
     /// Deterministic data from a seed (xorshift64).
-    struct Gen(u64);
+    pub(crate) struct Gen(pub(crate) u64);
 
     impl Gen {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0
         }
-        fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
         }
-        fn value(&mut self) -> f32 {
+        pub(crate) fn value(&mut self) -> f32 {
             (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         }
-        fn values(&mut self, n: usize) -> Vec<f32> {
+        pub(crate) fn values(&mut self, n: usize) -> Vec<f32> {
             (0..n).map(|_| self.value()).collect()
         }
     }
@@ -758,6 +779,9 @@ mod tests {
             let iota: Vec<u32> = (0..cols as u32).collect();
             let got = [sparse_dot::scalar(&idx, &vals, &x), sparse_dot(&idx, &vals, &x)];
             assert_close(&got, |_| dot_terms(&idx, &vals));
+            let narrow: Vec<u16> = idx.iter().map(|&c| c as u16).collect();
+            let got = [sparse_dot::scalar(&narrow, &vals, &x), sparse_dot(&narrow, &vals, &x)];
+            assert_close(&got, |_| dot_terms(&idx, &vals));
             let got = [dense_dot::scalar(&dense_vals, &x), dense_dot(&dense_vals, &x)];
             assert_close(&got, |_| dot_terms(&iota, &dense_vals));
             let lanes_terms = |c: &[u32], v: &[f32], l: usize| -> Vec<(f64, f64)> {
@@ -765,6 +789,9 @@ mod tests {
             };
             let (mut a, mut b) = (vec![0.0f32; width], vec![0.0f32; width]);
             sparse_lanes::scalar(&idx, &vals, &panel, &mut a);
+            let mut narrow_lanes = vec![0.0f32; width];
+            sparse_lanes(&narrow, &vals, &panel, &mut narrow_lanes);
+            assert_close(&narrow_lanes, |l| lanes_terms(&idx, &vals, l));
             sparse_lanes(&idx, &vals, &panel, &mut b);
             assert_close(&a, |l| lanes_terms(&idx, &vals, l));
             assert_close(&b, |l| lanes_terms(&idx, &vals, l));
@@ -812,6 +839,8 @@ mod tests {
             let cols = groups * m;
             let (row_ptr, col_idx, values) = csr(&mut g, rows, cols);
             check_driver(&Csr { row_ptr: &row_ptr, col_idx: &col_idx, values: &values }, rows, cols, batch, &mut g);
+            let narrow: Vec<u16> = col_idx.iter().map(|&c| c as u16).collect();
+            check_driver(&Csr { row_ptr: &row_ptr, col_idx: &narrow, values: &values }, rows, cols, batch, &mut g);
             let n = 1 + g.below(m);
             // n distinct positions in each group of m, as N:M storage holds them (a
             // repeated position could cancel below the f64 check's tolerance).
