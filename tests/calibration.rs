@@ -167,3 +167,28 @@ fn an_awq_weight_round_trips_through_the_compressed_file() {
     assert_eq!(r.decoding(), q.decoding());
     assert_eq!(p.value(), model.get("fc.weight").unwrap().value());
 }
+
+/// The integer kernels do not apply AWQ's input scales: they refuse such a weight
+/// instead of giving a wrong product.
+#[test]
+fn integer_kernels_refuse_awq_weights() {
+    use slimnn::quant::{QuantizedLinear, group_matmul};
+    let mut model = Model::new();
+    model.add("fc.weight", wave(&[16, 64], 0.3)).unwrap();
+    let mut cal = CalibrationStats::new();
+    cal.insert("fc.weight", stats(96, 64));
+    model
+        .quantize_calibrated(
+            &Selector::prunable(),
+            &slimnn::calib::Awq::new(4, Some(32)).unwrap(),
+            &cal,
+        )
+        .unwrap();
+    let q = model.get("fc.weight").unwrap().quantized().unwrap().clone();
+    let x = ndarray::Array2::<f32>::zeros((2, 64));
+    assert!(matches!(
+        group_matmul(&x, &q, None),
+        Err(Error::InvalidParameter { .. })
+    ));
+    assert!(QuantizedLinear::from_quantized(&q, None).is_err());
+}

@@ -86,6 +86,13 @@ impl QuantizedLinear {
                 "2-D, 8-bit symmetric codes (levels −127…127), one scale per output row or per group",
             )
         };
+        if q.input_scales().is_some() {
+            return Err(Error::invalid(
+                "quantized weight",
+                "per-input scales (AWQ)",
+                "codes without input scales: run an AWQ weight decoded",
+            ));
+        }
         let Decoding::Scalar {
             levels: Levels::Integers { min, max: 127 },
             granularity,
@@ -326,6 +333,13 @@ pub fn group_matmul(
             "quantized weight",
             "a pruning mask",
             "a weight without a mask (decode with the mask applied, or quantize after making pruning permanent)",
+        ));
+    }
+    if q.input_scales().is_some() {
+        return Err(Error::invalid(
+            "quantized weight",
+            "per-input scales (AWQ)",
+            "a weight without input scales (run an AWQ weight decoded)",
         ));
     }
     let runs = Runs::new(q.shape(), Granularity::PerGroup { size })?;
