@@ -105,6 +105,9 @@ pub mod guide {
     #[doc = include_str!("../docs/dynamic.md")]
     pub mod dynamic {}
 
+    #[doc = include_str!("../docs/kernels.md")]
+    pub mod kernels {}
+
     #[doc = include_str!("../docs/results.md")]
     pub mod results {}
 }

@@ -3,7 +3,7 @@
 //! at run time.
 //!
 //! The bodies are written once as `#[inline(always)]` generic functions over contiguous
-//! slices; each kernel made with [`kernel!`] has a scalar entry and one entry per tier
+//! slices; each kernel made with `kernel!` has a scalar entry and one entry per tier
 //! that inline the same body, so the compiler vectorizes each copy with that tier's
 //! registers. Hand-written kernels (the dense, int8 and depthwise products) check
 //! [`level`] and the [`extensions`] themselves. [`level`] picks the best tier the CPU

@@ -4,7 +4,7 @@
 //!
 //! Every method family has a step here: [`Prune`], [`PruneGlobal`], [`Quantize`],
 //! [`Factorize`], [`FactorizeWithin`] and [`Encode`], each with its own [`Selector`](crate::Selector)
-//! (by name glob and [`LayerKind`](crate::LayerKind)); [`FoldBatchNorm`] folds BatchNorm
+//! (by name glob and [`LayerKind`]); [`FoldBatchNorm`] folds BatchNorm
 //! layers into the layers before them. The report is computed from the
 //! model the steps leave, against the model they started from, and its stored sizes come
 //! from the very encoder that writes the compressed file
