@@ -141,10 +141,8 @@ fn quantizers_see_the_layer_stats() {
     );
 }
 
-/// An AWQ weight keeps its codes and per-input scales in the compressed file (record
-/// form 5): it loads back with the same values, scales and decoding, in fewer bytes.
-#[test]
-fn an_awq_weight_round_trips_through_the_compressed_file() {
+/// A one-Linear model quantized by AWQ (4 bits, groups of 32).
+fn awq_model() -> Model {
     let mut model = Model::new();
     model.add("fc.weight", wave(&[16, 64], 0.3)).unwrap();
     let mut cal = CalibrationStats::new();
@@ -156,6 +154,14 @@ fn an_awq_weight_round_trips_through_the_compressed_file() {
             &cal,
         )
         .unwrap();
+    model
+}
+
+/// An AWQ weight keeps its codes and per-input scales in the compressed file (record
+/// form 5): it loads back with the same values, scales and decoding, in fewer bytes.
+#[test]
+fn an_awq_weight_round_trips_through_the_compressed_file() {
+    let model = awq_model();
     let q = model.get("fc.weight").unwrap().quantized().unwrap().clone();
     assert!(q.input_scales().is_some());
     let bytes = slimnn::store::to_bytes(&model).unwrap();
@@ -173,17 +179,7 @@ fn an_awq_weight_round_trips_through_the_compressed_file() {
 #[test]
 fn integer_kernels_refuse_awq_weights() {
     use slimnn::quant::{QuantizedLinear, group_matmul};
-    let mut model = Model::new();
-    model.add("fc.weight", wave(&[16, 64], 0.3)).unwrap();
-    let mut cal = CalibrationStats::new();
-    cal.insert("fc.weight", stats(96, 64));
-    model
-        .quantize_calibrated(
-            &Selector::prunable(),
-            &slimnn::calib::Awq::new(4, Some(32)).unwrap(),
-            &cal,
-        )
-        .unwrap();
+    let model = awq_model();
     let q = model.get("fc.weight").unwrap().quantized().unwrap().clone();
     let x = ndarray::Array2::<f32>::zeros((2, 64));
     assert!(matches!(
