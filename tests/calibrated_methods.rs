@@ -13,7 +13,10 @@ use slimnn::prune::{
     HalfPruner, MagnitudePruner, NmPruner, PruneContext, Pruner, Scope, Statistics,
     UnstructuredPruner, Wanda,
 };
-use slimnn::quant::{Granularity, QuantContext, Quantizer, Scheme, UniformQuantizer};
+use slimnn::quant::{
+    Decoding, GgmlFormat, GgmlQuantizer, Granularity, QuantContext, Quantizer, Scheme,
+    UniformQuantizer, from_ggml_blocks, to_ggml_blocks,
+};
 use slimnn::{Error, Mask, Model, Selector};
 
 /// A deterministic value in [−1, 1) from a counter.
@@ -665,4 +668,93 @@ fn results_do_not_depend_on_the_thread_count() {
             })
     };
     assert_eq!(run(1), run(3));
+}
+
+/// GPTQ on llama.cpp's Q8_0 and Q4_0 grids: the form `GgmlQuantizer` gives (its blocks
+/// round-trip bit for bit), a smaller layer output error than round-to-nearest with the
+/// same format, and the typed refusals.
+#[test]
+fn gptq_on_ggml_grids_beats_ggml_round_to_nearest_in_its_form() {
+    let (out, inputs) = (16, 96);
+    let w = weight(&[out, inputs], 7);
+    let mut stats = CalibrationStats::new();
+    stats
+        .observe("w", &rows(8 * inputs, inputs, 7), 8 * inputs, inputs)
+        .unwrap();
+    let h = stats.get("w").unwrap().xtx();
+    let w2 = w.view().into_dimensionality().unwrap();
+    for format in [GgmlFormat::Q8_0, GgmlFormat::Q4_0] {
+        let gptq = Gptq::new(4).unwrap().with_ggml(format).unwrap();
+        assert_eq!(gptq.ggml(), Some(format));
+        let q = gptq.quantize(w2, h, 8 * inputs as u64).unwrap();
+        let rtn = GgmlQuantizer::new(format)
+            .quantize(&w, &QuantContext::new())
+            .unwrap();
+        // The same form: groups of 32, the format's levels, f16 scales.
+        let (
+            Decoding::Scalar {
+                levels,
+                granularity,
+                scale_bits,
+                ..
+            },
+            Decoding::Scalar {
+                levels: l2,
+                granularity: g2,
+                scale_bits: s2,
+                ..
+            },
+        ) = (q.decoding(), rtn.decoding())
+        else {
+            panic!("scalar decodings");
+        };
+        assert_eq!((levels, granularity, scale_bits), (l2, g2, s2));
+        let blocks = to_ggml_blocks(&q, format).unwrap();
+        let back = from_ggml_blocks(&blocks, &[out, inputs], format).unwrap();
+        assert_eq!(back.codes().unpack(), q.codes().unpack());
+        assert_eq!(back.decoding(), q.decoding());
+        let (e_gptq, e_rtn) = (
+            output_error(&w, &q.dequantize::<f32>(), h),
+            output_error(&w, &rtn.dequantize::<f32>(), h),
+        );
+        println!("{format:?}: GPTQ {e_gptq:.6e} vs round-to-nearest {e_rtn:.6e}");
+        assert!(e_gptq < e_rtn, "{format:?}: GPTQ {e_gptq} vs RTN {e_rtn}");
+    }
+    for format in [GgmlFormat::Q4_K, GgmlFormat::Q6_K] {
+        let err = Gptq::new(4).unwrap().with_ggml(format).unwrap_err();
+        assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
+    }
+    let act_order = Gptq::new(4)
+        .unwrap()
+        .with_ggml(GgmlFormat::Q4_0)
+        .unwrap()
+        .with_act_order(true);
+    let err = act_order.quantize(w2, h, 8 * inputs as u64).unwrap_err();
+    assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
+    // A block scale beyond f16 is an overflow, not an infinite scale.
+    let big = w.mapv(|v| v * 1e7);
+    let err = Gptq::new(8)
+        .unwrap()
+        .with_ggml(GgmlFormat::Q8_0)
+        .unwrap()
+        .quantize(
+            big.view().into_dimensionality().unwrap(),
+            h,
+            8 * inputs as u64,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Overflow { .. }), "{err}");
+    // 48 inputs are no whole blocks of 32.
+    let odd = weight(&[4, 48], 1);
+    let err = Gptq::new(4)
+        .unwrap()
+        .with_ggml(GgmlFormat::Q4_0)
+        .unwrap()
+        .quantize(
+            odd.view().into_dimensionality().unwrap(),
+            Array2::<f64>::eye(48).view(),
+            1,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::BadShape { .. }), "{err}");
 }
