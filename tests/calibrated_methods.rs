@@ -657,14 +657,19 @@ fn results_do_not_depend_on_the_thread_count() {
                     &Statistics::new().with_calibration(Arc::clone(&stats)),
                 )
                 .unwrap();
+                let mut ggml = m.clone();
                 m.quantize_calibrated(
                     &Selector::prunable(),
                     &Gptq::new(4).unwrap().with_group(32).unwrap(),
                     &stats,
                 )
                 .unwrap();
+                let q4_0 = Gptq::new(4).unwrap().with_ggml(GgmlFormat::Q4_0).unwrap();
+                ggml.quantize_calibrated(&Selector::prunable(), &q4_0, &stats)
+                    .unwrap();
                 let p = m.get("big.weight").unwrap();
-                (p.mask().unwrap().clone(), p.quantized().unwrap().clone())
+                let g = ggml.get("big.weight").unwrap().quantized().unwrap().clone();
+                (p.mask().unwrap().clone(), p.quantized().unwrap().clone(), g)
             })
     };
     assert_eq!(run(1), run(3));
@@ -724,37 +729,26 @@ fn gptq_on_ggml_grids_beats_ggml_round_to_nearest_in_its_form() {
         let err = Gptq::new(4).unwrap().with_ggml(format).unwrap_err();
         assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
     }
-    let act_order = Gptq::new(4)
-        .unwrap()
-        .with_ggml(GgmlFormat::Q4_0)
-        .unwrap()
-        .with_act_order(true);
-    let err = act_order.quantize(w2, h, 8 * inputs as u64).unwrap_err();
+    let refusal = |format, act_order, w: &ArrayD<f32>, h: ArrayView2<'_, f64>| {
+        Gptq::new(4)
+            .unwrap()
+            .with_ggml(format)
+            .unwrap()
+            .with_act_order(act_order)
+            .quantize(
+                w.view().into_dimensionality().unwrap(),
+                h,
+                8 * inputs as u64,
+            )
+            .unwrap_err()
+    };
+    let err = refusal(GgmlFormat::Q4_0, true, &w, h);
     assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
     // A block scale beyond f16 is an overflow, not an infinite scale.
-    let big = w.mapv(|v| v * 1e7);
-    let err = Gptq::new(8)
-        .unwrap()
-        .with_ggml(GgmlFormat::Q8_0)
-        .unwrap()
-        .quantize(
-            big.view().into_dimensionality().unwrap(),
-            h,
-            8 * inputs as u64,
-        )
-        .unwrap_err();
+    let err = refusal(GgmlFormat::Q8_0, false, &w.mapv(|v| v * 1e7), h);
     assert!(matches!(err, Error::Overflow { .. }), "{err}");
     // 48 inputs are no whole blocks of 32.
-    let odd = weight(&[4, 48], 1);
-    let err = Gptq::new(4)
-        .unwrap()
-        .with_ggml(GgmlFormat::Q4_0)
-        .unwrap()
-        .quantize(
-            odd.view().into_dimensionality().unwrap(),
-            Array2::<f64>::eye(48).view(),
-            1,
-        )
-        .unwrap_err();
+    let eye = Array2::<f64>::eye(48);
+    let err = refusal(GgmlFormat::Q4_0, false, &weight(&[4, 48], 1), eye.view());
     assert!(matches!(err, Error::BadShape { .. }), "{err}");
 }
