@@ -725,6 +725,24 @@ fn gptq_on_ggml_grids_beats_ggml_round_to_nearest_in_its_form() {
         println!("{format:?}: GPTQ {e_gptq:.6e} vs round-to-nearest {e_rtn:.6e}");
         assert!(e_gptq < e_rtn, "{format:?}: GPTQ {e_gptq} vs RTN {e_rtn}");
     }
+    // After pruning, the pruned weights stay exactly 0 on ggml's grids too.
+    let mut model = Model::new();
+    model.add("w", w.clone()).unwrap();
+    let pruned = magnitude_pruned(&model, 0.5);
+    for format in [GgmlFormat::Q8_0, GgmlFormat::Q4_0] {
+        let mut m = pruned.clone();
+        let gptq = Gptq::new(4).unwrap().with_ggml(format).unwrap();
+        m.quantize_calibrated(&Selector::prunable(), &gptq, &stats)
+            .unwrap();
+        let p = m.get("w").unwrap();
+        let decoded = p.quantized().unwrap().dequantize::<f32>();
+        let mask = p.mask().unwrap();
+        assert_eq!(mask.count_pruned(), p.numel() / 2);
+        assert!(
+            mask.iter_pruned()
+                .all(|i| decoded.as_slice().unwrap()[i] == 0.0)
+        );
+    }
     for format in [GgmlFormat::Q4_K, GgmlFormat::Q6_K] {
         let err = Gptq::new(4).unwrap().with_ggml(format).unwrap_err();
         assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
@@ -743,6 +761,14 @@ fn gptq_on_ggml_grids_beats_ggml_round_to_nearest_in_its_form() {
             .unwrap_err()
     };
     let err = refusal(GgmlFormat::Q4_0, true, &w, h);
+    assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
+    let regrouped = Gptq::new(4)
+        .unwrap()
+        .with_ggml(GgmlFormat::Q4_0)
+        .unwrap()
+        .with_group(16)
+        .unwrap();
+    let err = regrouped.quantize(w2, h, 8 * inputs as u64).unwrap_err();
     assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
     // A block scale beyond f16 is an overflow, not an infinite scale.
     let err = refusal(GgmlFormat::Q8_0, false, &w.mapv(|v| v * 1e7), h);

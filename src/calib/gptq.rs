@@ -124,8 +124,8 @@ impl Gptq {
         self
     }
 
-    /// Quantizes on llama.cpp's Q8_0 or Q4_0 grid (other formats: [`Error::InvalidParameter`]),
-    /// so that the result is the [`QuantizedTensor`] form
+    /// Quantizes on llama.cpp's Q8_0 or Q4_0 grid (other formats:
+    /// [`Error::InvalidParameter`]), so that the result is the [`QuantizedTensor`] form
     /// [`GgmlQuantizer`](crate::quant::GgmlQuantizer) gives and a GGUF file stores it as
     /// that format's blocks. Groups of 32 inputs; each group's scale is computed when
     /// GPTQ reaches its first column, from the group's weights at that moment (dynamic
@@ -134,9 +134,9 @@ impl Gptq {
     /// value of largest magnitude), rounded to f16 as the block stores it. Each weight's
     /// code is then ggml's rounding against that f16 scale: Q8_0 `round(x/d)` in
     /// −127..=127, Q4_0 `min(15, (x/d + 8.5) as int)`. Sets the bits (8 or 4) and the
-    /// group; act-order is refused at quantization (its groups would not be contiguous
-    /// blocks of 32 inputs). Weights whose block scale overflows f16 are
-    /// [`Error::Overflow`].
+    /// group; act-order, and another group size set after it, are refused at
+    /// quantization (ggml's blocks are 32 consecutive inputs). Weights whose block scale
+    /// overflows f16 are [`Error::Overflow`].
     ///
     /// ```
     /// use slimnn::calib::gptq::Gptq;
@@ -303,6 +303,15 @@ impl Gptq {
                 "GPTQ act-order",
                 "on",
                 "off with a ggml format (its blocks are 32 consecutive inputs)",
+            ));
+        }
+        if let (Some(_), Some(g)) = (self.ggml, self.group)
+            && g != QK
+        {
+            return Err(Error::invalid(
+                "GPTQ group size",
+                g,
+                "32 with a ggml format (set by with_ggml; no with_group after it)",
             ));
         }
         let (lo, hi) = self.grid();
