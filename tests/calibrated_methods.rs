@@ -13,7 +13,10 @@ use slimnn::prune::{
     HalfPruner, MagnitudePruner, NmPruner, PruneContext, Pruner, Scope, Statistics,
     UnstructuredPruner, Wanda,
 };
-use slimnn::quant::{Granularity, QuantContext, Quantizer, Scheme, UniformQuantizer};
+use slimnn::quant::{
+    Decoding, GgmlFormat, GgmlQuantizer, Granularity, QuantContext, Quantizer, Scheme,
+    UniformQuantizer, from_ggml_blocks, to_ggml_blocks,
+};
 use slimnn::{Error, Mask, Model, Selector};
 
 /// A deterministic value in [−1, 1) from a counter.
@@ -654,15 +657,124 @@ fn results_do_not_depend_on_the_thread_count() {
                     &Statistics::new().with_calibration(Arc::clone(&stats)),
                 )
                 .unwrap();
+                let mut ggml = m.clone();
                 m.quantize_calibrated(
                     &Selector::prunable(),
                     &Gptq::new(4).unwrap().with_group(32).unwrap(),
                     &stats,
                 )
                 .unwrap();
+                let q4_0 = Gptq::new(4).unwrap().with_ggml(GgmlFormat::Q4_0).unwrap();
+                ggml.quantize_calibrated(&Selector::prunable(), &q4_0, &stats)
+                    .unwrap();
                 let p = m.get("big.weight").unwrap();
-                (p.mask().unwrap().clone(), p.quantized().unwrap().clone())
+                let g = ggml.get("big.weight").unwrap().quantized().unwrap().clone();
+                (p.mask().unwrap().clone(), p.quantized().unwrap().clone(), g)
             })
     };
     assert_eq!(run(1), run(3));
+}
+
+/// GPTQ on llama.cpp's Q8_0 and Q4_0 grids: the form `GgmlQuantizer` gives (its blocks
+/// round-trip bit for bit), a smaller layer output error than round-to-nearest with the
+/// same format, and the typed refusals.
+#[test]
+fn gptq_on_ggml_grids_beats_ggml_round_to_nearest_in_its_form() {
+    let (out, inputs) = (16, 96);
+    let w = weight(&[out, inputs], 7);
+    let mut stats = CalibrationStats::new();
+    stats
+        .observe("w", &rows(8 * inputs, inputs, 7), 8 * inputs, inputs)
+        .unwrap();
+    let h = stats.get("w").unwrap().xtx();
+    let w2 = w.view().into_dimensionality().unwrap();
+    for format in [GgmlFormat::Q8_0, GgmlFormat::Q4_0] {
+        let gptq = Gptq::new(4).unwrap().with_ggml(format).unwrap();
+        assert_eq!(gptq.ggml(), Some(format));
+        let q = gptq.quantize(w2, h, 8 * inputs as u64).unwrap();
+        let rtn = GgmlQuantizer::new(format)
+            .quantize(&w, &QuantContext::new())
+            .unwrap();
+        // The same form: groups of 32, the format's levels, f16 scales.
+        let (
+            Decoding::Scalar {
+                levels,
+                granularity,
+                scale_bits,
+                ..
+            },
+            Decoding::Scalar {
+                levels: l2,
+                granularity: g2,
+                scale_bits: s2,
+                ..
+            },
+        ) = (q.decoding(), rtn.decoding())
+        else {
+            panic!("scalar decodings");
+        };
+        assert_eq!((levels, granularity, scale_bits), (l2, g2, s2));
+        let blocks = to_ggml_blocks(&q, format).unwrap();
+        let back = from_ggml_blocks(&blocks, &[out, inputs], format).unwrap();
+        assert_eq!(back.codes().unpack(), q.codes().unpack());
+        assert_eq!(back.decoding(), q.decoding());
+        let (e_gptq, e_rtn) = (
+            output_error(&w, &q.dequantize::<f32>(), h),
+            output_error(&w, &rtn.dequantize::<f32>(), h),
+        );
+        println!("{format:?}: GPTQ {e_gptq:.6e} vs round-to-nearest {e_rtn:.6e}");
+        assert!(e_gptq < e_rtn, "{format:?}: GPTQ {e_gptq} vs RTN {e_rtn}");
+    }
+    // After pruning, the pruned weights stay exactly 0 on ggml's grids too.
+    let mut model = Model::new();
+    model.add("w", w.clone()).unwrap();
+    let pruned = magnitude_pruned(&model, 0.5);
+    for format in [GgmlFormat::Q8_0, GgmlFormat::Q4_0] {
+        let mut m = pruned.clone();
+        let gptq = Gptq::new(4).unwrap().with_ggml(format).unwrap();
+        m.quantize_calibrated(&Selector::prunable(), &gptq, &stats)
+            .unwrap();
+        let p = m.get("w").unwrap();
+        let decoded = p.quantized().unwrap().dequantize::<f32>();
+        let mask = p.mask().unwrap();
+        assert_eq!(mask.count_pruned(), p.numel() / 2);
+        assert!(
+            mask.iter_pruned()
+                .all(|i| decoded.as_slice().unwrap()[i] == 0.0)
+        );
+    }
+    for format in [GgmlFormat::Q4_K, GgmlFormat::Q6_K] {
+        let err = Gptq::new(4).unwrap().with_ggml(format).unwrap_err();
+        assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
+    }
+    let refusal = |format, act_order, w: &ArrayD<f32>, h: ArrayView2<'_, f64>| {
+        Gptq::new(4)
+            .unwrap()
+            .with_ggml(format)
+            .unwrap()
+            .with_act_order(act_order)
+            .quantize(
+                w.view().into_dimensionality().unwrap(),
+                h,
+                8 * inputs as u64,
+            )
+            .unwrap_err()
+    };
+    let err = refusal(GgmlFormat::Q4_0, true, &w, h);
+    assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
+    let regrouped = Gptq::new(4)
+        .unwrap()
+        .with_ggml(GgmlFormat::Q4_0)
+        .unwrap()
+        .with_group(16)
+        .unwrap();
+    let err = regrouped.quantize(w2, h, 8 * inputs as u64).unwrap_err();
+    assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
+    // A block scale beyond f16 is an overflow, not an infinite scale.
+    let err = refusal(GgmlFormat::Q8_0, false, &w.mapv(|v| v * 1e7), h);
+    assert!(matches!(err, Error::Overflow { .. }), "{err}");
+    // 48 inputs are no whole blocks of 32.
+    let eye = Array2::<f64>::eye(48);
+    let err = refusal(GgmlFormat::Q4_0, false, &weight(&[4, 48], 1), eye.view());
+    assert!(matches!(err, Error::BadShape { .. }), "{err}");
 }

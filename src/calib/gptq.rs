@@ -11,7 +11,10 @@ use super::hessian::{
     prepare, sub_matmul,
 };
 use crate::error::{Error, Result};
-use crate::quant::{Decoding, Granularity, Levels, PackedCodes, QuantizedTensor, Scheme};
+use crate::quant::ggml::{QK, block_code, block_form, block_scale};
+use crate::quant::{
+    Decoding, GgmlFormat, Granularity, Levels, PackedCodes, QuantizedTensor, Scheme,
+};
 
 /// GPTQ: quantizes a Linear weight `W` `[out, in]` one input column at a time, and after
 /// each column spreads its rounding error over the columns not yet quantized so that
@@ -35,6 +38,8 @@ use crate::quant::{Decoding, Granularity, Levels, PackedCodes, QuantizedTensor, 
 ///   3 and 4 bits both won, dynamic slightly more (0.60–0.85×);
 /// - act-order ([`Gptq::with_act_order`]): columns in order of descending `H_jj`, codes
 ///   permuted back (groups then are always static, so they stay contiguous);
+/// - llama.cpp's Q8_0 and Q4_0 grids ([`Gptq::with_ggml`]): dynamic groups of 32 inputs
+///   whose f16 scale is ggml's reference one of the group's current weights;
 /// - dampening `λ = percdamp · mean(diag H)` and dead inputs (`H_jj = 0`: weight set to
 ///   0), see [`hessian`](super::hessian);
 /// - the Cholesky form of the inverse Hessian and lazy batched updates in column blocks of
@@ -65,6 +70,7 @@ pub struct Gptq {
     group: Option<usize>,
     act_order: bool,
     dynamic_groups: bool,
+    ggml: Option<GgmlFormat>,
     percdamp: f64,
     block_size: usize,
 }
@@ -82,6 +88,7 @@ impl Gptq {
             group: None,
             act_order: false,
             dynamic_groups: false,
+            ggml: None,
             percdamp: DEFAULT_PERCDAMP,
             block_size: DEFAULT_BLOCK_SIZE,
         })
@@ -115,6 +122,56 @@ impl Gptq {
     pub fn with_dynamic_groups(mut self, dynamic: bool) -> Self {
         self.dynamic_groups = dynamic;
         self
+    }
+
+    /// Quantizes on llama.cpp's Q8_0 or Q4_0 grid (other formats:
+    /// [`Error::InvalidParameter`]), so that the result is the [`QuantizedTensor`] form
+    /// [`GgmlQuantizer`](crate::quant::GgmlQuantizer) gives and a GGUF file stores it as
+    /// that format's blocks. Groups of 32 inputs; each group's scale is computed when
+    /// GPTQ reaches its first column, from the group's weights at that moment (dynamic
+    /// groups, as the GPTQ reference does), exactly as ggml's reference quantizer
+    /// computes a block's: Q8_0 `d = amax/127`, Q4_0 `d = max/−8` (`max` the signed
+    /// value of largest magnitude), rounded to f16 as the block stores it. Each weight's
+    /// code is then ggml's rounding against that f16 scale: Q8_0 `round(x/d)` in
+    /// −127..=127, Q4_0 `min(15, (x/d + 8.5) as int)`. Sets the bits (8 or 4) and the
+    /// group; act-order, and another group size set after it, are refused at
+    /// quantization (ggml's blocks are 32 consecutive inputs). Weights whose block scale
+    /// overflows f16 are [`Error::Overflow`].
+    ///
+    /// ```
+    /// use slimnn::calib::gptq::Gptq;
+    /// use slimnn::ndarray::Array2;
+    /// use slimnn::quant::{GgmlFormat, to_ggml_blocks};
+    ///
+    /// let x = Array2::from_shape_fn((96, 64), |(r, j)| ((r * 7 + j * 3) % 13) as f64 - 6.0);
+    /// let h = x.t().dot(&x);
+    /// let w = Array2::from_shape_fn((2, 64), |(i, j)| ((i * 64 + j) as f32 * 0.37).sin());
+    /// let q = Gptq::new(4)?.with_ggml(GgmlFormat::Q4_0)?.quantize(w.view(), h.view(), 96)?;
+    /// assert_eq!(to_ggml_blocks(&q, GgmlFormat::Q4_0)?.len(), 4 * 18);
+    /// # Ok::<(), slimnn::Error>(())
+    /// ```
+    pub fn with_ggml(mut self, format: GgmlFormat) -> Result<Self> {
+        let bits = match format {
+            GgmlFormat::Q8_0 => 8,
+            GgmlFormat::Q4_0 => 4,
+            other => {
+                return Err(Error::invalid(
+                    "ggml format",
+                    format!("{other:?}"),
+                    "Q8_0 or Q4_0 for GPTQ (the k-quants' nested scales are no GPTQ grid)",
+                ));
+            }
+        };
+        self.bits = bits;
+        self.scheme = Scheme::Symmetric;
+        self.group = Some(QK);
+        self.ggml = Some(format);
+        Ok(self)
+    }
+
+    /// The ggml format, if [`Gptq::with_ggml`] set one.
+    pub fn ggml(&self) -> Option<GgmlFormat> {
+        self.ggml
     }
 
     /// Sets the dampening fraction of the mean diagonal (≥ 0, default 0.01).
@@ -157,6 +214,13 @@ impl Gptq {
 
     /// A short description, e.g. `"GPTQ 4-bit affine per group of 128, act-order"`.
     pub fn describe(&self) -> String {
+        if let Some(format) = self.ggml {
+            let mut s = format!("GPTQ ggml {format:?}");
+            if self.percdamp != DEFAULT_PERCDAMP {
+                s += &format!(", dampening {}", self.percdamp);
+            }
+            return s;
+        }
         let scheme = match self.scheme {
             Scheme::Affine => "affine",
             Scheme::Symmetric => "symmetric",
@@ -182,6 +246,9 @@ impl Gptq {
 
     /// The lowest and highest level.
     fn grid(&self) -> (i32, i32) {
+        if let Some((_, lo, hi, _)) = self.ggml.and_then(GgmlFormat::grid) {
+            return (lo, hi);
+        }
         let b = self.bits as u32;
         match self.scheme {
             Scheme::Symmetric => (-((1i32 << (b - 1)) - 1), (1i32 << (b - 1)) - 1),
@@ -194,8 +261,9 @@ impl Gptq {
     ///
     /// # Errors
     /// A Hessian that is not square or not `[in, in]`, non-finite values in `w` or `h`,
-    /// zero rows, a group size that does not divide `in`, or a Hessian that stays singular
-    /// after dampening ([`Error::Singular`]).
+    /// zero rows, a group size that does not divide `in`, a Hessian that stays singular
+    /// after dampening ([`Error::Singular`]); with a ggml format, act-order and a block
+    /// scale beyond f16 ([`Error::Overflow`]).
     pub fn quantize(
         &self,
         w: ArrayView2<'_, f32>,
@@ -230,11 +298,28 @@ impl Gptq {
                 format!("group size {g} does not divide the input size {n}"),
             ));
         }
+        if self.ggml.is_some() && self.act_order {
+            return Err(Error::invalid(
+                "GPTQ act-order",
+                "on",
+                "off with a ggml format (its blocks are 32 consecutive inputs)",
+            ));
+        }
+        if let (Some(_), Some(g)) = (self.ggml, self.group)
+            && g != QK
+        {
+            return Err(Error::invalid(
+                "GPTQ group size",
+                g,
+                "32 with a ggml format (set by with_ggml; no with_group after it)",
+            ));
+        }
         let (lo, hi) = self.grid();
         let grid = Grid {
             lo: lo as f64,
             hi: hi as f64,
             affine: self.scheme == Scheme::Affine,
+            ggml: self.ggml,
         };
         let perm: Option<Vec<usize>> = self.act_order.then(|| {
             let mut p: Vec<usize> = (0..n).collect();
@@ -269,7 +354,8 @@ impl Gptq {
         // Scale and zero point per row and group. Per row, and for static groups (act-order),
         // from the weights before any update (in original column order).
         let mut params = vec![(1.0f64, 0.0f64); out * groups_per_row];
-        let dynamic = self.group.is_some() && !self.act_order && self.dynamic_groups;
+        let dynamic =
+            self.group.is_some() && !self.act_order && (self.dynamic_groups || self.ggml.is_some());
         if !dynamic {
             let g = self.group.unwrap_or(n);
             params
@@ -344,6 +430,17 @@ impl Gptq {
                 sub_matmul(dst, a, b);
             }
         }
+        if let Some(format) = self.ggml {
+            if let Some(i) = params.iter().position(|p| !p.0.is_finite()) {
+                return Err(Error::Overflow {
+                    what: format!("GPTQ {format:?} of {what}, block {i}"),
+                    reason: "a block scale exceeds f16's range (65504); scale the weights down"
+                        .into(),
+                });
+            }
+            let scales = params.iter().map(|p| p.0 as f32).collect();
+            return block_form(&[out, n], &codes, scales, format);
+        }
         // Codes back in the original column order.
         let codes = match &perm {
             Some(p) => {
@@ -387,18 +484,29 @@ pub(crate) fn check_weights(what: &str, w: ArrayView2<'_, f32>) -> Result<()> {
     Ok(())
 }
 
-/// The integer grid `lo..=hi` and its parameters, in f64.
+/// The integer grid `lo..=hi` and its parameters, in f64; ggml's blocks when `ggml`.
 #[derive(Clone, Copy, Debug)]
 struct Grid {
     lo: f64,
     hi: f64,
     affine: bool,
+    ggml: Option<GgmlFormat>,
 }
 
 impl Grid {
     /// Scale (exact in f32, as stored) and zero point of values, from their range, as
     /// [`UniformQuantizer::params_for_range`](crate::quant::UniformQuantizer::params_for_range).
+    /// With a ggml format, the block's f16 scale (ggml's reference one of the values
+    /// rounded to f32; values a whole block).
     fn params(&self, vals: impl Iterator<Item = f64>) -> (f64, f64) {
+        if let Some(format) = self.ggml {
+            let mut block = [0f32; QK];
+            for (b, v) in block.iter_mut().zip(vals) {
+                *b = v as f32;
+            }
+            let d = block_scale(format, &block).unwrap_or(0.0);
+            return (half::f16::from_f32(d).to_f32() as f64, 0.0);
+        }
         let (mut a, mut b) = (0.0f64, 0.0f64);
         for v in vals {
             a = a.min(v);
@@ -421,9 +529,13 @@ impl Grid {
         }
     }
 
-    /// The level of `x` (round half to even, clamped to the grid).
+    /// The level of `x` (round half to even, clamped to the grid; ggml's rounding with
+    /// a ggml format).
     #[inline]
     fn level(&self, x: f64, s: f64, z: f64) -> f64 {
+        if let Some(format) = self.ggml {
+            return block_code(format, x as f32, s as f32) as f64 + self.lo;
+        }
         ((x / s).round_ties_even() + z).clamp(self.lo, self.hi)
     }
 }

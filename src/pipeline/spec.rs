@@ -18,6 +18,7 @@
 //! | prune (calibrated) | `sparsegpt:F`, `sparsegpt:N:M` | SparseGPT, a fraction `F` of each weight (adaptive mask per column block) or N:M, with weight updates |
 //! | prune (calibrated) | `obs:F` | Optimal Brain Surgeon, `F` of every output row, with weight updates |
 //! | quantize (calibrated) | `gptq:B`, `gptq:B:gG` | GPTQ at `B` bits (affine), per row or groups of `G` |
+//! | quantize (calibrated) | `gptq:q8_0`, `gptq:q4_0` | GPTQ on llama.cpp's Q8_0 / Q4_0 blocks (GGUF-ready) |
 //! | quantize (calibrated) | `awq:B`, `awq:B:gG` | AWQ at `B` bits, per row or groups of `G` |
 //! | lowrank | `svd:R` or `svd:E` | truncated SVD, rank `R` (integer) or energy `E` (< 1) |
 //! | lowrank | `svd:vbmf`, `rsvd:R` | VBMF rank; randomized SVD |
@@ -258,7 +259,8 @@ pub fn calibrated_prune_step(
 }
 
 /// A quantization step from its spec, with calibration statistics for the data-aware
-/// methods (`gptq:BITS[:gGROUP]`, `awq:BITS[:gGROUP]`); other specs as [`quantize_step`].
+/// methods (`gptq:BITS[:gGROUP]`, `gptq:q8_0`, `gptq:q4_0`, `awq:BITS[:gGROUP]`); other
+/// specs as [`quantize_step`].
 ///
 /// ```
 /// use std::sync::Arc;
@@ -281,8 +283,24 @@ pub fn calibrated_quantize_step(
         return quantize_step(spec);
     }
     let (s, selector) = split(spec, Selector::prunable())?;
+    let label = format!("quantize: {s}");
+    let ggml = match s {
+        "gptq:q8_0" => Some(GgmlFormat::Q8_0),
+        "gptq:q4_0" => Some(GgmlFormat::Q4_0),
+        _ => None,
+    };
+    if let Some(format) = ggml {
+        let gptq = Gptq::new(8)?.with_ggml(format)?;
+        return Ok(Box::new(
+            QuantizeCalibrated::new(selector, gptq, stats, "GPTQ").with_label(label),
+        ));
+    }
     let mut parts = s.split(':').skip(1);
-    let expected = format!("{method}:BITS or {method}:BITS:gGROUP, e.g. {method}:4:g128");
+    let expected = if method == "gptq" {
+        "gptq:BITS, gptq:BITS:gGROUP (e.g. gptq:4:g128), gptq:q8_0 or gptq:q4_0".to_string()
+    } else {
+        format!("{method}:BITS or {method}:BITS:gGROUP, e.g. {method}:4:g128")
+    };
     let expected = expected.as_str();
     let bits: u8 = number(FAMILY, spec, parts.next(), expected)?;
     let group = match parts.next() {
@@ -292,7 +310,6 @@ pub fn calibrated_quantize_step(
     if parts.next().is_some() {
         return Err(bad(FAMILY, spec, expected));
     }
-    let label = format!("quantize: {s}");
     Ok(match method {
         "awq" => Box::new(
             QuantizeCalibrated::new(selector, Awq::new(bits, group)?, stats, "AWQ")
@@ -697,7 +714,13 @@ mod tests {
                 calibrated_prune_step(s, Arc::clone(&stats)).unwrap_or_else(|e| panic!("{s}: {e}"));
             assert_eq!(step.describe(), label);
         }
-        for s in ["gptq:4", "gptq:3:g128", "awq:4:g32@fc1.*"] {
+        for s in [
+            "gptq:4",
+            "gptq:3:g128",
+            "awq:4:g32@fc1.*",
+            "gptq:q4_0",
+            "gptq:q8_0@fc1.*",
+        ] {
             calibrated_quantize_step(s, Arc::clone(&stats)).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
         for s in [
@@ -713,7 +736,16 @@ mod tests {
         ] {
             assert!(calibrated_prune_step(s, Arc::clone(&stats)).is_err(), "{s}");
         }
-        for s in ["gptq", "gptq:9", "gptq:4:128", "gptq:4:g0", "gptq:4:g8:1"] {
+        for s in [
+            "gptq",
+            "gptq:9",
+            "gptq:4:128",
+            "gptq:4:g0",
+            "gptq:4:g8:1",
+            "gptq:q4_k",
+            "gptq:q4_0:g32",
+            "awq:q4_0",
+        ] {
             assert!(
                 calibrated_quantize_step(s, Arc::clone(&stats)).is_err(),
                 "{s}"

@@ -13,7 +13,11 @@ use self::kquants::{
     Q4_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES, QK_K, dequantize_q4_k, dequantize_q6_k, q6_k_from_parts,
     q6_k_parts, quantize_q4_k, quantize_q6_k,
 };
-use self::reference::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK, quantize_q4_0, quantize_q8_0};
+pub(crate) use self::reference::QK;
+use self::reference::{
+    Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, inverse_or_zero, q4_0_scale, q8_0_scale, quant4, quant8,
+    quantize_q4_0, quantize_q8_0,
+};
 use super::binary::prepare;
 use super::{Decoding, Granularity, Levels, PackedCodes, QuantContext, QuantizedTensor, Quantizer};
 use crate::error::{Error, Result};
@@ -73,7 +77,7 @@ impl GgmlFormat {
 
     /// Code width, the levels of codes 0 and 2^bits − 1, and the scale group size of
     /// the [`QuantizedTensor`] form (`None`: no such form, Q4_K's offsets are not).
-    fn grid(self) -> Option<(u8, i32, i32, usize)> {
+    pub(crate) fn grid(self) -> Option<(u8, i32, i32, usize)> {
         match self {
             GgmlFormat::Q8_0 => Some((8, -128, 127, QK)),
             GgmlFormat::Q4_0 => Some((4, -8, 7, QK)),
@@ -436,7 +440,7 @@ pub fn from_ggml_blocks(
     format: GgmlFormat,
 ) -> Result<QuantizedTensor> {
     let n = check_blocks(shape, format)?;
-    let Some((bits, min, max, group)) = format.grid() else {
+    let Some((_, min, _, group)) = format.grid() else {
         return Err(Error::invalid(
             "ggml format",
             "Q4_K",
@@ -453,9 +457,8 @@ pub fn from_ggml_blocks(
             format!("{} bytes: {count} blocks of {per}", count * per),
         ));
     }
-    let (scales, codes, scale_bits) = if format == GgmlFormat::Q6_K {
-        let (scales, codes) = q6_k_parts(blocks);
-        (scales, codes, 32)
+    let (scales, codes) = if format == GgmlFormat::Q6_K {
+        q6_k_parts(blocks)
     } else {
         let mut scales = Vec::with_capacity(count);
         let mut codes = Vec::with_capacity(n);
@@ -470,19 +473,58 @@ pub fn from_ggml_blocks(
                 _ => codes.extend(qs.iter().map(|&q| (q as i8 as i32 - min) as u8)),
             }
         }
-        (scales, codes, 16)
+        (scales, codes)
+    };
+    block_form(shape, &codes, scales, format)
+}
+
+/// The [`QuantizedTensor`] form of `format` (not Q4_K) from its codes (level − lowest
+/// level, row-major) and one scale per group: what [`from_ggml_blocks`] gives.
+pub(crate) fn block_form(
+    shape: &[usize],
+    codes: &[u8],
+    scales: Vec<f32>,
+    format: GgmlFormat,
+) -> Result<QuantizedTensor> {
+    let Some((bits, min, max, group)) = format.grid() else {
+        return Err(Error::invalid(
+            "ggml format",
+            "Q4_K",
+            "Q8_0, Q4_0 or Q6_K (Q4_K has no QuantizedTensor form)",
+        ));
     };
     QuantizedTensor::new(
         shape,
-        PackedCodes::pack(&codes, bits)?,
+        PackedCodes::pack(codes, bits)?,
         Decoding::Scalar {
             levels: Levels::Integers { min, max },
             granularity: Granularity::PerGroup { size: group },
             scales,
             zero_points: Vec::new(),
-            scale_bits,
+            scale_bits: if format == GgmlFormat::Q6_K { 32 } else { 16 },
         },
     )
+}
+
+/// The f32 scale ggml's reference quantizer takes for a block of Q8_0 (`amax/127`) or
+/// Q4_0 (`max/−8`), before the block stores it as f16; `None` for the k-quants.
+pub(crate) fn block_scale(format: GgmlFormat, block: &[f32; QK]) -> Option<f32> {
+    match format {
+        GgmlFormat::Q8_0 => Some(q8_0_scale(block)),
+        GgmlFormat::Q4_0 => Some(q4_0_scale(block)),
+        GgmlFormat::Q4_K | GgmlFormat::Q6_K => None,
+    }
+}
+
+/// The code (level − lowest level, as in the [`QuantizedTensor`] form) of `x` in a Q8_0
+/// (`roundf(x/d)` in −127..=127) or Q4_0 (`min(15, (x/d + 8.5) as int)`) block of scale
+/// `d`, by ggml's reference rounding; Q8_0's for any other format.
+pub(crate) fn block_code(format: GgmlFormat, x: f32, d: f32) -> u8 {
+    let y = x * inverse_or_zero(d);
+    match format {
+        GgmlFormat::Q4_0 => quant4(y),
+        _ => (quant8(y) as i32 + 128) as u8,
+    }
 }
 
 /// The tensor in ggml's block layout, if it is in `format`'s form: 32-element groups,

@@ -77,7 +77,7 @@ fn block_amax(x: &[f32; QK]) -> f32 {
 
 /// `1 / d`, or 0 when `d` is zero (ggml's `d ? 1.0f/d : 0.0f`).
 #[inline]
-fn inverse_or_zero(d: f32) -> f32 {
+pub(crate) fn inverse_or_zero(d: f32) -> f32 {
     if d != 0.0 { 1.0 / d } else { 0.0 }
 }
 
@@ -116,10 +116,44 @@ fn round_half_away(y: f32) -> i32 {
 /// `[0, 16.5)`, where truncation is rounding down; anything else (out of contract)
 /// still gives a value in `0..=15`.
 #[inline]
-fn quant4(y: f32) -> u8 {
+pub(crate) fn quant4(y: f32) -> u8 {
     let s = y + 8.5;
     let (n, nf) = round_ties_even(s);
     (n - i32::from(nf > s)).clamp(0, 15) as u8
+}
+
+/// Q8_0's block scale `amax / 127` in f32 (before its rounding to f16), as
+/// `quantize_row_q8_0_ref` computes it.
+#[inline]
+pub(crate) fn q8_0_scale(xb: &[f32; QK]) -> f32 {
+    block_amax(xb) / 127.0
+}
+
+/// Q4_0's block scale `max / −8` in f32 (before its rounding to f16), `max` the signed
+/// value of largest magnitude, as `quantize_row_q4_0_ref` computes it.
+#[inline]
+pub(crate) fn q4_0_scale(xb: &[f32; QK]) -> f32 {
+    let amax = block_amax(xb);
+    // The signed value of the first element of largest magnitude (numpy's argmax;
+    // C's strict `amax < fabsf(v)` also keeps the first), found through a bit mask
+    // rather than a data-dependent branch per element. The mask is empty only for
+    // an all-NaN block.
+    let ties = xb
+        .iter()
+        .enumerate()
+        .fold(0u32, |m, (i, v)| m | (u32::from(v.abs() == amax) << i));
+    let max = xb
+        .get(ties.trailing_zeros() as usize)
+        .copied()
+        .unwrap_or(0.0);
+    max / -8.0
+}
+
+/// Q8_0's quant of `y = x · id`: `roundf(y)`, clamped to the symmetric range
+/// `−127..=127` (in contract `|y| ≤ 127` and the clamp changes nothing), as an `i8`.
+#[inline]
+pub(crate) fn quant8(y: f32) -> i8 {
+    round_half_away(y).clamp(-127, 127) as i8
 }
 
 /// Splits a quantized block into its f16 scale (as f32) and its quant bytes.
@@ -148,14 +182,13 @@ pub(crate) fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
     out.reserve(blocks.len() * Q8_0_BLOCK_BYTES);
     for xb in blocks {
         let mut block = [0u8; Q8_0_BLOCK_BYTES];
-        let amax = block_amax(xb);
-        let d = amax / 127.0;
+        let d = q8_0_scale(xb);
         let id = inverse_or_zero(d);
         let (scale, qs) = block.split_at_mut(SCALE_BYTES);
         scale.copy_from_slice(&f16::from_f32(d).to_le_bytes());
         for (q, &v) in qs.iter_mut().zip(xb) {
             // In contract |v · id| <= 127 (+ rounding), so the clamp changes nothing.
-            *q = round_half_away(v * id).clamp(-128, 127) as i8 as u8;
+            *q = quant8(v * id) as u8;
         }
         out.extend_from_slice(&block);
     }
@@ -208,20 +241,7 @@ pub(crate) fn quantize_q4_0(x: &[f32], out: &mut Vec<u8>) {
     out.reserve(blocks.len() * Q4_0_BLOCK_BYTES);
     for xb in blocks {
         let mut block = [0u8; Q4_0_BLOCK_BYTES];
-        let amax = block_amax(xb);
-        // The signed value of the first element of largest magnitude (numpy's argmax;
-        // C's strict `amax < fabsf(v)` also keeps the first), found through a bit mask
-        // rather than a data-dependent branch per element. The mask is empty only for
-        // an all-NaN block.
-        let ties = xb
-            .iter()
-            .enumerate()
-            .fold(0u32, |m, (i, v)| m | (u32::from(v.abs() == amax) << i));
-        let max = xb
-            .get(ties.trailing_zeros() as usize)
-            .copied()
-            .unwrap_or(0.0);
-        let d = max / -8.0;
+        let d = q4_0_scale(xb);
         let id = inverse_or_zero(d);
         let (scale, qs) = block.split_at_mut(SCALE_BYTES);
         scale.copy_from_slice(&f16::from_f32(d).to_le_bytes());
