@@ -28,6 +28,7 @@
 #[path = "common/cache.rs"]
 mod cache;
 #[path = "common/mnist.rs"]
+#[macro_use]
 mod mnist;
 
 use std::path::PathBuf;
@@ -105,7 +106,7 @@ fn measure_one(name: &str, net: &Network, model: &Model, test: &Dataset) -> Resu
         time_b1_s,
         time_b256_s,
     };
-    println!(
+    say!(
         "{:<34} {:>8.2}% {:>11} {:>11} {:>9.2} s {:>9.3} s",
         row.name,
         100.0 * row.accuracy,
@@ -405,9 +406,14 @@ impl Run {
 }
 
 fn header(title: &str) {
-    println!(
+    say!(
         "\n{:<34} {:>9} {:>11} {:>11} {:>11} {:>11}",
-        title, "accuracy", "conv params", "MACs", "time b1", "time b256"
+        title,
+        "accuracy",
+        "conv params",
+        "MACs",
+        "time b1",
+        "time b256"
     );
 }
 
@@ -670,7 +676,7 @@ fn main() -> Result<()> {
             (Some((d, r)), None) | (None, Some((d, r))) => json_line(d, r),
             (None, None) => unreachable!("at least one network runs"),
         };
-        println!("{line}");
+        say!("{line}");
     }
     Ok(())
 }

@@ -19,6 +19,7 @@
 //! `<arch>-sweep.csv` and `.svg` beside it.
 
 #[path = "common/mnist.rs"]
+#[macro_use]
 mod mnist;
 #[path = "common/plot.rs"]
 mod plot;
@@ -96,7 +97,7 @@ fn parse() -> Args {
             "--distill" => a.distill = true,
             "--json" => a.json = true,
             "-h" | "--help" => {
-                println!(
+                say!(
                     "usage: deep_compression [--arch lenet300|lenet5] [--epochs N] \
                      [--retrain-epochs N] [--seed S] [--sparsity F] [--bits B] \
                      [--conv-bits B (default: --bits)] [--retrain-from-scratch] [--distill] [--json]"
@@ -137,14 +138,14 @@ fn main() -> Result<()> {
         dense_accuracy,
     )?];
 
-    println!(
+    say!(
         "\npruning to {:.0}% with retraining ({} epochs, AGP schedule)",
         100.0 * args.sparsity,
         args.retrain_epochs
     );
     // Knowledge distillation as recovery: the dense network teaches its compressed self.
     let mut distill = if args.distill {
-        println!("  (with the dense network as teacher: soft targets at T = 4, α = 0.7)");
+        say!("  (with the dense network as teacher: soft targets at T = 4, α = 0.7)");
         let config = DistillConfig {
             temperature: 4.0,
             alpha: 0.7,
@@ -174,7 +175,7 @@ fn main() -> Result<()> {
         Some(b) if args.arch == mnist::Arch::Lenet5 => format!(", {b}-bit for convolutions"),
         _ => String::new(),
     };
-    println!(
+    say!(
         "\nweight sharing: {}-bit k-means per layer{conv} (linear init), centroids fine-tuned",
         args.bits
     );
@@ -182,7 +183,7 @@ fn main() -> Result<()> {
     share(&mut shared, &args)?;
     let before = accuracy(&shared)?;
     mnist::fine_tune_centroids(&net, &mut shared, &train, 2, 1e-3, distill.as_mut())?;
-    println!(
+    say!(
         "  accuracy {:.2}% after sharing, {:.2}% after fine-tuning the centroids",
         100.0 * before,
         100.0 * accuracy(&shared)?
@@ -211,12 +212,18 @@ fn main() -> Result<()> {
         final_accuracy,
     )?);
 
-    println!(
+    say!(
         "\n{:<26} {:>9} {:>8} {:>12} {:>12} {:>9} {:>10}",
-        "stage", "weights", "bits/w", "bytes", "compression", "accuracy", "top-1 err"
+        "stage",
+        "weights",
+        "bits/w",
+        "bytes",
+        "compression",
+        "accuracy",
+        "top-1 err"
     );
     for r in &rows {
-        println!(
+        say!(
             "{:<26} {:>8.1}% {:>8.2} {:>12} {:>11.1}x {:>8.2}% {:>9.2}%",
             r.name,
             100.0 * r.kept,
@@ -229,7 +236,7 @@ fn main() -> Result<()> {
     }
 
     let report = Report::compare(&dense, &coded, Vec::new())?;
-    println!(
+    say!(
         "\nper layer (the paper's Table {}):\n{:<12} {:>9} {:>8} {:>10} {:>8} {:>12}",
         if args.arch == mnist::Arch::Lenet5 {
             3
@@ -244,7 +251,7 @@ fn main() -> Result<()> {
         "compression"
     );
     for p in &report.params {
-        println!(
+        say!(
             "{:<12} {:>9} {:>7.1}% {:>10} {:>8.2} {:>11.1}x",
             p.name,
             p.params,
@@ -254,7 +261,7 @@ fn main() -> Result<()> {
             p.compression_rate()
         );
     }
-    println!(
+    say!(
         "\npruning sweep without retraining (each point: prune, {}-bit sharing, Huffman):",
         args.bits
     );
@@ -274,7 +281,7 @@ fn main() -> Result<()> {
         .compress(&mut m)?;
         let r = Report::compare(&dense, &m, Vec::new())?;
         let acc = accuracy(&m)?;
-        println!(
+        say!(
             "  {:>4.1}% pruned: {:>5.1}x, {:.2}%",
             100.0 * sparsity,
             r.compression_rate(),
@@ -286,14 +293,14 @@ fn main() -> Result<()> {
     let stem = args.arch.file_stem();
     let dir = args.arch.checkpoint().with_file_name("");
     plot::write(&dir, stem, args.arch.title(), &points, dense_accuracy)?;
-    println!(
+    say!(
         "wrote {} and {}",
         dir.join(format!("{stem}-sweep.csv")).display(),
         dir.join(format!("{stem}-sweep.svg")).display()
     );
 
     let speed = inference(&net, &dense, &coded, &test)?;
-    println!(
+    say!(
         "\ninference on the {} test images (best of 3, batch {INFERENCE_BATCH}):\n  \
          dense {:.1} ms, {:.2}%\n  compressed, each Linear in its stored form ({}): {:.1} ms \
          ({:.2}x), {:.2}% (decoded to dense: {:.2}%)",
@@ -309,13 +316,13 @@ fn main() -> Result<()> {
 
     let path = dir.join(format!("{stem}-deep-compression.slim"));
     coded.save_compressed(&path)?;
-    println!(
+    say!(
         "\nwrote {} ({} bytes, as the report counts)",
         path.display(),
         report.file_bytes
     );
     if args.json {
-        println!(
+        say!(
             "{{\"network\": \"{}\", \"distill\": {}, \"sparsity\": {}, \"bits\": {}, \"conv_bits\": {}, \"baseline_accuracy\": {dense_accuracy:.4}, \"final_accuracy\": {final_accuracy:.4}, \"compression\": {:.2}, \"original_bytes\": {}, \"compressed_bytes\": {}, \"dense_inference_s\": {:.4}, \"compressed_inference_s\": {:.4}, \"compiled_accuracy\": {:.4}}}",
             args.arch.title(),
             args.distill,

@@ -39,6 +39,7 @@
 //! `{"teacher_errors", "student_errors", "distilled_errors", "seeds", ...}`.
 
 #[path = "common/mnist.rs"]
+#[macro_use]
 mod mnist;
 
 use std::path::Path;
@@ -131,7 +132,7 @@ fn parse() -> Args {
             "--json" => a.json = true,
             "--trace" => a.trace = true,
             "-h" | "--help" => {
-                println!(
+                say!(
                     "usage: distill_mnist [--teacher-epochs N] [--epochs N] [--seeds N] \
                      [--temperature T] [--small-temperature T] [--alpha A] [--beta B] [--at-layer 0|1|2] [--at-alpha A] [--conv-seed S] [--conv-seeds N] [--no-mlp] [--conv-epochs N] [--conv-teacher-epochs N] [--conv-train N] \
                      [--no-conv] [--lenet5-teacher] [--retrain-from-scratch] [--json] [--trace]"
@@ -194,10 +195,10 @@ fn main() -> Result<()> {
         "teacher 1200-1200, dropout + jitter"
     };
     let teacher_errors = errors(&tnet, &tmodel)?;
-    println!("{teacher_name}: {teacher_errors} test errors");
+    say!("{teacher_name}: {teacher_errors} test errors");
     let t0 = Instant::now();
     let teacher_logits = tnet.forward(&tmodel, train.images.view())?;
-    println!(
+    say!(
         "  its logits on the training set, computed once ({:.1} s)",
         t0.elapsed().as_secs_f64()
     );
@@ -243,7 +244,7 @@ fn main() -> Result<()> {
                 args.trace.then_some(&test),
             )?;
             let (a, b) = (errors(&net, &m)?, errors(&net, &kd_model)?);
-            println!(
+            say!(
                 "  {sizes:?} seed {seed}: {a} errors alone, {b} with soft targets ({:.0} s)",
                 t.elapsed().as_secs_f64()
             );
@@ -293,7 +294,7 @@ fn main() -> Result<()> {
     let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len() as f64;
     let gap = mean(alone) - teacher_errors as f64;
     let closed = (mean(alone) - mean(taught)) / gap;
-    println!(
+    say!(
         "\n800-800 student: soft targets close {:.0}% of the gap to the teacher (the paper: 91%)",
         100.0 * closed
     );
@@ -325,7 +326,7 @@ fn main() -> Result<()> {
             ),
             None => String::new(),
         };
-        println!(
+        say!(
             "{{\"teacher_errors\": {teacher_errors}, \"student_errors\": {}, \"distilled_errors\": {}, \"seeds\": {}, \"small_student_errors\": {}, \"small_distilled_errors\": {}, \"gap_closed\": {closed:.3}, \"temperature\": {}, \"alpha\": {}, \"epochs\": {}, \"teacher_epochs\": {}, \"teacher\": \"{teacher_name}\"{conv_json}}}",
             list(alone),
             list(taught),
@@ -346,12 +347,16 @@ fn main() -> Result<()> {
 }
 
 fn print_table(rows: &[Row]) {
-    println!(
+    say!(
         "\n{:<40} {:>9} {:>22} {:>9} {:>12}",
-        "network", "params", "test errors (range)", "accuracy", "paper errors"
+        "network",
+        "params",
+        "test errors (range)",
+        "accuracy",
+        "paper errors"
     );
     for r in rows {
-        println!(
+        say!(
             "{:<40} {:>9} {:>22} {:>8.2}% {:>12}",
             r.name,
             r.params,
@@ -432,17 +437,17 @@ fn teacher(train: &Dataset, test: &Dataset, args: &Args) -> Result<(Model, Netwo
     if path.exists() && !args.fresh {
         let model = Model::load(&path)?;
         if model.metadata().get("trained") == Some(&settings) {
-            println!("loaded the teacher ({settings}) from {}", path.display());
+            say!("loaded the teacher ({settings}) from {}", path.display());
             let net = teacher_net(&model)?;
             return Ok((model, net));
         }
-        println!("the cached teacher was trained otherwise: training anew");
+        say!("the cached teacher was trained otherwise: training anew");
     }
     let mut model = Model::new();
     Network::mlp(&mut model, &[784, 1200, 1200, 10], 1)?;
     let net = teacher_net(&model)?;
     let mut sgd = Sgd::new(TEACHER_LR, 0.9, 0.0)?;
-    println!("training the teacher: {settings}");
+    say!("training the teacher: {settings}");
     let batch = 128;
     let per_epoch = train.len().div_ceil(batch);
     let steps = args.teacher_epochs * per_epoch;
@@ -465,7 +470,7 @@ fn teacher(train: &Dataset, test: &Dataset, args: &Args) -> Result<(Model, Netwo
             step += 1;
         }
         let e = net.evaluate(&model, test, 1000)?;
-        println!(
+        say!(
             "  epoch {:>2}: loss {:.4}, {} test errors ({:.0} s)",
             epoch + 1,
             loss / train.len() as f64,
@@ -580,7 +585,7 @@ fn train_mlp(
             } else {
                 "labels"
             };
-            println!(
+            say!(
                 "    {how}, epoch {}: {} test errors",
                 epoch + 1,
                 e.total - e.correct
@@ -682,7 +687,7 @@ fn conv_students(
         Ok(e.total - e.correct)
     };
     let teacher_errors = errors(&lnet, &lenet)?;
-    println!("LeNet-5 teacher: {teacher_errors} test errors");
+    say!("LeNet-5 teacher: {teacher_errors} test errors");
     let teacher = Teacher::new(lnet.clone(), lenet.clone())?;
     let t = Instant::now();
     let layers: Vec<usize> = attention_pairs(args)
@@ -690,7 +695,7 @@ fn conv_students(
         .map(|p| p.teacher_layer)
         .collect();
     let outputs = outputs_on(&teacher, &train, &layers)?;
-    println!(
+    say!(
         "  its logits and attention-layer outputs on the training set, computed once ({:.0} s)",
         t.elapsed().as_secs_f64()
     );
@@ -704,7 +709,7 @@ fn conv_students(
             let mut m = start.clone();
             conv_student(v, &net, &mut m, &teacher, &train, &outputs, args)?;
             let e = errors(&net, &m)?;
-            println!(
+            say!(
                 "  {name}, seed {conv_seed}: {e} errors ({:.0} s)",
                 t.elapsed().as_secs_f64()
             );

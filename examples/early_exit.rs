@@ -21,6 +21,7 @@
 mod cache;
 #[path = "common/mnist.rs"]
 #[allow(dead_code)]
+#[macro_use]
 mod mnist;
 
 use std::fmt::Write as _;
@@ -191,7 +192,7 @@ fn print_row(r: &Row) {
         .iter()
         .map(|f| format!("{:5.1}%", 100.0 * f))
         .collect();
-    println!(
+    say!(
         "{:<30} {:>7.2}% {:>16} {:>11.0} {:>8.2} s {:>8.3} s",
         r.name,
         100.0 * r.accuracy,
@@ -330,7 +331,7 @@ fn main() -> Result<()> {
             keys.push(format!("\"sd_drop_points\": {:.2}", d[1]));
             keys.push(format!("\"baseline_drop_points\": {:.2}", d[0]));
         }
-        println!("{{{}}}", keys.join(", "));
+        say!("{{{}}}", keys.join(", "));
     }
     Ok(())
 }
@@ -351,12 +352,12 @@ fn early_exits(
     let cached = cache::path("early_exit", "b_lenet");
     if fresh || !cache::load(&cached, &recipe, &mut model)? {
         let mut sgd = Sgd::new(0.01, 0.9, 5e-4)?;
-        println!("training B-LeNet jointly for {epochs} epochs (exit weights 1, 1)");
+        say!("training B-LeNet jointly for {epochs} epochs (exit weights 1, 1)");
         for epoch in 0..epochs {
             sgd.set_lr(lr_at(epoch, epochs))?;
             let (loss, t) =
                 timed(|| net.train_epoch(&mut model, &mut sgd, train, 64, seed + epoch as u64))?;
-            println!("  epoch {}: joint loss {loss:.4} ({t:.1} s)", epoch + 1);
+            say!("  epoch {}: joint loss {loss:.4} ({t:.1} s)", epoch + 1);
         }
         cache::save(&cached, &recipe, &model)?;
     }
@@ -364,9 +365,14 @@ fn early_exits(
     let plain = net.trunk();
     let (plain_eval, plain_b1) = timed(|| plain.evaluate(&model, test, 1))?;
     let (_, plain_b256) = timed(|| plain.evaluate(&model, test, 256))?;
-    println!(
+    say!(
         "\n{:<30} {:>8} {:>16} {:>11} {:>10} {:>10}",
-        "network / threshold", "accuracy", "exit 1 / final", "MACs", "time b1", "time b256"
+        "network / threshold",
+        "accuracy",
+        "exit 1 / final",
+        "MACs",
+        "time b1",
+        "time b256"
     );
     let plain_row = Row {
         name: "LeNet-5 (plain trunk)".into(),
@@ -439,7 +445,7 @@ fn early_exits(
         path: svg_path.clone(),
         source: e,
     })?;
-    println!("wrote {} and {}", csv_path.display(), svg_path.display());
+    say!("wrote {} and {}", csv_path.display(), svg_path.display());
     // The row the done-when names: the entropy threshold letting the most samples out
     // early whose test accuracy is within 0.1 pt of the final exit's (thresholds are
     // calibrated on the held-out split, and the test set does not always agree); the
@@ -453,7 +459,7 @@ fn early_exits(
         .max_by(|&a, &b| rows[a].fractions[0].total_cmp(&rows[b].fractions[0]))
         .unwrap_or(calibrated);
     let c = &rows[calibrated];
-    println!(
+    say!(
         "entropy threshold calibrated for −0.1 pt on the held-out split: test {:.2}% vs final \
          exit {:.2}% ({:+.2} points)",
         100.0 * c.accuracy,
@@ -461,7 +467,7 @@ fn early_exits(
         100.0 * (c.accuracy - plain_row.accuracy)
     );
     let t = rows.swap_remove(chosen);
-    println!(
+    say!(
         "exit_accuracy: {} (the most early exits within 0.1 pt on the test set): {:.2}% vs \
          {:.2}% ({:+.2} points): {}; speed-up {:.2}x at batch 1, {:.2}x at batch 256",
         t.name,
@@ -509,7 +515,7 @@ fn stochastic_depth(
             "resnet_plain"
         };
         let cached = cache::path("early_exit", key);
-        println!("\nthe residual network ({blocks} blocks), {name}, {epochs} epochs");
+        say!("\nthe residual network ({blocks} blocks), {name}, {epochs} epochs");
         if fresh || !cache::load(&cached, &recipe, &mut m)? {
             let mut sgd = Sgd::new(0.01, 0.9, 5e-4)?;
             for epoch in 0..epochs {
@@ -517,7 +523,7 @@ fn stochastic_depth(
                 let (loss, t) = timed(|| {
                     train_epoch(&res, &mut m, &mut sgd, train, 64, seed + 50 + epoch as u64)
                 })?;
-                println!("  epoch {}: loss {loss:.4} ({t:.1} s)", epoch + 1);
+                say!("  epoch {}: loss {loss:.4} ({t:.1} s)", epoch + 1);
             }
             cache::save(&cached, &recipe, &m)?;
         }
@@ -529,14 +535,14 @@ fn stochastic_depth(
             .iter()
             .map(|e| format!("{:.2}%", 100.0 * e.accuracy))
             .collect();
-        println!(
+        say!(
             "  0..={} of {blocks} blocks removed (in order {:?}): test accuracy {}",
             blocks - 1,
             report.order,
             accs.join(" → ")
         );
         let lost = 100.0 * (curve[0].accuracy - curve[blocks / 3].accuracy);
-        println!("  a third of the blocks removed: −{lost:.2} points");
+        say!("  a third of the blocks removed: −{lost:.2} points");
         drops.push(lost);
     }
 

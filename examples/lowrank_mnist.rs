@@ -10,6 +10,7 @@
 //! Reuses the network `prune_mnist` trains (`target/slimnn-examples/lenet300.safetensors`).
 
 #[path = "common/mnist.rs"]
+#[macro_use]
 mod mnist;
 
 use slimnn::lowrank::{Budget, LowRankReport, Rank, TruncatedSvd};
@@ -29,13 +30,18 @@ fn main() -> Result<()> {
         .iter()
         .map(|n| model.get(n).map(|p| p.numel()))
         .sum::<Result<usize>>()?;
-    println!(
+    say!(
         "dense: {dense_params} weights in fc1, fc2, fc3, test accuracy {:.2}%\n",
         100.0 * net.evaluate(&model, &test, 1000)?.accuracy
     );
-    println!(
+    say!(
         "{:<34} {:>15} {:>9} {:>8} {:>10} {:>9}",
-        "ranks chosen by", "ranks", "params", "smaller", "rel. error", "accuracy"
+        "ranks chosen by",
+        "ranks",
+        "params",
+        "smaller",
+        "rel. error",
+        "accuracy"
     );
 
     let rules = [
@@ -112,7 +118,7 @@ fn row(label: &str, report: &LowRankReport, accuracy: f64) {
         })
         .sum::<f64>()
         / dense_total as f64;
-    println!(
+    say!(
         "{:<34} {:>15} {:>9} {:>7.1}x {:>10.4} {:>8.2}%",
         label,
         ranks.join("/"),

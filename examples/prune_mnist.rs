@@ -10,6 +10,7 @@
 //! reused by later runs (delete it, or pass `--retrain-from-scratch`, to train anew).
 
 #[path = "common/mnist.rs"]
+#[macro_use]
 mod mnist;
 
 use ndarray::{ArrayD, s};
@@ -57,7 +58,7 @@ fn parse() -> Args {
             "--target" => a.target = val(k).parse().unwrap_or_else(|_| bad(k)),
             "--retrain-from-scratch" => a.fresh = true,
             "-h" | "--help" => {
-                println!(
+                say!(
                     "usage: prune_mnist [--epochs N] [--retrain-epochs N] [--seed S] [--target SPARSITY] [--retrain-from-scratch]"
                 );
                 std::process::exit(0)
@@ -76,7 +77,7 @@ fn main() -> Result<()> {
     let (train, test) = mnist::load()?;
     let (model, net) = mnist::trained_lenet300(&train, &test, args.epochs, args.seed, args.fresh)?;
     let dense = net.evaluate(&model, &test, 1000)?.accuracy;
-    println!(
+    say!(
         "dense LeNet-300-100: {} parameters, test accuracy {:.2}%\n",
         model.numel(),
         100.0 * dense
@@ -88,14 +89,14 @@ fn main() -> Result<()> {
     let weights = Selector::prunable();
     let eval = |m: &Model| -> Result<f64> { Ok(net.evaluate(m, &test, 1000)?.accuracy) };
 
-    println!(
+    say!(
         "One-shot pruning, no retraining (test accuracy; dense {:.2}%):",
         100.0 * dense
     );
-    println!("{:<44} {:>9} {:>9}", "method", "sparsity", "accuracy");
+    say!("{:<44} {:>9} {:>9}", "method", "sparsity", "accuracy");
     let row = |name: &str, m: &Model| -> Result<()> {
         let sp = m.sparsity(&weights)?.sparsity();
-        println!(
+        say!(
             "{:<44} {:>8.1}% {:>8.2}%",
             name,
             100.0 * sp,
@@ -167,8 +168,8 @@ fn main() -> Result<()> {
     )?;
     row("2:4 Wanda (fc1, fc2)", &m)?;
 
-    println!("\nStructured: remove half the hidden neurons, then shrink the layers:");
-    println!("{:<44} {:>10} {:>9}", "method", "params", "accuracy");
+    say!("\nStructured: remove half the hidden neurons, then shrink the layers:");
+    say!("{:<44} {:>10} {:>9}", "method", "params", "accuracy");
     let hidden = Selector::glob("fc1.weight").include("fc2.weight");
     for (name, crit) in [
         ("L1 norm (Li 2017)", ChannelCriterion::L1),
@@ -189,20 +190,18 @@ fn main() -> Result<()> {
             (masked - shrunk).abs() < 1e-9,
             "removal must not change the function"
         );
-        println!("{:<44} {:>10} {:>8.2}%", name, m.numel(), 100.0 * shrunk);
+        say!("{:<44} {:>10} {:>8.2}%", name, m.numel(), 100.0 * shrunk);
     }
     let mut m = model.clone();
     let merges = m.merge_neurons("fc1.weight", "fc2.weight", 0.5)?;
-    println!(
+    say!(
         "{:<44} {:>10} {:>8.2}%",
         format!("neuron merging fc1, data-free ({} merged)", merges.len()),
         m.numel(),
         100.0 * eval(&m)?
     );
 
-    println!(
-        "\nPrune and retrain (Han et al. 2015) with AGP (Zhu & Gupta 2017), global magnitude:"
-    );
+    say!("\nPrune and retrain (Han et al. 2015) with AGP (Zhu & Gupta 2017), global magnitude:");
     let retraining = mnist::Retraining {
         target: args.target,
         epochs: args.retrain_epochs,
@@ -213,8 +212,8 @@ fn main() -> Result<()> {
     let retrained = mnist::prune_and_retrain(&net, &model, &train, &test, &retraining)?;
     let final_acc = eval(&retrained)?;
     let report = retrained.sparsity(&weights)?;
-    println!("{report}");
-    println!(
+    say!("{report}");
+    say!(
         "\nresult: {:.1}% of the weights pruned, test accuracy {:.2}% (dense {:.2}%, {:+.2} points)",
         100.0 * report.sparsity(),
         100.0 * final_acc,

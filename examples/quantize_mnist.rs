@@ -10,6 +10,7 @@
 //! Reuses the network `prune_mnist` trains (`target/slimnn-examples/lenet300.safetensors`).
 
 #[path = "common/mnist.rs"]
+#[macro_use]
 mod mnist;
 
 use slimnn::nn::{QuantAwareTraining, Sgd};
@@ -29,7 +30,7 @@ fn main() -> Result<()> {
     let (model, net) = mnist::trained_lenet300(&train, &test, epochs, seed, fresh)?;
     let dense = net.evaluate(&model, &test, 1000)?.accuracy;
     let weights = Selector::prunable();
-    println!(
+    say!(
         "dense: 32 bits per weight, test accuracy {:.2}%\n",
         100.0 * dense
     );
@@ -95,9 +96,13 @@ fn main() -> Result<()> {
             Box::new(BinaryQuantizer::new(per_row)),
         ),
     ];
-    println!(
+    say!(
         "{:<44} {:>7} {:>12} {:>10} {:>9}",
-        "quantizer (all three Linear weights)", "bits/w", "compression", "rel. error", "accuracy"
+        "quantizer (all three Linear weights)",
+        "bits/w",
+        "compression",
+        "rel. error",
+        "accuracy"
     );
     for (name, q) in &quantizers {
         let mut m = model.clone();
@@ -110,7 +115,7 @@ fn main() -> Result<()> {
                     .sum::<f64>()
                     / report.total_numel() as f64;
                 let bits = report.total_storage_bits() as f64 / report.total_numel() as f64;
-                println!(
+                say!(
                     "{:<44} {:>7.3} {:>11.1}x {:>10.4} {:>8.2}%",
                     name,
                     bits,
@@ -119,7 +124,7 @@ fn main() -> Result<()> {
                     100.0 * net.evaluate(&m, &test, 1000)?.accuracy
                 );
             }
-            Err(e) => println!("{name:<44} skipped: {e}"),
+            Err(e) => say!("{name:<44} skipped: {e}"),
         }
     }
 
@@ -133,7 +138,7 @@ fn main() -> Result<()> {
         .map(|r| r.relative_error * r.numel as f64)
         .sum::<f64>()
         / report.total_numel() as f64;
-    println!(
+    say!(
         "{:<44} {:>7.3} {:>11.1}x {:>10.4} {:>8.2}%",
         "product, 4-d subvectors, 16 words (fc1, fc2)",
         report.total_storage_bits() as f64 / report.total_numel() as f64,
@@ -142,22 +147,20 @@ fn main() -> Result<()> {
         100.0 * net.evaluate(&m, &test, 1000)?.accuracy
     );
 
-    println!(
-        "\nWeight sharing with centroid fine-tuning (Deep Compression §3.3), 2-bit codebooks:"
-    );
+    say!("\nWeight sharing with centroid fine-tuning (Deep Compression §3.3), 2-bit codebooks:");
     let mut shared = model.clone();
     shared.quantize(&weights, &KMeansQuantizer::lloyd(4, KMeansInit::Linear)?)?;
-    println!(
+    say!(
         "  after 2-bit weight sharing: {:.2}%",
         100.0 * net.evaluate(&shared, &test, 1000)?.accuracy
     );
     mnist::fine_tune_centroids(&net, &mut shared, &train, 2, 1e-3, None)?;
-    println!(
+    say!(
         "  after fine-tuning the centroids for 2 epochs: {:.2}%",
         100.0 * net.evaluate(&shared, &test, 1000)?.accuracy
     );
 
-    println!("\nQuantization-aware fine-tuning (fake quantization, straight-through gradients):");
+    say!("\nQuantization-aware fine-tuning (fake quantization, straight-through gradients):");
     for bits in [2, 3] {
         let qat = QuantAwareTraining::new(
             weights.clone(),
@@ -172,7 +175,7 @@ fn main() -> Result<()> {
         let aware = net
             .evaluate(&qat.quantized(&latent)?, &test, 1000)?
             .accuracy;
-        println!(
+        say!(
             "  int{bits} symmetric, per row: {:.2}% after post-training quantization, \
              {:.2}% after 2 epochs of quantization-aware training",
             100.0 * post,
